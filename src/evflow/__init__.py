@@ -1,0 +1,55 @@
+"""evflow: single extracellular-vesicle analysis for nano-flow cytometry and TIRF imaging.
+
+The public API is re-exported here and imported lazily, so ``import evflow``
+stays light and never imports CuPy, napari or Qt.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .errors import (
+    BackendError,
+    CalibrationError,
+    ConfigError,
+    EvflowError,
+    FCSError,
+    GatingError,
+    ImageError,
+)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first access)
+_EXPORTS = {
+    "read_fcs": "evflow.io.fcs",
+    "write_fcs": "evflow.io.fcs",
+    "FCSSample": "evflow.io.fcs",
+    "resolve_backend": "evflow.backend",
+    "gpu_available": "evflow.backend",
+}
+
+__all__ = [
+    "__version__",
+    "EvflowError",
+    "FCSError",
+    "GatingError",
+    "CalibrationError",
+    "ImageError",
+    "ConfigError",
+    "BackendError",
+    *_EXPORTS,
+]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'evflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
