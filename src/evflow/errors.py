@@ -19,6 +19,8 @@ __all__ = [
     "ImageError",
     "ConfigError",
     "BackendError",
+    "EvflowWarning",
+    "FCSWarning",
 ]
 
 
@@ -70,3 +72,11 @@ class ConfigError(EvflowError, ValueError):
 
 class BackendError(EvflowError, RuntimeError):
     """The requested array backend (e.g. CuPy on a CUDA device) is not available."""
+
+
+class EvflowWarning(UserWarning):
+    """Something in the input was unusual but could be read; the message says what was assumed."""
+
+
+class FCSWarning(EvflowWarning):
+    """An FCS file departs from the standard in a way evflow could work around."""
