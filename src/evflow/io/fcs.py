@@ -585,9 +585,13 @@ def _read_data_set_info(f, path, size: int, base: int) -> _DataSetInfo:
     f.seek(base + tb)
     meta = _parse_text(f.read(te - tb + 1), path, "TEXT")
     # supplemental TEXT (FCS 3.x)
-    sb = _int_kw(meta, "$BEGINSTEXT", path, required=False, default=0)
-    se = _int_kw(meta, "$ENDSTEXT", path, required=False, default=0)
-    if sb and se and se > sb and base + se < size and (sb, se) != (tb, te):
+    try:
+        sb = _int_kw(meta, "$BEGINSTEXT", path, required=False, default=0)
+        se = _int_kw(meta, "$ENDSTEXT", path, required=False, default=0)
+    except FCSTextError as exc:
+        warnings.warn(f"{exc}; ignoring the supplemental TEXT", FCSWarning, stacklevel=3)
+        sb = se = 0
+    if HEADER_SIZE <= sb < se and base + se < size and (sb, se) != (tb, te):
         f.seek(base + sb)
         try:
             extra = _parse_text(f.read(se - sb + 1), path, "supplemental TEXT")
@@ -631,9 +635,9 @@ def _data_offsets(info: _DataSetInfo, layout: _Layout, n_tot: int | None, path, 
     text_ok = tb_ is not None and te_ is not None and tb_ > 0
     head_ok = hb > 0 and he >= hb
     rb = layout.row_bytes
+    if n_tot == 0:
+        return base, 0
     if not text_ok and not head_ok:
-        if n_tot == 0:
-            return base, 0
         raise FCSDataError(
             f"no DATA offsets: HEADER gives {hb}-{he} and $BEGINDATA/$ENDDATA are "
             f"{meta.get('$BEGINDATA')!r}/{meta.get('$ENDDATA')!r}",
@@ -994,8 +998,8 @@ def write_fcs(path, data, channels: Sequence[str], markers: Sequence[str | None]
 
     def text_for(begin: int, end: int) -> bytes:
         items = dict(kw)
-        items["$BEGINDATA"] = str(begin)
-        items["$ENDDATA"] = str(end)
+        items["$BEGINDATA"] = str(begin if n else 0)
+        items["$ENDDATA"] = str(end if n else 0)
         items["$BEGINANALYSIS"] = "0"
         items["$ENDANALYSIS"] = "0"
         items["$BEGINSTEXT"] = "0"

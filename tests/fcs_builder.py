@@ -1,0 +1,130 @@
+"""An independent, deliberately simple FCS file builder for tests.
+
+It shares no code with evflow's writer, so files it builds exercise the
+reader on layouts the writer never produces (integer widths, byte orders,
+ASCII data, several data sets, supplemental TEXT, blank HEADER offsets).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def encode_values(values: np.ndarray, datatype: str, bits: list[int], order: str) -> bytes:
+    """Row-major DATA bytes for ``values`` (events x channels), written value by value."""
+    out = bytearray()
+    n, p = values.shape
+    for i in range(n):
+        for j in range(p):
+            v = values[i, j]
+            if datatype == "F":
+                out += np.array([v], dtype=order + "f4").tobytes()
+            elif datatype == "D":
+                out += np.array([v], dtype=order + "f8").tobytes()
+            elif datatype == "A":
+                out += f"{int(v):>{bits[j]}d}".encode("ascii")
+            else:
+                nbytes = bits[j] // 8
+                out += int(v).to_bytes(nbytes, "little" if order == "<" else "big")
+    return bytes(out)
+
+
+def text_segment(keywords: dict[str, str], delim: str = "/") -> bytes:
+    d = delim
+    body = d + "".join(f"{k.replace(d, d + d)}{d}{str(v).replace(d, d + d)}{d}" for k, v in keywords.items())
+    return body.encode("latin-1")
+
+
+def build_data_set(
+    values: np.ndarray,
+    *,
+    datatype: str = "I",
+    bits: list[int] | None = None,
+    order: str = "<",
+    ranges: list[int] | None = None,
+    names: list[str] | None = None,
+    extra: dict[str, str] | None = None,
+    version: str = "FCS3.0",
+    delim: str = "/",
+    header_data_offsets: bool = True,
+    enddata_off_by: int = 0,
+    stext: dict[str, str] | None = None,
+    data_bytes: bytes | None = None,
+) -> tuple[bytes, dict]:
+    """Bytes of one data set (HEADER + TEXT [+ STEXT] + DATA), offsets relative to its start."""
+    values = np.asarray(values)
+    n, p = values.shape
+    if bits is None:
+        bits = [{"F": 32, "D": 64, "A": 8}.get(datatype, 16)] * p
+    names = names or [f"CH{i + 1}" for i in range(p)]
+    ranges = ranges or [1024] * p
+    data = data_bytes if data_bytes is not None else encode_values(values, datatype, bits, order)
+    kw = {
+        "$BYTEORD": "1,2,3,4" if order == "<" else "4,3,2,1",
+        "$DATATYPE": datatype,
+        "$MODE": "L",
+        "$PAR": str(p),
+        "$TOT": str(n),
+        "$NEXTDATA": "0",
+    }
+    for i in range(p):
+        kw[f"$P{i + 1}N"] = names[i]
+        kw[f"$P{i + 1}B"] = str(bits[i])
+        kw[f"$P{i + 1}E"] = "0,0"
+        kw[f"$P{i + 1}R"] = str(ranges[i])
+    kw.update(extra or {})
+    stext_bytes = text_segment(stext, delim) if stext else b""
+    # fixed-width offsets so that the TEXT length does not depend on them
+    kw["$BEGINDATA"] = "0" * 12
+    kw["$ENDDATA"] = "0" * 12
+    kw["$BEGINSTEXT"] = "0" * 12
+    kw["$ENDSTEXT"] = "0" * 12
+    text_len = len(text_segment(kw, delim))
+    text_begin = 58
+    text_end = text_begin + text_len - 1
+    stext_begin = text_end + 1 if stext_bytes else 0
+    stext_end = stext_begin + len(stext_bytes) - 1 if stext_bytes else 0
+    data_begin = (stext_end if stext_bytes else text_end) + 1
+    data_end = data_begin + len(data) - 1 + enddata_off_by
+    kw["$BEGINDATA"] = f"{data_begin:012d}"
+    kw["$ENDDATA"] = f"{data_end:012d}"
+    kw["$BEGINSTEXT"] = f"{stext_begin:012d}"
+    kw["$ENDSTEXT"] = f"{stext_end:012d}"
+    text = text_segment(kw, delim)
+    assert len(text) == text_len
+
+    def f8(v):
+        return f"{v:>8d}".encode()
+
+    hd = (f8(data_begin) + f8(data_end)) if header_data_offsets else b" " * 16
+    header = version.encode() + b"    " + f8(text_begin) + f8(text_end) + hd + f8(0) + f8(0)
+    assert len(header) == 58
+    return header + text + stext_bytes + data, kw
+
+
+def build_fcs(values, **kwargs) -> bytes:
+    return build_data_set(values, **kwargs)[0]
+
+
+def build_multi(datasets: list[dict]) -> bytes:
+    """Several data sets chained by $NEXTDATA (relative to each data set's start)."""
+    blobs = []
+    for spec in datasets:
+        blobs.append(spec)
+    out = b""
+    parts = []
+    # first pass: sizes with a placeholder NEXTDATA of fixed width
+    for i, spec in enumerate(blobs):
+        spec = dict(spec)
+        extra = dict(spec.pop("extra", {}) or {})
+        extra["$NEXTDATA"] = "0" * 12
+        b, _ = build_data_set(extra=extra, **spec)
+        parts.append((spec, extra, len(b)))
+    for i, (spec, extra, size) in enumerate(parts):
+        extra = dict(extra)
+        nxt = size if i + 1 < len(parts) else 0
+        extra["$NEXTDATA"] = f"{nxt:012d}"
+        b, _ = build_data_set(extra=extra, **spec)
+        assert len(b) == size
+        out += b
+    return out
