@@ -1,0 +1,824 @@
+"""Fused gating + marker-phenotype counting kernels.
+
+One pass over a chunk of events (rows = events, columns = channels) that, per
+event,
+
+1. loads the channel values it needs ("slots"), optionally compensated
+   (``comp[j] = sum_i raw[comp_cols[i]] * comp_matrix[i, j]``, summed in
+   ``i`` order),
+2. applies range conditions ``lo <= value < hi`` on slots (rectangle and range
+   gates over monotone transforms are turned into conditions on the
+   untransformed value by the caller),
+3. computes transformed dimensions (identity, affine ``(x + p0) / p1`` or a
+   monotone lookup table with linear interpolation) and tests polygons
+   (even-odd rule) and ellipsoids (``(y - mean)' C^-1 (y - mean) <= d2``),
+4. for events in the parent population, builds the marker bitmask (bit ``k``
+   set when ``value_k > threshold_k``) and accumulates the histogram of
+   bitmasks, the fine histogram of ``value_k - threshold_k`` of positive events
+   (for medians), the float64 sum of positive values (for means), and an
+   optional 2-D histogram of two dimensions (density plots).
+
+Three implementations give identical integer results: :func:`fused_numpy`
+(the reference, vectorised NumPy), :func:`fused_numba` (parallel Numba) and
+:func:`fused_cupy` (a CUDA kernel from ``phenotype.cu``, compiled with
+``--fmad=false`` so that every floating-point operation rounds exactly as in
+NumPy).  Only exactly-rounded IEEE operations (+, -, *, /, comparisons,
+``frexp``) are used per event, in the same order everywhere, so no libm
+difference between backends can move an event across a gate edge.
+
+Fine histogram (medians of positive events)
+-------------------------------------------
+For a positive event, ``d = value - threshold > 0`` is binned on a
+logarithmic grid of :data:`FINE_SUB` bins per octave over
+``[2**(FINE_EMIN-1), 2**(FINE_EMIN-1+FINE_OCT))`` (64 octaves, about
+6e-8 .. 1.1e12 channel units above the threshold), plus an underflow bin 0
+(``d`` below that) and an overflow bin (``d`` above it, or infinite), i.e.
+``2**16 + 2`` bins.  A bin spans at most 1/1024 of its lower edge, so the
+median of ``d`` (and hence of the value) is exact to 0.1 %.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "FINE_SUB",
+    "FINE_EMIN",
+    "FINE_OCT",
+    "FINE_NBINS",
+    "FusedPlan",
+    "Partial",
+    "fine_bin",
+    "fine_bin_edges",
+    "fine_median",
+    "table_eval",
+    "points_in_polygon",
+    "fused_numpy",
+    "fused_numba",
+    "fused_cupy",
+    "fused",
+    "slot_values",
+]
+
+FINE_SUB = 1024
+FINE_EMIN = -23
+FINE_OCT = 64
+FINE_NBINS = FINE_SUB * FINE_OCT + 2
+_FINE_LO = math.ldexp(1.0, FINE_EMIN - 1)
+_FINE_HI = math.ldexp(1.0, FINE_EMIN - 1 + FINE_OCT)
+
+MAX_SLOTS = 32  # per-event registers in the CUDA kernel
+MAX_DIMS = 16
+
+# dimension kinds
+DIM_IDENTITY = 0
+DIM_AFFINE = 1
+DIM_TABLE = 2
+
+
+# ----------------------------------------------------------------------------
+# plan
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class FusedPlan:
+    """What the fused kernel computes, as plain arrays (see the module docstring).
+
+    Parameters
+    ----------
+    n_columns : int
+        Number of columns of the event chunks.
+    slots : list of (kind, index)
+        ``(0, column)`` for a raw column, ``(1, j)`` for output ``j`` of the
+        compensation.
+    comp_cols, comp_matrix : compensation inputs (columns) and the matrix
+        ``M`` (the inverse of the spillover matrix), ``comp = raw @ M``.
+    ranges : list of (slot, lo, hi)
+        ``lo <= value < hi``; ``-inf``/``inf`` for open ends.
+    dims : list of (slot, kind, p0, p1, table)
+        Transformed dimensions: kind 0 identity, 1 affine ``(x + p0) / p1``,
+        2 table: ``table`` holds increasing knots ``x_k`` of ``y_k = p0 + k * p1``.
+    polygons : list of (dim_x, dim_y, vertices (v, 2))
+    ellipses : list of (dims, mean, inverse covariance, distance_square)
+    markers : list of (slot, threshold); positive when ``value > threshold``.
+    density : None or (dim_x, dim_y, nx, ny, (lo_x, hi_x), (lo_y, hi_y))
+        2-D histogram of two dimensions over half-open ranges ``[lo, hi)``.
+    """
+
+    n_columns: int
+    slots: list = field(default_factory=list)
+    comp_cols: list = field(default_factory=list)
+    comp_matrix: np.ndarray | None = None
+    ranges: list = field(default_factory=list)
+    dims: list = field(default_factory=list)
+    polygons: list = field(default_factory=list)
+    ellipses: list = field(default_factory=list)
+    markers: list = field(default_factory=list)
+    density: tuple | None = None
+
+    def __post_init__(self):
+        self.validate()
+        self._packed = None
+
+    # -- validation (programming errors of the plan builder, not user input) --
+    def validate(self):
+        S = len(self.slots)
+        m = len(self.comp_cols)
+        for kind, idx in self.slots:
+            if kind == 0 and not (0 <= idx < self.n_columns):
+                raise ValueError(f"slot column {idx} out of range 0..{self.n_columns - 1}")
+            if kind == 1 and not (0 <= idx < m):
+                raise ValueError(f"slot compensation output {idx} out of range 0..{m - 1}")
+        for c in self.comp_cols:
+            if not (0 <= c < self.n_columns):
+                raise ValueError(f"compensation column {c} out of range")
+        if m and np.asarray(self.comp_matrix).shape != (m, m):
+            raise ValueError("comp_matrix must be square with len(comp_cols) rows")
+        for s, _lo, _hi in self.ranges:
+            if not (0 <= s < S):
+                raise ValueError(f"range slot {s} out of range")
+        for s, kind, _p0, _p1, table in self.dims:
+            if not (0 <= s < S):
+                raise ValueError(f"dimension slot {s} out of range")
+            if kind == DIM_TABLE:
+                t = np.asarray(table, dtype=np.float64)
+                if t.ndim != 1 or t.size < 2 or not np.all(np.diff(t) > 0) or not np.all(np.isfinite(t)):
+                    raise ValueError("a transform table must hold >= 2 finite, strictly increasing knots")
+        D = len(self.dims)
+        for dx, dy, verts in self.polygons:
+            if not (0 <= dx < D and 0 <= dy < D):
+                raise ValueError("polygon dimension out of range")
+            if np.asarray(verts).ndim != 2 or np.asarray(verts).shape[1] != 2 or len(verts) < 3:
+                raise ValueError("polygon needs (v >= 3, 2) vertices")
+        for dims, mean, icov, _d2 in self.ellipses:
+            k = len(dims)
+            if any(not (0 <= d < D) for d in dims) or np.asarray(mean).shape != (k,) or np.asarray(icov).shape != (k, k):
+                raise ValueError("ellipse dims/mean/inverse covariance do not agree")
+        for s, thr in self.markers:
+            if not (0 <= s < S):
+                raise ValueError(f"marker slot {s} out of range")
+            if not np.isfinite(thr):
+                raise ValueError("marker thresholds must be finite")
+        if len(self.markers) > 16:
+            raise ValueError("at most 16 markers")
+        if self.density is not None:
+            dx, dy, nx, ny, (lox, hix), (loy, hiy) = self.density
+            if not (0 <= dx < D and 0 <= dy < D) or nx < 1 or ny < 1 or not (hix > lox and hiy > loy):
+                raise ValueError("invalid density specification")
+
+    @property
+    def n_markers(self) -> int:
+        return len(self.markers)
+
+    @property
+    def n_phenotypes(self) -> int:
+        return 1 << len(self.markers)
+
+    def density_shape(self):
+        return (0, 0) if self.density is None else (int(self.density[2]), int(self.density[3]))
+
+    # -- packed form read by the Numba and CUDA kernels --
+    def packed(self):
+        """``(ip, dp)``: int64 and float64 arrays with the whole plan (layout in ``_HEADER``)."""
+        if self._packed is None:
+            self._packed = _pack(self)
+        return self._packed
+
+
+# header of the packed int array: counts, then offsets of each section
+_H_S, _H_M, _H_R, _H_D, _H_P, _H_E, _H_K, _H_NX, _H_NY, _H_DX, _H_DY = range(11)
+(
+    _O_SLOT_KIND, _O_SLOT_INDEX, _O_COMP_COLS, _O_RNG_SLOT, _O_DIM_SLOT, _O_DIM_KIND, _O_TAB,
+    _O_POLY_DIMS, _O_POLY_OFF, _O_ELL_OFF, _O_ELL_DIMS, _O_ELL_ICOV_OFF, _O_MK_SLOT,
+    _D_COMP, _D_RNG_LO, _D_RNG_HI, _D_DIM_PARAM, _D_POLY, _D_ELL_MEAN, _D_ELL_D2, _D_MK_THR, _D_H2,
+) = range(11, 33)
+_HEADER_LEN = 33
+
+
+def _pack(plan: FusedPlan):
+    ints: list[int] = [0] * _HEADER_LEN
+    dbls: list[float] = []
+    S, m, R, D = len(plan.slots), len(plan.comp_cols), len(plan.ranges), len(plan.dims)
+    P, E, K = len(plan.polygons), len(plan.ellipses), len(plan.markers)
+    nx, ny = plan.density_shape()
+    ints[:11] = [S, m, R, D, P, E, K, nx, ny, 0, 0]
+    if plan.density is not None:
+        ints[_H_DX], ints[_H_DY] = int(plan.density[0]), int(plan.density[1])
+
+    def isec(key, values):
+        ints[key] = len(ints)
+        ints.extend(int(v) for v in values)
+
+    def dsec(key, values):
+        ints[key] = len(dbls)
+        dbls.extend(float(v) for v in values)
+
+    isec(_O_SLOT_KIND, [k for k, _ in plan.slots])
+    isec(_O_SLOT_INDEX, [i for _, i in plan.slots])
+    isec(_O_COMP_COLS, plan.comp_cols)
+    isec(_O_RNG_SLOT, [r[0] for r in plan.ranges])
+    isec(_O_DIM_SLOT, [d[0] for d in plan.dims])
+    isec(_O_DIM_KIND, [d[1] for d in plan.dims])
+    dsec(_D_COMP, np.asarray(plan.comp_matrix, dtype=np.float64).ravel() if m else [])
+    dsec(_D_RNG_LO, [r[1] for r in plan.ranges])
+    dsec(_D_RNG_HI, [r[2] for r in plan.ranges])
+    params = []
+    for d in plan.dims:
+        params += [d[2], d[3]]
+    dsec(_D_DIM_PARAM, params)
+    # tables: ip[_O_TAB + d] = start in dp, ip[_O_TAB + D + d] = number of knots
+    tab_start, tab_len = [], []
+    for d in plan.dims:
+        if d[1] == DIM_TABLE:
+            t = np.asarray(d[4], dtype=np.float64)
+            tab_start.append(len(dbls))
+            tab_len.append(t.size)
+            dbls.extend(t.tolist())
+        else:
+            tab_start.append(0)
+            tab_len.append(0)
+    isec(_O_TAB, tab_start + tab_len)
+    isec(_O_POLY_DIMS, [v for p in plan.polygons for v in (p[0], p[1])])
+    poly_off = [0]
+    verts = []
+    for p in plan.polygons:
+        vv = np.asarray(p[2], dtype=np.float64)
+        verts.extend(vv.ravel().tolist())
+        poly_off.append(poly_off[-1] + len(vv))
+    isec(_O_POLY_OFF, poly_off)
+    dsec(_D_POLY, verts)
+    ell_off, ell_dims, icov_off, means, icovs, d2s = [0], [], [0], [], [], []
+    for dims, mean, icov, d2 in plan.ellipses:
+        ell_dims.extend(dims)
+        ell_off.append(ell_off[-1] + len(dims))
+        icov_off.append(icov_off[-1] + len(dims) ** 2)
+        means.extend(np.asarray(mean, dtype=np.float64).tolist())
+        icovs.extend(np.asarray(icov, dtype=np.float64).ravel().tolist())
+        d2s.append(float(d2))
+    isec(_O_ELL_OFF, ell_off)
+    isec(_O_ELL_DIMS, ell_dims)
+    isec(_O_MK_SLOT, [s for s, _ in plan.markers])
+    dsec(_D_ELL_MEAN, means)
+    d_icov = len(dbls)
+    dbls.extend(icovs)
+    isec(_O_ELL_ICOV_OFF, [d_icov + o for o in icov_off])
+    dsec(_D_ELL_D2, d2s)
+    dsec(_D_MK_THR, [t for _, t in plan.markers])
+    h2 = [0.0, 0.0, 0.0, 0.0]
+    if plan.density is not None:
+        _dx, _dy, nx, ny, (lox, hix), (loy, hiy) = plan.density
+        h2 = [lox, nx / (hix - lox), loy, ny / (hiy - loy)]
+    dsec(_D_H2, h2)
+    ints.append(0)  # padding: every (possibly empty) section start is a valid index
+    dbls.append(0.0)
+    ip = np.asarray(ints, dtype=np.int64)
+    dp = np.asarray(dbls, dtype=np.float64)
+    return ip, dp
+
+
+# ----------------------------------------------------------------------------
+# shared helpers (NumPy, vectorised)
+# ----------------------------------------------------------------------------
+
+
+def fine_bin(d):
+    """Fine-histogram bin of ``d = value - threshold > 0`` (vectorised, NumPy)."""
+    d = np.asarray(d, dtype=np.float64)
+    m, e = np.frexp(d)
+    b = 1 + (e.astype(np.int64) - FINE_EMIN) * FINE_SUB + ((m * 2.0 - 1.0) * FINE_SUB).astype(np.int64)
+    b = np.where(d < _FINE_LO, 0, b)
+    b = np.where(d >= _FINE_HI, FINE_NBINS - 1, b)
+    return b.astype(np.int64)
+
+
+def fine_bin_edges() -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper edges of every fine-histogram bin, in units of ``value - threshold``."""
+    q = np.arange(FINE_SUB * FINE_OCT)
+    e = FINE_EMIN + q // FINE_SUB
+    j = q % FINE_SUB
+    base = np.ldexp(1.0, e - 1)
+    lower = np.concatenate([[0.0], base * (1.0 + j / FINE_SUB), [_FINE_HI]])
+    upper = np.concatenate([[_FINE_LO], base * (1.0 + (j + 1) / FINE_SUB), [np.inf]])
+    return lower, upper
+
+
+def fine_median(hist, threshold: float) -> float:
+    """Median of the positive values from their fine histogram (exact to the bin).
+
+    The median of ``n`` values is the mean of the order statistics of rank
+    ``(n - 1) // 2`` and ``n // 2``; each is replaced by the centre of its bin.
+    Returns NaN when there are no values or a middle value lies in the overflow
+    bin (more than half the positive events ``>= threshold + 2**40``).
+    """
+    hist = np.asarray(hist, dtype=np.int64)
+    n = int(hist.sum())
+    if n == 0:
+        return float("nan")
+    cum = np.cumsum(hist)
+    lower, upper = fine_bin_edges()
+    centre = np.where(np.isfinite(upper), 0.5 * (lower + upper), np.nan)
+    b1 = int(np.searchsorted(cum, (n - 1) // 2, side="right"))
+    b2 = int(np.searchsorted(cum, n // 2, side="right"))
+    return float(threshold + 0.5 * (centre[b1] + centre[b2]))
+
+
+def table_eval(x, table, y0: float, h: float):
+    """Monotone lookup: ``y = y0 + h * (k + (x - x_k) / (x_{k+1} - x_k))``.
+
+    ``table`` holds increasing knots ``x_k``; values below the first knot (or
+    NaN) give ``-inf``, above the last give ``+inf``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    t = np.asarray(table, dtype=np.float64)
+    n = t.size - 1
+    k = np.searchsorted(t, x, side="right") - 1
+    k = np.clip(k, 0, n - 1)
+    frac = (x - t[k]) / (t[k + 1] - t[k])
+    y = y0 + h * (k.astype(np.float64) + frac)
+    y = np.where(x > t[n], np.inf, y)
+    y = np.where(~(x >= t[0]), -np.inf, y)
+    return y
+
+
+def points_in_polygon(px, py, vertices):
+    """Even-odd point-in-polygon test (vectorised); non-finite points are outside.
+
+    An event is inside when a ray towards ``+x`` crosses the edges an odd
+    number of times; an edge counts when ``(yi > py) != (yj > py)`` and
+    ``px < (xj - xi) * (py - yi) / (yj - yi) + xi``.
+    """
+    px = np.asarray(px, dtype=np.float64)
+    py = np.asarray(py, dtype=np.float64)
+    v = np.asarray(vertices, dtype=np.float64)
+    inside = np.zeros(px.shape, dtype=bool)
+    nv = len(v)
+    j = nv - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i in range(nv):
+            xi, yi = v[i]
+            xj, yj = v[j]
+            cross = (yi > py) != (yj > py)
+            if yj != yi:
+                xc = (xj - xi) * (py - yi) / (yj - yi) + xi
+                inside ^= cross & (px < xc)
+            j = i
+    return inside & np.isfinite(px) & np.isfinite(py)
+
+
+# ----------------------------------------------------------------------------
+# results of one chunk
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class Partial:
+    """Per-chunk partial result; partials of chunks add up (``a + b``)."""
+
+    n_events: int
+    counts: np.ndarray  # int64 (2**k,): parent events per bitmask
+    pos_hist: np.ndarray  # int64 (k, FINE_NBINS)
+    pos_sum: np.ndarray  # float64 (k,)
+    density: np.ndarray  # int64 (nx, ny) or (0, 0)
+
+    def __add__(self, other: "Partial") -> "Partial":
+        return Partial(
+            self.n_events + other.n_events,
+            self.counts + other.counts,
+            self.pos_hist + other.pos_hist,
+            self.pos_sum + other.pos_sum,
+            self.density + other.density,
+        )
+
+    @property
+    def n_parent(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def n_positive(self) -> np.ndarray:
+        return self.pos_hist.sum(axis=1)
+
+    @classmethod
+    def empty(cls, plan: FusedPlan) -> "Partial":
+        k = plan.n_markers
+        return cls(
+            0,
+            np.zeros(plan.n_phenotypes, np.int64),
+            np.zeros((k, FINE_NBINS), np.int64),
+            np.zeros(k, np.float64),
+            np.zeros(plan.density_shape(), np.int64),
+        )
+
+
+# ----------------------------------------------------------------------------
+# NumPy reference
+# ----------------------------------------------------------------------------
+
+
+def _check_events(events, plan):
+    if events.ndim != 2 or events.shape[1] != plan.n_columns:
+        raise ValueError(f"events chunk has shape {events.shape}, expected (n, {plan.n_columns})")
+
+
+def slot_values(events, plan: FusedPlan, mask=None):
+    """NumPy reference of steps 1-3: ``(slots (S, n) float64, parent (n,) bool, dims (D, n))``."""
+    ev = np.asarray(events)
+    _check_events(ev, plan)
+    n = ev.shape[0]
+    comp_cache = {}
+
+    def comp(j):
+        if j not in comp_cache:
+            acc = np.zeros(n, dtype=np.float64)
+            for q, c in enumerate(plan.comp_cols):
+                acc = acc + ev[:, c].astype(np.float64) * float(plan.comp_matrix[q][j])
+            comp_cache[j] = acc
+        return comp_cache[j]
+
+    slots = np.empty((len(plan.slots), n), dtype=np.float64)
+    for s, (kind, idx) in enumerate(plan.slots):
+        slots[s] = ev[:, idx].astype(np.float64) if kind == 0 else comp(idx)
+    keep = np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool).copy()
+    for s, lo, hi in plan.ranges:
+        keep &= (slots[s] >= lo) & (slots[s] < hi)
+    dims = np.empty((len(plan.dims), n), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for d, (s, kind, p0, p1, table) in enumerate(plan.dims):
+            x = slots[s]
+            if kind == DIM_IDENTITY:
+                dims[d] = x
+            elif kind == DIM_AFFINE:
+                dims[d] = (x + p0) / p1
+            else:
+                dims[d] = table_eval(x, table, p0, p1)
+        for dx, dy, verts in plan.polygons:
+            keep &= points_in_polygon(dims[dx], dims[dy], verts)
+        for edims, mean, icov, d2 in plan.ellipses:
+            icov = np.asarray(icov, dtype=np.float64)
+            diff = [dims[d] - float(mu) for d, mu in zip(edims, mean)]
+            q = np.zeros(n)
+            for a in range(len(edims)):
+                t = np.zeros(n)
+                for b in range(len(edims)):
+                    t = t + icov[a, b] * diff[b]
+                q = q + diff[a] * t
+            keep &= q <= d2
+    return slots, keep, dims
+
+
+def fused_numpy(events, plan: FusedPlan, mask=None) -> Partial:
+    """NumPy reference of the fused kernel on one in-memory chunk (the oracle)."""
+    slots, keep, dims = slot_values(events, plan, mask)
+    n = slots.shape[1] if slots.size else np.asarray(events).shape[0]
+    k = plan.n_markers
+    code = np.zeros(n, dtype=np.int64)
+    pos_hist = np.zeros((k, FINE_NBINS), np.int64)
+    pos_sum = np.zeros(k, np.float64)
+    for i, (s, thr) in enumerate(plan.markers):
+        pos = slots[s] > thr
+        code |= pos.astype(np.int64) << i
+        sel = pos & keep
+        pos_hist[i] = np.bincount(fine_bin(slots[s][sel] - thr), minlength=FINE_NBINS)
+        pos_sum[i] = slots[s][sel].sum()
+    counts = np.bincount(code[keep], minlength=plan.n_phenotypes).astype(np.int64)
+    density = np.zeros(plan.density_shape(), np.int64)
+    if plan.density is not None:
+        dx, dy, nx, ny, _rx, _ry = plan.density
+        _ip, dp = plan.packed()
+        lox, sx, loy, sy = dp[_ip[_D_H2] : _ip[_D_H2] + 4]
+        with np.errstate(invalid="ignore"):
+            fx = (dims[dx][keep] - lox) * sx
+            fy = (dims[dy][keep] - loy) * sy
+            ok = (fx >= 0) & (fx < nx) & (fy >= 0) & (fy < ny)
+        ix = fx[ok].astype(np.int64)
+        iy = fy[ok].astype(np.int64)
+        density = np.bincount(ix * ny + iy, minlength=nx * ny).reshape(nx, ny).astype(np.int64)
+    return Partial(int(n), counts, pos_hist, pos_sum, density)
+
+
+# ----------------------------------------------------------------------------
+# Numba
+# ----------------------------------------------------------------------------
+
+import numba  # noqa: E402  (compiled lazily, cached on disk)
+
+
+@numba.njit(cache=True, inline="always")
+def _nb_table_eval(x, dp, start, nk, y0, h):
+    n = nk - 1
+    if not (x >= dp[start]):
+        return -np.inf
+    if x > dp[start + n]:
+        return np.inf
+    lo = 0
+    hi = n
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if dp[start + mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    xk = dp[start + lo]
+    frac = (x - xk) / (dp[start + lo + 1] - xk)
+    return y0 + h * (float(lo) + frac)
+
+
+@numba.njit(cache=True, inline="always")
+def _nb_fine_bin(d):
+    if d < _FINE_LO:
+        return 0
+    if d >= _FINE_HI:
+        return FINE_NBINS - 1
+    m, e = math.frexp(d)
+    return 1 + (e - FINE_EMIN) * FINE_SUB + int((m * 2.0 - 1.0) * FINE_SUB)
+
+
+@numba.njit(cache=True)
+def _nb_event(ev, i, ip, dp, v, y):
+    """Steps 1-3 for event ``i``: True when it is in the parent population."""
+    S = ip[_H_S]
+    M = ip[_H_M]
+    o_kind = ip[_O_SLOT_KIND]
+    o_index = ip[_O_SLOT_INDEX]
+    o_cc = ip[_O_COMP_COLS]
+    d_comp = ip[_D_COMP]
+    for s in range(S):
+        idx = ip[o_index + s]
+        if ip[o_kind + s] == 0:
+            v[s] = float(ev[i, idx])
+        else:
+            acc = 0.0
+            for q in range(M):
+                acc = acc + float(ev[i, ip[o_cc + q]]) * dp[d_comp + q * M + idx]
+            v[s] = acc
+    R = ip[_H_R]
+    o_rs = ip[_O_RNG_SLOT]
+    d_lo = ip[_D_RNG_LO]
+    d_hi = ip[_D_RNG_HI]
+    for r in range(R):
+        x = v[ip[o_rs + r]]
+        if not (x >= dp[d_lo + r] and x < dp[d_hi + r]):
+            return False
+    D = ip[_H_D]
+    o_ds = ip[_O_DIM_SLOT]
+    o_dk = ip[_O_DIM_KIND]
+    d_par = ip[_D_DIM_PARAM]
+    o_tab = ip[_O_TAB]
+    for d in range(D):
+        x = v[ip[o_ds + d]]
+        kind = ip[o_dk + d]
+        p0 = dp[d_par + 2 * d]
+        p1 = dp[d_par + 2 * d + 1]
+        if kind == 0:
+            y[d] = x
+        elif kind == 1:
+            y[d] = (x + p0) / p1
+        else:
+            y[d] = _nb_table_eval(x, dp, ip[o_tab + d], ip[o_tab + D + d], p0, p1)
+    P = ip[_H_P]
+    o_pd = ip[_O_POLY_DIMS]
+    o_po = ip[_O_POLY_OFF]
+    d_poly = ip[_D_POLY]
+    for p in range(P):
+        px = y[ip[o_pd + 2 * p]]
+        py = y[ip[o_pd + 2 * p + 1]]
+        if not (math.isfinite(px) and math.isfinite(py)):
+            return False
+        v0 = ip[o_po + p]
+        nv = ip[o_po + p + 1] - v0
+        inside = False
+        j = nv - 1
+        for k in range(nv):
+            xi = dp[d_poly + 2 * (v0 + k)]
+            yi = dp[d_poly + 2 * (v0 + k) + 1]
+            xj = dp[d_poly + 2 * (v0 + j)]
+            yj = dp[d_poly + 2 * (v0 + j) + 1]
+            if (yi > py) != (yj > py):
+                xc = (xj - xi) * (py - yi) / (yj - yi) + xi
+                if px < xc:
+                    inside = not inside
+            j = k
+        if not inside:
+            return False
+    E = ip[_H_E]
+    o_eo = ip[_O_ELL_OFF]
+    o_ed = ip[_O_ELL_DIMS]
+    o_ei = ip[_O_ELL_ICOV_OFF]
+    d_em = ip[_D_ELL_MEAN]
+    d_e2 = ip[_D_ELL_D2]
+    for e in range(E):
+        a0 = ip[o_eo + e]
+        ne = ip[o_eo + e + 1] - a0
+        ic = ip[o_ei + e]
+        q = 0.0
+        for a in range(ne):
+            t = 0.0
+            for b in range(ne):
+                t = t + dp[ic + a * ne + b] * (y[ip[o_ed + a0 + b]] - dp[d_em + a0 + b])
+            q = q + (y[ip[o_ed + a0 + a]] - dp[d_em + a0 + a]) * t
+        if not (q <= dp[d_e2 + e]):
+            return False
+    return True
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny):
+    n = ev.shape[0]
+    K = ip[_H_K]
+    nph = 1 << K
+    has_h2 = ip[_H_NX] > 0
+    counts_t = np.zeros((T, nph), np.int64)
+    ph_t = np.zeros((T, K, FINE_NBINS), np.int64)
+    ps_t = np.zeros((T, K), np.float64)
+    h2_t = np.zeros((T, nx, ny), np.int64)
+    S = ip[_H_S]
+    D = ip[_H_D]
+    o_mk = ip[_O_MK_SLOT]
+    d_thr = ip[_D_MK_THR]
+    d_h2 = ip[_D_H2]
+    dx = ip[_H_DX]
+    dy = ip[_H_DY]
+    for t in numba.prange(T):
+        v = np.empty(max(S, 1), np.float64)
+        y = np.empty(max(D, 1), np.float64)
+        start = n * t // T
+        stop = n * (t + 1) // T
+        for i in range(start, stop):
+            if has_mask and not mask[i]:
+                continue
+            if not _nb_event(ev, i, ip, dp, v, y):
+                continue
+            code = 0
+            for k in range(K):
+                x = v[ip[o_mk + k]]
+                thr = dp[d_thr + k]
+                if x > thr:
+                    code |= 1 << k
+                    ps_t[t, k] += x
+                    ph_t[t, k, _nb_fine_bin(x - thr)] += 1
+            counts_t[t, code] += 1
+            if has_h2:
+                fx = (y[dx] - dp[d_h2]) * dp[d_h2 + 1]
+                fy = (y[dy] - dp[d_h2 + 2]) * dp[d_h2 + 3]
+                if fx >= 0.0 and fx < nx and fy >= 0.0 and fy < ny:
+                    h2_t[t, int(fx), int(fy)] += 1
+    counts = counts_t.sum(axis=0)
+    pos_hist = ph_t.sum(axis=0)
+    pos_sum = np.zeros(K, np.float64)
+    for t in range(T):
+        for k in range(K):
+            pos_sum[k] += ps_t[t, k]
+    return counts, pos_hist, pos_sum, h2_t.sum(axis=0)
+
+
+def _get_numba_kernel():
+    return _nb_fused
+
+
+def fused_numba(events, plan: FusedPlan, mask=None, n_threads: int | None = None) -> Partial:
+    """Parallel Numba version of the fused kernel (same results as :func:`fused_numpy`)."""
+    import numba
+
+    ev = np.asarray(events)
+    _check_events(ev, plan)
+    if not ev.dtype.isnative:
+        ev = ev.astype(ev.dtype.newbyteorder("="))
+    if ev.dtype.kind not in "fiu":
+        ev = ev.astype(np.float64)
+    has_mask = mask is not None
+    m = np.asarray(mask, dtype=np.bool_) if has_mask else np.zeros(1, dtype=np.bool_)
+    if has_mask and m.shape != (ev.shape[0],):
+        raise ValueError(f"mask has shape {m.shape}, expected ({ev.shape[0]},)")
+    ip, dp = plan.packed()
+    T = int(n_threads or numba.get_num_threads())
+    T = max(1, min(T, max(1, ev.shape[0] // 4096)))
+    nx, ny = plan.density_shape()
+    counts, pos_hist, pos_sum, density = _get_numba_kernel()(ev, m, has_mask, ip, dp, T, max(nx, 1), max(ny, 1))
+    if plan.density is None:
+        density = np.zeros((0, 0), np.int64)
+    return Partial(int(ev.shape[0]), counts, pos_hist, pos_sum, density)
+
+
+# ----------------------------------------------------------------------------
+# CuPy
+# ----------------------------------------------------------------------------
+
+_CUDA_TYPES = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.int16): "short",
+    np.dtype(np.uint16): "unsigned short",
+    np.dtype(np.int32): "int",
+    np.dtype(np.uint32): "unsigned int",
+    np.dtype(np.int8): "signed char",
+    np.dtype(np.uint8): "unsigned char",
+    np.dtype(np.int64): "long long",
+    np.dtype(np.uint64): "unsigned long long",
+}
+
+
+def _cuda_function(dtype):
+    from ._cuda import load_module
+
+    names = tuple(f"fused_phenotype<{t}>" for t in _CUDA_TYPES.values())
+    mod = load_module("phenotype.cu", options=("--fmad=false",), name_expressions=names)
+    return mod.get_function(f"fused_phenotype<{_CUDA_TYPES[np.dtype(dtype)]}>")
+
+
+_device_plans: dict = {}
+
+
+def _device_plan(plan: FusedPlan):
+    import cupy
+
+    key = (id(plan), cupy.cuda.runtime.getDevice())
+    got = _device_plans.get(key)
+    if got is None or got[0] is not plan:
+        ip, dp = plan.packed()
+        got = (plan, cupy.asarray(ip), cupy.asarray(dp))
+        _device_plans[key] = got
+    return got[1], got[2]
+
+
+def fused_cupy(events, plan: FusedPlan, mask=None) -> Partial:
+    """CUDA version of the fused kernel on a CuPy chunk (``phenotype.cu``)."""
+    import cupy
+
+    ev = cupy.asarray(events)
+    _check_events(ev, plan)
+    if ev.dtype not in _CUDA_TYPES:
+        ev = ev.astype(cupy.float64)
+    n = int(ev.shape[0])
+    if n >= 2**31:
+        raise ValueError("a chunk must hold fewer than 2**31 events; rechunk the events")
+    if len(plan.slots) > MAX_SLOTS or len(plan.dims) > MAX_DIMS:
+        raise ValueError(f"the CUDA kernel handles at most {MAX_SLOTS} channels and {MAX_DIMS} dimensions")
+    item = ev.dtype.itemsize
+    rs, cs = ev.strides[0] // item, ev.strides[1] // item
+    if mask is not None:
+        pm = cupy.asarray(mask, dtype=cupy.bool_).view(cupy.uint8)
+        if pm.shape != (n,):
+            raise ValueError(f"mask has shape {pm.shape}, expected ({n},)")
+        has_mask = 1
+    else:
+        pm = cupy.zeros(1, dtype=cupy.uint8)
+        has_mask = 0
+    ip, dp = _device_plan(plan)
+    k = plan.n_markers
+    nx, ny = plan.density_shape()
+    counts = cupy.zeros(plan.n_phenotypes, dtype=cupy.uint64)
+    pos_hist = cupy.zeros((max(k, 1), FINE_NBINS), dtype=cupy.uint32)
+    pos_sum = cupy.zeros(max(k, 1), dtype=cupy.float64)
+    density = cupy.zeros(max(nx * ny, 1), dtype=cupy.uint32)
+    fn = _cuda_function(ev.dtype)
+    block = 256
+    dev = cupy.cuda.Device()
+    n_sm = dev.attributes["MultiProcessorCount"]
+    grid = max(1, min((n + block - 1) // block, n_sm * 8))
+    nph = plan.n_phenotypes
+    shared = (((nph * 4 + 7) // 8) * 8 if nph <= 4096 else 0) + 8 * max(k, 1)
+    fn(
+        (grid,),
+        (block,),
+        (ev, np.int64(n), np.int64(rs), np.int64(cs), pm, np.int32(has_mask), ip, dp,
+         counts, pos_hist, pos_sum, density),
+        shared_mem=shared,
+    )
+    return Partial(
+        n,
+        counts.get().astype(np.int64),
+        pos_hist.get().astype(np.int64)[:k],
+        pos_sum.get()[:k],
+        density.get().astype(np.int64)[: nx * ny].reshape(nx, ny),
+    )
+
+
+# ----------------------------------------------------------------------------
+# dispatch
+# ----------------------------------------------------------------------------
+
+
+def fused(events, plan: FusedPlan, mask=None, impl: str = "auto") -> Partial:
+    """Run the fused kernel on one in-memory chunk.
+
+    ``impl``: 'numpy' (reference), 'numba', 'cupy', or 'auto' (CuPy for a CuPy
+    chunk, Numba otherwise).
+    """
+    if impl == "auto":
+        impl = "cupy" if type(events).__module__.split(".")[0] == "cupy" else "numba"
+    if impl == "numpy":
+        if type(events).__module__.split(".")[0] == "cupy":
+            events = events.get()
+            mask = None if mask is None else mask.get() if hasattr(mask, "get") else mask
+        return fused_numpy(events, plan, mask)
+    if impl == "numba":
+        if type(events).__module__.split(".")[0] == "cupy":
+            events = events.get()
+            mask = None if mask is None else mask.get() if hasattr(mask, "get") else mask
+        return fused_numba(events, plan, mask)
+    if impl == "cupy":
+        return fused_cupy(events, plan, mask)
+    raise ValueError(f"unknown kernel implementation {impl!r}; expected auto, numpy, numba or cupy")
