@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -367,15 +368,36 @@ class _DataSegment:
         self.dtype = layout.dtype
         self.ndim = 2
 
+    @property
+    def _direct(self) -> bool:
+        """True when the stored bytes are already the output array (after an optional byte swap)."""
+        lay = self.layout
+        if lay.datatype in ("F", "D"):
+            return True
+        return lay.datatype == "I" and len(set(lay.widths)) == 1 and lay.widths[0] in (1, 2, 4, 8)
+
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         rb = self.layout.row_bytes
         n = max(0, stop - start)
         if n == 0:
             return np.empty((0, self.layout.n_channels), dtype=self.dtype)
-        with open(self.path, "rb") as f:
-            f.seek(self.offset + start * rb)
-            buf = bytearray(n * rb)
-            got = f.readinto(buf)
+        if self._direct:
+            # read straight into the output array: one copy from the page cache, no temporaries
+            out = np.empty((n, self.layout.n_channels), dtype=self.dtype)
+            with open(self.path, "rb") as f:
+                f.seek(self.offset + start * rb)
+                got = f.readinto(memoryview(out).cast("B"))
+            if got == n * rb:
+                if self.layout.order != ("<" if sys.byteorder == "little" else ">"):
+                    out.byteswap(inplace=True)
+                if self.layout.datatype == "I":
+                    _apply_masks(out, self.layout)
+                return out
+        else:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset + start * rb)
+                buf = bytearray(n * rb)
+                got = f.readinto(buf)
         if got != n * rb:
             raise FCSDataError(
                 f"DATA segment ends early: rows {start}-{stop - 1} need bytes {self.offset + start * rb}-"
@@ -649,9 +671,12 @@ def _data_offsets(info: _DataSetInfo, layout: _Layout, n_tot: int | None, path, 
     if head_ok:
         candidates.append(("HEADER", hb, he))
 
+    text_end = header.text[1]
+
     def fits(begin):
+        # DATA cannot start inside the HEADER or the primary TEXT, and must hold $TOT events
         avail = size - (base + begin)
-        return begin >= HEADER_SIZE and avail >= 0 and (n_tot is None or n_tot * rb <= avail)
+        return begin > text_end and avail >= 0 and (n_tot is None or n_tot * rb <= avail)
 
     name, begin, end = candidates[0]
     if len(candidates) == 2 and candidates[0][1:] != candidates[1][1:]:

@@ -1,0 +1,35 @@
+"""Small helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+
+def best_of(fn, repeat: int = 3):
+    """Smallest wall time of ``repeat`` calls (s) and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def machine() -> str:
+    try:
+        import psutil
+
+        mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    except ImportError:
+        mem = ""
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} CPU cores ({cpu}), {mem}, Python {platform.python_version()}"
+
+
+def table(headers, rows) -> str:
+    """A Markdown table."""
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
