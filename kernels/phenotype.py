@@ -288,7 +288,7 @@ def _pack(plan: FusedPlan):
 def fine_bin(d):
     """Fine-histogram bin of ``d = value - threshold > 0`` (vectorised, NumPy)."""
     d = np.asarray(d, dtype=np.float64)
-    m, e = np.frexp(d)
+    m, e = np.frexp(np.where((d >= _FINE_LO) & (d < _FINE_HI), d, 1.0))
     b = 1 + (e.astype(np.int64) - FINE_EMIN) * FINE_SUB + ((m * 2.0 - 1.0) * FINE_SUB).astype(np.int64)
     b = np.where(d < _FINE_LO, 0, b)
     b = np.where(d >= _FINE_HI, FINE_NBINS - 1, b)
