@@ -3,6 +3,7 @@
 fcsparser needs NumPy < 2, so it cannot live beside evflow; this script runs
 twice:
 
+    python ci/fcsparser_check.py write DATA_DIR/written      # evflow writes test files
     python ci/fcsparser_check.py dump DATA_DIR OUT.npz      # in a venv with fcsparser
     python ci/fcsparser_check.py compare DATA_DIR OUT.npz   # in evflow's environment
 
@@ -20,14 +21,38 @@ from pathlib import Path
 
 
 def _files(data_dir: Path):
-    return sorted(p for p in data_dir.rglob("*") if p.suffix.lower() in (".fcs", ".lmd") and p.is_file())
+    import os
+
+    found = []
+    for root, _dirs, names in os.walk(data_dir, followlinks=True):
+        found += [Path(root) / n for n in names if n.lower().endswith((".fcs", ".lmd"))]
+    return sorted(found)
+
+
+def write(out_dir: Path) -> None:
+    """Files written by evflow.write_fcs, so fcsparser reads evflow's writer too."""
+    import numpy as np
+
+    import evflow
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    data = rng.lognormal(4, 1.5, size=(20000, 5)).astype(np.float32)
+    evflow.write_fcs(
+        out_dir / "evflow_written.fcs",
+        data,
+        ["FSC-A", "SSC-A", "FL1-A", "FL2-A", "Time"],
+        markers=[None, None, "CD63", "EpCAM/FITC", None],
+        meta={"$CYT": "synthetic", "NOTE": "a/b//c", "$FIL": "evflow_written.fcs"},
+    )
+    evflow.write_fcs(out_dir / "evflow_written_empty.fcs", np.zeros((0, 2), np.float32), ["A", "B"])
 
 
 def dump(data_dir: Path, out: Path) -> None:
     import fcsparser
     import numpy as np
 
-    arrays, errors = {}, {}
+    arrays, errors, names = {}, {}, {}
     for p in _files(data_dir):
         key = str(p.relative_to(data_dir))
         try:
@@ -35,9 +60,11 @@ def dump(data_dir: Path, out: Path) -> None:
                 warnings.simplefilter("ignore")
                 meta, df = fcsparser.parse(str(p), reformat_meta=True, dtype="float64", channel_naming="$PnN")
             arrays[key] = np.asarray(df.values, dtype=np.float64)
+            names[key] = np.array([str(c) for c in df.columns])
         except Exception as exc:  # fcsparser has no common error class
             errors[key] = f"{type(exc).__name__}: {exc}"[:200]
-    np.savez(out, **{f"data::{k}": v for k, v in arrays.items()}, **{f"error::{k}": np.array(v) for k, v in errors.items()})
+    np.savez(out, **{f"data::{k}": v for k, v in arrays.items()}, **{f"error::{k}": np.array(v) for k, v in errors.items()},
+             **{f"names::{k}": v for k, v in names.items()})
     print(f"fcsparser {fcsparser.__version__ if hasattr(fcsparser, '__version__') else ''}: read {len(arrays)} files, "
           f"failed on {len(errors)}")
 
@@ -63,7 +90,8 @@ def compare(data_dir: Path, out: Path) -> int:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ours = evflow.read_fcs(path).to_numpy().astype(np.float64)
+                sample = evflow.read_fcs(path)
+                ours = sample.to_numpy().astype(np.float64)
             ours_err = None
         except evflow.FCSError as exc:
             ours, ours_err = None, str(exc)
@@ -72,12 +100,15 @@ def compare(data_dir: Path, out: Path) -> int:
             if ours is None:
                 verdict = f"MISMATCH: fcsparser reads it, evflow says: {ours_err[:100]}"
                 bad += 1
-            elif key in KNOWN:
-                verdict = f"differs as expected: {KNOWN[key]}"
+            elif any(key.endswith(k) for k in KNOWN):
+                verdict = "differs as expected: " + next(v for k, v in KNOWN.items() if key.endswith(k))
             elif ours.shape != ref.shape or not np.array_equal(ours, ref, equal_nan=True):
                 verdict = f"MISMATCH: shapes {ours.shape} vs {ref.shape}"
                 if ours.shape == ref.shape:
                     verdict += f", max |diff| {np.nanmax(np.abs(ours - ref)):.3g}"
+                bad += 1
+            elif "written" in key and list(z[f"names::{key}"]) != sample.channels:
+                verdict = f"MISMATCH: channel names {list(z[f'names::{key}'])} vs {sample.channels}"
                 bad += 1
             else:
                 verdict = f"equal ({ref.shape[0]} x {ref.shape[1]})"
@@ -95,8 +126,11 @@ def compare(data_dir: Path, out: Path) -> int:
 
 
 if __name__ == "__main__":
-    mode, data_dir, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    if mode == "dump":
+    mode, data_dir = sys.argv[1], Path(sys.argv[2])
+    out = Path(sys.argv[3]) if len(sys.argv) > 3 else None
+    if mode == "write":
+        write(data_dir)
+    elif mode == "dump":
         dump(data_dir, out)
     else:
         sys.exit(compare(data_dir, out))
