@@ -49,6 +49,7 @@
 #define D_ELL_D2 30
 #define D_MK_THR 31
 #define D_H2 32
+#define H_NOUT 33
 
 typedef long long i64;
 #define EV_INF __longlong_as_double(0x7ff0000000000000LL)
@@ -82,7 +83,7 @@ template <typename T>
 __device__ __forceinline__ bool event_in_parent(const T* __restrict__ ev, i64 i, i64 rs, i64 cs,
                                                 const i64* __restrict__ ip, const double* __restrict__ dp,
                                                 double* v, double* y) {
-    const i64 S = ip[H_S], M = ip[H_M];
+    const i64 S = ip[H_S], M = ip[H_M], NOUT = ip[H_NOUT];
     const i64 o_kind = ip[O_SLOT_KIND], o_index = ip[O_SLOT_INDEX], o_cc = ip[O_COMP_COLS];
     const i64 d_comp = ip[D_COMP];
     const T* row = ev + i * rs;
@@ -92,7 +93,7 @@ __device__ __forceinline__ bool event_in_parent(const T* __restrict__ ev, i64 i,
             v[s] = (double)row[idx * cs];
         } else {
             double acc = 0.0;
-            for (i64 q = 0; q < M; ++q) acc = acc + (double)row[ip[o_cc + q] * cs] * dp[d_comp + q * M + idx];
+            for (i64 q = 0; q < M; ++q) acc = acc + (double)row[ip[o_cc + q] * cs] * dp[d_comp + q * NOUT + idx];
             v[s] = acc;
         }
     }

@@ -95,8 +95,9 @@ class FusedPlan:
     slots : list of (kind, index)
         ``(0, column)`` for a raw column, ``(1, j)`` for output ``j`` of the
         compensation.
-    comp_cols, comp_matrix : compensation inputs (columns) and the matrix
-        ``M`` (the inverse of the spillover matrix), ``comp = raw @ M``.
+    comp_cols, comp_matrix : compensation inputs (detector columns) and the
+        unmixing matrix ``M`` (detectors x outputs; the inverse of a square
+        spillover matrix), ``comp = raw[:, comp_cols] @ M``.
     ranges : list of (slot, lo, hi)
         ``lo <= value < hi``; ``-inf``/``inf`` for open ends.
     dims : list of (slot, kind, p0, p1, table)
@@ -131,13 +132,13 @@ class FusedPlan:
         for kind, idx in self.slots:
             if kind == 0 and not (0 <= idx < self.n_columns):
                 raise ValueError(f"slot column {idx} out of range 0..{self.n_columns - 1}")
-            if kind == 1 and not (0 <= idx < m):
-                raise ValueError(f"slot compensation output {idx} out of range 0..{m - 1}")
+            if kind == 1 and not (0 <= idx < self.n_comp_out):
+                raise ValueError(f"slot compensation output {idx} out of range 0..{self.n_comp_out - 1}")
         for c in self.comp_cols:
             if not (0 <= c < self.n_columns):
                 raise ValueError(f"compensation column {c} out of range")
-        if m and np.asarray(self.comp_matrix).shape != (m, m):
-            raise ValueError("comp_matrix must be square with len(comp_cols) rows")
+        if m and (np.asarray(self.comp_matrix).ndim != 2 or np.asarray(self.comp_matrix).shape[0] != m):
+            raise ValueError("comp_matrix must have len(comp_cols) rows")
         for s, _lo, _hi in self.ranges:
             if not (0 <= s < S):
                 raise ValueError(f"range slot {s} out of range")
@@ -171,6 +172,10 @@ class FusedPlan:
                 raise ValueError("invalid density specification")
 
     @property
+    def n_comp_out(self) -> int:
+        return 0 if not self.comp_cols else int(np.asarray(self.comp_matrix).shape[1])
+
+    @property
     def n_markers(self) -> int:
         return len(self.markers)
 
@@ -196,7 +201,8 @@ _H_S, _H_M, _H_R, _H_D, _H_P, _H_E, _H_K, _H_NX, _H_NY, _H_DX, _H_DY = range(11)
     _O_POLY_DIMS, _O_POLY_OFF, _O_ELL_OFF, _O_ELL_DIMS, _O_ELL_ICOV_OFF, _O_MK_SLOT,
     _D_COMP, _D_RNG_LO, _D_RNG_HI, _D_DIM_PARAM, _D_POLY, _D_ELL_MEAN, _D_ELL_D2, _D_MK_THR, _D_H2,
 ) = range(11, 33)
-_HEADER_LEN = 33
+_H_NOUT = 33
+_HEADER_LEN = 34
 
 
 def _pack(plan: FusedPlan):
@@ -206,6 +212,7 @@ def _pack(plan: FusedPlan):
     P, E, K = len(plan.polygons), len(plan.ellipses), len(plan.markers)
     nx, ny = plan.density_shape()
     ints[:11] = [S, m, R, D, P, E, K, nx, ny, 0, 0]
+    ints[_H_NOUT] = plan.n_comp_out
     if plan.density is not None:
         ints[_H_DX], ints[_H_DY] = int(plan.density[0]), int(plan.density[1])
 
@@ -541,6 +548,7 @@ def _nb_event(ev, i, ip, dp, v, y):
     """Steps 1-3 for event ``i``: True when it is in the parent population."""
     S = ip[_H_S]
     M = ip[_H_M]
+    NOUT = ip[_H_NOUT]
     o_kind = ip[_O_SLOT_KIND]
     o_index = ip[_O_SLOT_INDEX]
     o_cc = ip[_O_COMP_COLS]
@@ -552,7 +560,7 @@ def _nb_event(ev, i, ip, dp, v, y):
         else:
             acc = 0.0
             for q in range(M):
-                acc = acc + float(ev[i, ip[o_cc + q]]) * dp[d_comp + q * M + idx]
+                acc = acc + float(ev[i, ip[o_cc + q]]) * dp[d_comp + q * NOUT + idx]
             v[s] = acc
     R = ip[_H_R]
     o_rs = ip[_O_RNG_SLOT]
