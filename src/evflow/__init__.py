@@ -27,6 +27,11 @@ _EXPORTS = {
     "FCSSample": "evflow.io.fcs",
     "resolve_backend": "evflow.backend",
     "gpu_available": "evflow.backend",
+    "read_gatingml": "evflow.flow.gatingml",
+    "write_gatingml": "evflow.flow.gatingml",
+    "GatingStrategy": "evflow.flow.gates",
+    "GatingResults": "evflow.flow.gates",
+    "Compensation": "evflow.flow.compensation",
 }
 
 __all__ = [
