@@ -145,7 +145,7 @@ def synthetic_mesf_beads(
     fl3 = 0.6 * (tot / math.exp(b)) ** (1.0 / m) * rng.lognormal(0, cv, n)
     fsc = np.where(doublet, 700.0, 450.0) * rng.lognormal(0, 0.04, n)
     ssc = np.where(doublet, 600.0, 380.0) * rng.lognormal(0, 0.05, n)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "FSC": np.clip(fsc, 0, 1023),
             "SSC": np.clip(ssc, 0, 1023),
@@ -154,6 +154,9 @@ def synthetic_mesf_beads(
             "Time": np.sort(rng.uniform(0, 60.0, n)),
         }
     )
+    frame.attrs["ranges"] = {"FSC": (0.0, 1023.0), "SSC": (0.0, 1023.0), "FL1": (1.0, channel_max), "FL3": (1.0, channel_max)}
+    frame.attrs["source"] = "synthetic MESF beads"
+    return frame
 
 
 def synthetic_ev_sample(

@@ -129,7 +129,7 @@ def _as_table(sample, channels: Sequence[str], what: str = "beads") -> _Table:
         if missing:
             raise CalibrationError(f"{what}: no column(s) {missing}; columns are {list(sample.columns)}")
         data = np.asarray(sample[channels].to_numpy(), dtype=np.float64)
-        source = "DataFrame"
+        source = str(getattr(sample, "attrs", {}).get("source", "DataFrame"))
     elif hasattr(sample, "dims") and "channel" in getattr(sample, "dims", ()):
         names = [str(c) for c in sample["channel"].values]
         missing = [c for c in channels if c not in names]
@@ -144,7 +144,13 @@ def _as_table(sample, channels: Sequence[str], what: str = "beads") -> _Table:
         )
     if data.ndim != 2 or data.shape[0] == 0:
         raise CalibrationError(f"{what} ({source}): no events")
-    ranges = np.stack([np.nanmin(data, axis=0), np.nanmax(data, axis=0)], axis=1)
+    # no detector range in the input: attrs["ranges"] = {channel: (low, high)} if given, else
+    # from zero (or the lowest value, if negative) to the largest value
+    given = dict(getattr(sample, "attrs", {}).get("ranges", {}) or {})
+    ranges = np.stack([np.minimum(np.nanmin(data, axis=0), 0.0), np.nanmax(data, axis=0)], axis=1)
+    for j, c in enumerate(channels):
+        if c in given:
+            ranges[j] = [float(v) for v in given[c]]
     return _Table(data, channels, ranges, source)
 
 
@@ -482,7 +488,8 @@ class MESFCalibration:
     residuals : ndarray (n_peaks,)
         Fit residuals in natural-log units (NaN for unused peaks).
     relative_error : ndarray (n_peaks,)
-        ``to_mesf(peak) / mesf - 1`` for used peaks with a positive value.
+        Bead model vs manufacturer, ``(to_mesf(peak) - mesf_auto) / mesf - 1``,
+        for used peaks with a positive value.
     resolution : ndarray (n_peaks - 1,)
         Valley depth between neighbouring peaks (1 = no valley).
     source : str
@@ -647,7 +654,10 @@ def calibrate_mesf(
     Parameters
     ----------
     beads : path, FCSSample, pandas.DataFrame or xarray.DataArray
-        The bead sample; FCS input is read on the linear scale (``scale=True``).
+        The bead sample; FCS input is read on the linear scale (``scale=True``)
+        and the detector range comes from ``$PnR``/``$PnE``/``$PnG``; for a
+        DataFrame/DataArray it comes from ``.attrs["ranges"]`` (``{channel:
+        (low, high)}``) or else spans 0 to the largest value.
     channel : str
         Channel to calibrate ($PnN or $PnS).
     mesf_values : sequence of float
@@ -785,17 +795,6 @@ def calibrate_mesf(
             status.append("saturated")
         else:
             status.append("used")
-    merged = [j for j in range(k) if counts[j] > 0 and _count_modes(_display(fl[labels == j], rhi), min_prominence=0.1) > 1]
-    if merged:
-        msg = (
-            f"{table.source}: population(s) {merged} of {channel} hold more than one peak: the data show more "
-            f"bead peaks than the {k} MESF values given ({mesf.tolist()}); give one value per peak "
-            "(NaN for a peak without a value)"
-        )
-        if on_unresolved == "raise":
-            raise CalibrationError(msg)
-        for j in merged:
-            status[j] = "several peaks"
     if bad:
         pairs = ", ".join(
             f"peaks {j} and {j + 1} (MESF {mesf[j]:g} and {mesf[j + 1]:g}; valley ratio {dip[j]:.2f}, "
@@ -812,6 +811,18 @@ def calibrate_mesf(
         for j in bad:
             for jj in (j, j + 1):
                 status[jj] = "unresolved"
+    merged = [j for j in range(k) if counts[j] > 0 and _count_modes(_display(fl[labels == j], rhi), min_prominence=0.1) > 1]
+    if merged:
+        msg = (
+            f"{table.source}: population(s) {merged} of {channel} hold more than one peak: the data show more "
+            f"bead peaks than the {k} MESF values given ({mesf.tolist()}); give one value per peak "
+            "(NaN for a peak without a value)"
+        )
+        if on_unresolved == "raise":
+            raise CalibrationError(msg)
+        for j in merged:
+            if status[j] == "used":
+                status[j] = "several peaks"
     used = np.array([s == "used" for s in status])
     if used.sum() < 3:
         raise CalibrationError(
@@ -841,7 +852,7 @@ def calibrate_mesf(
     residuals[used] = fit["residuals"]
     rel = np.full(k, np.nan)
     pos = used & (mesf > 0)
-    rel[pos] = _std_curve(medians[pos], fit["m"], fit["b"]) / mesf[pos] - 1.0
+    rel[pos] = (_std_curve(medians[pos], fit["m"], fit["b"]) - fit["mesf_auto"]) / mesf[pos] - 1.0
     return MESFCalibration(
         channel=table.names[0],
         units=units,
