@@ -40,6 +40,8 @@ _EXPORTS = {
     "GatingStrategy": "evflow.flow.gates",
     "GatingResults": "evflow.flow.gates",
     "Compensation": "evflow.flow.compensation",
+    "count_phenotypes": "evflow.flow.phenotypes",
+    "density2d": "evflow.flow.phenotypes",
 }
 
 __all__ = [

@@ -690,6 +690,9 @@ def count_phenotypes(
 
     graphs, plans_desc, thresholds_nodes = [], [], []
     for sname, sample in samples:
+        if sample.n_events == 0:
+            raise GatingError(f"sample {sname!r} has no events; nothing to count")
+    for sname, sample in samples:
         comp, use_mask, fcs_comp, mslots = _compile(sample, sname, chain, mask_gate, strategy, spec, compensation)
         base = _make_plan(comp, mslots, [0.0 if np.isnan(t) else t for t in fixed])
         if rules:
