@@ -27,6 +27,8 @@ _EXPORTS = {
     "FCSSample": "evflow.io.fcs",
     "resolve_backend": "evflow.backend",
     "gpu_available": "evflow.backend",
+    "detect_spots": "evflow.imaging.detect",
+    "Camera": "evflow.imaging.camera",
     "calibrate_mesf": "evflow.flow.calibration",
     "MESFCalibration": "evflow.flow.calibration",
     "calibrate_scatter": "evflow.flow.calibration",

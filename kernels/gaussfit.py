@@ -1,0 +1,647 @@
+"""Batched 2-D integrated-Gaussian fits of spots (single-molecule / single-vesicle).
+
+Model of the expected photon count in pixel ``(i, j)`` of a ``w x w`` window
+(pixel centres at integer coordinates, the centre of pixel ``[0, 0]`` is
+``(0.0, 0.0)``)::
+
+    mu[i, j] = b + N * Ex[j] * Ey[i]
+    Ex[j] = 0.5 * (erf((j - x + 0.5) / (sqrt(2) s)) - erf((j - x - 0.5) / (sqrt(2) s)))
+
+with parameters ``theta = (x, y, N, b, s)``: position (px), total photons,
+background (photons/px) and PSF standard deviation (px).  The fit is a
+Levenberg-Marquardt iteration on either the Poisson log-likelihood
+(``method="mle"``, Fisher-scoring normal equations, as in Smith et al. 2010 /
+Gpufit's MLE estimator) or the sum of squares (``method="lsq"``).  For sCMOS
+data the read-noise variance (photons^2) can be added to data and model
+(Huang et al. 2013).  The Cramer-Rao lower bound is ``diag(I^-1)`` of the
+Poisson Fisher information at the solution.
+
+Three implementations give the same numbers (to rounding):
+
+- :func:`fit_numpy`: the NumPy reference (vectorised over spots), the oracle;
+- :func:`fit_numba`: the fast CPU version (one spot per loop iteration,
+  parallel over spots);
+- :func:`fit_cupy`: the CUDA version from ``gaussfit.cu``, one thread per spot.
+
+Use :func:`fit_gaussians`, which picks one by ``backend``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "PARAMS",
+    "STATUS",
+    "fit_gaussians",
+    "fit_numpy",
+    "fit_numba",
+    "fit_cupy",
+    "initial_guess",
+    "MAX_WINDOW",
+]
+
+PARAMS = ("x", "y", "photons", "background", "sigma")
+#: status codes per fit
+STATUS = {0: "converged", 1: "max_iterations", 2: "stalled"}
+MAX_WINDOW = 16
+
+_LAMBDA0 = 1e-3
+_LAMBDA_MIN = 1e-7
+_LAMBDA_MAX = 1e7
+_SQRT2 = math.sqrt(2.0)
+_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_MIN_PHOTONS = 1e-3
+_MIN_BACKGROUND = 1e-6
+
+
+def _check(windows, sigma, max_iter, method):
+    if windows.ndim != 3 or windows.shape[1] != windows.shape[2]:
+        raise ValueError(f"windows must have shape (n, w, w), got {windows.shape}")
+    w = windows.shape[1]
+    if not 3 <= w <= MAX_WINDOW:
+        raise ValueError(f"window size must be 3..{MAX_WINDOW} px, got {w}")
+    if not (sigma > 0):
+        raise ValueError(f"sigma must be > 0 px, got {sigma}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    if method not in ("mle", "lsq"):
+        raise ValueError(f"method must be 'mle' or 'lsq', got {method!r}")
+
+
+# ---------------------------------------------------------------------------
+# initial guess (shared by all backends: computed with NumPy / CuPy array ops)
+# ---------------------------------------------------------------------------
+
+
+def initial_guess(windows, sigma, xp=np):
+    """Starting values (n, 5): centroid position, summed photons, border-mean background.
+
+    The background is the mean of the window's border pixels, the photon
+    count the background-subtracted sum (at least 1), the position the
+    centroid of the positive background-subtracted values clamped to within
+    1 px of the window centre.
+    """
+    d = windows.astype(xp.float64)
+    n, w, _ = d.shape
+    border = xp.concatenate([d[:, 0, :], d[:, -1, :], d[:, 1:-1, 0], d[:, 1:-1, -1]], axis=1)
+    b0 = xp.maximum(border.mean(axis=1), 1.0e-3)
+    r = xp.maximum(d - b0[:, None, None], 0.0)
+    tot = r.sum(axis=(1, 2))
+    idx = xp.arange(w, dtype=xp.float64)
+    c = 0.5 * (w - 1)
+    safe = xp.where(tot > 0, tot, 1.0)
+    x0 = xp.where(tot > 0, (r.sum(axis=1) * idx).sum(axis=1) / safe, c)
+    y0 = xp.where(tot > 0, (r.sum(axis=2) * idx).sum(axis=1) / safe, c)
+    x0 = xp.clip(x0, c - 1.0, c + 1.0)
+    y0 = xp.clip(y0, c - 1.0, c + 1.0)
+    n0 = xp.maximum((d - b0[:, None, None]).sum(axis=(1, 2)), 1.0)
+    s0 = xp.full(n, float(sigma))
+    return xp.stack([x0, y0, n0, b0, s0], axis=1)
+
+
+# ---------------------------------------------------------------------------
+# NumPy reference
+# ---------------------------------------------------------------------------
+
+
+def _np_terms(theta, w):
+    from scipy.special import erf
+
+    x, y, N, b, s = (theta[:, k : k + 1] for k in range(5))
+    j = np.arange(w, dtype=np.float64)[None, :]
+    inv = 1.0 / (_SQRT2 * s)
+    norm = _INV_SQRT2PI / s
+
+    def axis(c):
+        up = j - c + 0.5
+        um = j - c - 0.5
+        eup = np.exp(-0.5 * (up / s) ** 2)
+        eum = np.exp(-0.5 * (um / s) ** 2)
+        e = 0.5 * (erf(up * inv) - erf(um * inv))
+        de = norm * (eum - eup)
+        ds = -norm / s * (up * eup - um * eum)
+        return e, de, ds
+
+    ex, dex, dsx = axis(x)
+    ey, dey, dsy = axis(y)
+    Nn = N[:, :, None]
+    psf = ey[:, :, None] * ex[:, None, :]
+    mu = b[:, :, None] + Nn * psf
+    jac = np.stack(
+        [
+            Nn * ey[:, :, None] * dex[:, None, :],
+            Nn * dey[:, :, None] * ex[:, None, :],
+            psf,
+            np.ones_like(psf),
+            Nn * (ey[:, :, None] * dsx[:, None, :] + dsy[:, :, None] * ex[:, None, :]),
+        ],
+        axis=1,
+    )  # (n, 5, w, w)
+    return mu, jac
+
+
+def _np_stats(d, theta, rv, lsq, fit_sigma):
+    """Objective, gradient (n,5) and normal matrix (n,5,5) at theta."""
+    w = d.shape[1]
+    mu, jac = _np_terms(theta, w)
+    if lsq:
+        res = d - mu
+        obj = -(res * res).sum(axis=(1, 2))
+        wgt = np.ones_like(mu)
+    else:
+        mup = mu + rv
+        dp = np.maximum(d + rv, 0.0)
+        wgt = 1.0 / mup
+        res = dp * wgt - 1.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            obj = np.where(dp > 0, dp * np.log(mup), 0.0).sum(axis=(1, 2)) - mup.sum(axis=(1, 2))
+    g = (jac * res[:, None]).sum(axis=(2, 3))
+    A = np.einsum("nkij,nlij,nij->nkl", jac, jac, wgt)
+    if not fit_sigma:
+        g[:, 4] = 0.0
+        A[:, 4, :] = 0.0
+        A[:, :, 4] = 0.0
+        A[:, 4, 4] = 1.0
+    return obj, g, A
+
+
+def _np_cholesky_solve(A, g):
+    """Batched 5x5 Cholesky solve; ok[n] False where A is not positive definite."""
+    n = A.shape[0]
+    L = np.zeros_like(A)
+    ok = np.ones(n, dtype=bool)
+    for k in range(5):
+        s = A[:, k, k] - (L[:, k, :k] ** 2).sum(axis=1)
+        ok &= s > 0
+        L[:, k, k] = np.sqrt(np.where(s > 0, s, 1.0))
+        for i in range(k + 1, 5):
+            L[:, i, k] = (A[:, i, k] - (L[:, i, :k] * L[:, k, :k]).sum(axis=1)) / L[:, k, k]
+    z = np.zeros_like(g)
+    for i in range(5):
+        z[:, i] = (g[:, i] - (L[:, i, :i] * z[:, :i]).sum(axis=1)) / L[:, i, i]
+    x = np.zeros_like(g)
+    for i in range(4, -1, -1):
+        x[:, i] = (z[:, i] - (L[:, i + 1 :, i] * x[:, i + 1 :]).sum(axis=1)) / L[:, i, i]
+    return x, ok
+
+
+def _np_constrain(t, w, s_min, s_max):
+    t = t.copy()
+    t[:, 0] = np.clip(t[:, 0], -0.5, w - 0.5)
+    t[:, 1] = np.clip(t[:, 1], -0.5, w - 0.5)
+    t[:, 2] = np.maximum(t[:, 2], _MIN_PHOTONS)
+    t[:, 3] = np.maximum(t[:, 3], _MIN_BACKGROUND)
+    t[:, 4] = np.clip(t[:, 4], s_min, s_max)
+    return t
+
+
+def _np_finish(d, theta, obj, A, rv, lsq, fit_sigma):
+    """CRLB (n,5) and log-likelihood ratio (n,) at the solution."""
+    if lsq:  # Poisson objective and Fisher information at the least-squares solution
+        obj, _, A = _np_stats(d, theta, rv, False, fit_sigma)
+    n = d.shape[0]
+    crlb = np.empty((n, 5))
+    for k in range(5):
+        e = np.zeros((n, 5))
+        e[:, k] = 1.0
+        sol, ok = _np_cholesky_solve(A, e)
+        crlb[:, k] = np.where(ok, np.sqrt(np.maximum(sol[:, k], 0.0)), np.nan)
+    if not fit_sigma:
+        crlb[:, 4] = 0.0
+    dp = d + rv
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sat = np.where(dp > 0, dp * np.log(dp) - dp, 0.0).sum(axis=(1, 2))
+    return crlb, 2.0 * (sat - obj)
+
+
+def fit_numpy(windows, init, *, sigma, fit_sigma=True, method="mle", max_iter=30, tol=1e-5, readout_var=0.0):
+    """NumPy reference of the batched fit; see :func:`fit_gaussians`."""
+    d = np.asarray(windows, dtype=np.float32).astype(np.float64)
+    n, w, _ = d.shape
+    lsq = method == "lsq"
+    rv = float(readout_var)
+    s_min, s_max = 0.25 * sigma, 4.0 * sigma
+    theta = np.array(init, dtype=np.float64, copy=True)
+    obj, g, A = _np_stats(d, theta, rv, lsq, fit_sigma)
+    lam = np.full(n, _LAMBDA0)
+    active = np.ones(n, dtype=bool)
+    iters = np.zeros(n, dtype=np.int32)
+    status = np.ones(n, dtype=np.int8)
+    for it in range(max_iter):
+        if not active.any():
+            break
+        iters[active] = it + 1
+        Ad = A.copy()
+        diag = np.arange(5)
+        Ad[:, diag, diag] = A[:, diag, diag] * (1.0 + lam[:, None])
+        delta, ok = _np_cholesky_solve(Ad, g)
+        cand = _np_constrain(theta + np.where(ok[:, None], delta, 0.0), w, s_min, s_max)
+        obj_c, g_c, A_c = _np_stats(d, cand, rv, lsq, fit_sigma)
+        accept = active & ok & np.isfinite(obj_c) & (obj_c >= obj)
+        step = np.abs(cand - theta)
+        conv = (
+            accept
+            & (step[:, 0] < tol)
+            & (step[:, 1] < tol)
+            & (step[:, 4] < tol)
+            & (step[:, 2] < tol * np.maximum(theta[:, 2], 1.0))
+            & (step[:, 3] < tol * np.maximum(theta[:, 3], 1.0))
+        )
+        theta = np.where(accept[:, None], cand, theta)
+        obj = np.where(accept, obj_c, obj)
+        g = np.where(accept[:, None], g_c, g)
+        A = np.where(accept[:, None, None], A_c, A)
+        reject = active & ~accept
+        lam = np.where(accept & active, np.maximum(lam * 0.1, _LAMBDA_MIN), lam)
+        lam = np.where(reject, lam * 10.0, lam)
+        stalled = reject & (lam > _LAMBDA_MAX)
+        status[conv] = 0
+        status[stalled] = 2
+        active &= ~(conv | stalled)
+    crlb, llr = _np_finish(d, theta, obj, A, rv, lsq, fit_sigma)
+    return theta, crlb, llr, iters, status
+
+
+# ---------------------------------------------------------------------------
+# Numba (fast CPU)
+# ---------------------------------------------------------------------------
+
+try:  # Numba is a hard dependency, but keep the reference importable without it
+    import numba as _numba
+    from numba import get_num_threads as _get_num_threads, prange as _prange
+except ImportError:  # pragma: no cover
+    _numba = None
+
+
+def _njit(*args, **kwargs):
+    if _numba is None:  # pragma: no cover
+        return lambda f: f
+    return _numba.njit(*args, cache=True, **kwargs)
+
+
+@_njit(inline="always")
+def _nb_axis(c, s, w, e, de, ds):
+    inv = 1.0 / (_SQRT2 * s)
+    norm = _INV_SQRT2PI / s
+    up = -c - 0.5  # lower edge of pixel 0
+    eup = math.exp(-0.5 * (up / s) * (up / s))
+    fup = math.erf(up * inv)
+    for j in range(w):
+        um = up
+        eum = eup
+        fum = fup
+        up = j - c + 0.5
+        eup = math.exp(-0.5 * (up / s) * (up / s))
+        fup = math.erf(up * inv)
+        e[j] = 0.5 * (fup - fum)
+        de[j] = norm * (eum - eup)
+        ds[j] = -norm / s * (up * eup - um * eum)
+
+
+@_njit()
+def _nb_stats(d, w, t, rv, lsq, fit_sigma, ws, out):
+    """out[0] objective, out[1:6] gradient, out[6:21] packed upper normal matrix."""
+    ex, dex, dsx, ey, dey, dsy = ws[0], ws[1], ws[2], ws[3], ws[4], ws[5]
+    _nb_axis(t[0], t[4], w, ex, dex, dsx)
+    _nb_axis(t[1], t[4], w, ey, dey, dsy)
+    N = t[2]
+    b = t[3]
+    g0 = g1 = g2 = g3 = g4 = 0.0
+    a00 = a01 = a02 = a03 = a04 = a11 = a12 = a13 = a14 = 0.0
+    a22 = a23 = a24 = a33 = a34 = a44 = 0.0
+    obj = 0.0
+    for i in range(w):
+        eyi = ey[i]
+        deyi = dey[i]
+        dsyi = dsy[i]
+        for j in range(w):
+            psf = ex[j] * eyi
+            mu = b + N * psf
+            p0 = N * dex[j] * eyi
+            p1 = N * ex[j] * deyi
+            p2 = psf
+            p4 = N * (dsx[j] * eyi + ex[j] * dsyi)
+            dv = d[i, j]
+            if lsq:
+                res = dv - mu
+                obj -= res * res
+                wgt = 1.0
+            else:
+                mup = mu + rv
+                dp = dv + rv
+                if dp < 0.0:
+                    dp = 0.0
+                wgt = 1.0 / mup
+                res = dp * wgt - 1.0
+                if dp > 0.0:
+                    obj += dp * math.log(mup)
+                obj -= mup
+            g0 += res * p0
+            g1 += res * p1
+            g2 += res * p2
+            g3 += res
+            g4 += res * p4
+            w0 = wgt * p0
+            w1 = wgt * p1
+            w2 = wgt * p2
+            w4 = wgt * p4
+            a00 += w0 * p0
+            a01 += w0 * p1
+            a02 += w0 * p2
+            a03 += w0
+            a04 += w0 * p4
+            a11 += w1 * p1
+            a12 += w1 * p2
+            a13 += w1
+            a14 += w1 * p4
+            a22 += w2 * p2
+            a23 += w2
+            a24 += w2 * p4
+            a33 += wgt
+            a34 += w4
+            a44 += w4 * p4
+    if not fit_sigma:
+        g4 = 0.0
+        a04 = a14 = a24 = a34 = 0.0
+        a44 = 1.0
+    out[0] = obj
+    out[1] = g0
+    out[2] = g1
+    out[3] = g2
+    out[4] = g3
+    out[5] = g4
+    out[6] = a00
+    out[7] = a01
+    out[8] = a02
+    out[9] = a03
+    out[10] = a04
+    out[11] = a11
+    out[12] = a12
+    out[13] = a13
+    out[14] = a14
+    out[15] = a22
+    out[16] = a23
+    out[17] = a24
+    out[18] = a33
+    out[19] = a34
+    out[20] = a44
+
+
+@_njit(inline="always")
+def _nb_pidx(r, c):
+    i = min(r, c)
+    j = max(r, c)
+    return 6 + i * 5 - (i * (i - 1)) // 2 + (j - i)
+
+
+@_njit()
+def _nb_chol_solve(st, lam, rhs, L, z, out):
+    """Solve (A + lam diag A) out = rhs, A packed in st[6:21]; False if not positive definite."""
+    for k in range(5):
+        s = st[_nb_pidx(k, k)] * (1.0 + lam)
+        for m in range(k):
+            s -= L[k, m] * L[k, m]
+        if not (s > 0.0):
+            return False
+        L[k, k] = math.sqrt(s)
+        for i in range(k + 1, 5):
+            v = st[_nb_pidx(i, k)]
+            for m in range(k):
+                v -= L[i, m] * L[k, m]
+            L[i, k] = v / L[k, k]
+    for i in range(5):
+        v = rhs[i]
+        for m in range(i):
+            v -= L[i, m] * z[m]
+        z[i] = v / L[i, i]
+    for i in range(4, -1, -1):
+        v = z[i]
+        for m in range(i + 1, 5):
+            v -= L[m, i] * out[m]
+        out[i] = v / L[i, i]
+    return True
+
+
+@_njit()
+def _nb_fit_one(d, w, t, rv, lsq, fit_sigma, sigma, max_iter, tol, ws, st, stc, L, z, delta, cand, out_crlb):
+    s_min = 0.25 * sigma
+    s_max = 4.0 * sigma
+    _nb_stats(d, w, t, rv, lsq, fit_sigma, ws, st)
+    lam = _LAMBDA0
+    status = 1
+    iters = 0
+    for it in range(max_iter):
+        iters = it + 1
+        ok = _nb_chol_solve(st, lam, st[1:6], L, z, delta)
+        for k in range(5):
+            cand[k] = t[k] + delta[k] if ok else t[k]
+        cand[0] = min(max(cand[0], -0.5), w - 0.5)
+        cand[1] = min(max(cand[1], -0.5), w - 0.5)
+        cand[2] = max(cand[2], _MIN_PHOTONS)
+        cand[3] = max(cand[3], _MIN_BACKGROUND)
+        cand[4] = min(max(cand[4], s_min), s_max)
+        _nb_stats(d, w, cand, rv, lsq, fit_sigma, ws, stc)
+        if ok and math.isfinite(stc[0]) and stc[0] >= st[0]:
+            conv = (
+                abs(cand[0] - t[0]) < tol
+                and abs(cand[1] - t[1]) < tol
+                and abs(cand[4] - t[4]) < tol
+                and abs(cand[2] - t[2]) < tol * max(t[2], 1.0)
+                and abs(cand[3] - t[3]) < tol * max(t[3], 1.0)
+            )
+            for k in range(5):
+                t[k] = cand[k]
+            for k in range(21):
+                st[k] = stc[k]
+            lam = max(lam * 0.1, _LAMBDA_MIN)
+            if conv:
+                status = 0
+                break
+        else:
+            lam = lam * 10.0
+            if lam > _LAMBDA_MAX:
+                status = 2
+                break
+    # Poisson objective and Fisher information at the solution
+    if lsq:
+        _nb_stats(d, w, t, rv, False, fit_sigma, ws, st)
+    for k in range(5):
+        for m in range(5):
+            delta[m] = 1.0 if m == k else 0.0
+        if _nb_chol_solve(st, 0.0, delta, L, delta, cand):
+            out_crlb[k] = math.sqrt(max(cand[k], 0.0))
+        else:
+            out_crlb[k] = np.nan
+    if not fit_sigma:
+        out_crlb[4] = 0.0
+    # log-likelihood ratio = 2 * (sum_d>0 d ln d - sum d - objective)
+    sat = 0.0
+    for i in range(w):
+        for j in range(w):
+            dp = d[i, j] + rv
+            if dp > 0.0:
+                sat += dp * math.log(dp) - dp
+    return iters, status, 2.0 * (sat - st[0])
+
+
+@_njit(parallel=True)
+def _nb_fit_all(data, theta, rv, lsq, fit_sigma, sigma, max_iter, tol, crlb, llr, iters, status, nblk):
+    n, w, _ = data.shape
+    size = (n + nblk - 1) // nblk
+    for blk in _prange(nblk):
+        ws = np.empty((6, w))
+        d = np.empty((w, w))
+        st = np.empty(21)
+        stc = np.empty(21)
+        L = np.empty((5, 5))
+        z = np.empty(5)
+        delta = np.empty(5)
+        cand = np.empty(5)
+        for p in range(blk * size, min(n, (blk + 1) * size)):
+            for i in range(w):
+                for j in range(w):
+                    d[i, j] = np.float64(data[p, i, j])
+            it, stt, lr = _nb_fit_one(
+                d, w, theta[p], rv, lsq, fit_sigma, sigma, max_iter, tol, ws, st, stc, L, z, delta, cand, crlb[p]
+            )
+            iters[p] = it
+            status[p] = stt
+            llr[p] = lr
+
+
+def fit_numba(windows, init, *, sigma, fit_sigma=True, method="mle", max_iter=30, tol=1e-5, readout_var=0.0):
+    """Numba (parallel CPU) version of the batched fit; see :func:`fit_gaussians`."""
+    data = np.ascontiguousarray(windows, dtype=np.float32)
+    n = data.shape[0]
+    theta = np.array(init, dtype=np.float64, copy=True, order="C")
+    crlb = np.empty((n, 5))
+    llr = np.empty(n)
+    iters = np.empty(n, dtype=np.int32)
+    status = np.empty(n, dtype=np.int8)
+    if n:
+        _nb_fit_all(
+            data, theta, float(readout_var), method == "lsq", bool(fit_sigma), float(sigma),
+            int(max_iter), float(tol), crlb, llr, iters, status, int(_get_num_threads()) * 8,
+        )
+    return theta, crlb, llr, iters, status
+
+
+# ---------------------------------------------------------------------------
+# CuPy (CUDA, one thread per spot; source in gaussfit.cu)
+# ---------------------------------------------------------------------------
+
+_CONSTANTS = {
+    "EVF_LAMBDA0": _LAMBDA0,
+    "EVF_LAMBDA_MIN": _LAMBDA_MIN,
+    "EVF_LAMBDA_MAX": _LAMBDA_MAX,
+    "EVF_MIN_PHOTONS": _MIN_PHOTONS,
+    "EVF_MIN_BACKGROUND": _MIN_BACKGROUND,
+}
+
+
+def cuda_options(w):
+    """NVRTC options: window size and the fit constants shared with the Python versions."""
+    opts = [f"-DEVF_W={int(w)}"]
+    opts += [f"-D{k}={v!r}" for k, v in _CONSTANTS.items()]
+    return tuple(opts)
+
+
+def fit_cupy(windows, init, *, sigma, fit_sigma=True, method="mle", max_iter=30, tol=1e-5, readout_var=0.0):
+    """CUDA version of the batched fit (inputs/outputs are CuPy arrays); see :func:`fit_gaussians`."""
+    import cupy as cp
+
+    from . import load_module
+
+    data = cp.ascontiguousarray(cp.asarray(windows, dtype=cp.float32))
+    n, w, _ = data.shape
+    theta = cp.array(init, dtype=cp.float64, copy=True, order="C")
+    crlb = cp.empty((n, 5), dtype=cp.float64)
+    llr = cp.empty(n, dtype=cp.float64)
+    iters = cp.empty(n, dtype=cp.int32)
+    status = cp.empty(n, dtype=cp.int8)
+    if n:
+        mod = load_module("gaussfit.cu", options=cuda_options(w))
+        kern = mod.get_function("evf_gaussfit")
+        threads = 128
+        blocks = (n + threads - 1) // threads
+        kern(
+            (blocks,), (threads,),
+            (
+                data, theta, crlb, llr, iters, status, np.int32(n), np.float64(readout_var),
+                np.int32(method == "lsq"), np.int32(bool(fit_sigma)), np.float64(sigma),
+                np.int32(max_iter), np.float64(tol),
+            ),
+        )
+    return theta, crlb, llr, iters, status
+
+
+# ---------------------------------------------------------------------------
+# dispatcher
+# ---------------------------------------------------------------------------
+
+
+def fit_gaussians(
+    windows,
+    *,
+    sigma=1.3,
+    fit_sigma=True,
+    method="mle",
+    init=None,
+    max_iter=30,
+    tol=1e-5,
+    readout_var=0.0,
+    backend="numba",
+):
+    """Fit an integrated 2-D Gaussian to every window of a batch.
+
+    Parameters
+    ----------
+    windows : array (n, w, w)
+        Pixel values in photons (float32 precision is used), ``3 <= w <= 16``.
+        NumPy for the 'numpy'/'numba' backends, CuPy for 'cupy'.
+    sigma : float
+        PSF standard deviation (px): the starting value, or the fixed value
+        when ``fit_sigma`` is False.
+    fit_sigma : bool
+        Fit the PSF width (5 parameters) or keep it fixed (4 parameters).
+    method : {'mle', 'lsq'}
+        Poisson maximum likelihood or least squares.
+    init : array (n, 5), optional
+        Starting ``(x, y, photons, background, sigma)``; default :func:`initial_guess`.
+    max_iter, tol : int, float
+        Iteration limit; convergence when an accepted step moves x, y and
+        sigma by less than ``tol`` px and photons/background by less than
+        ``tol`` relative.
+    readout_var : float
+        Read-noise variance in photons^2, added to data and model (sCMOS).
+    backend : {'numpy', 'numba', 'cupy'}
+
+    Returns
+    -------
+    dict with ``params`` (n, 5: x, y in window px; photons; background in
+    photons/px; sigma in px), ``crlb`` (n, 5: square roots of the Cramer-Rao
+    bounds, same units), ``llr`` (n: Poisson log-likelihood ratio, ~chi^2 with
+    w*w-5 degrees of freedom for a good fit), ``iterations`` (n) and
+    ``status`` (n: 0 converged, 1 iteration limit, 2 stalled).
+    """
+    _check(windows, sigma, max_iter, method)
+    if backend == "cupy":
+        import cupy as cp
+
+        xp = cp
+        fn = fit_cupy
+    elif backend in ("numba", "numpy"):
+        xp = np
+        fn = fit_numba if backend == "numba" else fit_numpy
+    else:
+        raise ValueError(f"backend must be 'numpy', 'numba' or 'cupy', got {backend!r}")
+    if init is None:
+        init = initial_guess(xp.asarray(windows, dtype=xp.float32), sigma, xp=xp)
+    theta, crlb, llr, iters, status = fn(
+        windows, init, sigma=float(sigma), fit_sigma=fit_sigma, method=method,
+        max_iter=max_iter, tol=tol, readout_var=readout_var,
+    )
+    return {"params": theta, "crlb": crlb, "llr": llr, "iterations": iters, "status": status}

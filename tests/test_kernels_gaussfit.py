@@ -1,0 +1,109 @@
+"""Batched integrated-Gaussian fits: NumPy reference vs Numba vs CUDA, accuracy vs CRLB."""
+
+import numpy as np
+import pytest
+
+from evflow.kernels import gaussfit as gf
+from evflow.synth import integrated_gaussian
+
+
+def _windows(n, w=7, sigma=1.3, photons=(300, 3000), bg=(5, 20), seed=0):
+    rng = np.random.default_rng(seed)
+    c = (w - 1) / 2
+    x = c + rng.uniform(-0.5, 0.5, n)
+    y = c + rng.uniform(-0.5, 0.5, n)
+    N = rng.uniform(*photons, n)
+    b = rng.uniform(*bg, n)
+    mu = b[:, None, None] + N[:, None, None] * integrated_gaussian(y, sigma, w)[:, :, None] * integrated_gaussian(x, sigma, w)[:, None, :]
+    return rng.poisson(mu).astype(np.float32), np.column_stack([x, y, N, b])
+
+
+@pytest.mark.parametrize("method", ["mle", "lsq"])
+@pytest.mark.parametrize("fit_sigma", [True, False])
+def test_numba_matches_numpy_reference(method, fit_sigma):
+    d, _ = _windows(400, seed=1)
+    a = gf.fit_gaussians(d, sigma=1.3, method=method, fit_sigma=fit_sigma, backend="numpy")
+    b = gf.fit_gaussians(d, sigma=1.3, method=method, fit_sigma=fit_sigma, backend="numba")
+    np.testing.assert_allclose(b["params"], a["params"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(b["crlb"], a["crlb"], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(b["llr"], a["llr"], rtol=1e-8, atol=1e-8)
+    assert (a["iterations"] == b["iterations"]).mean() > 0.99
+    assert (a["status"] == b["status"]).mean() > 0.99
+    if not fit_sigma:
+        assert np.all(a["params"][:, 4] == 1.3) and np.all(a["crlb"][:, 4] == 0)
+
+
+def test_mle_accuracy_reaches_crlb():
+    d, truth = _windows(4000, seed=2)
+    r = gf.fit_gaussians(d, sigma=1.3, backend="numba")
+    p = r["params"]
+    assert (r["status"] == 0).mean() > 0.99
+    for k in (0, 1):  # x, y
+        err = p[:, k] - truth[:, k]
+        assert abs(err.mean()) < 0.01
+        rmse = np.sqrt((err**2).mean())
+        crlb = np.sqrt((r["crlb"][:, k] ** 2).mean())
+        assert 0.8 * crlb < rmse < 1.2 * crlb, (rmse, crlb)
+    rel = (p[:, 2] - truth[:, 2]) / truth[:, 2]
+    assert abs(np.median(rel)) < 0.03
+    assert abs(np.median(p[:, 4]) - 1.3) < 0.02
+    # log-likelihood ratio ~ chi^2 with w*w - 5 degrees of freedom for a correct model
+    assert 40 < np.mean(r["llr"]) < 49
+
+
+def test_crlb_matches_analytic_limit():
+    # no background, fixed sigma: var(x) = (sigma^2 + 1/12) / N (Mortensen et al. 2010, large pixels excluded)
+    N = 1e4
+    w = 15
+    c = 7.0
+    d = (N * np.outer(integrated_gaussian(c, 1.3, w), integrated_gaussian(c, 1.3, w)))[None].astype(np.float32)
+    init = np.array([[c, c, N, 1e-6, 1.3]])
+    r = gf.fit_gaussians(d, sigma=1.3, fit_sigma=False, init=init, max_iter=1, backend="numpy")
+    expected = np.sqrt((1.3**2 + 1 / 12) / N)
+    assert r["crlb"][0, 0] == pytest.approx(expected, rel=0.03)
+
+
+def test_lsq_and_mle_agree_on_bright_spots():
+    d, truth = _windows(300, photons=(5000, 8000), seed=3)
+    a = gf.fit_gaussians(d, sigma=1.3, method="mle", backend="numba")["params"]
+    b = gf.fit_gaussians(d, sigma=1.3, method="lsq", backend="numba")["params"]
+    assert np.sqrt(((a[:, 0] - b[:, 0]) ** 2).mean()) < 0.03
+
+
+def test_readout_variance_changes_fit_and_matches_reference():
+    d, _ = _windows(100, seed=4)
+    d = d - 3.0  # offset-subtracted data can go below zero
+    a = gf.fit_gaussians(d, sigma=1.3, readout_var=4.0, backend="numpy")
+    b = gf.fit_gaussians(d, sigma=1.3, readout_var=4.0, backend="numba")
+    np.testing.assert_allclose(b["params"], a["params"], rtol=1e-9, atol=1e-9)
+    c = gf.fit_gaussians(d, sigma=1.3, readout_var=0.0, backend="numba")
+    assert not np.allclose(c["crlb"], b["crlb"])
+
+
+def test_bad_window_shapes_raise():
+    with pytest.raises(ValueError, match="shape"):
+        gf.fit_gaussians(np.zeros((3, 7, 5), np.float32))
+    with pytest.raises(ValueError, match="window size"):
+        gf.fit_gaussians(np.zeros((3, 17, 17), np.float32))
+    with pytest.raises(ValueError, match="backend"):
+        gf.fit_gaussians(np.zeros((3, 7, 7), np.float32), backend="gpu")
+
+
+def test_empty_batch():
+    r = gf.fit_gaussians(np.zeros((0, 7, 7), np.float32))
+    assert r["params"].shape == (0, 5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["mle", "lsq"])
+@pytest.mark.parametrize("w", [7, 9])
+def test_cupy_matches_numpy_reference(method, w):
+    import cupy as cp
+
+    d, _ = _windows(2000, w=w, seed=5)
+    a = gf.fit_gaussians(d, sigma=1.3, method=method, backend="numpy")
+    b = gf.fit_gaussians(cp.asarray(d), sigma=1.3, method=method, backend="cupy")
+    np.testing.assert_allclose(cp.asnumpy(b["params"]), a["params"], rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(cp.asnumpy(b["crlb"]), a["crlb"], rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(cp.asnumpy(b["llr"]), a["llr"], rtol=1e-7, atol=1e-7)
+    assert (cp.asnumpy(b["iterations"]) == a["iterations"]).mean() > 0.99
