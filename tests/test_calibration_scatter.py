@@ -226,6 +226,7 @@ def test_size_gate(size_calibration):
     gates = pytest.importorskip("evflow.flow.gates")
     gate = size_gate(size_calibration, 50.0, 200.0, gate_id="EV 50-200 nm")
     assert isinstance(gate, gates.RectangleGate)
+    np.testing.assert_array_equal(np.asarray(gate.contains(s[:, None])), inside & (s < hi))
 
 
 # ----------------------------------------------------------------------------- concentration

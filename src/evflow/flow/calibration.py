@@ -1246,18 +1246,23 @@ def size_gate_limits(calibration: ScatterCalibration, min_nm: float, max_nm: flo
     return float(calibration.scatter_of(min_nm)), float(calibration.scatter_of(max_nm))
 
 
-def size_gate(calibration: ScatterCalibration, min_nm: float, max_nm: float, gate_id: str = "size"):
+def size_gate(calibration: ScatterCalibration, min_nm: float, max_nm: float, gate_id: str = "size", parent=None):
     """A rectangle gate on the scatter channel selecting diameters ``min_nm``..``max_nm`` (nm).
 
     The gate is a range on the scatter channel whose limits are the scatter
     of particles of those diameters (:func:`size_gate_limits`).  This is
     exact because scatter rises monotonically with diameter over the gate
-    (checked), so it can be a parent gate in any gating strategy.
+    (checked), so it can be a parent gate in any gating strategy.  The
+    scatter channel is used on its linear scale (no transform).
+
+    Returns
+    -------
+    evflow.flow.gates.RectangleGate
     """
     lo, hi = size_gate_limits(calibration, min_nm, max_nm)
     from .gates import Dimension, RectangleGate
 
-    return RectangleGate(gate_id, [Dimension(calibration.channel)], [lo], [hi])
+    return RectangleGate(gate_id, [Dimension(calibration.channel)], [lo], [hi], parent=parent)
 
 
 # --------------------------------------------------------------------------- concentration
