@@ -28,6 +28,7 @@ _EXPORTS = {
     "resolve_backend": "evflow.backend",
     "gpu_available": "evflow.backend",
     "detect_spots": "evflow.imaging.detect",
+    "read_images": "evflow.io.images",
     "Camera": "evflow.imaging.camera",
     "calibrate_mesf": "evflow.flow.calibration",
     "MESFCalibration": "evflow.flow.calibration",
