@@ -208,6 +208,18 @@ def _newton_tail(x, y, p: BiexParams, xp, iters: int = 12):
     return xp.where(x < 0, 2 * p.x1 - g, g)
 
 
+_DEVICE_KNOTS: dict = {}
+
+
+def _device_knots(p: BiexParams, xp):
+    """The table uploaded once per parameter set and device (CuPy)."""
+    key = (p, xp.cuda.runtime.getDevice())
+    knots = _DEVICE_KNOTS.get(key)
+    if knots is None:
+        knots = _DEVICE_KNOTS[key] = xp.asarray(build_table(p)[0])
+    return knots
+
+
 def table_forward(x, p: BiexParams, xp=None):
     """Fast forward transform on NumPy or CuPy arrays (table lookup + linear interpolation)."""
     if xp is None:
@@ -215,7 +227,7 @@ def table_forward(x, p: BiexParams, xp=None):
 
         xp = array_module(x)
     knots_np, y0, h = build_table(p)
-    knots = xp.asarray(knots_np)
+    knots = knots_np if xp is np else _device_knots(p, xp)
     x = xp.asarray(x, dtype=xp.float64)
     n = knots.shape[0] - 1
     k = xp.searchsorted(knots, x, side="right") - 1
@@ -228,8 +240,8 @@ def table_forward(x, p: BiexParams, xp=None):
     if bool(out.any()):
         tail = _newton_tail(x, y, p, xp)
         y = xp.where(out, tail, y)
-        y = xp.where(xp.isposinf(x), xp.inf, y)
-        y = xp.where(xp.isneginf(x), -xp.inf, y)
+        y = xp.where(x == xp.inf, xp.inf, y)
+        y = xp.where(x == -xp.inf, -xp.inf, y)
     return y
 
 
