@@ -1,0 +1,591 @@
+"""The experiment file: schema, loading and validation.
+
+An experiment is one TOML (or YAML) file; paths in it are relative to the
+file.  Everything is checked before any computation, and every problem is
+reported at once (file, key, what was found, what was expected) in one
+:class:`~evflow.errors.ConfigError`.
+
+Layout (all sections but ``[[samples]]`` optional)::
+
+    [experiment]
+    name = "EV study 12"
+    output = "results"               # output folder (default: "<stem>_results")
+    backend = "auto"                 # auto | numpy | cupy
+
+    [flow]
+    scatter_channel = "SSC-H"
+    markers = { "FL1-H" = "CD63", "FL2-H" = "EpCAM" }   # channel -> marker
+    flow_rate_ul_per_min = 3.0       # or volume_ul per sample, or $VOL
+    chunk_events = 262144
+
+    [flow.calibration.fluorescence]  # MESF/MEFL beads
+    file = "beads/mesf.fcs"
+    channel = "FL1-H"
+    values = [0, 792, 2079, 6588, 16471, 47497, 137049, 271647]
+    units = "MESF"
+
+    [flow.calibration.size]          # size beads + refractive indices
+    file = "beads/size.fcs"
+    channel = "SSC-H"
+    diameters_nm = [100, 200, 300, 400, 500]
+    bead_index = 1.59                # polystyrene
+    wavelength_nm = 488.0
+    medium_index = 1.333
+    ev_core_index = 1.38
+    ev_shell_index = 1.48
+    ev_shell_nm = 5.0
+
+    [flow.gates]
+    size_nm = [80, 400]              # diameter gate (needs the size calibration)
+    gatingml = "gates.xml"           # optional Gating-ML 2.0 file ...
+    parent = "EVs"                   # ... and the gate id used as parent
+    [[flow.gates.range]]             # inline range gates (linear scale)
+    channel = "SSC-H"
+    min = 10.0
+    max = 1e6
+
+    [thresholds]                     # how marker thresholds are set
+    rule = "control_quantile"        # or "fixed"
+    control = "isotype"              # role of the control samples
+    quantile = 0.995
+    values = { CD63 = 120.0 }        # fixed thresholds (channel units), per marker
+
+    [qc]
+    max_buffer_fraction = 0.05       # buffer events / median sample events
+    min_detergent_reduction = 0.8    # 1 - detergent / untreated events
+    min_dilution_r2 = 0.95
+
+    [imaging]
+    channels = ["CD9", "CD63", "CD81"]   # marker of each image channel
+    pixel_size_nm = 108.0
+    psf_sigma_px = 1.3
+    camera_offset = 100.0
+    camera_gain = 2.0
+    snr = 5.0                        # detection threshold (peak SNR)
+    match_radius_px = 2.0
+    registration_beads = "images/beads.tif"
+
+    [[samples]]
+    name = "S1"
+    role = "sample"                  # sample buffer unstained isotype detergent dilution beads
+    flow = "flow/S1.fcs"
+    images = ["images/S1_f0.tif"]
+    dilution = 1.0                   # dilution factor before acquisition
+    series = "S1"                    # groups a dilution series
+    volume_ul = 1.0
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+
+__all__ = ["Experiment", "Sample", "load_experiment", "validate_experiment", "ROLES"]
+
+ROLES = ("sample", "buffer", "unstained", "isotype", "detergent", "dilution", "beads")
+
+_NUM = (int, float)
+
+# key -> (type(s), description); a nested dict is a sub-table schema
+_SCHEMA: dict = {
+    "experiment": {
+        "name": (str, "a name"),
+        "output": (str, "a folder"),
+        "backend": (str, "auto, numpy or cupy"),
+        "description": (str, "text"),
+    },
+    "flow": {
+        "scatter_channel": (str, "a channel name"),
+        "markers": (dict, "a table channel -> marker name"),
+        "flow_rate_ul_per_min": (_NUM, "a number (uL/min)"),
+        "time_channel": (str, "a channel name"),
+        "chunk_events": (int, "an integer"),
+        "calibration": {
+            "fluorescence": {
+                "file": (str, "an FCS file"),
+                "channel": (str, "a channel name"),
+                "values": (list, "a list of bead values, dimmest first"),
+                "units": (str, "a unit name such as MESF"),
+                "clustering_channels": (list, "a list of channel names"),
+            },
+            "size": {
+                "file": (str, "an FCS file"),
+                "channel": (str, "a channel name"),
+                "diameters_nm": (list, "a list of diameters (nm)"),
+                "bead_index": (_NUM, "a refractive index"),
+                "wavelength_nm": (_NUM, "a wavelength (nm)"),
+                "medium_index": (_NUM, "a refractive index"),
+                "ev_core_index": (_NUM, "a refractive index"),
+                "ev_shell_index": (_NUM, "a refractive index"),
+                "ev_shell_nm": (_NUM, "a thickness (nm)"),
+            },
+        },
+        "gates": {
+            "size_nm": (list, "[min, max] diameters (nm)"),
+            "gatingml": (str, "a Gating-ML 2.0 file"),
+            "parent": (str, "a gate id"),
+            "range": (list, "a list of {channel, min, max} tables"),
+        },
+    },
+    "thresholds": {
+        "rule": (str, "control_quantile or fixed"),
+        "control": (str, "a role"),
+        "quantile": (_NUM, "a number in (0, 1)"),
+        "values": (dict, "a table marker -> threshold"),
+    },
+    "qc": {
+        "max_buffer_fraction": (_NUM, "a number"),
+        "min_detergent_reduction": (_NUM, "a number"),
+        "min_dilution_r2": (_NUM, "a number"),
+    },
+    "imaging": {
+        "channels": (list, "a list of marker names, one per image channel"),
+        "pixel_size_nm": (_NUM, "a pixel size (nm)"),
+        "psf_sigma_px": (_NUM, "a PSF sigma (px)"),
+        "camera_offset": (_NUM, "ADU"),
+        "camera_gain": (_NUM, "ADU per electron"),
+        "snr": (_NUM, "a detection threshold"),
+        "match_radius_px": (_NUM, "a distance (px)"),
+        "registration_beads": (str, "a TIFF file"),
+    },
+    "samples": (list, "an array of [[samples]] tables"),
+}
+
+_SAMPLE_KEYS = {
+    "name": (str, "a name"),
+    "role": (str, "one of " + ", ".join(ROLES)),
+    "flow": (str, "an FCS file"),
+    "images": (list, "a list of TIFF files"),
+    "dilution": (_NUM, "a dilution factor >= 1"),
+    "series": (str, "a dilution-series name"),
+    "volume_ul": (_NUM, "a volume (uL)"),
+    "treatment": (str, "text"),
+}
+
+_RANGE_KEYS = {"channel": (str, "a channel name"), "min": (_NUM, "a number"), "max": (_NUM, "a number")}
+
+
+@dataclass
+class Sample:
+    """One sample of the experiment (flow file and/or image fields)."""
+
+    name: str
+    role: str = "sample"
+    flow: Path | None = None
+    images: list = field(default_factory=list)
+    dilution: float = 1.0
+    series: str | None = None
+    volume_ul: float | None = None
+    treatment: str | None = None
+
+
+@dataclass
+class Experiment:
+    """A validated experiment: the raw settings plus resolved paths and samples."""
+
+    path: Path | None
+    settings: dict
+    samples: list
+    output: Path
+
+    @property
+    def name(self) -> str:
+        return self.settings.get("experiment", {}).get("name") or (self.path.stem if self.path else "experiment")
+
+    @property
+    def base(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    def resolve(self, p) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else (self.base / p)
+
+    @property
+    def flow(self) -> dict:
+        return self.settings.get("flow", {})
+
+    @property
+    def imaging(self) -> dict:
+        return self.settings.get("imaging", {})
+
+    @property
+    def markers(self) -> dict:
+        """Flow channel -> marker name, in bit order."""
+        return dict(self.flow.get("markers", {}))
+
+    def by_role(self, role: str) -> list:
+        return [s for s in self.samples if s.role == role]
+
+    def config_hash(self) -> str:
+        """SHA-256 of the canonical JSON of the settings (paths as written)."""
+        return hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _typename(v) -> str:
+    return type(v).__name__
+
+
+def _check_table(where: str, table: Mapping, schema: Mapping, problems: list, src: str):
+    for key, value in table.items():
+        spec = schema.get(key)
+        k = f"{where}.{key}" if where else key
+        if spec is None:
+            problems.append(f"{src}: unknown key '{k}' (expected one of: {', '.join(sorted(schema))})")
+            continue
+        if isinstance(spec, dict):
+            if not isinstance(value, Mapping):
+                problems.append(f"{src}: '{k}' must be a table, found {_typename(value)}")
+                continue
+            _check_table(k, value, spec, problems, src)
+            continue
+        types, desc = spec
+        ok = isinstance(value, types) and not (types in (_NUM, int) and isinstance(value, bool))
+        if not ok:
+            problems.append(f"{src}: '{k}' must be {desc}, found {value!r} ({_typename(value)})")
+
+
+def _read_file(path: Path) -> dict:
+    text = path.read_bytes()
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:  # pragma: no cover
+            raise ConfigError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML") from None
+        try:
+            data = yaml.safe_load(text.decode("utf-8"))
+        except Exception as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    else:
+        import tomllib
+
+        try:
+            data = tomllib.loads(text.decode("utf-8"))
+        except Exception as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the experiment file must hold a table of settings, found {_typename(data)}")
+    return data
+
+
+def load_experiment(config, *, output=None, check_files: bool = True) -> Experiment:
+    """Read and validate an experiment file (TOML or YAML) or a settings dict.
+
+    Parameters
+    ----------
+    config : str, Path, dict or Experiment
+        The experiment file, or its settings (paths then relative to the
+        current folder).
+    output : str or Path, optional
+        Output folder; overrides ``[experiment].output``.
+    check_files : bool
+        Check that input files exist and hold the named channels.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem found, one per line, each naming the file and key.
+    """
+    if isinstance(config, Experiment):
+        if output is not None:
+            config.output = Path(output)
+        return config
+    if isinstance(config, Mapping):
+        path, settings = None, json.loads(json.dumps(config, default=str))
+    else:
+        path = Path(config).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"experiment file {config} not found")
+        settings = _read_file(path)
+    return validate_experiment(settings, path=path, output=output, check_files=check_files)
+
+
+def validate_experiment(settings: dict, *, path=None, output=None, check_files: bool = True) -> Experiment:
+    """Check ``settings`` against the schema and the files; see :func:`load_experiment`."""
+    src = str(path) if path else "<settings>"
+    problems: list[str] = []
+    _check_table("", settings, _SCHEMA, problems, src)
+    base = Path(path).parent if path else Path.cwd()
+
+    def resolve(p):
+        p = Path(p)
+        return p if p.is_absolute() else base / p
+
+    exp_s = settings.get("experiment", {}) if isinstance(settings.get("experiment"), Mapping) else {}
+    flow_s = settings.get("flow", {}) if isinstance(settings.get("flow"), Mapping) else {}
+    img_s = settings.get("imaging", {}) if isinstance(settings.get("imaging"), Mapping) else {}
+    thr_s = settings.get("thresholds", {}) if isinstance(settings.get("thresholds"), Mapping) else {}
+
+    backend = exp_s.get("backend", "auto")
+    if isinstance(backend, str) and backend.lower() not in ("auto", "numpy", "cupy"):
+        problems.append(f"{src}: 'experiment.backend' is {backend!r}, expected auto, numpy or cupy")
+
+    # ---- samples
+    samples: list[Sample] = []
+    raw_samples = settings.get("samples")
+    if raw_samples is None:
+        problems.append(f"{src}: no [[samples]]: at least one sample is needed")
+        raw_samples = []
+    elif not isinstance(raw_samples, list):
+        raw_samples = []
+    names: set = set()
+    for i, s in enumerate(raw_samples):
+        key = f"samples[{i}]"
+        if not isinstance(s, Mapping):
+            problems.append(f"{src}: '{key}' must be a table, found {_typename(s)}")
+            continue
+        _check_table(key, s, _SAMPLE_KEYS, problems, src)
+        name = s.get("name")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{src}: '{key}.name' is missing (every sample needs a unique name)")
+            name = f"#{i}"
+        elif name in names:
+            problems.append(f"{src}: '{key}.name' {name!r} is used by another sample (names must be unique)")
+        elif any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
+            problems.append(f"{src}: '{key}.name' {name!r} holds characters not allowed in a file name")
+        names.add(name)
+        role = s.get("role", "sample")
+        if role not in ROLES:
+            problems.append(f"{src}: '{key}.role' is {role!r}, expected one of {', '.join(ROLES)}")
+        dil = s.get("dilution", 1.0)
+        if isinstance(dil, _NUM) and not isinstance(dil, bool) and not (dil >= 1 and math.isfinite(dil)):
+            problems.append(f"{src}: '{key}.dilution' is {dil!r}, expected a dilution factor >= 1")
+        vol = s.get("volume_ul")
+        if isinstance(vol, _NUM) and not vol > 0:
+            problems.append(f"{src}: '{key}.volume_ul' is {vol!r}, expected a volume > 0 uL")
+        flow = s.get("flow")
+        images = s.get("images", []) if isinstance(s.get("images", []), list) else []
+        if flow is None and not images and role != "beads":
+            problems.append(f"{src}: '{key}' ({name}) has neither 'flow' nor 'images'")
+        fpath = resolve(flow) if isinstance(flow, str) else None
+        if check_files and fpath is not None and not fpath.is_file():
+            problems.append(f"{src}: '{key}.flow' file {flow!r} not found (looked at {fpath})")
+        ipaths = []
+        for j, im in enumerate(images):
+            if not isinstance(im, str):
+                problems.append(f"{src}: '{key}.images[{j}]' must be a file name, found {im!r}")
+                continue
+            ip = resolve(im)
+            if check_files and not ip.is_file():
+                problems.append(f"{src}: '{key}.images[{j}]' file {im!r} not found (looked at {ip})")
+            ipaths.append(ip)
+        if images and not img_s:
+            problems.append(f"{src}: '{key}.images' given but there is no [imaging] section")
+        samples.append(
+            Sample(
+                name=str(name), role=str(role), flow=fpath, images=ipaths,
+                dilution=float(dil) if isinstance(dil, _NUM) else 1.0,
+                series=s.get("series"), volume_ul=float(vol) if isinstance(vol, _NUM) else None,
+                treatment=s.get("treatment"),
+            )
+        )
+
+    roles = {s.role for s in samples}
+    flow_samples = [s for s in samples if s.flow is not None]
+
+    # ---- flow settings
+    markers = flow_s.get("markers", {})
+    if flow_samples and not flow_s:
+        problems.append(f"{src}: samples have 'flow' files but there is no [flow] section")
+    if isinstance(markers, Mapping):
+        for ch, m in markers.items():
+            if not isinstance(m, str) or not m.strip():
+                problems.append(f"{src}: 'flow.markers.{ch}' must be a marker name, found {m!r}")
+        if len(set(markers.values())) != len(markers):
+            problems.append(f"{src}: 'flow.markers' names a marker twice ({list(markers.values())})")
+        if len(markers) > 8:
+            problems.append(f"{src}: 'flow.markers' lists {len(markers)} markers, at most 8 are supported")
+    cal = flow_s.get("calibration", {}) if isinstance(flow_s.get("calibration"), Mapping) else {}
+    needed_channels: dict[str, str] = {}  # channel -> key that needs it
+    if isinstance(markers, Mapping):
+        for ch in markers:
+            needed_channels[str(ch)] = f"flow.markers.{ch}"
+    if isinstance(flow_s.get("scatter_channel"), str):
+        needed_channels[flow_s["scatter_channel"]] = "flow.scatter_channel"
+    gates = flow_s.get("gates", {}) if isinstance(flow_s.get("gates"), Mapping) else {}
+    for j, r in enumerate(gates.get("range", []) if isinstance(gates.get("range"), list) else []):
+        k = f"flow.gates.range[{j}]"
+        if not isinstance(r, Mapping):
+            problems.append(f"{src}: '{k}' must be a table with channel, min, max")
+            continue
+        _check_table(k, r, _RANGE_KEYS, problems, src)
+        if "channel" not in r:
+            problems.append(f"{src}: '{k}.channel' is missing")
+        else:
+            needed_channels.setdefault(str(r["channel"]), f"{k}.channel")
+        lo, hi = r.get("min", -math.inf), r.get("max", math.inf)
+        if isinstance(lo, _NUM) and isinstance(hi, _NUM) and not lo < hi:
+            problems.append(f"{src}: '{k}' has min {lo} >= max {hi}")
+    size_nm = gates.get("size_nm")
+    if size_nm is not None:
+        if not (isinstance(size_nm, list) and len(size_nm) == 2 and all(isinstance(v, _NUM) for v in size_nm)
+                and 0 < size_nm[0] < size_nm[1]):
+            problems.append(f"{src}: 'flow.gates.size_nm' is {size_nm!r}, expected [min_nm, max_nm] with 0 < min < max")
+        if "size" not in cal:
+            problems.append(f"{src}: 'flow.gates.size_nm' needs a size calibration ([flow.calibration.size])")
+    if "gatingml" in gates:
+        gp = resolve(gates["gatingml"]) if isinstance(gates["gatingml"], str) else None
+        if check_files and gp is not None and not gp.is_file():
+            problems.append(f"{src}: 'flow.gates.gatingml' file {gates['gatingml']!r} not found (looked at {gp})")
+        if "parent" not in gates:
+            problems.append(f"{src}: 'flow.gates.gatingml' needs 'flow.gates.parent' (the gate id of the EV population)")
+    for kind, required in (("fluorescence", ("file", "channel", "values")), ("size", ("file", "channel", "diameters_nm"))):
+        c = cal.get(kind)
+        if not isinstance(c, Mapping):
+            continue
+        for r in required:
+            if r not in c:
+                problems.append(f"{src}: 'flow.calibration.{kind}.{r}' is missing")
+        if isinstance(c.get("file"), str):
+            bp = resolve(c["file"])
+            if check_files and not bp.is_file():
+                problems.append(f"{src}: 'flow.calibration.{kind}.file' {c['file']!r} not found (looked at {bp})")
+            elif check_files and isinstance(c.get("channel"), str):
+                _check_channels(bp, {c["channel"]: f"flow.calibration.{kind}.channel"}, problems, src)
+        if kind == "fluorescence" and isinstance(c.get("channel"), str) and isinstance(markers, Mapping):
+            if c["channel"] not in markers:
+                problems.append(
+                    f"{src}: 'flow.calibration.fluorescence.channel' {c['channel']!r} is not one of the marker "
+                    f"channels in 'flow.markers' ({list(markers)})"
+                )
+        vals = c.get("values") if kind == "fluorescence" else c.get("diameters_nm")
+        if isinstance(vals, list) and not all(isinstance(v, _NUM) and not isinstance(v, bool) for v in vals):
+            problems.append(f"{src}: 'flow.calibration.{kind}' values must all be numbers, found {vals!r}")
+    if isinstance(flow_s.get("chunk_events"), int) and flow_s["chunk_events"] < 1000:
+        problems.append(f"{src}: 'flow.chunk_events' is {flow_s['chunk_events']}, expected >= 1000")
+
+    # ---- channels present in every flow file
+    if check_files:
+        for i, s in enumerate(samples):
+            if s.flow is not None and s.flow.is_file():
+                _check_channels(s.flow, needed_channels, problems, src, sample_key=f"samples[{i}].flow")
+        # concentration needs a volume
+        if flow_samples and "flow_rate_ul_per_min" not in flow_s:
+            for i, s in enumerate(samples):
+                if s.flow is not None and s.volume_ul is None and s.flow.is_file() and s.role != "beads":
+                    meta = _meta(s.flow)
+                    if meta is not None and not str(meta.get("$VOL", "")).strip():
+                        problems.append(
+                            f"{src}: 'samples[{i}]' ({s.name}): no analysed volume: give 'volume_ul', "
+                            "'flow.flow_rate_ul_per_min', or a file with $VOL"
+                        )
+
+    # ---- thresholds: the rule and the roles it needs
+    rule = thr_s.get("rule", "control_quantile" if flow_samples and markers else None)
+    if rule is not None and rule not in ("control_quantile", "fixed"):
+        problems.append(f"{src}: 'thresholds.rule' is {rule!r}, expected control_quantile or fixed")
+    if rule == "control_quantile" and flow_samples and markers:
+        ctrl = thr_s.get("control", "isotype")
+        if ctrl not in ROLES:
+            problems.append(f"{src}: 'thresholds.control' is {ctrl!r}, expected a role ({', '.join(ROLES)})")
+        elif not any(s.role == ctrl and s.flow is not None for s in samples):
+            problems.append(
+                f"{src}: 'thresholds.rule' control_quantile needs a flow sample with role {ctrl!r} "
+                f"('thresholds.control'), but none is listed (roles present: {', '.join(sorted(roles)) or 'none'})"
+            )
+        q = thr_s.get("quantile", 0.995)
+        if isinstance(q, _NUM) and not 0 < q < 1:
+            problems.append(f"{src}: 'thresholds.quantile' is {q}, expected a number in (0, 1)")
+    if rule == "fixed" and isinstance(markers, Mapping):
+        vals = thr_s.get("values", {})
+        for m in markers.values():
+            if not isinstance(vals, Mapping) or not isinstance(vals.get(m), _NUM):
+                problems.append(f"{src}: 'thresholds.values.{m}' is missing (rule 'fixed' needs a threshold per marker)")
+
+    # ---- qc rules and the roles they need
+    qc = settings.get("qc", {}) if isinstance(settings.get("qc"), Mapping) else {}
+    for key, role in (("max_buffer_fraction", "buffer"), ("min_detergent_reduction", "detergent"),
+                      ("min_dilution_r2", "dilution")):
+        if key in qc and role not in roles:
+            problems.append(f"{src}: 'qc.{key}' needs a sample with role {role!r}, but none is listed")
+    dil = [s for s in samples if s.role == "dilution"]
+    if "min_dilution_r2" in qc and dil and len({s.dilution for s in dil}) < 3:
+        problems.append(f"{src}: 'qc.min_dilution_r2' needs a dilution series of at least 3 different factors, "
+                        f"found {sorted({s.dilution for s in dil})}")
+
+    # ---- imaging
+    if img_s:
+        ch = img_s.get("channels")
+        if not isinstance(ch, list) or not ch or not all(isinstance(c, str) for c in ch):
+            problems.append(f"{src}: 'imaging.channels' must list the marker of each image channel")
+        elif len(set(ch)) != len(ch):
+            problems.append(f"{src}: 'imaging.channels' names a marker twice ({ch})")
+        for key in ("pixel_size_nm", "psf_sigma_px", "snr", "camera_gain", "match_radius_px"):
+            v = img_s.get(key)
+            if isinstance(v, _NUM) and not v > 0:
+                problems.append(f"{src}: 'imaging.{key}' is {v}, expected a number > 0")
+        rb = img_s.get("registration_beads")
+        if isinstance(rb, str) and check_files and not resolve(rb).is_file():
+            problems.append(f"{src}: 'imaging.registration_beads' file {rb!r} not found (looked at {resolve(rb)})")
+        if check_files and isinstance(ch, list):
+            for i, s in enumerate(samples):
+                for j, ip in enumerate(s.images):
+                    if ip.is_file():
+                        n = _tiff_channels(ip)
+                        if n is not None and n != len(ch):
+                            problems.append(
+                                f"{src}: 'samples[{i}].images[{j}]' {ip.name} has {n} channels, "
+                                f"'imaging.channels' lists {len(ch)}"
+                            )
+
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in the experiment:\n  " + "\n  ".join(problems))
+    out = output if output is not None else exp_s.get("output")
+    if out is None:
+        out = (base / f"{Path(path).stem}_results") if path else Path.cwd() / "evflow_results"
+    out = Path(out)
+    if not out.is_absolute():
+        out = (base / out) if (output is None and path) else Path.cwd() / out
+    return Experiment(path=Path(path) if path else None, settings=settings, samples=samples, output=out)
+
+
+_META_CACHE: dict = {}
+
+
+def _meta(path: Path):
+    try:
+        st = os.stat(path)
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in _META_CACHE:
+            from ..io.fcs import read_fcs_metadata
+
+            _META_CACHE[key] = read_fcs_metadata(path)
+        return _META_CACHE[key]
+    except Exception:
+        return None
+
+
+def _check_channels(path: Path, needed: Mapping[str, str], problems: list, src: str, sample_key=None):
+    from ..io.fcs import read_fcs
+
+    try:
+        s = read_fcs(path)
+    except Exception as exc:
+        problems.append(f"{src}: '{sample_key or 'file'}' {path.name} cannot be read as FCS: {exc}")
+        return
+    for ch, key in needed.items():
+        try:
+            s.channel_index(ch)
+        except Exception:
+            problems.append(
+                f"{src}: '{key}' channel {ch!r} is not in {sample_key + ' ' if sample_key else ''}{path.name} "
+                f"(channels: {', '.join(s.channels)})"
+            )
+
+
+def _tiff_channels(path: Path):
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:
+            shape = tf.series[0].shape
+        return 1 if len(shape) == 2 else int(shape[-3])
+    except Exception:
+        return None
