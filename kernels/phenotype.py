@@ -59,6 +59,7 @@ __all__ = [
     "fused_numpy",
     "fused_numba",
     "fused_cupy",
+    "launch_cupy",
     "fused",
     "slot_values",
 ]
@@ -692,10 +693,12 @@ def fused_numba(events, plan: FusedPlan, mask=None, n_threads: int | None = None
 
     ev = np.asarray(events)
     _check_events(ev, plan)
-    if not ev.dtype.isnative:
-        ev = ev.astype(ev.dtype.newbyteorder("="))
-    if ev.dtype.kind not in "fiu":
-        ev = ev.astype(np.float64)
+    # two compiled specialisations only (float32 / float64, C order); other
+    # chunks are converted (exact: the kernel reads every value as float64)
+    if ev.dtype.kind == "f" and ev.dtype.itemsize == 4:
+        ev = np.ascontiguousarray(ev, dtype=np.float32)
+    else:
+        ev = np.ascontiguousarray(ev, dtype=np.float64)
     has_mask = mask is not None
     m = np.asarray(mask, dtype=np.bool_) if has_mask else np.zeros(1, dtype=np.bool_)
     if has_mask and m.shape != (ev.shape[0],):
@@ -751,8 +754,12 @@ def _device_plan(plan: FusedPlan):
     return got[1], got[2]
 
 
-def fused_cupy(events, plan: FusedPlan, mask=None) -> Partial:
-    """CUDA version of the fused kernel on a CuPy chunk (``phenotype.cu``)."""
+def launch_cupy(events, plan: FusedPlan, mask=None):
+    """Launch the CUDA kernel on a CuPy chunk; returns the device arrays (asynchronously).
+
+    ``(counts uint64 (2**k,), pos_hist uint32 (max(k,1), FINE_NBINS), pos_sum
+    float64 (max(k,1),), density uint32 (max(nx*ny,1),))``.
+    """
     import cupy
 
     ev = cupy.asarray(events)
@@ -781,10 +788,11 @@ def fused_cupy(events, plan: FusedPlan, mask=None) -> Partial:
     pos_hist = cupy.zeros((max(k, 1), FINE_NBINS), dtype=cupy.uint32)
     pos_sum = cupy.zeros(max(k, 1), dtype=cupy.float64)
     density = cupy.zeros(max(nx * ny, 1), dtype=cupy.uint32)
+    if n == 0:
+        return counts, pos_hist, pos_sum, density
     fn = _cuda_function(ev.dtype)
     block = 256
-    dev = cupy.cuda.Device()
-    n_sm = dev.attributes["MultiProcessorCount"]
+    n_sm = cupy.cuda.Device().attributes["MultiProcessorCount"]
     grid = max(1, min((n + block - 1) // block, n_sm * 8))
     nph = plan.n_phenotypes
     shared = (((nph * 4 + 7) // 8) * 8 if nph <= 4096 else 0) + 8 * max(k, 1)
@@ -795,8 +803,16 @@ def fused_cupy(events, plan: FusedPlan, mask=None) -> Partial:
          counts, pos_hist, pos_sum, density),
         shared_mem=shared,
     )
+    return counts, pos_hist, pos_sum, density
+
+
+def fused_cupy(events, plan: FusedPlan, mask=None) -> Partial:
+    """CUDA version of the fused kernel on a CuPy chunk (``phenotype.cu``)."""
+    counts, pos_hist, pos_sum, density = launch_cupy(events, plan, mask)
+    k = plan.n_markers
+    nx, ny = plan.density_shape()
     return Partial(
-        n,
+        int(events.shape[0]),
         counts.get().astype(np.int64),
         pos_hist.get().astype(np.int64)[:k],
         pos_sum.get()[:k],
