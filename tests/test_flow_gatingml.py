@@ -137,6 +137,12 @@ def test_round_trip_compliance_strategy(tmp_path, data1):
     m1 = np.asarray(s.apply(data1, backend="numpy").masks)
     m2 = np.asarray(s2.apply(data1, backend="numpy").masks)
     np.testing.assert_array_equal(m1, m2)
+    # strategies travel to dask workers: pickling keeps every gate and the graph name is deterministic
+    import pickle
+
+    s3 = pickle.loads(pickle.dumps(s))
+    assert s3.apply(data1, backend="numpy").counts() == s.apply(data1, backend="numpy").counts()
+    assert s.apply(data1, backend="numpy").masks.name == s.apply(data1, backend="numpy").masks.name
 
 
 def test_round_trip_python_built_strategy(tmp_path):
