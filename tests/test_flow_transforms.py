@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -17,7 +15,6 @@ from evflow.flow.transforms import (
     LogTransform,
     RatioTransform,
 )
-from evflow.kernels import transforms as kt
 
 BIEX_PARAMS = [
     (10000, 0.5, 4.5, 0),

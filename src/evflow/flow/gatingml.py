@@ -195,8 +195,6 @@ def _read_transform(p: _Parsed, el):
         for pn in pnames:
             v = _attr(f, pn, NS_TRANSFORMS)
             if v is None:
-                if pn == "A" and name in ("flin", "fasinh", "logicle", "hyperlog"):
-                    raise p.err(f"transformation {tid!r} ({name}): missing parameter {pn}", f)
                 raise p.err(f"transformation {tid!r} ({name}): missing parameter {pn}", f)
             vals[pn.lower()] = _float(p, f, v, f"transformation {tid!r} parameter {pn}", None)
         try:

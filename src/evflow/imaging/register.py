@@ -197,7 +197,6 @@ def register_channels(beads, *, markers=None, reference=0, psf_sigma_px=None, ma
         if name == ref:
             out.n_matched[name] = int(len(tables[name]))
             continue
-        A_all, rms_all, n_all = [], [], 0
         # fields are matched separately but pooled in one fit
         mv_pts, rf_pts = [], []
         fovs = sorted(set(tables[name].get("fov", [0]))) if "fov" in tables[name] else [None]
