@@ -511,10 +511,20 @@ def fused_numpy(events, plan: FusedPlan, mask=None) -> Partial:
 # Numba
 # ----------------------------------------------------------------------------
 
-import numba  # noqa: E402  (compiled lazily, cached on disk)
+try:  # Numba is a dependency of evflow; the NumPy and CuPy paths work without it
+    import numba
+    from numba import njit as _njit
+    from numba import prange as _prange
+except ImportError:  # pragma: no cover
+    numba = None
+    _prange = range
+
+    def _njit(*args, **kwargs):
+        return lambda f: f
 
 
-@numba.njit(cache=True, inline="always")
+
+@_njit(cache=True, inline="always")
 def _nb_table_eval(x, dp, start, nk, y0, h):
     n = nk - 1
     if not (x >= dp[start]):
@@ -534,7 +544,7 @@ def _nb_table_eval(x, dp, start, nk, y0, h):
     return y0 + h * (float(lo) + frac)
 
 
-@numba.njit(cache=True, inline="always")
+@_njit(cache=True, inline="always")
 def _nb_fine_bin(d):
     if d < _FINE_LO:
         return 0
@@ -544,7 +554,7 @@ def _nb_fine_bin(d):
     return 1 + (e - FINE_EMIN) * FINE_SUB + int((m * 2.0 - 1.0) * FINE_SUB)
 
 
-@numba.njit(cache=True)
+@_njit(cache=True)
 def _nb_event(ev, i, ip, dp, v, y):
     """Steps 1-3 for event ``i``: True when it is in the parent population."""
     S = ip[_H_S]
@@ -633,7 +643,7 @@ def _nb_event(ev, i, ip, dp, v, y):
     return True
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@_njit(cache=True, parallel=True, nogil=True)
 def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny):
     n = ev.shape[0]
     K = ip[_H_K]
@@ -650,7 +660,7 @@ def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny):
     d_h2 = ip[_D_H2]
     dx = ip[_H_DX]
     dy = ip[_H_DY]
-    for t in numba.prange(T):
+    for t in _prange(T):
         v = np.empty(max(S, 1), np.float64)
         y = np.empty(max(D, 1), np.float64)
         start = n * t // T
@@ -689,7 +699,10 @@ def _get_numba_kernel():
 
 def fused_numba(events, plan: FusedPlan, mask=None, n_threads: int | None = None) -> Partial:
     """Parallel Numba version of the fused kernel (same results as :func:`fused_numpy`)."""
-    import numba
+    if numba is None:  # pragma: no cover
+        from evflow.errors import BackendError
+
+        raise BackendError("the fast CPU kernel needs Numba (pip install numba); use kernel='reference'")
 
     ev = np.asarray(events)
     _check_events(ev, plan)
@@ -832,7 +845,7 @@ def fused(events, plan: FusedPlan, mask=None, impl: str = "auto") -> Partial:
     chunk, Numba otherwise).
     """
     if impl == "auto":
-        impl = "cupy" if type(events).__module__.split(".")[0] == "cupy" else "numba"
+        impl = "cupy" if type(events).__module__.split(".")[0] == "cupy" else ("numba" if numba is not None else "numpy")
     if impl == "numpy":
         if type(events).__module__.split(".")[0] == "cupy":
             events = events.get()
