@@ -22,6 +22,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first access)
 _EXPORTS = {
+    "run": "evflow.pipeline.run",
+    "load_experiment": "evflow.pipeline.config",
     "read_fcs": "evflow.io.fcs",
     "write_fcs": "evflow.io.fcs",
     "FCSSample": "evflow.io.fcs",

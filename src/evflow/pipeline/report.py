@@ -1,0 +1,365 @@
+"""Self-contained HTML report: figures embedded as base64 PNG, no external URL or script."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_report"]
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:24px}h2{font-size:19px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}.pass{color:#176f2c;font-weight:bold}.fail{color:#b00020;font-weight:bold}
+img{max-width:100%;border:1px solid #eee}.small{color:#666;font-size:12px}
+"""
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(b64, alt):
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _table(rows, header, left=1):
+    out = ["<table><tr>" + "".join(f'<th class="{"l" if i < left else ""}">{html.escape(str(h))}</th>'
+                                   for i, h in enumerate(header)) + "</tr>"]
+    for r in rows:
+        cells = []
+        for i, v in enumerate(r):
+            if isinstance(v, float):
+                v = "" if not math.isfinite(v) else (f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}")
+            cls = "l" if i < left else ""
+            cells.append(f'<td class="{cls}">{v if str(v).startswith("<span") else html.escape(str(v))}</td>')
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def _log_axis(top, decades, n):
+    """Channel values at the bin edges of a flog(T, M) display axis with ``n`` bins over [0, 1)."""
+    e = np.linspace(0.0, 1.0, n + 1)
+    return top * 10.0 ** (decades * (e - 1.0))
+
+
+def _fig_density(ds, ctx):
+    import matplotlib.pyplot as plt
+
+    items = ctx["flow_items"]
+    dens = ctx.get("density")
+    names = [str(n) for n in ds["sample"].values if "density_all" in items.get(str(n), {})]
+    if not names or dens is None:
+        return None
+    x, y, (tx, mx), (ty, my) = dens
+    ncol = min(5, len(names))
+    nrow = int(math.ceil(len(names) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.1 * ncol, 2.8 * nrow), squeeze=False)
+    xe, ye = _log_axis(tx, mx, items[names[0]]["density_all"].shape[0]), _log_axis(ty, my, items[names[0]]["density_all"].shape[1])
+    lim = ctx.get("size_limits")
+    chans = list(ctx["markers"])
+    for ax, n in zip(axes.ravel(), names):
+        h = items[n]["density_all"].astype(float).T
+        ax.pcolormesh(xe, ye, np.log10(h + 1), cmap="viridis", shading="flat")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        if lim is not None:
+            for v in lim:
+                ax.axvline(v, color="r", lw=1)
+        if y in chans:
+            j = chans.index(y)
+            thr = float(ds["threshold"].sel(sample=n).values[j])
+            ax.axhline(thr, color="orange", lw=1, ls="--")
+        role = str(ds["role"].sel(sample=n).values)
+        ax.set_title(f"{n} ({role})", fontsize=9)
+        ax.set_xlabel(x, fontsize=8)
+        ax.set_ylabel(f"{y} ({ctx['markers'].get(y, '')})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    fig.suptitle("Side scatter vs fluorescence, all events (red: size gate; orange: threshold)", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _fig_beads(ctx):
+    import matplotlib.pyplot as plt
+
+    fl, sc = ctx.get("fluor"), ctx.get("size_cal")
+    if fl is None and sc is None:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    if fl is not None:
+        ax = axes[0]
+        peaks, vals, used = fl["peaks"], fl["mesf_values"], fl["used"].astype(bool)
+        ok = np.isfinite(peaks) & (vals > 0)
+        ax.loglog(peaks[ok & used], vals[ok & used], "o", label="used peaks")
+        if (ok & ~used).any():
+            ax.loglog(peaks[ok & ~used], vals[ok & ~used], "x", color="gray", label="not used")
+        xs = np.geomspace(max(np.nanmin(peaks[peaks > 0]) / 2, 1e-3), np.nanmax(peaks) * 2, 100)
+        ax.loglog(xs, np.exp(fl["b"]) * xs ** fl["m"], "-", color="C1",
+                  label=f"fit m={fl['m']:.3f}, R²={fl['r2']:.4f}")
+        units = fl["summary"].get("units", "MESF")
+        ax.set_xlabel(f"{fl['summary']['channel']} (channel units)")
+        ax.set_ylabel(units)
+        ax.set_title(f"Fluorescence calibration ({units})")
+        ax.legend(fontsize=8)
+    else:
+        axes[0].axis("off")
+    if sc is not None:
+        ax = axes[1]
+        d = np.geomspace(max(sc.diameter_grid_nm.min(), 30), sc.diameter_grid_nm.max(), 200)
+        ax.loglog(d, sc.gain * np.exp(np.interp(np.log(d), np.log(sc.diameter_grid_nm), np.log(sc.cross_section_grid))),
+                  "-", color="C2", label="EV model (Mie)")
+        ax.loglog(sc.bead_diameters_nm, sc.bead_scatter, "s", color="C0", label="size beads (measured)")
+        ax.loglog(sc.bead_diameters_nm, sc.gain * sc.bead_cross_section, "+", color="k", ms=10,
+                  label="size beads (Mie, fitted gain)")
+        ax.set_xlabel("diameter (nm)")
+        ax.set_ylabel(f"{sc.channel} (channel units)")
+        ax.set_title(f"Scatter calibration (gain {sc.gain:.3g}, R²={sc.r2:.4f})")
+        ax.legend(fontsize=8)
+    else:
+        axes[1].axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _fig_sizes(ds, ctx):
+    import matplotlib.pyplot as plt
+
+    sc, dens = ctx.get("size_cal"), ctx.get("density")
+    items = ctx["flow_items"]
+    if sc is None or dens is None:
+        return None
+    x, _y, (tx, mx), _ = dens
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    shown = 0
+    for n in ds["sample"].values:
+        it = items.get(str(n), {})
+        role = str(ds["role"].sel(sample=n).values)
+        if "density_parent" not in it or role not in ("sample", "detergent"):
+            continue
+        h = it["density_parent"].sum(axis=1).astype(float)
+        edges = _log_axis(tx, mx, h.size)
+        centres = np.sqrt(edges[:-1] * edges[1:])
+        d = np.asarray(sc.to_diameter(centres), float)
+        ok = np.isfinite(d) & (h > 0)
+        if ok.sum() < 2:
+            continue
+        ax.plot(d[ok], h[ok] / h[ok].sum(), "-", label=str(n))
+        shown += 1
+    if not shown:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("diameter (nm, from scatter via Mie)")
+    ax.set_ylabel("fraction of gated events per bin")
+    ax.set_title("Size distributions (parent gate)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _fig_phenotypes(ds, prefix=""):
+    import matplotlib.pyplot as plt
+
+    if f"{prefix}count" not in ds:
+        return None
+    sdim, pdim = (f"{prefix}sample" if prefix else "sample"), (f"{prefix}phenotype" if prefix else "phenotype")
+    if prefix:
+        frac = ds["image_fraction_all_fov"]
+    else:
+        frac = ds["fraction_of_parent"]
+    names = [str(s) for s in ds[sdim].values]
+    labels = [str(p) for p in ds[pdim].values]
+    vals = np.nan_to_num(frac.transpose(sdim, pdim).values)
+    keep = [j for j in range(len(labels)) if vals[:, j].max() > 0.002]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 3), 4))
+    bottom = np.zeros(len(names))
+    cmap = plt.get_cmap("tab10")
+    for k, j in enumerate(keep):
+        ax.bar(names, vals[:, j], bottom=bottom, label=labels[j], color=cmap(k % 10))
+        bottom += vals[:, j]
+    ax.set_ylabel("fraction of parent")
+    ax.set_ylim(0, 1.0)
+    ax.set_title("Phenotypes per sample" + (" (imaging, all fields)" if prefix else " (flow, parent gate)"))
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.tick_params(axis="x", rotation=45, labelsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _fig_dilution(ds):
+    import matplotlib.pyplot as plt
+
+    if "role" not in ds.coords:
+        return None
+    dil = ds["role"].values == "dilution"
+    if dil.sum() < 2:
+        return None
+    f = ds["dilution"].values[dil]
+    rate = ds["n_parent"].values[dil] / ds["volume_ul"].values[dil]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].plot(1 / f, rate, "o")
+    if len(f) >= 2:
+        s, i = np.polyfit(1 / f, rate, 1)
+        xs = np.linspace(0, (1 / f).max() * 1.1, 20)
+        axes[0].plot(xs, s * xs + i, "-", color="C1")
+    axes[0].set_xlabel("1 / dilution factor")
+    axes[0].set_ylabel("events per uL (measured)")
+    axes[0].set_title("Dilution linearity")
+    axes[1].plot(f, ds["total_concentration_per_ml"].values[dil], "o-")
+    axes[1].set_xscale("log", base=2)
+    axes[1].set_xlabel("dilution factor")
+    axes[1].set_ylabel("corrected particles / mL")
+    axes[1].set_ylim(bottom=0)
+    axes[1].set_title("Dilution-corrected concentration")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _fig_fields(ds, ctx):
+    import matplotlib.pyplot as plt
+
+    items = ctx["image_items"]
+    if not items:
+        return None
+    keys = sorted(items)[:12]
+    chans = list(ctx["experiment"].imaging["channels"])
+    from ..phenotype import phenotype_labels
+
+    labels = phenotype_labels(chans)
+    ncol = min(4, len(keys))
+    nrow = int(math.ceil(len(keys) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.4 * nrow), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (n, f) in zip(axes.ravel(), keys):
+        it = items[(n, f)]
+        ax.imshow(it["thumbnail"], interpolation="nearest")
+        st = float(it["thumbnail_step"])
+        b = np.asarray(it["bitmask"])
+        for code in np.unique(b):
+            sel = b == code
+            ax.scatter(np.asarray(it["x"])[sel] / st, np.asarray(it["y"])[sel] / st, s=14, facecolors="none",
+                       edgecolors=[cmap(int(code) % 10)], linewidths=0.8, label=labels[int(code)])
+        ax.set_title(f"{n} field {f}: {len(b)} vesicles", fontsize=9)
+        ax.axis("off")
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    h, lab = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(h, lab, fontsize=7, loc="lower center", ncol=4)
+    fig.suptitle("Image fields (" + ", ".join(chans) + "; circles coloured by phenotype)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _png(fig)
+
+
+def _miflowcyt(ds, ctx):
+    exp = ctx["experiment"]
+    roles = set(ds["role"].values.tolist()) if "role" in ds.coords else set()
+    fl = ctx.get("fluor")
+    sc = ctx.get("size_cal")
+    inst = {it.get("instrument", "") for it in ctx["flow_items"].values()} - {""}
+    vols = sorted({it.get("volume_method", "") for it in ctx["flow_items"].values()})
+    rows = [
+        ("Instrument ($CYT)", ", ".join(sorted(inst)) or "not given"),
+        ("Buffer-only control", "yes" if "buffer" in roles else "missing"),
+        ("Unstained control", "yes" if "unstained" in roles else "missing"),
+        ("Isotype control", "yes" if "isotype" in roles else "missing"),
+        ("Detergent treatment", "yes" if "detergent" in roles else "missing"),
+        ("Serial dilution", "yes" if "dilution" in roles else "missing"),
+        ("Fluorescence calibration", f"{fl['summary']['units']} beads, {fl['summary']['source']}, R² {fl['r2']:.4f}"
+         if fl else "none (arbitrary units)"),
+        ("Scatter calibration", f"size beads {sc.bead_diameters_nm.tolist()} nm, Mie (EV core/shell model)"
+         if sc else "none"),
+        ("Gates", ds.attrs.get("gates", "") or "none"),
+        ("Positivity threshold", ds.attrs.get("threshold_rule", "")),
+        ("Analysed volume", "; ".join(vols) or "n/a"),
+        ("Software", f"evflow {ds.attrs.get('evflow_version', '')}, backend {ds.attrs.get('backend', '')}"),
+        ("Experiment file", f"{exp.path} (sha256 of settings {ds.attrs.get('config_hash', '')[:16]}…)"),
+    ]
+    return _table(rows, ["MIFlowCyt-EV item", "value"], left=2)
+
+
+def write_report(ds, ctx, path) -> Path:
+    """Write the self-contained HTML report for a pipeline result."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from .store import atomic_write_bytes
+
+    exp = ctx["experiment"]
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>evflow report: {html.escape(exp.name)}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>evflow report: {html.escape(exp.name)}</h1>",
+             f"<p class='small'>evflow {html.escape(ds.attrs.get('evflow_version', ''))} · backend "
+             f"{html.escape(ds.attrs.get('backend', ''))} · config {html.escape(ds.attrs.get('config_hash', '')[:16])}…</p>"]
+    qc = json.loads(ds.attrs.get("qc", "{}"))
+    parts.append("<h2>Quality control</h2>")
+    if qc:
+        rows = [(k, v.get("what", ""), float(v["value"]), float(v["limit"]),
+                 f"<span class='{'pass' if v['pass'] else 'fail'}'>{'pass' if v['pass'] else 'FAIL'}</span>")
+                for k, v in qc.items()]
+        parts.append(_table(rows, ["check", "what", "value", "limit", "result"], left=2))
+    failed = json.loads(ds.attrs.get("failed", "{}"))
+    if failed:
+        parts.append("<p class='fail'>Failed items (the others were computed):</p>")
+        parts.append(_table([(k, v.splitlines()[0]) for k, v in failed.items()], ["item", "error"], left=2))
+    if "qc_flags" in ds and any(str(v) for v in ds["qc_flags"].values):
+        parts.append(_table([(str(s), str(f)) for s, f in zip(ds["sample"].values, ds["qc_flags"].values) if str(f)],
+                            ["sample", "flags"], left=2))
+    if "count" in ds:
+        parts.append("<h2>Flow: samples</h2>")
+        rows = []
+        for i, s in enumerate(ds["sample"].values):
+            rows.append([str(s), str(ds["role"].values[i]), float(ds["dilution"].values[i]), int(ds["n_total"].values[i]),
+                         int(ds["n_parent"].values[i]), float(ds["volume_ul"].values[i]),
+                         float(ds["total_concentration_per_ml"].values[i])]
+                        + [float(v) for v in ds["fraction_of_parent"].values[i]])
+        parts.append(_table(rows, ["sample", "role", "dilution", "events", "in gate", "volume (uL)", "particles/mL"]
+                            + [str(p) for p in ds["phenotype"].values], left=2))
+        mrows = []
+        for i, s in enumerate(ds["sample"].values):
+            for k, m in enumerate(ds["marker"].values):
+                r = [str(s), str(m), float(ds["threshold"].values[i, k]), float(ds["median_positive"].values[i, k])]
+                if "median_positive_calibrated" in ds:
+                    r.append(float(ds["median_positive_calibrated"].values[i, k]))
+                mrows.append(r)
+        hdr = ["sample", "marker", "threshold", "median positive"] + (
+            ["median positive (calibrated)"] if "median_positive_calibrated" in ds else [])
+        parts.append("<details><summary>Thresholds and medians per marker</summary>" + _table(mrows, hdr, left=2)
+                     + "</details>")
+    figs = [
+        ("Density plots with gates", _fig_density(ds, ctx) if "count" in ds else None),
+        ("Bead calibration", _fig_beads(ctx)),
+        ("Size distributions", _fig_sizes(ds, ctx) if "count" in ds else None),
+        ("Flow phenotypes", _fig_phenotypes(ds)),
+        ("Dilution series", _fig_dilution(ds) if "count" in ds else None),
+        ("Imaging phenotypes", _fig_phenotypes(ds, prefix="image_")),
+        ("Image fields", _fig_fields(ds, ctx)),
+    ]
+    for title, b64 in figs:
+        if b64:
+            parts.append(f"<h2>{html.escape(title)}</h2>{_img(b64, title)}")
+    if "image_count" in ds:
+        reg = json.loads(ds.attrs.get("calibration", "{}")).get("registration")
+        if reg:
+            parts.append("<p class='small'>Channel registration from beads: residual rms (px) "
+                         + ", ".join(f"{v:.3f}" for v in reg["rms_px"]) + "; matched beads "
+                         + ", ".join(str(v) for v in reg["n_matched"]) + "</p>")
+    if "count" in ds:
+        parts.append("<h2>MIFlowCyt-EV</h2>" + _miflowcyt(ds, ctx))
+    inputs = json.loads(ds.attrs.get("input_files", "{}"))
+    parts.append("<h2>Provenance</h2>" + _table([(k, v) for k, v in inputs.items()], ["input file", "sha256"], left=2))
+    parts.append("</body></html>")
+    return atomic_write_bytes(path, "\n".join(parts).encode("utf-8"))
