@@ -306,6 +306,15 @@ def forward_fast(x, p: BiexParams, engine: str = "auto"):
     if array_backend(x) == "cupy" or engine in ("cupy", "numpy"):
         return table_forward(x, p)
     x = np.asarray(x, dtype=np.float64)
-    if engine == "numba" or (engine == "auto" and x.size > 65536):
+    if engine == "numba" or (engine == "auto" and x.size > 65536 and _have_numba()):
         return table_forward_numba(x, p)
     return table_forward(x, p, np)
+
+
+@functools.lru_cache(maxsize=1)
+def _have_numba() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
