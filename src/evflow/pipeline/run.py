@@ -312,9 +312,10 @@ def _gating(exp: Experiment, size_cal):
 
         strategy = read_gatingml(exp.resolve(gates_s["gatingml"]))
         parent = gates_s["parent"]
-        if parent not in strategy.gate_ids():
+        ids = strategy.gate_ids() if callable(strategy.gate_ids) else list(strategy.gate_ids)
+        if parent not in ids:
             raise ConfigError(f"{exp.path}: 'flow.gates.parent' {parent!r} is not a gate of "
-                              f"{gates_s['gatingml']} (gates: {strategy.gate_ids()})")
+                              f"{gates_s['gatingml']} (gates: {ids})")
         desc.append(f"Gating-ML {gates_s['gatingml']}: {parent}")
     size_limits = None
     new = []

@@ -1,0 +1,127 @@
+"""Experiment-file validation: every problem listed at once, with file and key; a real-file run with a Gating-ML parent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import shared_path
+
+from evflow import ConfigError
+from evflow.pipeline import load_experiment
+
+BAD = """
+[experiment]
+name = "bad"
+colour = "blue"
+
+[flow]
+scatter_channel = "SSC-H"
+markers = { "FL9-H" = "CD63" }
+flow_rate_ul_per_min = 1.0
+
+[thresholds]
+rule = "control_quantile"
+control = "isotype"
+quantile = 1.5
+
+[qc]
+min_dilution_r2 = 0.9
+
+[[samples]]
+name = "A"
+role = "sample"
+flow = "{data1}"
+
+[[samples]]
+name = "B"
+role = "smaple"
+flow = "missing.fcs"
+
+[[samples]]
+name = "A"
+flow = "{data1}"
+dilution = 0.5
+"""
+
+
+def _write(tmp_path, text, name="exp.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_bad_experiment_lists_every_problem(tmp_path):
+    data1 = shared_path("gatingml", "data1.fcs")
+    p = _write(tmp_path, BAD.replace("{data1}", str(data1)))
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(p)
+    msg = str(exc.value)
+    lines = [line.strip() for line in msg.splitlines()[1:]]
+    expected = [
+        "unknown key 'experiment.colour'",
+        "'samples[1].role' is 'smaple'",
+        "'samples[1].flow' file 'missing.fcs' not found",
+        "'samples[2].name' 'A' is used by another sample",
+        "'samples[2].dilution' is 0.5",
+        "'flow.markers.FL9-H' channel 'FL9-H' is not in samples[0].flow data1.fcs",
+        "'thresholds.rule' control_quantile needs a flow sample with role 'isotype'",
+        "'thresholds.quantile' is 1.5",
+        "'qc.min_dilution_r2' needs a sample with role 'dilution'",
+    ]
+    for e in expected:
+        assert any(e in line for line in lines), f"missing problem {e!r} in:\n{msg}"
+    # every line names the experiment file
+    assert all(str(p) in line for line in lines)
+    assert msg.startswith(f"{len(lines)} problem(s)")
+    # the channel error lists the file's real channels
+    assert "FSC-H, SSC-H, FL1-H, FL2-H, FL3-H, FL2-A, FL4-H, Time" in msg
+
+
+def test_cli_run_bad_experiment_exits_nonzero(tmp_path):
+    p = _write(tmp_path, "[experiment]\nname = 1\n[[samples]]\nname = 'x'\nflow = 'nope.fcs'\n")
+    r = subprocess.run([sys.executable, "-m", "evflow", "run", str(p), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "'experiment.name' must be a name, found 1 (int)" in r.stderr
+    assert "'samples[0].flow' file 'nope.fcs' not found" in r.stderr
+    assert "no [flow] section" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_invalid_toml_and_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_experiment(_write(tmp_path, "[experiment\n"))
+    with pytest.raises(ConfigError, match="unknown key 'sample'"):
+        load_experiment(_write(tmp_path, "sample:\n  - name: a\n", "e.yaml"))
+
+
+def test_real_file_gatingml_parent_and_fixed_threshold(tmp_path):
+    """data1.fcs gated by Gating-ML Rectangle1 (its compliance truth), FL2-H > 100 counted; YAML experiment."""
+    from evflow import read_fcs, run
+
+    data1 = shared_path("gatingml", "data1.fcs")
+    gml = shared_path("gatingml", "gml", "gml_rect1_gate.xml")
+    truth = np.loadtxt(shared_path("gatingml", "truth", "Results_Rectangle1.txt"), dtype=int).astype(bool)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "experiment: {name: real}\n"
+        "flow:\n  markers: {FL2-H: M2, FL1-H: M1}\n"
+        f"  gates: {{gatingml: '{gml}', parent: Rectangle1}}\n"
+        "thresholds: {rule: fixed, values: {M2: 100.0, M1: 50.0}}\n"
+        f"samples:\n  - {{name: d1, flow: '{data1}', volume_ul: 2.0, dilution: 10}}\n"
+    )
+    ds = run(exp, output=tmp_path / "out", quiet=True)
+    v = read_fcs(data1, scale=True).to_numpy()
+    fl2, fl1 = v[:, 3], v[:, 2]
+    code = (fl2 > 100).astype(int) | ((fl1 > 50).astype(int) << 1)  # bit 0: M2, bit 1: M1
+    expected = np.bincount(code[truth], minlength=4)
+    assert ds["count"].sel(sample="d1").values.tolist() == expected.tolist()
+    assert int(ds["n_parent"].sel(sample="d1")) == int(truth.sum())
+    assert int(ds["n_total"].sel(sample="d1")) == v.shape[0]
+    conc = ds["concentration_per_ml"].sel(sample="d1").values
+    np.testing.assert_allclose(conc, expected / 2e-3 * 10)
+    assert list(ds["phenotype"].values) == ["M2- M1-", "M2+ M1-", "M2- M1+", "M2+ M1+"]
+    assert (tmp_path / "out" / "report.html").is_file()
