@@ -35,7 +35,8 @@ def default_scatter_gain(wavelength_nm=488.0, medium_index=1.333, detector=None)
     return 1000.0 / collected_cross_section(POLYSTYRENE, 100.0, wavelength_nm, medium_index, det)
 
 
-def _scatter(diameters, particle, gain, wavelength_nm, medium_index, detector, cv, rng):
+def _scatter(diameters, particle, gain, wavelength_nm, medium_index, detector, cv, rng, grid_range=None):
+    from .flow.calibration import _particle_curve
     from .flow.mie import Detector, collected_cross_section
 
     det = Detector.side_scatter() if detector is None else detector
@@ -44,9 +45,10 @@ def _scatter(diameters, particle, gain, wavelength_nm, medium_index, detector, c
     if uniq.size <= 64:
         c = np.atleast_1d(collected_cross_section(particle, uniq, wavelength_nm, medium_index, det))
         c = c[np.searchsorted(uniq, d)]
-    else:  # many sizes: exact Mie on a fine grid (0.25 % steps), log-log interpolation between
-        grid = np.geomspace(uniq[0], uniq[-1], max(int(np.log(uniq[-1] / uniq[0]) / 0.0025) + 2, 2))
-        cg = np.atleast_1d(collected_cross_section(particle, grid, wavelength_nm, medium_index, det))
+    else:  # many sizes: exact Mie on a fine grid (0.5 % steps, cached), log-log interpolation between
+        lo, hi = grid_range if grid_range is not None else (uniq[0], uniq[-1])
+        n = max(int(np.log(hi / lo) / 0.005) + 2, 2)
+        grid, cg = _particle_curve(particle, float(wavelength_nm), float(medium_index), det, float(lo), float(hi), n)
         c = np.exp(np.interp(np.log(d), np.log(grid), np.log(cg)))
     return gain * c * rng.lognormal(0.0, cv, size=c.shape)
 
@@ -221,7 +223,7 @@ def synthetic_ev_sample(
         draw = median_diameter_nm * np.exp(rng.normal(0, math.log(gsd), 2 * n_events))
         d = np.concatenate([d, draw[(draw >= lo) & (draw <= hi)]])
     d = d[:n_events]
-    s = _scatter(d, particle, gain, wavelength_nm, medium_index, detector, cv, rng)
+    s = _scatter(d, particle, gain, wavelength_nm, medium_index, detector, cv, rng, grid_range=(lo, hi))
     pos = rng.random(n_events) < fraction_positive
     mesf = np.where(pos, mesf_positive * rng.lognormal(0, mesf_cv, n_events), 0.0)
     fl = (mesf / math.exp(b)) ** (1.0 / m) + rng.lognormal(math.log(background), 0.4, n_events)

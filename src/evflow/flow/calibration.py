@@ -609,12 +609,14 @@ def _count_modes(s: np.ndarray, bin_width: float = 0.01, smooth_bins: float = 2.
 
 def _find_bead_peaks(values, tops, k, min_valley):
     """Cluster, then list unresolved neighbour pairs (valley too shallow, empty peak, too few 1-D modes)."""
-    labels, w, mu, cov, dip = bead_populations(values, k, tops)
-    counts = np.bincount(labels, minlength=k)
-    bad = [j for j in range(k - 1) if dip[j] >= min_valley or counts[j] == 0 or counts[j + 1] == 0]
     n_modes = None
     if values.shape[1] == 1:
         n_modes = _count_modes(_display(values[:, 0], tops[0]))
+    # too few modes: the answer is 'unresolved' whatever the mixture does, so do not iterate long
+    labels, w, mu, cov, dip = bead_populations(values, k, tops, max_iter=50 if (n_modes or k) < k else 500)
+    counts = np.bincount(labels, minlength=k)
+    bad = [j for j in range(k - 1) if dip[j] >= min_valley or counts[j] == 0 or counts[j + 1] == 0]
+    if n_modes is not None:
         if n_modes < k and not bad:
             # the mixture split a peak somewhere: flag the pair with the shallowest valley
             bad = [int(np.argmax(dip))]
@@ -1199,10 +1201,13 @@ def calibrate_scatter(
     if k == 1:
         medians = np.array([np.median(v)])
     else:
-        labels, w, mu, cov, dip = bead_populations(v[:, None], k, [table.ranges[0, 1]])
-        counts = np.bincount(labels, minlength=k)
         n_modes = _count_modes(_display(v, table.ranges[0, 1]))
-        if np.any(counts == 0) or np.any(dip >= 0.95) or n_modes < k:
+        if n_modes < k:
+            labels, dip, counts = None, np.full(k - 1, np.nan), None
+        else:
+            labels, w, mu, cov, dip = bead_populations(v[:, None], k, [table.ranges[0, 1]])
+            counts = np.bincount(labels, minlength=k)
+        if n_modes < k or np.any(counts == 0) or np.any(dip >= 0.95):
             raise CalibrationError(
                 f"{table.source}: {k} size-bead populations expected in {channel} ({d.tolist()} nm) but they "
                 f"cannot be resolved (histogram peaks: {n_modes}, valley ratios {np.round(dip, 2).tolist()})"

@@ -124,7 +124,7 @@ class Detector:
         """A forward-scatter detector on the beam axis with a central beam stop."""
         return cls(axis_deg=0.0, half_angle_deg=half_angle_deg, inner_half_angle_deg=inner_half_angle_deg, **kw)
 
-    def directions(self, n_polar: int = 48, n_azimuth: int = 96):
+    def directions(self, n_polar: int = 24, n_azimuth: int = 48):
         """Quadrature directions: (cos theta, phi, weight in steradians) about the beam axis."""
         c_in, c_out = np.cos(np.radians(self.inner_half_angle_deg)), np.cos(np.radians(self.half_angle_deg))
         t, w = np.polynomial.legendre.leggauss(n_polar)
@@ -261,8 +261,8 @@ def collected_cross_section(
     medium_index: float = 1.333,
     detector: Detector | None = None,
     *,
-    n_polar: int = 48,
-    n_azimuth: int = 96,
+    n_polar: int = 24,
+    n_azimuth: int = 48,
 ):
     """Scattering cross-section collected by ``detector`` (nm^2) for each diameter.
 
