@@ -12,7 +12,6 @@ was detected in that channel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
