@@ -229,9 +229,8 @@ def detect_spots(
     window : int, optional
         Fit window (px, odd).
     tile : int, optional
-        Process in tiles of this size (px) with a halo; a spot is kept by the
-        tile whose core holds its maximum.  Default: whole field (dask input:
-        one tile per chunk).
+        Reserved for tiled processing of mosaics (not implemented yet: must
+        be None).  A dask field is computed and processed whole.
     fit_backend : {'numpy', 'numba', 'cupy'}, optional
 
     Returns
@@ -247,6 +246,8 @@ def detect_spots(
     from .camera import as_camera
 
     camera = as_camera(camera)
+    if tile is not None:
+        raise ConfigError("detect_spots: tiled processing (tile=) is not implemented yet; pass whole fields")
     kind = type(image).__module__.split(".")[0]
     if getattr(image, "ndim", None) != 2:
         raise ImageError(f"detect_spots expects a 2-D image (y, x), got shape {getattr(image, 'shape', None)}")
