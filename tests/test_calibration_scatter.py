@@ -253,3 +253,23 @@ def test_concentration_from_vol_time_and_user(tmp_path):
     assert concentration_per_ml(2000, v2["volume_ul"], 10) == pytest.approx(2000 / 0.006 * 10)
     with pytest.raises(CalibrationError):
         concentration_per_ml(10, 0.0)
+
+
+def test_size_gate_as_parent_in_gating_strategy(size_calibration):
+    gates = pytest.importorskip("evflow.flow.gates")
+    ev, truth = synthetic_ev_sample(3000, fraction_positive=0.4, mesf_positive=5000, mesf_cv=0.1, seed=9)
+    lo, hi = size_gate_limits(size_calibration, 60.0, 200.0)
+    strategy = gates.GatingStrategy([
+        size_gate(size_calibration, 60.0, 200.0, gate_id="EV"),
+        gates.RectangleGate("CD63+", [gates.Dimension("FL1-H")], [200.0], [None], parent="EV"),
+    ])
+    events = ev[["SSC-H", "FL1-H", "Time"]].to_numpy()
+    res = strategy.apply((events, ["SSC-H", "FL1-H", "Time"]), backend="numpy")
+    counts = res.counts()
+    s = events[:, 0]
+    in_size = (s >= lo) & (s < hi)
+    assert counts["EV"] == int(in_size.sum())
+    assert counts["CD63+"] == int((in_size & (events[:, 1] >= 200.0)).sum())
+    d = truth["diameter_nm"]
+    # the size gate selects by true diameter up to the 3 % scatter noise (~0.5 % in diameter)
+    assert abs(counts["EV"] - int(((d >= 60) & (d < 200)).sum())) <= 0.01 * len(d)
