@@ -838,11 +838,12 @@ def fused_cupy(events, plan: FusedPlan, mask=None) -> Partial:
 # ----------------------------------------------------------------------------
 
 
-def fused(events, plan: FusedPlan, mask=None, impl: str = "auto") -> Partial:
+def fused(events, plan: FusedPlan, mask=None, impl: str = "auto", n_threads: int | None = None) -> Partial:
     """Run the fused kernel on one in-memory chunk.
 
     ``impl``: 'numpy' (reference), 'numba', 'cupy', or 'auto' (CuPy for a CuPy
-    chunk, Numba otherwise).
+    chunk, Numba otherwise).  ``n_threads``: Numba threads for this chunk
+    (default: all).
     """
     if impl == "auto":
         impl = "cupy" if type(events).__module__.split(".")[0] == "cupy" else ("numba" if numba is not None else "numpy")
@@ -855,7 +856,7 @@ def fused(events, plan: FusedPlan, mask=None, impl: str = "auto") -> Partial:
         if type(events).__module__.split(".")[0] == "cupy":
             events = events.get()
             mask = None if mask is None else mask.get() if hasattr(mask, "get") else mask
-        return fused_numba(events, plan, mask)
+        return fused_numba(events, plan, mask, n_threads=n_threads)
     if impl == "cupy":
         return fused_cupy(events, plan, mask)
     raise ValueError(f"unknown kernel implementation {impl!r}; expected auto, numpy, numba or cupy")

@@ -507,14 +507,19 @@ def _make_plan(comp, marker_slots, thresholds, density=None):
 # ============================================================================ per-chunk tasks
 
 
-def _block_partial(block, plan, kernel, mask_info):
+def _chunk_threads(events):
+    """Numba threads per chunk: 1 when dask has a chunk per core to run in parallel anyway."""
+    return 1 if len(events.chunks[0]) >= (os.cpu_count() or 1) else None
+
+
+def _block_partial(block, plan, kernel, mask_info, n_threads=None):
     from ..kernels.phenotype import fused
 
     mask = None
     if mask_info is not None:
         strategy, channels, gate_id, fcs = mask_info
         mask = strategy.mask(block, channels, gate_id, fcs)
-    return fused(block, plan, mask=mask, impl=kernel)
+    return fused(block, plan, mask=mask, impl=kernel, n_threads=n_threads)
 
 
 def _block_control_values(block, plan, mask_info, slots):
@@ -705,7 +710,8 @@ def count_phenotypes(
         ev = _prepare_events(sample, sname, be)
         mask_info = None if use_mask is None else (strategy, tuple(sample.channels), use_mask, fcs_comp)
         blocks = ev.to_delayed().ravel()
-        parts = [dask.delayed(_block_partial)(b, plan, kname, mask_info) for b in blocks]
+        nt = _chunk_threads(ev)
+        parts = [dask.delayed(_block_partial)(b, plan, kname, mask_info, nt) for b in blocks]
         graphs.append(_tree(parts, operator.add))
         plans_desc.append({"fused_gates": comp.gates_used, "mask_gate": use_mask,
                            "compensation": None if comp.comp is None else comp.comp.id})
@@ -868,7 +874,8 @@ def density2d(
     plan = _make_plan(comp, [], [], density=(dx, dy, nx, ny, rx, ry))
     ev = _prepare_events(smp, sname, be)
     mask_info = None if use_mask is None else (strategy, tuple(smp.channels), use_mask, fcs_comp)
-    parts = [dask.delayed(_block_partial)(b, plan, kname, mask_info) for b in ev.to_delayed().ravel()]
+    nt = _chunk_threads(ev)
+    parts = [dask.delayed(_block_partial)(b, plan, kname, mask_info, nt) for b in ev.to_delayed().ravel()]
     (total,) = dask.compute(_tree(parts, operator.add))
     xe = np.linspace(rx[0], rx[1], nx + 1)
     ye = np.linspace(ry[0], ry[1], ny + 1)
