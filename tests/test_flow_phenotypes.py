@@ -400,3 +400,27 @@ def test_cupy_gatingml_compliance_counts():
         truth = np.loadtxt(tpath).astype(bool)
         ds = count_phenotypes(smp, parent=gid, strategy=st, backend="cupy")
         assert int(ds.n_parent[0]) == truth.sum(), gid
+
+
+def test_samples_and_controls_make_one_graph_one_compute(synth_file, tmp_path):
+    import dask
+    import dask.threaded
+
+    path, _, _ = synth_file
+    calls = []
+
+    def counting_get(dsk, keys, **kw):
+        calls.append(1)
+        return dask.threaded.get(dsk, keys, **kw)
+
+    markers = dict(MK, CD63=("FL1-A", "percentile 50 of iso"))
+    with dask.config.set(scheduler=counting_get):
+        ds = count_phenotypes({"a": path, "b": evflow.read_fcs(path, scale=True, chunk_events=500)},
+                              parent=_poly_gate(), markers=markers, controls={"iso": path})
+    assert len(calls) == 1
+    np.testing.assert_array_equal(ds["count"].sel(sample="a").values, ds["count"].sel(sample="b").values)
+    build, graph = count_phenotypes(path, parent=_poly_gate(), markers=MK, compute=False)
+    again = build(dask.compute(graph)[0])
+    direct = count_phenotypes(path, parent=_poly_gate(), markers=MK)
+    np.testing.assert_array_equal(again["count"].values, direct["count"].values)
+    assert again["count"].values.sum() == (synth_file[2] >= 0).sum()
