@@ -415,7 +415,9 @@ def test_samples_and_controls_make_one_graph_one_compute(synth_file, tmp_path):
 
     markers = dict(MK, CD63=("FL1-A", "percentile 50 of iso"))
     with dask.config.set(scheduler=counting_get):
-        ds = count_phenotypes({"a": path, "b": evflow.read_fcs(path, scale=True, chunk_events=500)},
+        copy = tmp_path / "copy.fcs"
+        copy.write_bytes(path.read_bytes())
+        ds = count_phenotypes({"a": path, "b": evflow.read_fcs(copy, scale=True, chunk_events=500)},
                               parent=_poly_gate(), markers=markers, controls={"iso": path})
     assert len(calls) == 1
     np.testing.assert_array_equal(ds["count"].sel(sample="a").values, ds["count"].sel(sample="b").values)
