@@ -388,6 +388,10 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
 
     exp = load_experiment(config, output=output)
     log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, file=sys.stderr))
+
+    def err(*a):
+        print(*a, file=sys.stderr)
+
     progress = (not quiet) if progress is None else progress
     be = resolve_backend(backend or exp.settings.get("experiment", {}).get("backend", "auto"))
     out = exp.output
@@ -485,7 +489,7 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
                 for k, v in control_items.items():
                     if "error" in v:
                         failures[f"control {k}"] = v["error"]
-                        log(f"error: control {k}: {v['error']}")
+                        err(f"error: control {k}: {v['error']}")
                 if not good:
                     raise EvflowError(f"no usable {role!r} control: thresholds cannot be set ({failures})")
                 thresholds = np.max(np.stack([good[k]["thresholds"] for k in sorted(good)]), axis=0)
@@ -535,12 +539,12 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
     for k, v in list(flow_items.items()):
         if "error" in v:
             failures[f"flow {k}"] = v["error"]
-            log(f"error: sample {k}: {v['error'].splitlines()[0]}")
+            err(f"error: sample {k}: {v['error'].splitlines()[0]}")
             del flow_items[k]
     for k, v in list(image_items.items()):
         if "error" in v:
             failures[f"image {k[0]} fov {k[1]}"] = v["error"]
-            log(f"error: image {k[0]} fov {k[1]}: {v['error'].splitlines()[0]}")
+            err(f"error: image {k[0]} fov {k[1]}: {v['error'].splitlines()[0]}")
             del image_items[k]
 
     # -------------------------------------------------------------------- assemble and write
