@@ -554,67 +554,52 @@ def _nb_fine_bin(d):
     return 1 + (e - FINE_EMIN) * FINE_SUB + int((m * 2.0 - 1.0) * FINE_SUB)
 
 
-@_njit(cache=True)
-def _nb_event(ev, i, ip, dp, v, y):
-    """Steps 1-3 for event ``i``: True when it is in the parent population."""
-    S = ip[_H_S]
-    M = ip[_H_M]
-    NOUT = ip[_H_NOUT]
-    o_kind = ip[_O_SLOT_KIND]
-    o_index = ip[_O_SLOT_INDEX]
-    o_cc = ip[_O_COMP_COLS]
-    d_comp = ip[_D_COMP]
-    for s in range(S):
-        idx = ip[o_index + s]
-        if ip[o_kind + s] == 0:
+@_njit(cache=True, inline="always")
+def _nb_event(ev, i, v, y, slot_kind, slot_index, comp_cols, comp, nout, rng_slot, rng_lo, rng_hi,
+              dim_slot, dim_kind, dim_par, tab_start, tab_len, dp, poly_dims, poly_off, poly_xy,
+              ell_off, ell_dims, ell_icov_off, ell_mean, ell_d2):
+    """Steps 1-3 for event ``i``: True when it is in the parent population.
+
+    The plan sections arrive as separate arrays (views of the packed plan) so
+    that their addresses stay in registers across the event loop.
+    """
+    for s in range(slot_kind.size):
+        idx = slot_index[s]
+        if slot_kind[s] == 0:
             v[s] = float(ev[i, idx])
         else:
             acc = 0.0
-            for q in range(M):
-                acc = acc + float(ev[i, ip[o_cc + q]]) * dp[d_comp + q * NOUT + idx]
+            for q in range(comp_cols.size):
+                acc = acc + float(ev[i, comp_cols[q]]) * comp[q * nout + idx]
             v[s] = acc
-    R = ip[_H_R]
-    o_rs = ip[_O_RNG_SLOT]
-    d_lo = ip[_D_RNG_LO]
-    d_hi = ip[_D_RNG_HI]
-    for r in range(R):
-        x = v[ip[o_rs + r]]
-        if not (x >= dp[d_lo + r] and x < dp[d_hi + r]):
+    for r in range(rng_slot.size):
+        x = v[rng_slot[r]]
+        if not (x >= rng_lo[r] and x < rng_hi[r]):
             return False
-    D = ip[_H_D]
-    o_ds = ip[_O_DIM_SLOT]
-    o_dk = ip[_O_DIM_KIND]
-    d_par = ip[_D_DIM_PARAM]
-    o_tab = ip[_O_TAB]
+    D = dim_slot.size
     for d in range(D):
-        x = v[ip[o_ds + d]]
-        kind = ip[o_dk + d]
-        p0 = dp[d_par + 2 * d]
-        p1 = dp[d_par + 2 * d + 1]
+        x = v[dim_slot[d]]
+        kind = dim_kind[d]
         if kind == 0:
             y[d] = x
         elif kind == 1:
-            y[d] = (x + p0) / p1
+            y[d] = (x + dim_par[2 * d]) / dim_par[2 * d + 1]
         else:
-            y[d] = _nb_table_eval(x, dp, ip[o_tab + d], ip[o_tab + D + d], p0, p1)
-    P = ip[_H_P]
-    o_pd = ip[_O_POLY_DIMS]
-    o_po = ip[_O_POLY_OFF]
-    d_poly = ip[_D_POLY]
-    for p in range(P):
-        px = y[ip[o_pd + 2 * p]]
-        py = y[ip[o_pd + 2 * p + 1]]
+            y[d] = _nb_table_eval(x, dp, tab_start[d], tab_len[d], dim_par[2 * d], dim_par[2 * d + 1])
+    for p in range(poly_off.size - 1):
+        px = y[poly_dims[2 * p]]
+        py = y[poly_dims[2 * p + 1]]
         if not (math.isfinite(px) and math.isfinite(py)):
             return False
-        v0 = ip[o_po + p]
-        nv = ip[o_po + p + 1] - v0
+        v0 = poly_off[p]
+        nv = poly_off[p + 1] - v0
         inside = False
         j = nv - 1
         for k in range(nv):
-            xi = dp[d_poly + 2 * (v0 + k)]
-            yi = dp[d_poly + 2 * (v0 + k) + 1]
-            xj = dp[d_poly + 2 * (v0 + j)]
-            yj = dp[d_poly + 2 * (v0 + j) + 1]
+            xi = poly_xy[2 * (v0 + k)]
+            yi = poly_xy[2 * (v0 + k) + 1]
+            xj = poly_xy[2 * (v0 + j)]
+            yj = poly_xy[2 * (v0 + j) + 1]
             if (yi > py) != (yj > py):
                 xc = (xj - xi) * (py - yi) / (yj - yi) + xi
                 if px < xc:
@@ -622,23 +607,17 @@ def _nb_event(ev, i, ip, dp, v, y):
             j = k
         if not inside:
             return False
-    E = ip[_H_E]
-    o_eo = ip[_O_ELL_OFF]
-    o_ed = ip[_O_ELL_DIMS]
-    o_ei = ip[_O_ELL_ICOV_OFF]
-    d_em = ip[_D_ELL_MEAN]
-    d_e2 = ip[_D_ELL_D2]
-    for e in range(E):
-        a0 = ip[o_eo + e]
-        ne = ip[o_eo + e + 1] - a0
-        ic = ip[o_ei + e]
+    for e in range(ell_off.size - 1):
+        a0 = ell_off[e]
+        ne = ell_off[e + 1] - a0
+        ic = ell_icov_off[e]
         q = 0.0
         for a in range(ne):
             t = 0.0
             for b in range(ne):
-                t = t + dp[ic + a * ne + b] * (y[ip[o_ed + a0 + b]] - dp[d_em + a0 + b])
-            q = q + (y[ip[o_ed + a0 + a]] - dp[d_em + a0 + a]) * t
-        if not (q <= dp[d_e2 + e]):
+                t = t + dp[ic + a * ne + b] * (y[ell_dims[a0 + b]] - ell_mean[a0 + b])
+            q = q + (y[ell_dims[a0 + a]] - ell_mean[a0 + a]) * t
+        if not (q <= ell_d2[e]):
             return False
     return True
 
@@ -646,21 +625,56 @@ def _nb_event(ev, i, ip, dp, v, y):
 @_njit(cache=True, parallel=True, nogil=True)
 def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny):
     n = ev.shape[0]
+    S = ip[_H_S]
+    M = ip[_H_M]
+    R = ip[_H_R]
+    D = ip[_H_D]
+    P = ip[_H_P]
+    E = ip[_H_E]
     K = ip[_H_K]
+    nout = ip[_H_NOUT]
+    # plan sections as views
+    slot_kind = ip[ip[_O_SLOT_KIND] : ip[_O_SLOT_KIND] + S]
+    slot_index = ip[ip[_O_SLOT_INDEX] : ip[_O_SLOT_INDEX] + S]
+    comp_cols = ip[ip[_O_COMP_COLS] : ip[_O_COMP_COLS] + M]
+    comp = dp[ip[_D_COMP] : ip[_D_COMP] + M * nout]
+    rng_slot = ip[ip[_O_RNG_SLOT] : ip[_O_RNG_SLOT] + R]
+    rng_lo = dp[ip[_D_RNG_LO] : ip[_D_RNG_LO] + R]
+    rng_hi = dp[ip[_D_RNG_HI] : ip[_D_RNG_HI] + R]
+    dim_slot = ip[ip[_O_DIM_SLOT] : ip[_O_DIM_SLOT] + D]
+    dim_kind = ip[ip[_O_DIM_KIND] : ip[_O_DIM_KIND] + D]
+    dim_par = dp[ip[_D_DIM_PARAM] : ip[_D_DIM_PARAM] + 2 * D]
+    tab_start = ip[ip[_O_TAB] : ip[_O_TAB] + D]
+    tab_len = ip[ip[_O_TAB] + D : ip[_O_TAB] + 2 * D]
+    poly_dims = ip[ip[_O_POLY_DIMS] : ip[_O_POLY_DIMS] + 2 * P]
+    poly_off = ip[ip[_O_POLY_OFF] : ip[_O_POLY_OFF] + P + 1]
+    poly_xy = dp[ip[_D_POLY] : ip[_D_POLY] + 2 * poly_off[P]]
+    ell_off = ip[ip[_O_ELL_OFF] : ip[_O_ELL_OFF] + E + 1]
+    ell_dims = ip[ip[_O_ELL_DIMS] : ip[_O_ELL_DIMS] + ell_off[E]]
+    ell_icov_off = ip[ip[_O_ELL_ICOV_OFF] : ip[_O_ELL_ICOV_OFF] + E + 1]
+    ell_mean = dp[ip[_D_ELL_MEAN] : ip[_D_ELL_MEAN] + ell_off[E]]
+    ell_d2 = dp[ip[_D_ELL_D2] : ip[_D_ELL_D2] + E]
+    mk_slot = ip[ip[_O_MK_SLOT] : ip[_O_MK_SLOT] + K]
+    mk_thr = dp[ip[_D_MK_THR] : ip[_D_MK_THR] + K]
+    d_h2 = ip[_D_H2]
+    h2_lox = dp[d_h2]
+    h2_sx = dp[d_h2 + 1]
+    h2_loy = dp[d_h2 + 2]
+    h2_sy = dp[d_h2 + 3]
+    dx = ip[_H_DX]
+    dy = ip[_H_DY]
     nph = 1 << K
     has_h2 = ip[_H_NX] > 0
     counts_t = np.zeros((T, nph), np.int64)
     ph_t = np.zeros((T, K, FINE_NBINS), np.int64)
     ps_t = np.zeros((T, K), np.float64)
     h2_t = np.zeros((T, nx, ny), np.int64)
-    S = ip[_H_S]
-    D = ip[_H_D]
-    o_mk = ip[_O_MK_SLOT]
-    d_thr = ip[_D_MK_THR]
-    d_h2 = ip[_D_H2]
-    dx = ip[_H_DX]
-    dy = ip[_H_DY]
     for t in _prange(T):
+        # thread-local accumulators (no false sharing), copied out at the end
+        counts = np.zeros(nph, np.int64)
+        ph = np.zeros((K, FINE_NBINS), np.int64)
+        ps = np.zeros(max(K, 1), np.float64)
+        h2 = np.zeros((nx, ny), np.int64) if has_h2 else np.zeros((1, 1), np.int64)
         v = np.empty(max(S, 1), np.float64)
         y = np.empty(max(D, 1), np.float64)
         start = n * t // T
@@ -668,22 +682,30 @@ def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny):
         for i in range(start, stop):
             if has_mask and not mask[i]:
                 continue
-            if not _nb_event(ev, i, ip, dp, v, y):
+            if not _nb_event(ev, i, v, y, slot_kind, slot_index, comp_cols, comp, nout, rng_slot, rng_lo,
+                             rng_hi, dim_slot, dim_kind, dim_par, tab_start, tab_len, dp, poly_dims, poly_off,
+                             poly_xy, ell_off, ell_dims, ell_icov_off, ell_mean, ell_d2):
                 continue
             code = 0
             for k in range(K):
-                x = v[ip[o_mk + k]]
-                thr = dp[d_thr + k]
+                x = v[mk_slot[k]]
+                thr = mk_thr[k]
                 if x > thr:
                     code |= 1 << k
-                    ps_t[t, k] += x
-                    ph_t[t, k, _nb_fine_bin(x - thr)] += 1
-            counts_t[t, code] += 1
+                    ps[k] += x
+                    ph[k, _nb_fine_bin(x - thr)] += 1
+            counts[code] += 1
             if has_h2:
-                fx = (y[dx] - dp[d_h2]) * dp[d_h2 + 1]
-                fy = (y[dy] - dp[d_h2 + 2]) * dp[d_h2 + 3]
+                fx = (y[dx] - h2_lox) * h2_sx
+                fy = (y[dy] - h2_loy) * h2_sy
                 if fx >= 0.0 and fx < nx and fy >= 0.0 and fy < ny:
-                    h2_t[t, int(fx), int(fy)] += 1
+                    h2[int(fx), int(fy)] += 1
+        counts_t[t] = counts
+        ph_t[t] = ph
+        for k in range(K):
+            ps_t[t, k] = ps[k]
+        if has_h2:
+            h2_t[t] = h2
     counts = counts_t.sum(axis=0)
     pos_hist = ph_t.sum(axis=0)
     pos_sum = np.zeros(K, np.float64)
