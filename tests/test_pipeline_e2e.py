@@ -223,3 +223,30 @@ def test_report_in_headless_browser(demo_run, tmp_path):
     assert (sat > 0.3).mean() > 0.02, (sat > 0.3).mean()
     # each of the top 3000 px has content (tables and figures), not a blank page
     assert img[:3000].std() > 0.1
+
+
+@pytest.mark.gpu
+def test_cupy_backend_matches_numpy(demo_run, tmp_path):
+    """The whole demo on the GPU: flow numbers identical to the CPU run, imaging counts within a vesicle or two."""
+    from evflow import run
+
+    src, _ = demo_run
+    ref = _load(src)
+    ds = run(src / "data" / "experiment.toml", output=tmp_path / "out", backend="cupy", quiet=True)
+    assert ds.attrs["backend"] == "cupy"
+    flow_vars = ["count", "n_parent", "n_total", "threshold", "median_positive", "concentration_per_ml"]
+    xr.testing.assert_equal(ds[flow_vars], ref[flow_vars])
+    diff = np.abs(ds["image_count"].values - ref["image_count"].values)
+    assert diff.max() <= 2, diff
+
+
+@pytest.mark.gpu
+def test_local_cuda_cluster_identical(demo_run, tmp_path):
+    pytest.importorskip("dask_cuda")
+    from evflow import run
+
+    src, _ = demo_run
+    ref = _load(src)
+    ds = run(src / "data" / "experiment.toml", output=tmp_path / "out", backend="numpy", scheduler="local-cuda",
+             quiet=True)
+    _same(ds, ref)
