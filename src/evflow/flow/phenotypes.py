@@ -453,6 +453,12 @@ def _compile(sample, sname, chain, mask_gate, strategy, marker_specs, compensati
                 raise GatingError(
                     f"gate {chain[-1].id!r} ({type(chain[-1]).__name__}) needs a GatingStrategy: pass strategy="
                 ) from None
+            if strategy.gates.get(use_mask) is not chain[-1]:
+                raise GatingError(
+                    f"gate {use_mask!r} ({type(chain[-1]).__name__}) is evaluated by the strategy, "
+                    "but the strategy holds no such gate object; add it with strategy.add_gate()"
+                )
+            strategy.validate(sample.channels, fcs_comp, [use_mask])
     # compensation of the markers: the gates' own, unless given
     mcomp = comp.comp
     if use_mask is not None and compensation is None:
@@ -471,6 +477,8 @@ def _compile(sample, sname, chain, mask_gate, strategy, marker_specs, compensati
             mcomp = fcs_comp
         elif isinstance(compensation, Compensation):
             mcomp = compensation
+        elif isinstance(compensation, str) and strategy is not None and compensation in strategy.compensations:
+            mcomp = strategy.compensations[compensation]
         else:
             mcomp = Compensation.from_spillover(compensation, id="user")
     marker_slots = []
@@ -890,8 +898,8 @@ def density2d(
             "y_channel": y,
             "x_transform": repr(tx),
             "y_transform": repr(ty),
-            "x_edges": xe,
-            "y_edges": ye,
+            "x_edges": xe.tolist(),
+            "y_edges": ye.tolist(),
             "n_parent": n_parent,
             "n_outside": n_parent - int(total.density.sum()),
             "n_total": int(total.n_events),
