@@ -125,3 +125,24 @@ def test_real_file_gatingml_parent_and_fixed_threshold(tmp_path):
     np.testing.assert_allclose(conc, expected / 2e-3 * 10)
     assert list(ds["phenotype"].values) == ["M2- M1-", "M2+ M1-", "M2- M1+", "M2+ M1+"]
     assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_gatingml_parent_and_channels_checked(tmp_path):
+    data1 = shared_path("gatingml", "data1.fcs")
+    gml = shared_path("gatingml", "gml", "gml_rect1_gate.xml")
+    p = _write(tmp_path, f"""
+[flow]
+markers = {{ "FL2-H" = "M2" }}
+gates = {{ gatingml = "{gml}", parent = "Rectangle9" }}
+[thresholds]
+rule = "fixed"
+[[samples]]
+name = "d1"
+flow = "{data1}"
+volume_ul = 1.0
+""")
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(p)
+    msg = str(exc.value)
+    assert "'flow.gates.parent' 'Rectangle9' is not a gate of" in msg and "Rectangle1" in msg
+    assert "'thresholds.values.M2' is missing" in msg

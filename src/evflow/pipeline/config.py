@@ -436,6 +436,20 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
             problems.append(f"{src}: 'flow.gates.gatingml' file {gates['gatingml']!r} not found (looked at {gp})")
         if "parent" not in gates:
             problems.append(f"{src}: 'flow.gates.gatingml' needs 'flow.gates.parent' (the gate id of the EV population)")
+        elif check_files and gp is not None and gp.is_file():
+            try:
+                from ..flow.gatingml import read_gatingml
+
+                strat = read_gatingml(gp)
+                ids = strat.gate_ids() if callable(strat.gate_ids) else list(strat.gate_ids)
+                if gates["parent"] not in ids:
+                    problems.append(f"{src}: 'flow.gates.parent' {gates['parent']!r} is not a gate of "
+                                    f"{gates['gatingml']} (gates: {', '.join(ids)})")
+                else:
+                    for ch in strat.required_channels([gates["parent"]])[gates["parent"]]:
+                        needed_channels.setdefault(ch, f"flow.gates.gatingml (gate {gates['parent']})")
+            except Exception as exc:
+                problems.append(f"{src}: 'flow.gates.gatingml' {gates['gatingml']!r} cannot be read: {exc}")
     for kind, required in (("fluorescence", ("file", "channel", "values")), ("size", ("file", "channel", "diameters_nm"))):
         c = cal.get(kind)
         if not isinstance(c, Mapping):
