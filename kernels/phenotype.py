@@ -40,6 +40,7 @@ median of ``d`` (and hence of the value) is exact to 0.1 %.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -715,6 +716,9 @@ def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny):
     return counts, pos_hist, pos_sum, h2_t.sum(axis=0)
 
 
+_NUMBA_LOCK = threading.Lock()
+
+
 def _get_numba_kernel():
     return _nb_fused
 
@@ -742,7 +746,11 @@ def fused_numba(events, plan: FusedPlan, mask=None, n_threads: int | None = None
     T = int(n_threads or numba.get_num_threads())
     T = max(1, min(T, max(1, ev.shape[0] // 4096)))
     nx, ny = plan.density_shape()
-    counts, pos_hist, pos_sum, density = _get_numba_kernel()(ev, m, has_mask, ip, dp, T, max(nx, 1), max(ny, 1))
+    # one parallel launch at a time: Numba's 'workqueue' threading layer aborts
+    # when parallel functions are entered from several threads (dask workers)
+    # at once; each launch already uses all of Numba's threads.
+    with _NUMBA_LOCK:
+        counts, pos_hist, pos_sum, density = _get_numba_kernel()(ev, m, has_mask, ip, dp, T, max(nx, 1), max(ny, 1))
     if plan.density is None:
         density = np.zeros((0, 0), np.int64)
     return Partial(int(ev.shape[0]), counts, pos_hist, pos_sum, density)

@@ -516,8 +516,8 @@ def _make_plan(comp, marker_slots, thresholds, density=None):
 
 
 def _chunk_threads(events):
-    """Numba threads per chunk: 1 when dask has a chunk per core to run in parallel anyway."""
-    return 1 if len(events.chunks[0]) >= (os.cpu_count() or 1) else None
+    """Numba threads per chunk: all (launches are serialised; each uses every core)."""
+    return None
 
 
 def _block_partial(block, plan, kernel, mask_info, n_threads=None):
