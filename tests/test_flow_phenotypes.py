@@ -426,3 +426,24 @@ def test_samples_and_controls_make_one_graph_one_compute(synth_file, tmp_path):
     direct = count_phenotypes(path, parent=_poly_gate(), markers=MK)
     np.testing.assert_array_equal(again["count"].values, direct["count"].values)
     assert again["count"].values.sum() == (synth_file[2] >= 0).sum()
+
+
+def test_array_input_and_display_scale_thresholds(synth_file):
+    import dask.array as da
+
+    path, ev, codes = synth_file
+    lg = T.LogicleTransform(262144, 0.5, 4.5, 0)
+    disp = {m: float(lg.apply(np.array([t]))[0]) for m, t in THR.items()}
+    chans = {"CD63": "FL1-A", "CD9": "FL2-A", "EpCAM": "FL3-A"}
+    markers = {m: (chans[m], disp[m], lg) for m in THR}
+    a = count_phenotypes((ev, CHANNELS), parent=_poly_gate(), markers=markers)
+    b = count_phenotypes({"x": (da.from_array(ev, chunks=(333, -1)), CHANNELS)}, parent=_poly_gate(),
+                         markers={m: (chans[m], t) for m, t in THR.items()})
+    np.testing.assert_array_equal(a["count"].values, b["count"].values)
+    np.testing.assert_array_equal(a["count"].values[0], np.bincount(codes[codes >= 0], minlength=8))
+    np.testing.assert_allclose(a.threshold.values[0], list(THR.values()), rtol=1e-9)
+    assert list(b.sample.values) == ["x"]
+    with pytest.raises(evflow.GatingError, match="channel units; drop the transform"):
+        count_phenotypes((ev, CHANNELS), markers={"CD63": ("FL1-A", "percentile 9 of iso", lg)}, controls={"iso": path})
+    with pytest.raises(evflow.GatingError, match="shape"):
+        count_phenotypes((ev[:, :3], CHANNELS), markers={"CD63": ("FL1-A", 1.0)})

@@ -170,24 +170,57 @@ def parse_threshold_rule(rule, marker: str = "?"):
 # ============================================================================ samples
 
 
+def _is_array_pair(s):
+    return (
+        isinstance(s, tuple)
+        and len(s) == 2
+        and hasattr(s[0], "shape")
+        and isinstance(s[1], (list, tuple))
+        and all(isinstance(c, str) for c in s[1])
+    )
+
+
+def _array_sample(events, channels, name):
+    """An in-memory FCSSample of linear-scale events (NumPy, CuPy or dask array)."""
+    import dask.array as da
+
+    from ..io.fcs import FCSSample
+
+    channels = [str(c) for c in channels]
+    if getattr(events, "ndim", 0) != 2 or events.shape[1] != len(channels):
+        raise GatingError(
+            f"sample {name!r}: events have shape {tuple(getattr(events, 'shape', ()))} but {len(channels)} channel names"
+        )
+    if not isinstance(events, da.Array):
+        events = da.from_array(events, chunks=(max(1, min(events.shape[0], 1 << 20)), -1), asarray=False)
+    return FCSSample(path=str(name), version="", data_set=0, meta={}, channels=channels,
+                     markers=[None] * len(channels), events=events, scaled=True)
+
+
 def _as_sample(s, name_hint=None):
     from ..io.fcs import FCSSample, read_fcs
 
     if isinstance(s, (str, os.PathLike)):
         return read_fcs(s, scale=True)
+    if _is_array_pair(s):
+        return _array_sample(s[0], s[1], name_hint or "events")
     if isinstance(s, FCSSample) or all(hasattr(s, a) for a in ("events", "channels", "meta")):
         return s
-    raise GatingError(f"sample {name_hint!r}: expected an FCSSample or a path, got {type(s).__name__}")
+    raise GatingError(
+        f"sample {name_hint!r}: expected an FCSSample, a path or (events, channels), got {type(s).__name__}"
+    )
 
 
 def _samples(sample_or_samples):
     """``[(name, FCSSample)]`` from one sample/path, a list of them, or a dict name -> sample."""
+    if _is_array_pair(sample_or_samples):
+        sample_or_samples = [sample_or_samples]
     if isinstance(sample_or_samples, Mapping):
         items = [(str(k), _as_sample(v, k)) for k, v in sample_or_samples.items()]
     elif isinstance(sample_or_samples, (list, tuple)):
         items = []
-        for s in sample_or_samples:
-            smp = _as_sample(s)
+        for i, s in enumerate(sample_or_samples):
+            smp = _as_sample(s, f"events{i}" if len(sample_or_samples) > 1 else "events")
             items.append((smp.name, smp))
     else:
         smp = _as_sample(sample_or_samples)
@@ -415,13 +448,29 @@ def _markers_spec(markers):
     if not isinstance(markers, Mapping):
         raise GatingError("markers must be a mapping name -> (channel, threshold)")
     out = []
+    from .transforms import Transform
+
     for name, spec in markers.items():
-        if isinstance(spec, str) or not isinstance(spec, Sequence) or len(spec) != 2:
-            raise GatingError(f"marker {name!r}: expected (channel, threshold), got {spec!r}")
-        channel, thr = spec
+        if isinstance(spec, str) or not isinstance(spec, Sequence) or len(spec) not in (2, 3):
+            raise GatingError(f"marker {name!r}: expected (channel, threshold[, transform]), got {spec!r}")
+        channel, thr = spec[0], spec[1]
         if not isinstance(channel, str):
             raise GatingError(f"marker {name!r}: channel {channel!r} is not a string")
-        out.append((str(name), channel, parse_threshold_rule(thr, name)))
+        thr = parse_threshold_rule(thr, name)
+        if len(spec) == 3 and spec[2] is not None:
+            tr = spec[2]
+            if not isinstance(tr, Transform):
+                raise GatingError(f"marker {name!r}: {tr!r} is not a Transform")
+            if isinstance(thr, ThresholdRule):
+                raise GatingError(
+                    f"marker {name!r}: rule {thr.text!r} gives a threshold in channel units; drop the transform"
+                )
+            with np.errstate(all="ignore"):
+                raw = float(np.asarray(tr.inverse(np.asarray([thr], dtype=np.float64)))[0])
+            if not math.isfinite(raw):
+                raise GatingError(f"marker {name!r}: threshold {thr:g} on {tr!r} maps to {raw} channel units")
+            thr = raw
+        out.append((str(name), channel, thr))
     return out
 
 
@@ -621,17 +670,20 @@ def count_phenotypes(
 
     Parameters
     ----------
-    sample_or_samples : FCSSample, path, or a list / dict (name -> sample) of them
+    sample_or_samples : FCSSample, path, (events, channels), or a list / dict (name -> sample) of them
         Paths are read with ``evflow.read_fcs(path, scale=True)``; samples read
-        without ``scale`` are scaled (``$PnE``, ``$PnG``) first, as for gating.
+        without ``scale`` are scaled (``$PnE``, ``$PnG``) first, as for gating;
+        ``(events, channels)`` is a NumPy/CuPy/dask array of linear-scale
+        events (rows) with its channel names.
     parent : None, Gate or str
         The parent population: None (all events), a gate object, or the id of
         a gate of ``strategy`` (its whole parent chain applies).
-    markers : dict name -> (channel, threshold)
+    markers : dict name -> (channel, threshold) or (channel, threshold, transform)
         Channel as ``$PnN`` or ``$PnS``; threshold in the channel's linear
-        units, or a rule computed from a control (``"percentile 99.5 of
-        isotype"``, ``"mean+3sd of isotype"``, or ``{"rule": "percentile",
-        "q": 99.5, "control": "isotype"}``).  An event is positive when its
+        units (or, with a transform, on its display scale: converted with
+        ``transform.inverse``), or a rule computed from a control
+        (``"percentile 99.5 of isotype"``, ``"mean+3sd of isotype"``, or
+        ``{"rule": "percentile", "q": 99.5, "control": "isotype"}``).  An event is positive when its
         value is strictly above the threshold.  Bit ``i`` of a phenotype is
         marker ``i`` in the given order.
     strategy : GatingStrategy, optional
