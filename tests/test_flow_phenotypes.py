@@ -433,7 +433,7 @@ def test_array_input_and_display_scale_thresholds(synth_file):
 
     path, ev, codes = synth_file
     lg = T.LogicleTransform(262144, 0.5, 4.5, 0)
-    disp = {m: float(lg.apply(np.array([t]))[0]) for m, t in THR.items()}
+    disp = {m: float(lg.apply_exact(np.array([t]))[0]) for m, t in THR.items()}
     chans = {"CD63": "FL1-A", "CD9": "FL2-A", "EpCAM": "FL3-A"}
     markers = {m: (chans[m], disp[m], lg) for m in THR}
     a = count_phenotypes((ev, CHANNELS), parent=_poly_gate(), markers=markers)
