@@ -19,9 +19,6 @@ from .errors import ConfigError
 
 __all__ = ["match_points", "detection_metrics", "localization_rmse"]
 
-# ``evflow.metrics`` is served by the package's lazy export table, which reads
-# the attribute of the same name from this module: point it at the module.
-metrics = __import__("sys").modules[__name__]
 
 
 def _as_points(p, name, columns=("y", "x")):

@@ -20,10 +20,6 @@ from .errors import ConfigError
 
 __all__ = ["tirf", "SyntheticTIRF", "integrated_gaussian", "peak_fraction"]
 
-# ``evflow.synth`` is served by the package's lazy export table, which reads
-# the attribute of the same name from this module: point it at the module.
-synth = __import__("sys").modules[__name__]
-
 
 # ===========================================================================
 # TIRF imaging

@@ -996,14 +996,7 @@ def _sample_events(sample):
         raise GatingError(
             f"apply() expects an FCSSample (evflow.read_fcs) or (events, channels), got {type(sample).__name__}"
         )
-    events = sample.events
-    if not getattr(sample, "scaled", False):
-        from ..io.fcs import _scale_block, _scale_params
-
-        params = _scale_params(sample.meta, list(sample.channels), sample.path)
-        events = events.map_blocks(
-            _scale_block, params, dtype=np.float64, meta=np.empty((0, events.shape[1]), np.float64)
-        )
+    events = sample.linear_events()
     try:
         spill = sample.spillover
     except Exception as exc:  # a malformed $SPILLOVER only matters when "FCS" compensation is used

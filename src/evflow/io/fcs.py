@@ -550,6 +550,20 @@ class FCSSample:
             self.path,
         )
 
+    def linear_events(self):
+        """Events on the linear scale as a lazy float64 dask array.
+
+        ``$PnE`` log decoding (``f2 * 10**(f1 * x / $PnR)``), division by the
+        ``$PnG`` gain and ``$TIMESTEP`` on the time channel, as with
+        ``read_fcs(..., scale=True)``; returns ``events`` unchanged when the
+        sample was read that way.
+        """
+        if self.scaled:
+            return self.events
+        params = _scale_params(self.meta, self.channels, self.path)
+        n = self.n_channels
+        return self.events.map_blocks(_scale_block, params, dtype=np.float64, meta=np.empty((0, n), np.float64))
+
     def to_numpy(self) -> np.ndarray:
         """All events as a NumPy array (reads the file once, in one pass)."""
         if self._segment is not None and not self.scaled:
@@ -896,10 +910,7 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
             fancy=False,
             meta=np.empty((0, n_par), dtype=layout.dtype),
         )
-    if scale:
-        params = _scale_params(meta, channels, path)
-        arr = arr.map_blocks(_scale_block, params, dtype=np.float64, meta=np.empty((0, n_par), np.float64))
-    return FCSSample(
+    sample = FCSSample(
         path=path,
         version=info.header.version,
         data_set=int(data_set),
@@ -907,9 +918,13 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
         channels=channels,
         markers=markers,
         events=arr,
-        scaled=bool(scale),
+        scaled=False,
         _segment=segment,
     )
+    if scale:
+        sample.events = sample.linear_events()
+        sample.scaled = True
+    return sample
 
 
 def _read_delimited_ascii(path, offset, size, n_events, n_par, info):
