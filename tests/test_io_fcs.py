@@ -390,3 +390,12 @@ def test_struct_decoder_oracle_agrees_with_flowio(shared_data):
     raw, _ = _flowio_data(path)
     np.testing.assert_array_equal(_struct_decode(path, s)[:2000].astype(np.float64), raw[:2000])
     assert struct.calcsize("<H") == 2
+
+
+def test_linear_events_equals_scaled_read(shared_data):
+    path = shared_path("beads", "flowcal", "sample001.fcs")
+    raw = _read_quiet(path, chunk_events=5000)
+    scaled = _read_quiet(path, scale=True)
+    np.testing.assert_array_equal(raw.linear_events().compute(), scaled.to_numpy())
+    assert scaled.linear_events() is scaled.events
+    assert raw.linear_events().dtype == np.float64
