@@ -186,7 +186,6 @@ def main(argv=None):
             rows.append(("FlowKit gate_sample", t_fk, fk_rate, nf * ev.shape[1] * 4 / t_fk, note))
         except ImportError:
             print("FlowKit not installed (pip install flowkit); skipped", file=sys.stderr)
-    gpu_note = None
     if a.gpu != "no":
         try:
             from evflow.backend import gpu_available

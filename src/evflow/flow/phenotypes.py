@@ -33,14 +33,12 @@ precomputed parent mask.
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -511,16 +509,13 @@ def _compile(sample, sname, chain, mask_gate, strategy, marker_specs, compensati
     # compensation of the markers: the gates' own, unless given
     mcomp = comp.comp
     if use_mask is not None and compensation is None:
-        for g in chain:
-            for d in g.dims:
-                ref = getattr(d, "compensation", None)
-                if ref is not None:
-                    mcomp = comp._resolve_comp(ref, g.id)
-                    break
+        refs = [(g.id, d.compensation) for g in chain for d in g.dims if getattr(d, "compensation", None) is not None]
+        if refs:
+            mcomp = comp._resolve_comp(refs[0][1], refs[0][0])
     if compensation is not None:
-        if compensation is False or compensation == "none" or compensation == "uncompensated":
+        if compensation is False or (isinstance(compensation, str) and compensation in ("none", "uncompensated")):
             mcomp = None
-        elif compensation == "FCS" or compensation == "file":
+        elif isinstance(compensation, str) and compensation in ("FCS", "file"):
             if fcs_comp is None:
                 raise GatingError(f"sample {sname!r}: compensation='FCS' asked for but the file has no $SPILLOVER")
             mcomp = fcs_comp
