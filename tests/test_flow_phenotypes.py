@@ -447,3 +447,25 @@ def test_array_input_and_display_scale_thresholds(synth_file):
         count_phenotypes((ev, CHANNELS), markers={"CD63": ("FL1-A", "percentile 9 of iso", lg)}, controls={"iso": path})
     with pytest.raises(evflow.GatingError, match="shape"):
         count_phenotypes((ev[:, :3], CHANNELS), markers={"CD63": ("FL1-A", 1.0)})
+
+
+def test_file_spillover_fcs_compensation(synth_file, tmp_path):
+    path, ev, codes = synth_file
+    spill = np.array([[1.0, 0.15, 0.02], [0.1, 1.0, 0.2], [0.0, 0.05, 1.0]])
+    text = "3,FL1-A,FL2-A,FL3-A," + ",".join(f"{v:g}" for v in spill.ravel())
+    p = tmp_path / "spill.fcs"
+    evflow.write_fcs(p, ev, CHANNELS, MARKERS, meta={"$SPILLOVER": text})
+    smp = evflow.read_fcs(p, scale=True)
+    assert smp.spillover is not None
+    gate = G.RectangleGate("scatter+fl", [G.Dimension("FSC-A", compensation="FCS"), G.Dimension("FL2-A", compensation="FCS")],
+                           [250.0, 0.0], [750.0, None])
+    ds = count_phenotypes(smp, parent=gate, markers=MK)
+    x = ev.astype(np.float64)
+    c = x.copy()
+    c[:, 2:5] = x[:, 2:5] @ np.linalg.inv(spill)
+    parent = (c[:, 0] >= 250) & (c[:, 0] < 750) & (c[:, 3] >= 0)
+    code = sum(((c[:, 2 + i] > t) << i) for i, t in enumerate(THR.values()))
+    np.testing.assert_array_equal(ds["count"].values[0], np.bincount(code[parent], minlength=8))
+    assert "FCS" in ds.attrs["fused"]
+    st = G.GatingStrategy([gate])
+    assert int(ds.n_parent[0]) == int(st.mask(np.asarray(smp.events.compute()), CHANNELS, gate.id, smp.spillover).sum())
