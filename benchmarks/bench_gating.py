@@ -54,7 +54,7 @@ def timeit(fn, repeat):
     return best, out
 
 
-def run_evflow(ev, chunk, kernel, repeat, backend="numpy"):
+def run_evflow(ev, chunk, kernel, repeat, backend="numpy", warm=True):
     import dask.array as da
 
     import evflow
@@ -74,7 +74,10 @@ def run_evflow(ev, chunk, kernel, repeat, backend="numpy"):
     gate = G.PolygonGate("EVs", [G.Dimension("FSC-A"), G.Dimension("SSC-A")], POLY)
     thr = {m: float(lg.inverse(np.array([THR_LOGICLE[m]]))[0]) for m in MARKER_CH}
     markers = {m: (MARKER_CH[m], thr[m]) for m in MARKER_CH}
-    evflow.count_phenotypes(sample, parent=gate, markers=markers, kernel=kernel, backend=backend)  # warm-up / JIT
+    if warm:  # imports, tables and JIT compilation (Numba, NVRTC) outside the timing, on a small slice
+        small = FCSSample(path="warm.fcs", version="FCS3.1", data_set=0, meta={}, channels=list(CHANNELS),
+                          markers=[None] * len(CHANNELS), events=arr[: min(len(ev), 10000)], scaled=True)
+        evflow.count_phenotypes(small, parent=gate, markers=markers, kernel=kernel, backend=backend)
     t, ds = timeit(lambda: evflow.count_phenotypes(sample, parent=gate, markers=markers, kernel=kernel, backend=backend), repeat)
     return t, ds["count"].values[0]
 

@@ -777,9 +777,9 @@ _CUDA_TYPES = {
 def _cuda_function(dtype):
     from ._cuda import load_module
 
-    names = tuple(f"fused_phenotype<{t}>" for t in _CUDA_TYPES.values())
-    mod = load_module("phenotype.cu", options=("--fmad=false",), name_expressions=names)
-    return mod.get_function(f"fused_phenotype<{_CUDA_TYPES[np.dtype(dtype)]}>")
+    name = f"fused_phenotype<{_CUDA_TYPES[np.dtype(dtype)]}>"  # one instantiation per dtype, compiled on first use
+    mod = load_module("phenotype.cu", options=("--fmad=false",), name_expressions=(name,))
+    return mod.get_function(name)
 
 
 _device_plans: dict = {}

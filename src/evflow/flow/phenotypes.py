@@ -238,12 +238,10 @@ def _samples(sample_or_samples):
 
 def _scaled_events(sample):
     """Linear-scale events of a sample (dask, full rows per chunk)."""
-    events = sample.events
-    if not getattr(sample, "scaled", True):
-        from ..io.fcs import _scale_block, _scale_params
-
-        params = _scale_params(sample.meta, list(sample.channels), sample.path)
-        events = events.map_blocks(_scale_block, params, dtype=np.float64, meta=np.empty((0, events.shape[1]), np.float64))
+    if hasattr(sample, "linear_events"):
+        events = sample.linear_events()
+    else:  # a sample-like object without the FCSSample API: assume linear values
+        events = sample.events
     if len(events.chunks[1]) != 1:
         events = events.rechunk({1: -1})
     return events
