@@ -89,7 +89,10 @@ def _fig_density(ds, ctx):
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
-    fig.suptitle("Side scatter vs fluorescence, all events (red: size gate; orange: threshold)", fontsize=10)
+    from .run import DISPLAY_EVENTS
+
+    fig.suptitle(f"Side scatter vs fluorescence, up to the first {DISPLAY_EVENTS:,} events per sample "
+                 "(red: size gate; orange: threshold)", fontsize=10)
     fig.tight_layout()
     return _png(fig)
 

@@ -23,7 +23,6 @@ import math
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +36,7 @@ __all__ = ["run", "PIPELINE_VERSION"]
 PIPELINE_VERSION = "1"
 
 DENSITY_BINS = 96
+DISPLAY_EVENTS = 100_000  # events shown in the density plots and size distributions of the report
 SIZE_BINS = 48
 
 
@@ -268,12 +268,17 @@ def _t_flow_sample(sample, strategy, parent, markers, thresholds, flow_s, backen
             item["volume_ul"] = float("nan")
             item["volume_method"] = f"unknown ({exc})"
         if density is not None:
+            # plots use the first DISPLAY_EVENTS events (the same for any chunking or backend)
+            import dataclasses
+
+            shown = dataclasses.replace(fcs, events=fcs.events[:DISPLAY_EVENTS]) if fcs.n_events > DISPLAY_EVENTS else fcs
+            item["density_events"] = int(shown.n_events)
             x, y, (tx, mx), (ty, my) = density
             tr = {x: LogTransform(tx, mx), y: LogTransform(ty, my)}
-            d_all = density2d(fcs, x, y, bins=DENSITY_BINS, transforms=tr, backend=backend)
+            d_all = density2d(shown, x, y, bins=DENSITY_BINS, transforms=tr, backend=backend)
             item["density_all"] = np.asarray(d_all.values, np.int64)
             if parent is not None:
-                d_par = density2d(fcs, x, y, bins=DENSITY_BINS, transforms=tr, parent=parent, strategy=strategy,
+                d_par = density2d(shown, x, y, bins=DENSITY_BINS, transforms=tr, parent=parent, strategy=strategy,
                                   backend=backend)
                 item["density_parent"] = np.asarray(d_par.values, np.int64)
             else:
@@ -536,6 +541,9 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
             (flow_items if kind == "flow" else image_items)[k] = res
         timings["samples_s"] = time.perf_counter() - t0
         timings["computed_items"] = len(tasks)
+        done = dict(zip(keys, [None] * len(keys)))
+        timings["flow_task_s"] = sum(float(flow_items[k].get("seconds", 0.0)) for kind, k in done if kind == "flow")
+        timings["image_task_s"] = sum(float(image_items[k].get("seconds", 0.0)) for kind, k in done if kind == "image")
     for k, v in list(flow_items.items()):
         if "error" in v:
             failures[f"flow {k}"] = v["error"]
