@@ -399,3 +399,14 @@ def test_linear_events_equals_scaled_read(shared_data):
     np.testing.assert_array_equal(raw.linear_events().compute(), scaled.to_numpy())
     assert scaled.linear_events() is scaled.events
     assert raw.linear_events().dtype == np.float64
+
+
+def test_different_chunkings_in_one_graph(shared_data):
+    import dask
+
+    path = shared_path("fcs", "flowio", "data1.fcs")
+    a = _read_quiet(path, scale=True).events
+    b = _read_quiet(path, scale=True, chunk_events=500).events
+    assert a.name != b.name
+    sa, sb = dask.compute(a.sum(axis=0), b.sum(axis=0))
+    np.testing.assert_allclose(sa, sb, rtol=1e-12)

@@ -901,7 +901,7 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
         segment = _DataSegment(path, offset, n_events, layout)
         ce = chunk_events or _default_chunk_events(layout.row_bytes)
         stat = os.stat(path)
-        name = "fcs-" + tokenize(path, stat.st_mtime_ns, stat.st_size, data_set, offset, n_events, layout)
+        name = "fcs-" + tokenize(path, stat.st_mtime_ns, stat.st_size, data_set, offset, n_events, layout, ce)
         arr = da.from_array(
             segment,
             chunks=(min(ce, max(n_events, 1)), n_par),
