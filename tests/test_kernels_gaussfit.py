@@ -107,3 +107,45 @@ def test_cupy_matches_numpy_reference(method, w):
     np.testing.assert_allclose(cp.asnumpy(b["crlb"]), a["crlb"], rtol=1e-7, atol=1e-10)
     np.testing.assert_allclose(cp.asnumpy(b["llr"]), a["llr"], rtol=1e-7, atol=1e-7)
     assert (cp.asnumpy(b["iterations"]) == a["iterations"]).mean() > 0.99
+
+
+def test_vectorised_elementary_functions_match_libm():
+    from scipy.special import erf
+
+    rng = np.random.default_rng(6)
+    x = np.exp(rng.uniform(-30, 30, 20000))
+    out = np.empty_like(x)
+    gf._nb_log(x, x.size, out)
+    assert np.max(np.abs(out - np.log(x)) / np.spacing(np.abs(np.log(x)))) <= 1.0
+    x = -rng.uniform(0, 700, 20000)
+    gf._nb_exp(x, x.size, out)
+    assert np.max(np.abs(out - np.exp(x)) / np.spacing(np.exp(x))) <= 1.0
+    x = np.array([-800.0, -708.5])
+    gf._nb_exp(x, 2, out)
+    assert np.all(out[:2] == 0.0)
+    x = np.concatenate([rng.uniform(-8, 8, 20000), [0.0, 6.0, -6.0, 1e-300, 40.0]])
+    out = np.empty_like(x)
+    gf._nb_erf(x, x.size, out)
+    assert np.max(np.abs(out - erf(x))) < 4e-16
+
+
+@pytest.mark.parametrize("w", [7, 9])
+def test_numba_start_values_match_initial_guess(w):
+    d, _ = _windows(300, w=w, seed=7)
+    a = gf.fit_gaussians(d, sigma=1.3, backend="numba")  # start values computed in the kernel
+    b = gf.fit_gaussians(d, sigma=1.3, init=gf.initial_guess(d, 1.3), backend="numba")
+    np.testing.assert_allclose(a["params"], b["params"], rtol=1e-12, atol=1e-12)
+    c = gf.fit_gaussians(d, sigma=1.3, backend="numpy")
+    np.testing.assert_allclose(a["params"], c["params"], rtol=1e-9, atol=1e-9)
+    assert (a["iterations"] == c["iterations"]).mean() > 0.99
+
+
+def test_negative_readout_variance_and_nonfinite_windows():
+    d, _ = _windows(5, seed=8)
+    with pytest.raises(ValueError, match="readout_var"):
+        gf.fit_gaussians(d, readout_var=-1.0)
+    d[0, 3, 3] = np.nan
+    d[1, 2, 2] = np.inf
+    r = gf.fit_gaussians(d, backend="numba")  # no crash; the clean windows still fit
+    assert np.all(r["status"][2:] == 0)
+    assert not np.isfinite(r["llr"][0])
