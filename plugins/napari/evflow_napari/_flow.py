@@ -1,0 +1,336 @@
+"""Flow-cytometry side of the plugin, free of Qt: samples, display transforms,
+density images, napari shapes -> evflow gates, phenotype counts.
+
+Display coordinates: both axes of a density image are on a transform's
+display scale in [0, 1] (Gating-ML semantics); napari world coordinates of
+the density layer and its gate layer are these display values, rows = y
+channel, columns = x channel.  A shape drawn there is therefore a gate on
+``Dimension(channel, transform)`` with the drawn coordinates as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from evflow.errors import GatingError
+
+__all__ = [
+    "TRANSFORM_KINDS",
+    "open_sample",
+    "channel_top",
+    "make_transform",
+    "default_channels",
+    "FlowView",
+    "shape_to_gate",
+    "shapes_to_gates",
+    "gates_to_shapes",
+]
+
+TRANSFORM_KINDS = ("logicle", "asinh", "log", "linear")
+
+_CACHE: dict = {}
+_LOCK = threading.Lock()
+
+
+def open_sample(path):
+    """The :class:`evflow.FCSSample` of ``path`` (cached by path, size and modification time)."""
+    import evflow
+
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    with _LOCK:
+        s = _CACHE.get(key)
+        if s is None:
+            s = evflow.read_fcs(p)
+            if len(_CACHE) > 16:
+                _CACHE.clear()
+            _CACHE[key] = s
+    return s
+
+
+def channel_top(sample, channel) -> float:
+    """Top of the linear scale of a channel (``$PnR`` after ``$PnE`` decoding and ``$PnG`` gain)."""
+    i = sample.channel_index(channel)
+    meta = sample.meta
+    n = i + 1
+    try:
+        r = float(meta[f"$P{n}R"])
+    except (KeyError, ValueError):
+        r = 262144.0
+    try:
+        f1, f2 = (float(v) for v in str(meta.get(f"$P{n}E", "0,0")).split(",")[:2])
+    except ValueError:
+        f1, f2 = 0.0, 0.0
+    if f1 > 0:
+        return (f2 if f2 > 0 else 1.0) * 10.0**f1
+    try:
+        g = float(meta.get(f"$P{n}G", 1.0) or 1.0)
+    except ValueError:
+        g = 1.0
+    return max(r / (g if g > 0 else 1.0), 1.0)
+
+
+def make_transform(kind: str, top: float):
+    """A display transform onto [0, 1]: 'logicle' (W=0.5, M=4.5), 'asinh' (M=4.5), 'log' (M=4.5) or 'linear'."""
+    import evflow
+
+    top = float(top)
+    if kind == "logicle":
+        return evflow.LogicleTransform(t=top, w=0.5, m=4.5, a=0.0)
+    if kind == "asinh":
+        return evflow.AsinhTransform(t=top, m=4.5, a=0.0)
+    if kind == "log":
+        return evflow.LogTransform(t=top, m=4.5)
+    if kind == "linear":
+        return evflow.LinearTransform(t=top, a=0.0)
+    raise GatingError(f"display transform {kind!r} is not one of {TRANSFORM_KINDS}")
+
+
+def default_channels(sample) -> tuple[str, str]:
+    """The first two channels that are not the time channel."""
+    time = sample.time_channel
+    chans = [c for c in sample.channels if c != time and c.lower() != "time"]
+    if len(chans) < 2:
+        raise GatingError(f"{sample.path}: a density plot needs two channels besides time, found {sample.channels}")
+    return chans[0], chans[1]
+
+
+def _label(sample, channel):
+    i = sample.channel_index(channel)
+    m = sample.markers[i] if sample.markers else None
+    return f"{channel} ({m})" if m and m != channel else str(channel)
+
+
+class FlowView:
+    """One sample shown as a density image of two channels on display scales.
+
+    Parameters
+    ----------
+    path : path of an FCS file
+    x, y : str, optional
+        Channels ($PnN or $PnS); default :func:`default_channels`.
+    x_transform, y_transform : str
+        One of :data:`TRANSFORM_KINDS` (top of scale from the channel's $PnR).
+    bins : int
+        Density image size (bins per axis).
+    """
+
+    def __init__(self, path, x=None, y=None, x_transform="logicle", y_transform="logicle", bins=512):
+        self.path = str(Path(path).resolve())
+        self.sample = open_sample(self.path)
+        dx, dy = default_channels(self.sample)
+        self.x = x or dx
+        self.y = y or dy
+        for c in (self.x, self.y):
+            self.sample.channel_index(c)  # FCSError naming the file and channel
+        self.x_transform = x_transform
+        self.y_transform = y_transform
+        self.bins = int(bins)
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+    def transform(self, channel, kind):
+        return make_transform(kind, channel_top(self.sample, channel))
+
+    @property
+    def transforms(self):
+        return self.transform(self.x, self.x_transform), self.transform(self.y, self.y_transform)
+
+    def dimensions(self):
+        import evflow
+
+        tx, ty = self.transforms
+        return [evflow.Dimension(self.x, tx), evflow.Dimension(self.y, ty)]
+
+    def density(self, parent=None, strategy=None):
+        """``evflow.density2d`` of the two channels on [0, 1) x [0, 1) display scales."""
+        import evflow
+
+        return evflow.density2d(self.sample, self.x, self.y, bins=self.bins, range=((0.0, 1.0), (0.0, 1.0)),
+                                transforms=self.transforms, parent=parent, strategy=strategy)
+
+    def spec(self) -> dict:
+        """What the layers' metadata keep (plain data)."""
+        return {"kind": "flow", "path": self.path, "x": self.x, "y": self.y, "x_transform": self.x_transform,
+                "y_transform": self.y_transform, "bins": self.bins}
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(spec["path"], spec["x"], spec["y"], spec["x_transform"], spec["y_transform"], spec["bins"])
+
+    def image_layer_data(self, density=None):
+        """napari LayerData of the density image: data ``log10(1 + events per bin)``, rows = y."""
+        d = self.density() if density is None else density
+        counts = np.asarray(d.values).T  # (y, x)
+        step = 1.0 / self.bins
+        meta = {"evflow": {**self.spec(), "density": counts, "n_total": int(d.attrs["n_total"])}}
+        kw = {
+            "name": f"{self.name} density",
+            "scale": (step, step),
+            "translate": (step / 2, step / 2),
+            "colormap": "viridis",
+            "metadata": meta,
+            "contrast_limits": (0.0, max(float(np.log10(1.0 + counts.max())), 1e-3)),
+            "axis_labels": (_label(self.sample, self.y), _label(self.sample, self.x)),
+        }
+        return np.log10(1.0 + counts).astype(np.float32), kw, "image"
+
+    def gates_layer_data(self):
+        """napari LayerData of an empty Shapes layer for the gates of this view."""
+        kw = {
+            "name": f"{self.name} gates",
+            "ndim": 2,
+            "edge_color": "red",
+            "face_color": "transparent",
+            "edge_width": 0.004,
+            "metadata": {"evflow": {**self.spec(), "kind": "gates"}},
+            "axis_labels": (_label(self.sample, self.y), _label(self.sample, self.x)),
+        }
+        return [], kw, "shapes"
+
+
+# ------------------------------------------------------------------ shapes <-> gates
+
+
+def shape_to_gate(vertices, shape_type: str, gate_id: str, dims):
+    """An evflow gate from one napari shape drawn in display coordinates.
+
+    Parameters
+    ----------
+    vertices : (n, 2) array
+        Shape vertices as napari stores them: (row, column) = (y, x) display values.
+    shape_type : {'polygon', 'rectangle', 'ellipse'}
+    gate_id : str
+    dims : [Dimension x, Dimension y]
+
+    Returns
+    -------
+    PolygonGate, RectangleGate (axis-aligned rectangle) or EllipsoidGate.
+    """
+    import evflow
+
+    v = np.asarray(vertices, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != 2:
+        raise GatingError(f"gate {gate_id!r}: expected 2-D shape vertices (n, 2), got shape {v.shape}")
+    xy = v[:, ::-1]  # (x, y)
+    if shape_type == "rectangle":
+        xs, ys = np.unique(np.round(xy[:, 0], 12)), np.unique(np.round(xy[:, 1], 12))
+        if len(xs) == 2 and len(ys) == 2:
+            return evflow.RectangleGate(gate_id, dims, mins=[xy[:, 0].min(), xy[:, 1].min()],
+                                        maxs=[xy[:, 0].max(), xy[:, 1].max()])
+        return evflow.PolygonGate(gate_id, dims, xy)
+    if shape_type == "polygon":
+        if len(xy) < 3:
+            raise GatingError(f"gate {gate_id!r}: a polygon needs at least 3 vertices, got {len(xy)}")
+        return evflow.PolygonGate(gate_id, dims, xy)
+    if shape_type == "ellipse":
+        if len(xy) != 4:
+            raise GatingError(f"gate {gate_id!r}: an ellipse is stored as 4 bounding-box corners, got {len(xy)}")
+        centre = xy.mean(axis=0)
+        e1 = (xy[1] - xy[0]) / 2.0
+        e2 = (xy[3] - xy[0]) / 2.0
+        cov = np.outer(e1, e1) + np.outer(e2, e2)
+        return evflow.EllipsoidGate(gate_id, dims, mean=centre, covariance=cov, distance_square=1.0)
+    raise GatingError(f"gate {gate_id!r}: napari shape type {shape_type!r} is not a gate "
+                      "(draw a polygon, rectangle or ellipse)")
+
+
+def _gate_ids(layer_or_n, names=None):
+    n = layer_or_n
+    names = list(names) if names is not None else []
+    out = []
+    for i in range(n):
+        nm = str(names[i]) if i < len(names) and names[i] not in (None, "", "nan") else f"gate{i + 1}"
+        out.append(nm)
+    if len(set(out)) != len(out):
+        seen = {}
+        for i, nm in enumerate(out):
+            seen[nm] = seen.get(nm, 0) + 1
+            if seen[nm] > 1:
+                out[i] = f"{nm}_{seen[nm]}"
+    return out
+
+
+def shapes_to_gates(data, shape_types, spec, names=None):
+    """Gates (list) of all shapes of a gates layer; ``spec`` is the layer's ``metadata['evflow']``."""
+    view = FlowView.from_spec(spec)
+    dims = view.dimensions()
+    ids = _gate_ids(len(data), names)
+    return [shape_to_gate(v, t, gid, dims) for v, t, gid in zip(data, shape_types, ids)]
+
+
+def gates_to_shapes(strategy, x, y):
+    """(vertices list, shape types, gate ids) of the 2-D gates of ``strategy`` on channels ``x``, ``y``.
+
+    Polygons and rectangles map back one-to-one; ellipses as their bounding
+    boxes; gates on other channels are left out.
+    """
+    import evflow
+
+    data, types, ids = [], [], []
+    for gid, g in strategy.gates.items():
+        chans = [d.channel for d in getattr(g, "dims", [])]
+        if chans != [x, y]:
+            continue
+        if isinstance(g, evflow.PolygonGate):
+            xy = np.asarray(g.vertices, float)
+            data.append(xy[:, ::-1])
+            types.append("polygon")
+        elif isinstance(g, evflow.RectangleGate):
+            (x0, y0), (x1, y1) = g.mins, g.maxs
+            if None in (x0, y0, x1, y1):
+                continue
+            data.append(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float))
+            types.append("rectangle")
+        elif isinstance(g, evflow.EllipsoidGate):
+            w, vecs = np.linalg.eigh(np.asarray(g.covariance, float) * float(g.distance_square))
+            e1, e2 = vecs[:, 0] * np.sqrt(w[0]), vecs[:, 1] * np.sqrt(w[1])
+            c = np.asarray(g.mean, float)
+            corners = np.array([c - e1 - e2, c + e1 - e2, c + e1 + e2, c - e1 + e2])
+            data.append(corners[:, ::-1])
+            types.append("ellipse")
+        else:
+            continue
+        ids.append(gid)
+    return data, types, ids
+
+
+def counts_for(view: FlowView, gate, markers: dict):
+    """``evflow.count_phenotypes`` of the view's sample in ``gate`` (None: all events).
+
+    ``markers``: name -> (channel, threshold on the channel's display scale, transform kind).
+    """
+    import evflow
+
+    spec = {m: (ch, float(thr), view.transform(ch, kind)) for m, (ch, thr, kind) in markers.items()}
+    return evflow.count_phenotypes(view.sample, parent=gate, markers=spec)
+
+
+def default_markers(sample, exclude=()):
+    """Marker channels of a sample: the channels with a $PnS name, else all but time and scatter."""
+    time = sample.time_channel
+    out = {}
+    for i, c in enumerate(sample.channels):
+        if c == time or c.lower() == "time":
+            continue
+        m = sample.markers[i] if sample.markers else None
+        if m:
+            out[m] = c
+    if not out:
+        for c in sample.channels:
+            u = c.upper()
+            if c == time or u == "TIME" or u.startswith(("FSC", "SSC")) or c in exclude:
+                continue
+            out[c] = c
+    return out
+
+
+def fspath(p):
+    return os.fspath(p)

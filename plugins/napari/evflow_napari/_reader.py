@@ -1,0 +1,267 @@
+"""napari readers: FCS files, TIFF/OME-TIFF fields, an evflow ``results.zarr``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["get_reader", "read_fcs_layers", "read_tiff_layers", "read_results_layers", "find_experiment"]
+
+CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow", "red", "blue")
+PHENOTYPE_COLORS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
+                    "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3"]
+
+
+def _kind(path) -> str | None:
+    p = str(path).rstrip("/\\")
+    low = p.lower()
+    if low.endswith(".fcs"):
+        return "fcs"
+    if low.endswith((".tif", ".tiff")):
+        return "tiff"
+    if low.endswith(".zarr") and os.path.isdir(p):
+        return "results"
+    return None
+
+
+def get_reader(path):
+    """npe2 reader hook: a function for ``.fcs``, ``.tif``/``.tiff`` (or a list of them) and ``results.zarr``."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        return None
+    kinds = {_kind(p) for p in paths}
+    if len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    if kind == "fcs":
+        return read_fcs_layers
+    if kind == "tiff":
+        return read_tiff_layers
+    if kind == "results" and len(paths) == 1:
+        return read_results_layers
+    return None
+
+
+# ------------------------------------------------------------------ FCS
+
+
+def read_fcs_layers(path, x=None, y=None, transforms=("logicle", "logicle"), bins=512):
+    """Layers of FCS file(s): a density image of two channels on display scales and an empty gates layer each.
+
+    The sample stays open (cached) for the flow gating widget, which finds it
+    through the layers' ``metadata['evflow']``.
+    """
+    from ._flow import FlowView
+
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    out = []
+    for p in paths:
+        view = FlowView(p, x, y, transforms[0], transforms[1], bins)
+        out.append(view.image_layer_data())
+        out.append(view.gates_layer_data())
+    return out
+
+
+# ------------------------------------------------------------------ TIFF
+
+
+def find_experiment(start) -> Path | None:
+    """An experiment file (``experiment.toml``/``.yaml``) in the folder of ``start`` or the two above it."""
+    p = Path(start).resolve()
+    folder = p if p.is_dir() else p.parent
+    for d in (folder, folder.parent, folder.parent.parent):
+        for name in ("experiment.toml", "experiment.yaml", "experiment.yml"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def _ome_channel_names(path) -> list | None:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tf:
+            xml = tf.ome_metadata
+    except Exception:  # noqa: BLE001 - names are optional; read_images reports unreadable files
+        return None
+    if not xml:
+        return None
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    names = [el.get("Name") for el in root.iter() if el.tag.endswith("}Channel") or el.tag == "Channel"]
+    return names if names and all(names) else None
+
+
+def _experiment_channels(path, n_channels) -> list | None:
+    exp = find_experiment(path)
+    if exp is None:
+        return None
+    try:
+        from evflow.pipeline.config import load_experiment
+
+        chans = list(load_experiment(exp, check_files=False).imaging.get("channels", []))
+    except Exception:  # noqa: BLE001 - a broken experiment file only loses the names
+        return None
+    return chans if len(chans) == n_channels else None
+
+
+def channel_names(paths, n_channels) -> list:
+    """Marker names of the channels: OME channel names, else the experiment's imaging channels, else ch0..."""
+    names = _ome_channel_names(paths[0])
+    if names is None or len(names) != n_channels or len(set(names)) != n_channels:
+        names = _experiment_channels(paths[0], n_channels)
+    return names or [f"ch{i}" for i in range(n_channels)]
+
+
+def image_layers(images, source, extra_meta=None):
+    """One napari Image LayerData per channel of a (fov, channel, y, x) DataArray (dask data kept lazy)."""
+    out = []
+    files = [str(f) for f in images["file"].values]
+    names = [str(c) for c in images["channel"].values]
+    px = images.attrs.get("pixel_size_nm")
+    for c, m in enumerate(names):
+        data = images.data[:, c]
+        if data.shape[0] == 1:
+            data = data[0]
+        meta = {"evflow": {"kind": "image", "source": source, "files": files, "channel": c, "markers": names,
+                           "pixel_size_nm": px, "units": images.attrs.get("units"), **(extra_meta or {})}}
+        out.append((data, {"name": m, "colormap": CHANNEL_COLORMAPS[c % len(CHANNEL_COLORMAPS)],
+                           "blending": "additive", "metadata": meta}, "image"))
+    return out
+
+
+def read_tiff_layers(path, markers=None):
+    """TIFF / OME-TIFF fields opened lazily with ``evflow.read_images``; one layer per channel (fov, y, x)."""
+    import evflow
+
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    paths = [str(p) for p in sorted(paths)]
+    if markers is None:
+        probe = evflow.read_images(paths[0])
+        markers = channel_names(paths, probe.sizes["channel"])
+    images = evflow.read_images(paths if len(paths) > 1 else paths[0], markers=markers)
+    return image_layers(images, source=paths[0] if len(paths) == 1 else os.path.commonpath(paths))
+
+
+# ------------------------------------------------------------------ results.zarr
+
+
+def open_results(path):
+    """The results Dataset of an evflow ``results.zarr`` (lazy)."""
+    import warnings
+
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xr.open_zarr(str(path), consolidated=None)
+
+
+def _experiment_of(ds, results_path):
+    from evflow.pipeline.config import load_experiment
+
+    exp_file = ds.attrs.get("experiment_file") or ""
+    candidates = [Path(exp_file)] if exp_file else []
+    out = Path(results_path).resolve().parent
+    candidates += [out / "experiment.toml", out / "data" / "experiment.toml"]
+    for c in candidates:
+        if c.is_file():
+            return load_experiment(c, check_files=False)
+    return None
+
+
+def vesicle_table(results_path, ds=None):
+    """Per-vesicle table (sample, fov, field index, y, x, bitmask, phenotype) of the imaged fields of a run.
+
+    Read from the run's item store (``<output>/.evflow/items/image-<sample>-fov<f>.npz``).
+    """
+    import pandas as pd
+
+    from evflow.pipeline.store import ResultStore
+
+    ds = open_results(results_path) if ds is None else ds
+    out = Path(results_path).resolve().parent
+    store = ResultStore(out)
+    if "image_sample" not in ds.dims:
+        return pd.DataFrame(columns=["sample", "fov", "field", "y", "x", "bitmask", "phenotype"])
+    labels = [str(p) for p in ds["image_phenotype"].values]
+    bits = [int(b) for b in ds["image_bitmask"].values]
+    lab_of = dict(zip(bits, labels))
+    rows, field = [], 0
+    fields = []
+    for s in ds["image_sample"].values:
+        for f in ds["fov"].values:
+            area = ds["image_field_area_um2"].sel(image_sample=s, fov=f).values
+            if not np.isfinite(area):
+                continue
+            item = store.load("image", f"{s}-fov{int(f)}")
+            fields.append((str(s), int(f)))
+            if item is not None:
+                b = np.asarray(item["bitmask"], np.int64)
+                rows.append(pd.DataFrame({"sample": str(s), "fov": int(f), "field": field,
+                                          "y": np.asarray(item["y"], float), "x": np.asarray(item["x"], float),
+                                          "bitmask": b, "phenotype": [lab_of.get(int(v), str(v)) for v in b]}))
+            field += 1
+    df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+        columns=["sample", "fov", "field", "y", "x", "bitmask", "phenotype"])
+    df.attrs["fields"] = fields
+    return df
+
+
+def points_layer(df, name="vesicles", labels=None, ndim=None, extra_meta=None):
+    """A Points LayerData of vesicles coloured by phenotype (properties: every column of ``df``)."""
+    labels = list(labels) if labels is not None else sorted(df["phenotype"].unique())
+    coords = df[["y", "x"]].to_numpy(float)
+    if ndim == 3:
+        coords = np.column_stack([df["field"].to_numpy(float), coords])
+    feats = df.reset_index(drop=True).copy()
+    import pandas as pd
+
+    feats["phenotype"] = pd.Categorical(feats["phenotype"].astype(str), categories=[str(x) for x in labels])
+    cmap = {str(lab): PHENOTYPE_COLORS[i % len(PHENOTYPE_COLORS)] for i, lab in enumerate(labels)}
+    kw = {"name": name, "features": feats, "face_color": "transparent", "border_color": "phenotype",
+          "border_color_cycle": cmap, "border_width": 0.15, "size": 7, "ndim": coords.shape[1],
+          "metadata": {"evflow": {"kind": "vesicles", "phenotype_colors": cmap, **(extra_meta or {})}}}
+    return coords, kw, "points"
+
+
+def read_results_layers(path):
+    """An evflow ``results.zarr``: the imaged fields (one layer per channel, fields stacked in run order, lazy)
+    and the detected vesicles as a Points layer coloured by phenotype."""
+    import evflow
+
+    path = str(Path(path).resolve())
+    ds = open_results(path)
+    layers = []
+    if "image_sample" not in ds.dims:
+        return [(np.zeros((2, 2), np.uint8), {"name": "results (no imaging)", "visible": False,
+                                              "metadata": {"evflow": {"kind": "results", "path": path}}}, "image")]
+    vt = vesicle_table(path, ds)
+    exp = _experiment_of(ds, path)
+    fields = vt.attrs.get("fields", [])
+    if exp is not None:
+        by = {s.name: s for s in exp.samples}
+        files = [str(exp.resolve(by[s].images[f])) for s, f in fields if s in by and f < len(by[s].images)]
+        if len(files) == len(fields) and files:
+            images = evflow.read_images(files, markers=[str(m) for m in ds["image_marker"].values])
+            layers += image_layers(images, source=path, extra_meta={"fields": [list(f) for f in fields]})
+    ndim = 3 if len(fields) > 1 else 2
+    if ndim == 2:
+        vt = vt.copy()
+    layers.append(points_layer(vt, name="vesicles", labels=[str(p) for p in ds["image_phenotype"].values],
+                               ndim=ndim, extra_meta={"path": path, "fields": [list(f) for f in fields]}))
+    return layers
+
+
+def results_summary(path) -> dict:
+    """Small JSON-able summary of a results.zarr (title, samples, phenotypes)."""
+    ds = open_results(path)
+    return {"title": ds.attrs.get("title", ""), "samples": [str(s) for s in ds["sample"].values] if "sample" in ds.dims
+            else [], "qc": json.loads(ds.attrs.get("qc", "{}") or "{}")}
