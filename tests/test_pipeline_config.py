@@ -146,3 +146,41 @@ volume_ul = 1.0
     msg = str(exc.value)
     assert "'flow.gates.parent' 'Rectangle9' is not a gate of" in msg and "Rectangle1" in msg
     assert "'thresholds.values.M2' is missing" in msg
+
+
+def test_imaging_threshold_rules_checked(tmp_path):
+    import tifffile
+
+    img = tmp_path / "f0.tif"
+    tifffile.imwrite(img, np.ones((2, 32, 32), np.uint16))
+    base = """
+[imaging]
+channels = ["CD9", "CD63"]
+snr = 5.0
+camera_em_gain = 0.5
+[imaging.thresholds]
+{rule}
+[[samples]]
+name = "s"
+images = ["f0.tif"]
+"""
+    p = _write(tmp_path, base.format(rule='rule = "control_quantile"\nquantile = 2.0\nvalues = { CD8 = 10.0, CD9 = "x" }'))
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(p)
+    msg = str(exc.value)
+    for e in ("unknown key 'imaging.snr'",
+              "'imaging.camera_em_gain' is 0.5, expected a number >= 1",
+              "'imaging.thresholds.rule' control_quantile needs image fields of a sample with role 'isotype'",
+              "'imaging.thresholds.quantile' is 2.0",
+              "'imaging.thresholds.values.CD8': 'CD8' is not one of 'imaging.channels'",
+              "'imaging.thresholds.values.CD9' must be a number of photons"):
+        assert e in msg, f"missing {e!r} in:\n{msg}"
+    p = _write(tmp_path, base.replace("snr = 5.0\ncamera_em_gain = 0.5\n", "").format(
+        rule='rule = "fixed"\nvalues = { CD9 = 300.0 }'))
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(p)
+    assert "'imaging.thresholds.values.CD63' is missing" in str(exc.value)
+    assert "CD9'" not in str(exc.value)
+    p = _write(tmp_path, base.replace("snr = 5.0\ncamera_em_gain = 0.5\n", "").format(rule='rule = "bright"'))
+    with pytest.raises(ConfigError, match="'imaging.thresholds.rule' is 'bright', expected detected, fixed or"):
+        load_experiment(p)

@@ -77,16 +77,50 @@ def test_demo_outputs_and_truth(demo_run):
     assert qc["dilution_linearity"]["value"] > 0.99 and qc["dilution_linearity"]["pass"]
     assert 0.9 < qc["detergent_reduction"]["value"] < 0.99
     assert qc["buffer_fraction"]["value"] < 0.05
+    # imaging thresholds: CD9 fixed, CD63 and CD81 from the isotype chip's photons (well below a vesicle's ~1500)
+    thr = ds["image_threshold"].sel(image_sample="S2").values
+    assert thr[0] == 300.0 and 10 < thr[1] < 150 and 10 < thr[2] < 150, thr
+    assert "isotype chip" in ds.attrs["image_threshold_rule"]
+    # the isotype chip: at most ~0.5 % false positives per marker
+    iso_img = ds["image_fraction_all_fov"].sel(image_sample="isotype").values
+    assert iso_img[1] > 0.95, iso_img  # CD9+ CD63- CD81- (bit 0: CD9, bit 1: CD63, bit 2: CD81)
+    assert iso_img[[2, 3, 6, 7]].sum() < 0.02 and iso_img[[4, 5, 6, 7]].sum() < 0.02, iso_img
     prov = json.loads(ds.attrs["input_files"])
-    assert len(prov) == 13 and all(len(h) == 64 for h in prov.values())
+    assert len(prov) == 14 and all(len(h) == 64 for h in prov.values())
     # tidy tables: one row per sample x phenotype (flow) and per sample x fov x phenotype (imaging)
     counts = pd.read_parquet(out / "counts.parquet")
     assert (counts["modality"] == "flow").sum() == ds.sizes["sample"] * 4
-    assert (counts["modality"] == "imaging").sum() == 3 * 1 * 8
+    assert (counts["modality"] == "imaging").sum() == 4 * 1 * 8
     csv = pd.read_csv(out / "counts.csv")
     assert csv["count"].tolist() == counts["count"].tolist()
     row = counts[(counts["sample"] == "S3") & (counts["phenotype"] == "CD63+ EpCAM+")]
     assert int(row["count"].iloc[0]) == int(ds["count"].sel(sample="S3", phenotype="CD63+ EpCAM+"))
+
+
+def test_demo_spots_table(demo_run):
+    """One row per detected vesicle, consistent with the counts, at the true positions and brightness."""
+    out, _ = demo_run
+    ds = _load(out)
+    spots = pd.read_parquet(out / "spots.parquet")
+    csv = pd.read_csv(out / "spots.csv")
+    assert len(csv) == len(spots) and np.allclose(csv["photons"], spots["photons"])
+    for col in ("sample", "fov", "y", "x", "photons", "sigma", "phenotype", "bitmask", "photons_CD63",
+                "detected_CD81"):
+        assert col in spots, col
+    # per sample and phenotype the table's rows are the stored counts
+    for s in ds["image_sample"].values:
+        got = spots[spots["sample"] == s].groupby("bitmask").size().reindex(range(8), fill_value=0).to_numpy()
+        assert got.tolist() == ds["image_count"].sel(image_sample=s, fov=0).values.tolist(), s
+    labels = dict(zip(ds["image_bitmask"].values.tolist(), ds["image_phenotype"].values.tolist()))
+    assert (spots["phenotype"] == spots["bitmask"].map(labels)).all()
+    # demo vesicles: PSF sigma 1.3 px, ~1500 photons per positive marker (log-normal, cv 0.25)
+    assert abs(spots["sigma"].median() - 1.3) < 0.1
+    assert 1200 < spots["photons"].median() < 2000
+    # every simulated vesicle is one row (within the detection tolerance of the counts test), inside the field
+    truth = json.loads((out / "data" / "truth.json").read_text())
+    n = truth["imaging"]["S1"]["n_vesicles"]
+    assert abs(len(spots[spots["sample"] == "S1"]) - n) <= max(2, 0.05 * n)
+    assert spots["y"].between(0, 255).all() and spots["x"].between(0, 255).all()
 
 
 def test_resume_skips_and_redoes_changed(demo_run, tmp_path):

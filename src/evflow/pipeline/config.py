@@ -61,9 +61,18 @@ Layout (all sections but ``[[samples]]`` optional)::
     psf_sigma_px = 1.3
     camera_offset = 100.0
     camera_gain = 2.0
-    snr = 5.0                        # detection threshold (peak SNR)
-    match_radius_px = 2.0
+    camera_em_gain = 1.0             # EMCCD gain (1 for sCMOS)
+    camera_read_noise_e = 1.6        # electrons rms
+    false_positives = 0.1            # expected noise detections per field and channel
+    detection_threshold_photons = 60 # manual detection threshold (default: automatic)
+    match_radius_px = 2.0            # detections of different channels closer than this are one vesicle
     registration_beads = "images/beads.tif"
+
+    [imaging.thresholds]             # positivity of each marker in a vesicle
+    rule = "control_quantile"        # detected (default) | fixed | control_quantile
+    control = "isotype"              # role of the negative-control chip (its samples' images)
+    quantile = 0.995                 # of the marker's photons over the control chip's vesicles
+    values = { CD9 = 300.0 }         # photons; fixed rule: every marker; control rule: overrides
 
     [[samples]]
     name = "S1"
@@ -151,9 +160,18 @@ _SCHEMA: dict = {
         "psf_sigma_px": (_NUM, "a PSF sigma (px)"),
         "camera_offset": (_NUM, "ADU"),
         "camera_gain": (_NUM, "ADU per electron"),
-        "snr": (_NUM, "a detection threshold"),
+        "camera_em_gain": (_NUM, "an EM gain (>= 1)"),
+        "camera_read_noise_e": (_NUM, "electrons rms"),
+        "false_positives": (_NUM, "expected noise detections per field and channel"),
+        "detection_threshold_photons": (_NUM, "a detection threshold (photons)"),
         "match_radius_px": (_NUM, "a distance (px)"),
         "registration_beads": (str, "a TIFF file"),
+        "thresholds": {
+            "rule": (str, "detected, fixed or control_quantile"),
+            "control": (str, "a role"),
+            "quantile": (_NUM, "a number in (0, 1)"),
+            "values": (dict, "a table marker -> photons"),
+        },
     },
     "samples": (list, "an array of [[samples]] tables"),
 }
@@ -531,10 +549,42 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
             problems.append(f"{src}: 'imaging.channels' must list the marker of each image channel")
         elif len(set(ch)) != len(ch):
             problems.append(f"{src}: 'imaging.channels' names a marker twice ({ch})")
-        for key in ("pixel_size_nm", "psf_sigma_px", "snr", "camera_gain", "match_radius_px"):
+        for key in ("pixel_size_nm", "psf_sigma_px", "camera_gain", "match_radius_px", "false_positives",
+                    "detection_threshold_photons"):
             v = img_s.get(key)
             if isinstance(v, _NUM) and not v > 0:
                 problems.append(f"{src}: 'imaging.{key}' is {v}, expected a number > 0")
+        if isinstance(img_s.get("camera_em_gain"), _NUM) and not img_s["camera_em_gain"] >= 1:
+            problems.append(f"{src}: 'imaging.camera_em_gain' is {img_s['camera_em_gain']}, expected a number >= 1")
+        it = img_s.get("thresholds", {}) if isinstance(img_s.get("thresholds"), Mapping) else {}
+        irule = it.get("rule", "detected")
+        ivals = it.get("values", {}) if isinstance(it.get("values", {}), Mapping) else {}
+        chan_list = ch if isinstance(ch, list) else []
+        if irule not in ("detected", "fixed", "control_quantile"):
+            problems.append(f"{src}: 'imaging.thresholds.rule' is {irule!r}, expected detected, fixed or control_quantile")
+        for m, v in ivals.items():
+            if m not in chan_list:
+                problems.append(f"{src}: 'imaging.thresholds.values.{m}': {m!r} is not one of 'imaging.channels' "
+                                f"({chan_list})")
+            elif not isinstance(v, _NUM) or isinstance(v, bool):
+                problems.append(f"{src}: 'imaging.thresholds.values.{m}' must be a number of photons, found {v!r}")
+        if irule == "fixed":
+            for m in chan_list:
+                if m not in ivals:
+                    problems.append(f"{src}: 'imaging.thresholds.values.{m}' is missing "
+                                    "(rule 'fixed' needs a threshold per image channel)")
+        if irule == "control_quantile":
+            ictrl = it.get("control", "isotype")
+            if ictrl not in ROLES:
+                problems.append(f"{src}: 'imaging.thresholds.control' is {ictrl!r}, expected a role ({', '.join(ROLES)})")
+            elif not any(s.role == ictrl and s.images for s in samples):
+                problems.append(
+                    f"{src}: 'imaging.thresholds.rule' control_quantile needs image fields of a sample with role "
+                    f"{ictrl!r} ('imaging.thresholds.control'), but none is listed"
+                )
+            iq = it.get("quantile", 0.995)
+            if isinstance(iq, _NUM) and not 0 < iq < 1:
+                problems.append(f"{src}: 'imaging.thresholds.quantile' is {iq}, expected a number in (0, 1)")
         rb = img_s.get("registration_beads")
         if isinstance(rb, str) and check_files and not resolve(rb).is_file():
             problems.append(f"{src}: 'imaging.registration_beads' file {rb!r} not found (looked at {resolve(rb)})")

@@ -5,7 +5,9 @@ unstained control, a detergent-treated sample, a dilution series, and three
 samples with different tumour-marker (EpCAM) fractions; CD63 on FL1-H
 (calibrated in MESF), EpCAM on FL2-H, side scatter for size.
 Imaging (TIFF): fields of three channels (CD9, CD63, CD81) per sample, with
-a registration-bead image, chromatic shift and an sCMOS camera model.
+a registration-bead image, chromatic shift and an sCMOS camera model; an
+isotype chip (vesicles seen in CD9 only) sets the CD63 and CD81 photon
+thresholds.
 """
 
 from __future__ import annotations
@@ -164,12 +166,16 @@ def build_demo(out, *, n_events: int = 200_000, n_fields: int = 2, field_shape=(
         "S1": {"CD9+ CD63- CD81-": 0.3, "CD9+ CD63+ CD81-": 0.3, "CD9+ CD63+ CD81+": 0.3, "CD9- CD63- CD81+": 0.1},
         "S2": {"CD9+ CD63- CD81-": 0.2, "CD9+ CD63+ CD81-": 0.2, "CD9+ CD63+ CD81+": 0.5, "CD9- CD63- CD81+": 0.1},
         "S3": {"CD9+ CD63- CD81-": 0.1, "CD9+ CD63+ CD81-": 0.2, "CD9+ CD63+ CD81+": 0.6, "CD9- CD63- CD81+": 0.1},
+        # negative-control chip: vesicles captured and seen in CD9 only (isotype detection antibodies)
+        "isotype": {"CD9+ CD63- CD81-": 1.0},
     }
     from ..phenotype import phenotype_labels
 
     labels = phenotype_labels(IMG_MARKERS)
     for k, (name, fr) in enumerate(img_fracs.items()):
-        syn = tirf(n_fields=n_fields, density_per_um2=0.05, phenotype_fractions=fr, seed=seed + 300 + k, **kw)
+        # the control chip is denser: its photon quantiles set the thresholds
+        dens = 0.2 if name == "isotype" else 0.05
+        syn = tirf(n_fields=n_fields, density_per_um2=dens, phenotype_fractions=fr, seed=seed + 300 + k, **kw)
         files = []
         for f in range(n_fields):
             p = out / "images" / f"{name}_fov{f}.tif"
@@ -230,8 +236,15 @@ def build_demo(out, *, n_events: int = 200_000, n_fields: int = 2, field_shape=(
         "psf_sigma_px = 1.3",
         "camera_offset = 100.0",
         "camera_gain = 2.0",
+        "camera_read_noise_e = 1.6",
         "match_radius_px = 2.0",
         'registration_beads = "images/beads.tif"',
+        "",
+        "[imaging.thresholds]",
+        'rule = "control_quantile"',
+        'control = "isotype"',
+        "quantile = 0.995",
+        "values = { CD9 = 300.0 }",
     ]
     for s in samples:
         toml += ["", "[[samples]]"]

@@ -1,10 +1,16 @@
-"""Imaging stage of the pipeline: channel registration from beads, per-field phenotypes.
+"""Imaging stage of the pipeline, built on :mod:`evflow.imaging`.
 
-Spots are found with :func:`evflow.imaging.detect.detect_spots` in every
-channel; channel coordinates are mapped to the reference channel (the first)
-with affine transforms fitted on registration beads; spots of different
-channels closer than ``match_radius_px`` are one vesicle, whose phenotype
-bitmask has bit ``c`` set when channel ``c`` has a spot.
+* registration: :func:`evflow.imaging.register.register_channels` on the
+  registration-bead field (one affine map per channel to the reference, the
+  first channel);
+* thresholds: positivity per marker is "detected in the channel" (rule
+  ``detected``), a photon count set by hand (``fixed``), or the quantile of the
+  marker's photons over the vesicles of a negative-control chip
+  (``control_quantile``, :func:`evflow.imaging.count.thresholds_from_control`);
+* fields: read with :func:`evflow.read_images` (camera model: ADU to photons)
+  and counted with :func:`evflow.imaging.count.count_vesicles`; each vesicle
+  keeps its reference-channel position, photons per marker, the fitted PSF
+  width and photons in its brightest channel, and its phenotype.
 """
 
 from __future__ import annotations
@@ -13,110 +19,110 @@ import numpy as np
 
 from ..errors import ImageError
 
-__all__ = ["read_field", "registration_from_beads", "analyse_field", "match_points", "fit_affine"]
+__all__ = ["camera_of", "read_field", "registration_from_beads", "control_spots", "analyse_field",
+           "image_thresholds", "spots_table", "SPOT_ARRAYS"]
+
+#: per-vesicle arrays stored with each field item (k = number of markers)
+SPOT_ARRAYS = ("y", "x", "bitmask", "photons", "sigma", "photons_marker", "background_marker", "detected_marker")
 
 
-def read_field(path, n_channels: int | None = None) -> np.ndarray:
-    """One field as a (channel, y, x) array from a TIFF file."""
-    import tifffile
+def camera_of(img_s):
+    """The :class:`~evflow.imaging.camera.Camera` of the ``[imaging]`` settings."""
+    from ..imaging.camera import Camera
 
-    a = np.asarray(tifffile.imread(str(path)))
-    while a.ndim > 3 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3:
-        raise ImageError(f"{path}: expected a (channel, y, x) image, got shape {a.shape}")
-    if n_channels is not None and a.shape[0] != n_channels:
-        raise ImageError(f"{path}: {a.shape[0]} channels, the experiment lists {n_channels}")
-    return a
+    return Camera(offset=float(img_s.get("camera_offset", 0.0)), gain=float(img_s.get("camera_gain", 1.0)),
+                  em_gain=float(img_s.get("camera_em_gain", 1.0)),
+                  read_noise_e=float(img_s.get("camera_read_noise_e", 0.0)))
 
 
-def _camera(img_s):
-    return {"offset": float(img_s.get("camera_offset", 0.0)), "gain": float(img_s.get("camera_gain", 1.0))}
+def read_field(path, img_s):
+    """One field as an in-memory ``xarray.DataArray`` (fov=1, channel, y, x) in photons."""
+    from ..io.images import read_images
+
+    chans = list(img_s["channels"])
+    im = read_images([str(path)], markers=chans, pixel_size_nm=img_s.get("pixel_size_nm"), camera=camera_of(img_s))
+    if im.sizes["fov"] != 1:
+        raise ImageError(f"{path}: holds {im.sizes['fov']} fields; the experiment expects one field per file")
+    return im.load()
 
 
-def _detect(channel_img, img_s, backend):
-    from ..imaging.detect import detect_spots
-
-    df = detect_spots(channel_img, psf_sigma_px=float(img_s.get("psf_sigma_px", 1.3)), camera=_camera(img_s),
-                      backend=backend, false_positives=float(img_s.get("false_positives", 0.1)), fit=True,
-                      exclude_border_px=2)
-    snr = float(img_s.get("snr", 0.0))
-    if snr > 0 and "snr" in df:
-        df = df[df["snr"] >= snr]
-    ok = np.isfinite(df["y"].to_numpy()) & np.isfinite(df["x"].to_numpy())
-    return np.stack([df["y"].to_numpy()[ok], df["x"].to_numpy()[ok]], axis=1).astype(np.float64)
-
-
-def match_points(a, b, radius):
-    """One-to-one matches between point sets ``a`` and ``b`` (n, 2) closer than ``radius``.
-
-    Pairs are taken in order of increasing distance (ties by index), so the
-    result does not depend on the order of the points beyond that.
-    Returns index arrays ``(ia, ib)``.
-    """
-    from scipy.spatial import cKDTree
-
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros(0, int), np.zeros(0, int)
-    pairs = cKDTree(b).query_ball_point(a, r=radius)
-    cand = [(float(np.hypot(*(a[i] - b[j]))), i, j) for i, js in enumerate(pairs) for j in js]
-    cand.sort()
-    used_a, used_b, ia, ib = set(), set(), [], []
-    for _d, i, j in cand:
-        if i in used_a or j in used_b:
-            continue
-        used_a.add(i)
-        used_b.add(j)
-        ia.append(i)
-        ib.append(j)
-    return np.asarray(ia, int), np.asarray(ib, int)
-
-
-def fit_affine(src, dst):
-    """Least-squares affine (2, 3) with ``dst ~ A @ (y, x, 1)`` for matched (n, 2) points."""
-    X = np.hstack([src, np.ones((len(src), 1))])
-    A, *_ = np.linalg.lstsq(X, dst, rcond=None)
-    return A.T
-
-
-def _apply(A, pts):
-    return pts @ A[:, :2].T + A[:, 2]
-
-
-def _invert(A):
-    M = np.vstack([A, [0, 0, 1]])
-    return np.linalg.inv(M)[:2]
+def _detect_kwargs(img_s, backend):
+    kw = {"false_positives": float(img_s.get("false_positives", 0.1)), "exclude_border_px": 2}
+    if img_s.get("detection_threshold_photons") is not None:
+        kw["threshold"] = float(img_s["detection_threshold_photons"])
+    if backend == "cupy":
+        kw["backend"] = "cupy"
+    return kw
 
 
 def registration_from_beads(path, img_s) -> dict:
-    """Affine maps reference -> channel from a registration-bead image (visible in every channel)."""
+    """Channel registration (as :meth:`ChannelRegistration.to_dict`) from a registration-bead field."""
+    from ..imaging.register import register_channels
+
+    im = read_field(path, img_s)
+    reg = register_channels(im.isel(fov=0), markers=list(img_s["channels"]),
+                            psf_sigma_px=float(img_s.get("psf_sigma_px", 1.3)))
+    return reg.to_dict()
+
+
+def _registration(reg_dict, chans):
+    from ..imaging.register import ChannelRegistration
+
+    return ChannelRegistration.from_dict(reg_dict) if reg_dict else ChannelRegistration.identity(chans)
+
+
+def _count(path, img_s, registration, thresholds, backend, sample):
+    from ..imaging.count import count_vesicles
+
     chans = list(img_s["channels"])
-    img = read_field(path, len(chans))
-    ref = _detect(img[0], img_s, "numpy")
-    if len(ref) < 3:
-        raise ImageError(f"{path}: only {len(ref)} registration beads found in channel {chans[0]!r} (need >= 3)")
-    tfs, n_matched, rms = [np.array([[1.0, 0, 0], [0, 1.0, 0]])], [len(ref)], [0.0]
-    for c in range(1, len(chans)):
-        pts = _detect(img[c], img_s, "numpy")
-        A = np.array([[1.0, 0, 0], [0, 1.0, 0]])
-        for radius in (6.0, 3.0, 1.5):
-            ia, ib = match_points(_apply(A, ref), pts, radius)
-            if len(ia) < 3:
-                raise ImageError(f"{path}: only {len(ia)} beads of channel {chans[c]!r} match the reference channel "
-                                 f"within {radius} px (need >= 3)")
-            A = fit_affine(ref[ia], pts[ib])
-        res = _apply(A, ref[ia]) - pts[ib]
-        tfs.append(A)
-        n_matched.append(len(ia))
-        rms.append(float(np.sqrt(np.mean(np.sum(res**2, axis=1)))))
-    return {"transforms": np.stack(tfs), "n_matched": n_matched, "rms_px": rms, "channels": chans}
+    im = read_field(path, img_s)
+    ds, spots = count_vesicles(im, markers=chans, sample=sample, registration=_registration(registration, chans),
+                               thresholds=thresholds, psf_sigma_px=float(img_s.get("psf_sigma_px", 1.3)),
+                               merge_radius_px=float(img_s.get("match_radius_px", 1.5)),
+                               detect_kwargs=_detect_kwargs(img_s, backend))
+    if ds.attrs.get("failed_fields"):
+        raise ImageError("; ".join(ds.attrs["failed_fields"]))
+    return im, ds, spots
 
 
-def _thumbnail(img, img_s, size=256):
-    cam = _camera(img_s)
-    ph = (img.astype(np.float64) - cam["offset"]) / cam["gain"]
+def control_spots(path, img_s, registration, backend="numpy") -> dict:
+    """Photons per marker of the vesicles of one negative-control field (no thresholds)."""
+    chans = list(img_s["channels"])
+    _im, _ds, spots = _count(path, img_s, registration, None, backend, "control")
+    return {"photons_marker": np.stack([spots[f"photons_{m}"].to_numpy(np.float64) for m in chans], axis=1)
+            if len(spots) else np.zeros((0, len(chans)))}
+
+
+def image_thresholds(img_s, control_items) -> tuple[dict | None, str]:
+    """Per-marker photon thresholds from the ``[imaging.thresholds]`` rule (None: detection)."""
+    import pandas as pd
+
+    from ..imaging.count import thresholds_from_control
+
+    chans = list(img_s["channels"])
+    t = img_s.get("thresholds", {})
+    rule = t.get("rule", "detected")
+    values = {m: float(v) for m, v in t.get("values", {}).items()}
+    if rule == "detected":
+        return None, "detected in the marker's channel"
+    if rule == "fixed":
+        return {m: values[m] for m in chans}, "fixed: " + ", ".join(f"{m} >= {values[m]:g} photons" for m in chans)
+    q = float(t.get("quantile", 0.995))
+    ph = np.vstack([it["photons_marker"] for it in control_items.values()]) if control_items else np.zeros((0, len(chans)))
+    df = pd.DataFrame({f"photons_{m}": ph[:, c] for c, m in enumerate(chans)})
+    from_control = [m for m in chans if m not in values]
+    thr = thresholds_from_control(df, from_control, quantile=q) if from_control else {}
+    thr.update(values)
+    desc = (f"{100 * q:g}th percentile of photons over {len(ph)} vesicles of the {t.get('control', 'isotype')} chip "
+            f"({', '.join(from_control)})")
+    if values:
+        desc += "; fixed: " + ", ".join(f"{m} >= {v:g} photons" for m, v in values.items())
+    return {m: float(thr[m]) for m in chans}, desc
+
+
+def _thumbnail(ph, size=256):
+    """RGB thumbnail (uint8) of a (channel, y, x) photon image, max-pooled to about ``size`` px."""
+    ph = np.asarray(ph, np.float64)
     step = max(1, int(np.ceil(max(ph.shape[1:]) / size)))
     if step > 1:
         H, W = (ph.shape[1] // step) * step, (ph.shape[2] // step) * step
@@ -130,35 +136,91 @@ def _thumbnail(img, img_s, size=256):
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8), step
 
 
-def analyse_field(path, img_s, registration=None, backend="numpy") -> dict:
+def analyse_field(path, img_s, registration=None, thresholds=None, backend="numpy") -> dict:
     """Detect, register and phenotype the vesicles of one field.
+
+    Parameters
+    ----------
+    path : TIFF file of one field (channel, y, x), in ADU
+    img_s : dict
+        The ``[imaging]`` settings.
+    registration : dict, optional
+        :meth:`ChannelRegistration.to_dict` (default: identity).
+    thresholds : dict marker -> photons, optional
+        Positivity thresholds (default: detected in the channel).
 
     Returns
     -------
-    dict with ``counts`` (2**k int64 per bitmask), ``n_spots`` per channel,
-    ``y``, ``x`` (reference px), ``bitmask`` per vesicle, and a thumbnail.
+    dict with ``counts`` (vesicles per bitmask, int64), ``n_spots`` (detections
+    per channel), the per-vesicle arrays of :data:`SPOT_ARRAYS` (``y``, ``x``
+    in reference px; ``photons`` and ``sigma`` (px) fitted in the vesicle's
+    brightest channel; ``photons_marker`` etc. (n, k)), a thumbnail and the
+    field shape.
     """
+    from ..imaging.localize import fit_spots
+
     chans = list(img_s["channels"])
-    img = read_field(path, len(chans))
-    radius = float(img_s.get("match_radius_px", 2.0))
-    tfs = registration["transforms"] if registration is not None else None
-    ves = np.zeros((0, 2))
-    bits = np.zeros(0, np.int64)
-    n_spots = []
-    for c in range(len(chans)):
-        pts = _detect(img[c], img_s, backend)
-        n_spots.append(len(pts))
-        if tfs is not None and c > 0:
-            pts = _apply(_invert(np.asarray(tfs[c])), pts)
-        if c == 0:
-            ves, bits = pts, np.ones(len(pts), np.int64)
-            continue
-        ia, ib = match_points(ves, pts, radius)
-        bits[ia] |= 1 << c
-        new = np.setdiff1d(np.arange(len(pts)), ib)
-        ves = np.vstack([ves, pts[new]])
-        bits = np.concatenate([bits, np.full(len(new), 1 << c, np.int64)])
-    counts = np.bincount(bits, minlength=1 << len(chans)).astype(np.int64)
-    thumb, step = _thumbnail(img, img_s)
-    return {"counts": counts, "n_spots": np.asarray(n_spots, np.int64), "y": ves[:, 0], "x": ves[:, 1],
-            "bitmask": bits, "thumbnail": thumb, "thumbnail_step": step, "shape": list(img.shape[1:])}
+    im, ds, spots = _count(path, img_s, registration, thresholds, backend, "field")
+    ph = np.asarray(im.values[0])
+    n, k = len(spots), len(chans)
+    pm = np.stack([spots[f"photons_{m}"].to_numpy(np.float64) for m in chans], axis=1) if n else np.zeros((0, k))
+    bm = np.stack([spots[f"background_{m}"].to_numpy(np.float64) for m in chans], axis=1) if n else np.zeros((0, k))
+    dm = np.stack([spots[f"detected_{m}"].to_numpy(bool) for m in chans], axis=1) if n else np.zeros((0, k), bool)
+    yx = spots[["y", "x"]].to_numpy(np.float64) if n else np.zeros((0, 2))
+    photons = np.full(n, np.nan)
+    sigma = np.full(n, np.nan)
+    if n:
+        # width and brightness of each vesicle, fitted in its brightest channel
+        reg = _registration(registration, chans)
+        best = np.argmax(np.nan_to_num(pm, nan=-np.inf), axis=1)
+        H, W = ph.shape[1:]
+        for c, m in enumerate(chans):
+            sel = np.flatnonzero(best == c)
+            if not len(sel):
+                continue
+            pos = reg.to_channel(m, yx[sel])
+            yc = np.clip(np.rint(pos[:, 0]), 0, H - 1).astype(np.int64)
+            xc = np.clip(np.rint(pos[:, 1]), 0, W - 1).astype(np.int64)
+            fit = fit_spots(ph[c], yc, xc, psf_sigma_px=float(img_s.get("psf_sigma_px", 1.3)))
+            photons[sel] = fit["photons"].to_numpy()
+            sigma[sel] = fit["sigma"].to_numpy()
+    thumb, step = _thumbnail(ph)
+    return {"counts": np.asarray(ds["count"].values[0, 0], np.int64),
+            "n_spots": dm.sum(axis=0).astype(np.int64),
+            "y": yx[:, 0], "x": yx[:, 1], "bitmask": spots["bitmask"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
+            "photons": photons, "sigma": sigma, "photons_marker": pm, "background_marker": bm, "detected_marker": dm,
+            "thumbnail": thumb, "thumbnail_step": step, "shape": list(ph.shape[1:]),
+            "thresholds": None if thresholds is None else [float(thresholds[m]) for m in chans]}
+
+
+def spots_table(image_items, chans, sample_order=None):
+    """Tidy per-vesicle table: ``sample``, ``fov``, ``y``, ``x`` (reference px), ``photons``, ``sigma`` (px),
+    ``phenotype``, ``bitmask``, then ``photons_<m>``, ``background_<m>``, ``detected_<m>`` per marker."""
+    import pandas as pd
+
+    from ..phenotype import phenotype_labels
+
+    labels = np.asarray(phenotype_labels(chans), dtype=object)
+    keys = sorted(image_items, key=lambda k: ((sample_order or []).index(k[0]) if k[0] in (sample_order or []) else 1 << 30,
+                                              k[0], k[1]))
+    parts = []
+    for s, f in keys:
+        it = image_items[(s, f)]
+        n = len(np.asarray(it["y"]))
+        d = {"sample": np.full(n, s, dtype=object), "fov": np.full(n, int(f), np.int64),
+             "y": np.asarray(it["y"], np.float64), "x": np.asarray(it["x"], np.float64),
+             "photons": np.asarray(it["photons"], np.float64), "sigma": np.asarray(it["sigma"], np.float64),
+             "phenotype": labels[np.asarray(it["bitmask"], np.int64)], "bitmask": np.asarray(it["bitmask"], np.int64)}
+        pm = np.asarray(it["photons_marker"], np.float64).reshape(n, len(chans))
+        bm = np.asarray(it["background_marker"], np.float64).reshape(n, len(chans))
+        dm = np.asarray(it["detected_marker"], bool).reshape(n, len(chans))
+        for c, m in enumerate(chans):
+            d[f"photons_{m}"] = pm[:, c]
+            d[f"background_{m}"] = bm[:, c]
+            d[f"detected_{m}"] = dm[:, c]
+        parts.append(pd.DataFrame(d))
+    if not parts:
+        cols = ["sample", "fov", "y", "x", "photons", "sigma", "phenotype", "bitmask"]
+        cols += [f"{p}_{m}" for m in chans for p in ("photons", "background", "detected")]
+        return pd.DataFrame({c: [] for c in cols})
+    return pd.concat(parts, ignore_index=True)

@@ -357,9 +357,14 @@ def write_report(ds, ctx, path) -> Path:
     if "image_count" in ds:
         reg = json.loads(ds.attrs.get("calibration", "{}")).get("registration")
         if reg:
-            parts.append("<p class='small'>Channel registration from beads: residual rms (px) "
-                         + ", ".join(f"{v:.3f}" for v in reg["rms_px"]) + "; matched beads "
-                         + ", ".join(str(v) for v in reg["n_matched"]) + "</p>")
+            parts.append(f"<p class='small'>Channel registration from beads (reference {html.escape(reg['reference'])}): "
+                         "residual rms (px) "
+                         + ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in reg["residual_rms_px"].items())
+                         + "; matched beads "
+                         + ", ".join(f"{html.escape(k)} {v}" for k, v in reg["n_matched"].items()) + "</p>")
+        if ds.attrs.get("image_threshold_rule"):
+            parts.append("<p class='small'>Imaging positivity: " + html.escape(ds.attrs["image_threshold_rule"])
+                         + "</p>")
     if "count" in ds:
         parts.append("<h2>MIFlowCyt-EV</h2>" + _miflowcyt(ds, ctx))
     inputs = json.loads(ds.attrs.get("input_files", "{}"))

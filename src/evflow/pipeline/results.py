@@ -86,7 +86,11 @@ def _image_dataset(ctx):
         for f in range(n_fov):
             if (n, f) in items:
                 counts[i, f] = items[(n, f)]["counts"]
-    ds = counts_dataset(counts, chans, names, fovs=list(range(n_fov)))
+    thr = ctx.get("image_thresholds")
+    thresholds = None if thr is None else np.tile(np.array([float(thr[m]) for m in chans]), (len(names), 1))
+    ds = counts_dataset(counts, chans, names, fovs=list(range(n_fov)), thresholds=thresholds)
+    if "threshold" in ds:
+        ds["threshold"].attrs.update(units="photons", long_name="positivity threshold (photons per vesicle)")
     total = counts.sum(axis=1)
     ds["count_all_fov"] = (("sample", "phenotype"), total)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -201,7 +205,8 @@ def assemble(ctx) -> xr.Dataset:
                        "unique_range_nm": list(sc.unique_range_nm)}
     reg = ctx["calibration"].get("registration")
     if reg is not None:
-        cal["registration"] = {"rms_px": reg["rms_px"], "n_matched": reg["n_matched"]}
+        cal["registration"] = {"reference": reg["reference"], "residual_rms_px": reg["residual_rms_px"],
+                               "n_matched": reg["n_matched"]}
     ds.attrs.update({
         "title": f"evflow results: {exp.name}",
         "evflow_version": __version__,
@@ -212,6 +217,7 @@ def assemble(ctx) -> xr.Dataset:
         "input_files": json.dumps(inputs, sort_keys=True),
         "gates": "; ".join(ctx["gate_desc"]),
         "threshold_rule": ctx["threshold_desc"],
+        "image_threshold_rule": ctx.get("image_threshold_desc", ""),
         "calibration": json.dumps(cal, sort_keys=True, default=float),
         "qc": json.dumps(qc, sort_keys=True, default=float),
         "qc_pass": int(all(v["pass"] for v in qc.values())),
@@ -263,8 +269,9 @@ def tidy_tables(ds) -> dict:
     return {"counts": pd.DataFrame(rows), "markers": pd.DataFrame(mrows)}
 
 
-def write_outputs(ds, out) -> dict:
-    """Write ``results.zarr`` and the tidy tables ``counts.csv/.parquet`` and ``markers.csv/.parquet`` (atomically)."""
+def write_outputs(ds, out, spots=None) -> dict:
+    """Write ``results.zarr``, the tidy tables ``counts.csv/.parquet`` and ``markers.csv/.parquet`` and, with
+    imaging, the per-vesicle table ``spots.csv/.parquet`` (each file atomically)."""
     from .store import atomic_write_bytes
 
     out = Path(out)
@@ -296,6 +303,8 @@ def write_outputs(ds, out) -> dict:
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     tables = tidy_tables(clean)
+    if spots is not None:
+        tables["spots"] = spots
     paths = {"zarr": out / "results.zarr"}
     for name, df in tables.items():
         atomic_write_bytes(out / f"{name}.csv", df.to_csv(index=False).encode())

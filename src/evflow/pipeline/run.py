@@ -33,7 +33,7 @@ from .store import ResultStore, file_fingerprint, file_sha256, fingerprint
 __all__ = ["run", "PIPELINE_VERSION"]
 
 #: bump when a change in the pipeline changes stored items
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 
 DENSITY_BINS = 96
 DISPLAY_EVENTS = 100_000  # events shown in the density plots and size distributions of the report
@@ -291,12 +291,24 @@ def _t_flow_sample(sample, strategy, parent, markers, thresholds, flow_s, backen
 # =========================================================================== image tasks
 
 
-def _t_image_field(sample_name, fov, path, img_s, registration, backend, store_root, fp):
+def _t_image_control(sample_name, fov, path, img_s, registration, backend, store_root, fp):
+    from .imaging import control_spots
+
+    @_guard
+    def body():
+        item = control_spots(path, img_s, registration, backend=backend)
+        item["sha256"] = file_sha256(path)
+        return item
+
+    return _save(store_root, "image_control", f"{sample_name}-fov{fov}", fp, body())
+
+
+def _t_image_field(sample_name, fov, path, img_s, registration, thresholds, backend, store_root, fp):
     from .imaging import analyse_field
 
     @_guard
     def body():
-        item = analyse_field(path, img_s, registration, backend=backend)
+        item = analyse_field(path, img_s, registration, thresholds=thresholds, backend=backend)
         item["sha256"] = file_sha256(path)
         return item
 
@@ -501,6 +513,42 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
                 threshold_desc = (f"{100 * q:g}th percentile of the {role} control(s) "
                                   f"({', '.join(sorted(good))}) in the parent gate; max over controls")
 
+        # ---------------------------------------------------------------- stage 2b: imaging thresholds
+        registration = calibration.get("registration")
+        image_thresholds, image_threshold_desc, image_control_items = None, "", {}
+        if img_s and img_s.get("thresholds", {}).get("rule", "detected") == "control_quantile":
+            from .imaging import image_thresholds as _image_thresholds
+
+            role = img_s["thresholds"].get("control", "isotype")
+            tasks, keys = [], []
+            for s in exp.by_role(role):
+                for f, p in enumerate(s.images):
+                    fp = fingerprint(version, "image_control", file_fingerprint(p), img_s,
+                                     cal_fps.get("registration"))
+                    hit = cached("image_control", f"{s.name}-fov{f}", fp)
+                    if hit is not None:
+                        image_control_items[(s.name, f)] = hit
+                    else:
+                        tasks.append(dask.delayed(_t_image_control, pure=False)(
+                            s.name, f, p, img_s, registration, be, root, fp))
+                        keys.append((s.name, f))
+            t0 = time.perf_counter()
+            for k, res in zip(keys, _compute(tasks, "image controls", sched, client, progress, log)):
+                image_control_items[k] = res
+            timings["image_controls_s"] = time.perf_counter() - t0
+            for k, v in image_control_items.items():
+                if "error" in v:
+                    failures[f"image control {k[0]} fov {k[1]}"] = v["error"]
+                    err(f"error: image control {k[0]} fov {k[1]}: {v['error'].splitlines()[0]}")
+            good = {k: v for k, v in sorted(image_control_items.items()) if "error" not in v}
+            if not good:
+                raise EvflowError(f"no usable {role!r} image fields: imaging thresholds cannot be set ({failures})")
+            image_thresholds, image_threshold_desc = _image_thresholds(img_s, good)
+        elif img_s:
+            from .imaging import image_thresholds as _image_thresholds
+
+            image_thresholds, image_threshold_desc = _image_thresholds(img_s, {})
+
         # ---------------------------------------------------------------- stage 3: samples and fields
         density = None
         flow_samples = [s for s in exp.samples if s.flow is not None and s.role != "beads"]
@@ -524,17 +572,17 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
                 tasks.append(dask.delayed(_t_flow_sample, pure=False)(
                     sd, strategy, parent, markers, thr, flow_s, be, density, root, fp))
                 keys.append(("flow", s.name))
-        registration = calibration.get("registration")
         for s in exp.samples:
             for f, p in enumerate(s.images):
-                fp = fingerprint(version, "image", file_fingerprint(p), img_s, cal_fps.get("registration"))
+                fp = fingerprint(version, "image", file_fingerprint(p), img_s, cal_fps.get("registration"),
+                                 image_thresholds)
                 name = f"{s.name}-fov{f}"
                 hit = cached("image", name, fp)
                 if hit is not None:
                     image_items[(s.name, f)] = hit
                 else:
-                    tasks.append(dask.delayed(_t_image_field, pure=False)(s.name, f, p, img_s, registration, be,
-                                                                          root, fp))
+                    tasks.append(dask.delayed(_t_image_field, pure=False)(s.name, f, p, img_s, registration,
+                                                                          image_thresholds, be, root, fp))
                     keys.append(("image", (s.name, f)))
         t0 = time.perf_counter()
         for (kind, k), res in zip(keys, _compute(tasks, "samples", sched, client, progress, log)):
@@ -563,9 +611,15 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
         "image_items": image_items, "calibration": calibration, "size_cal": size_cal, "fluor": fluor,
         "gate_desc": gate_desc, "size_limits": size_limits, "failures": failures, "density": density,
         "threshold_desc": threshold_desc if markers else "", "control_items": control_items,
+        "image_thresholds": image_thresholds, "image_threshold_desc": image_threshold_desc,
     }
     ds = assemble(ctx)
-    write_outputs(ds, out)
+    spots = None
+    if img_s:
+        from .imaging import spots_table
+
+        spots = spots_table(image_items, list(img_s["channels"]), [s.name for s in exp.samples])
+    write_outputs(ds, out, spots=spots)
     if report:
         from .report import write_report
 
