@@ -52,3 +52,20 @@ def test_info_two_data_sets():
 def test_no_command_prints_help():
     out = _run()
     assert out.returncode == 2 and "info" in out.stdout
+
+
+def test_info_header_only_file_lists_keywords():
+    out = _run("info", str(shared_path("fcs", "fcsparser", "cytek-nl-2000", "sample_header.fcs")))
+    assert out.returncode == 1
+    assert "FCS3.1" in out.stdout and "Aurora" in out.stdout
+    assert "20000 announced, not readable" in out.stdout
+    assert "HEADER and TEXT only" in out.stdout
+    assert "R8-A" in out.stdout
+
+
+def test_info_malformed_spillover_is_reported_not_fatal():
+    path = shared_path("fcs", "fcsparser", "MiltenyiBiotec", "FCS3.1", "EY_2013-07-19_PBS_FCS_3.1_Well_A1.001.fcs")
+    out = _run("info", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "spillover   not usable" in out.stdout and "$SPILLOVER" in out.stdout
+    assert "10,000" in out.stdout

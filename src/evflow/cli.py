@@ -10,43 +10,70 @@ from . import __version__
 from .errors import EvflowError
 
 
+def _print_sample(path, k, n_sets, meta, channels, markers, n_events, version, note=None, spill=None):
+    head = f"{path}" + (f"  [data set {k + 1} of {n_sets}]" if n_sets > 1 else "")
+    print(head)
+    print(f"  version     {version}")
+    print(f"  instrument  {meta.get('$CYT', '').strip() or '(not given)'}")
+    date = " ".join(v for v in (meta.get("$DATE", "").strip(), meta.get("$BTIM", "").strip()) if v)
+    if date:
+        print(f"  acquired    {date}")
+    print(f"  events      {n_events:,}" if isinstance(n_events, int) else f"  events      {n_events}")
+    if note:
+        print(f"  note        {note}")
+    print(f"  channels    {len(channels)}  ($DATATYPE {meta.get('$DATATYPE', '?').strip()}, "
+          f"$BYTEORD {meta.get('$BYTEORD', '?').strip()})")
+    width = max((len(c) for c in channels), default=4)
+    for j, (c, m) in enumerate(zip(channels, markers), start=1):
+        rng = meta.get(f"$P{j}R", "").strip()
+        bits = meta.get(f"$P{j}B", "").strip()
+        amp = meta.get(f"$P{j}E", "").strip()
+        print(f"    {j:>3}  {c:<{width}}  {m or '':<20} bits {bits:<3} range {rng:<10} $PnE {amp}")
+    if spill is not None:
+        print(f"  spillover   {spill}")
+
+
+def _header_version(path, k: int) -> str:
+    if k:
+        return "(see the file)"
+    with open(path, "rb") as f:
+        return f.read(6).decode("ascii", "replace")
+
+
 def _info(args) -> int:
-    from .io.fcs import count_data_sets, read_fcs
+    from .errors import FCSDataError
+    from .io.fcs import _channel_names, count_data_sets, read_fcs, read_fcs_metadata
 
     status = 0
     for i, path in enumerate(args.files):
         if i:
             print()
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
                 n_sets = count_data_sets(path)
-                samples = [read_fcs(path, data_set=k) for k in range(n_sets)]
-        except EvflowError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        for k, s in enumerate(samples):
-            meta = s.meta
-            head = f"{path}" + (f"  [data set {k + 1} of {n_sets}]" if n_sets > 1 else "")
-            print(head)
-            print(f"  version     {s.version}")
-            print(f"  instrument  {meta.get('$CYT', '').strip() or '(not given)'}")
-            date = " ".join(v for v in (meta.get("$DATE", "").strip(), meta.get("$BTIM", "").strip()) if v)
-            if date:
-                print(f"  acquired    {date}")
-            print(f"  events      {s.n_events:,}")
-            print(f"  channels    {s.n_channels}  ($DATATYPE {meta.get('$DATATYPE', '?').strip()}, "
-                  f"$BYTEORD {meta.get('$BYTEORD', '?').strip()})")
-            width = max(len(c) for c in s.channels) if s.channels else 4
-            for j, (c, m) in enumerate(zip(s.channels, s.markers), start=1):
-                rng = meta.get(f"$P{j}R", "").strip()
-                bits = meta.get(f"$P{j}B", "").strip()
-                amp = meta.get(f"$P{j}E", "").strip()
-                print(f"    {j:>3}  {c:<{width}}  {m or '':<20} bits {bits:<3} range {rng:<10} $PnE {amp}")
-            sp = s.spillover
-            if sp is not None:
-                print(f"  spillover   {sp.shape[0]} x {sp.shape[1]} ({sp.attrs['keyword']})")
+                for k in range(n_sets):
+                    try:
+                        s = read_fcs(path, data_set=k)
+                    except FCSDataError as exc:
+                        # keywords are readable but the events are not: show what the TEXT says
+                        meta = read_fcs_metadata(path, data_set=k)
+                        n_par = int(str(meta.get("$PAR", "0")).strip() or 0)
+                        channels, markers = _channel_names(meta, n_par, path)
+                        tot = str(meta.get("$TOT", "?")).strip()
+                        _print_sample(path, k, n_sets, meta, channels, markers, f"{tot} announced, not readable",
+                                      _header_version(path, k), note=f"events not readable: {exc}")
+                        status = max(status, 1)
+                        continue
+                    try:
+                        sp = s.spillover
+                        spill = None if sp is None else f"{sp.shape[0]} x {sp.shape[1]} ({sp.attrs['keyword']})"
+                    except EvflowError as exc:
+                        spill = f"not usable: {exc}"
+                    _print_sample(path, k, n_sets, s.meta, s.channels, s.markers, s.n_events, s.version, spill=spill)
+            except EvflowError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                status = 1
         for w in caught:
             print(f"  warning: {w.message}")
     return status
