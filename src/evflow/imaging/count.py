@@ -133,7 +133,7 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
     a = np.asarray(field)
     if a.ndim != 3 or a.shape[0] != len(markers):
         raise ImageError(f"field must be (channel, y, x) with {len(markers)} channels, got shape {a.shape}")
-    photons = camera.to_photons(a) if camera is not None else a.astype(np.float32)
+    photons = camera.to_photons(a) if camera is not None else a.astype(np.float32, copy=False)
     reg = registration or ChannelRegistration.identity(markers)
     sig = np.broadcast_to(np.asarray(psf_sigma_px, dtype=np.float64), (len(markers),))
     tables = {}

@@ -80,11 +80,22 @@ def dog_filter(image, sigma_px, *, backend=None):
         Filter scale (px), normally the PSF standard deviation.
     """
     name = backend or array_backend(image)
+    if name == "numpy" and _numba_ok():
+        from ._filters import dog_numba
+
+        s = float(sigma_px)
+        return dog_numba(image, s, DOG_RATIO * s, 1.0 / _dog_gain(s))
     ndi = get_ndi(name)
     img = image.astype(np.float32, copy=False)
     out = _dog(img, float(sigma_px), ndi, np.float32)
     out *= np.float32(1.0 / _dog_gain(float(sigma_px)))
     return out
+
+
+def _numba_ok() -> bool:
+    from ._filters import HAVE_NUMBA
+
+    return HAVE_NUMBA
 
 
 def noise_level(filtered, *, origin=(0, 0), field_pixels=None) -> float:
@@ -133,21 +144,31 @@ def auto_threshold_factor(n_pixels: int, false_positives: float = 0.1) -> float:
     return max(float(-ndtri(false_positives / float(n_pixels))), MIN_THRESHOLD_SNR)
 
 
-def local_maxima(response, threshold, min_distance_px, *, backend=None):
+def local_maxima(response, threshold, min_distance_px, *, backend=None, factor=1.0):
     """Integer (y, x) of pixels >= threshold that are the maximum within ``min_distance_px``.
 
-    Equal maxima within the distance keep the first in row-major order.
-    Returns NumPy arrays y, x and the response there, sorted row-major.
+    The score is ``response * factor`` (float32; ``factor`` e.g. 1 / noise
+    turns a response into an SNR without a full-image product).  Equal maxima
+    within the distance keep the first in row-major order.  Returns NumPy
+    arrays y, x and the score there, sorted row-major.
     """
     name = backend or array_backend(response)
-    ndi = get_ndi(name)
-    size = 2 * int(min_distance_px) + 1
-    mx = ndi.maximum_filter(response, size=size, mode="nearest")
-    mask = (response == mx) & (response >= threshold)
     xp = np if name == "numpy" else __import__("cupy")
-    yy, xx = xp.nonzero(mask)
-    yy, xx = to_numpy(yy).astype(np.int64), to_numpy(xx).astype(np.int64)
-    val = to_numpy(response[xp.asarray(yy), xp.asarray(xx)]) if len(yy) else np.empty(0, np.float32)
+    f32 = np.float32(factor)
+    if name == "numpy" and _numba_ok():
+        from ._filters import maxima_numba
+
+        yy, xx = maxima_numba(response, threshold, int(min_distance_px), factor=f32)
+        val = response[yy, xx].astype(np.float32) * f32 if len(yy) else np.empty(0, np.float32)
+    else:
+        ndi = get_ndi(name)
+        score = response if factor == 1.0 else response * f32
+        size = 2 * int(min_distance_px) + 1
+        mx = ndi.maximum_filter(score, size=size, mode="nearest")
+        mask = (score == mx) & (score >= threshold)
+        yy, xx = xp.nonzero(mask)
+        yy, xx = to_numpy(yy).astype(np.int64), to_numpy(xx).astype(np.int64)
+        val = to_numpy(score[xp.asarray(yy), xp.asarray(xx)]) if len(yy) else np.empty(0, np.float32)
     if len(yy) > 1:
         keep = _resolve_ties(yy, xx, val, int(min_distance_px))
         yy, xx, val = yy[keep], xx[keep], val[keep]
@@ -297,13 +318,16 @@ def _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positive
     k = auto_threshold_factor(H * W, false_positives)
     # filter and noise (global sub-grid); then maxima
     response, snr, scale_idx, noise = _scale_space(photons, sig, name)
+    factor = 1.0
     if threshold is None:
         score, thr = snr, k
+        if snr is None:  # one scale: SNR = response / noise, evaluated only where needed
+            score, factor = response, np.float32(1.0 / noise[0])
         thr_photons = float(k * noise[0]) if len(sig) == 1 else float("nan")
     else:
         score, thr = response, float(threshold)
         thr_photons = float(threshold)
-    yy, xx, _ = local_maxima(score, thr, md, backend=name)
+    yy, xx, _ = local_maxima(score, thr, md, backend=name, factor=factor)
     if exclude_border_px > 0:
         b = int(exclude_border_px)
         ok = (yy >= b) & (yy < H - b) & (xx >= b) & (xx < W - b)
@@ -311,12 +335,13 @@ def _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positive
     xp = np if name == "numpy" else __import__("cupy")
     iy, ix = xp.asarray(yy), xp.asarray(xx)
     resp = to_numpy(response[iy, ix]).astype(np.float64) if len(yy) else np.empty(0)
-    sn = to_numpy(snr[iy, ix]).astype(np.float64) if len(yy) else np.empty(0)
+    if snr is None:
+        sn = (to_numpy(response[iy, ix]) * np.float32(1.0 / noise[0])).astype(np.float64) if len(yy) else np.empty(0)
+    else:
+        sn = to_numpy(snr[iy, ix]).astype(np.float64) if len(yy) else np.empty(0)
     sidx = to_numpy(scale_idx[iy, ix]).astype(np.int64) if (len(yy) and scale_idx is not None) else np.zeros(len(yy), np.int64)
     spot_sigma = sig[sidx] if len(yy) else np.empty(0)
     if fit and len(yy):
-        from .localize import fit_spots
-
         parts = []
         for s_i in np.unique(sidx):
             sel = np.flatnonzero(sidx == s_i)
@@ -377,7 +402,7 @@ def _fit_with_fallback(photons, yy, xx, sigma, window, method, fit_sigma, readou
 
 
 def _scale_space(photons, sig, name, origin=(0, 0), noise=None):
-    """Response (photons), SNR, scale index (or None) and noise per scale."""
+    """Response (photons), SNR (None for one scale: response / noise), scale index (or None), noise per scale."""
     xp = np if name == "numpy" else __import__("cupy")
     best_snr = best_resp = best_idx = None
     noises = []
@@ -390,6 +415,8 @@ def _scale_space(photons, sig, name, origin=(0, 0), noise=None):
                 f"filtered-image MAD is {nz}"
             )
         noises.append(nz)
+        if len(sig) == 1:
+            return r, None, None, noises
         snr = r * np.float32(1.0 / nz)
         if best_snr is None:
             best_snr, best_resp = snr, r

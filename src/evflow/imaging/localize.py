@@ -36,6 +36,11 @@ def extract_windows(image, yc, xc, size, xp=np):
     xc = xp.asarray(xc, dtype=xp.int64)
     y0 = xp.clip(yc - r, 0, max(H - size, 0))
     x0 = xp.clip(xc - r, 0, max(W - size, 0))
+    if xp is np and isinstance(image, np.ndarray) and image.dtype.kind in "fiu":
+        from ._filters import HAVE_NUMBA, windows_numba
+
+        if HAVE_NUMBA:
+            return windows_numba(image, y0, x0, size), y0, x0
     k = xp.arange(size)
     win = image[(y0[:, None, None] + k[None, :, None]), (x0[:, None, None] + k[None, None, :])]
     return win.astype(xp.float32), y0, x0
