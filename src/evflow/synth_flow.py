@@ -12,6 +12,7 @@ writes any of them to an FCS file.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ __all__ = [
     "synthetic_size_beads",
     "synthetic_mesf_beads",
     "synthetic_ev_sample",
+    "scatter_cross_section",
     "write_synthetic_fcs",
 ]
 
@@ -35,21 +37,60 @@ def default_scatter_gain(wavelength_nm=488.0, medium_index=1.333, detector=None)
     return 1000.0 / collected_cross_section(POLYSTYRENE, 100.0, wavelength_nm, medium_index, det)
 
 
-def _scatter(diameters, particle, gain, wavelength_nm, medium_index, detector, cv, rng, grid_range=None):
-    from .flow.calibration import _particle_curve
+#: log-diameter step of the scatter-curve grid (3 %); with a cubic spline in log-log the curve is
+#: reproduced to about 1e-5 relative (Mie on ~70 diameters instead of one per event)
+_GRID_STEP = 0.03
+
+
+@functools.lru_cache(maxsize=32)
+def _scatter_curve(particle, wavelength_nm, medium_index, detector, d_lo, d_hi):
+    """Cubic spline of log(collected cross-section) over log(diameter) on [d_lo, d_hi] (cached)."""
+    from scipy.interpolate import CubicSpline
+
+    from .flow.mie import collected_cross_section
+
+    n = max(int(np.ceil(np.log(d_hi / d_lo) / _GRID_STEP)) + 1, 4)
+    grid = np.geomspace(d_lo, d_hi, n)
+    c = np.asarray(collected_cross_section(particle, grid, wavelength_nm, medium_index, detector), float)
+    return CubicSpline(np.log(grid), np.log(c))
+
+
+def scatter_cross_section(diameters_nm, particle, *, wavelength_nm=488.0, medium_index=1.333, detector=None,
+                          diameter_range_nm=None):
+    """Collected scatter cross-section (nm^2) of ``particle`` at many diameters, fast.
+
+    Mie theory is evaluated once on a log-spaced diameter grid (3 % steps,
+    cached per particle, wavelength, medium, detector and range) and
+    interpolated with a cubic spline in log-log (relative error about 1e-5);
+    64 or fewer distinct diameters are computed exactly.
+
+    Parameters
+    ----------
+    diameters_nm : array of float
+    particle : Sphere or CoatedSphere
+    wavelength_nm, medium_index : float
+    detector : Detector, optional
+        Default :meth:`Detector.side_scatter`.
+    diameter_range_nm : (float, float), optional
+        Range of the grid (default: the diameters' range).
+    """
     from .flow.mie import Detector, collected_cross_section
 
     det = Detector.side_scatter() if detector is None else detector
-    d = np.asarray(diameters, float)
+    d = np.asarray(diameters_nm, float)
     uniq = np.unique(d)
     if uniq.size <= 64:
         c = np.atleast_1d(collected_cross_section(particle, uniq, wavelength_nm, medium_index, det))
-        c = c[np.searchsorted(uniq, d)]
-    else:  # many sizes: exact Mie on a fine grid (0.5 % steps, cached), log-log interpolation between
-        lo, hi = grid_range if grid_range is not None else (uniq[0], uniq[-1])
-        n = max(int(np.log(hi / lo) / 0.005) + 2, 2)
-        grid, cg = _particle_curve(particle, float(wavelength_nm), float(medium_index), det, float(lo), float(hi), n)
-        c = np.exp(np.interp(np.log(d), np.log(grid), np.log(cg)))
+        return np.asarray(c, float)[np.searchsorted(uniq, d)]
+    lo, hi = diameter_range_nm if diameter_range_nm is not None else (uniq[0], uniq[-1])
+    lo, hi = min(float(lo), float(uniq[0])), max(float(hi), float(uniq[-1]))
+    spline = _scatter_curve(particle, float(wavelength_nm), float(medium_index), det, lo, hi)
+    return np.exp(spline(np.log(d)))
+
+
+def _scatter(diameters, particle, gain, wavelength_nm, medium_index, detector, cv, rng, grid_range=None):
+    c = scatter_cross_section(diameters, particle, wavelength_nm=wavelength_nm, medium_index=medium_index,
+                              detector=detector, diameter_range_nm=grid_range)
     return gain * c * rng.lognormal(0.0, cv, size=c.shape)
 
 
@@ -181,6 +222,7 @@ def synthetic_ev_sample(
     background: float = 5.0,
     acquisition_s: float = 60.0,
     channel: str = "SSC-H",
+    markers=None,
     seed: int = 1,
 ):
     """EVs of known diameters (lognormal) and known marker status.
@@ -205,12 +247,17 @@ def synthetic_ev_sample(
         Channel-unit background fluorescence (lognormal, sd of log 0.4).
     acquisition_s : float
         Span of the Time column (s).
+    markers : sequence of (channel, name, fraction_positive, mesf_positive), optional
+        Several independent markers, one fluorescence column each (same
+        ``mesf_cv``, standard curve and background); default one marker
+        ``("FL1-H", "positive", fraction_positive, mesf_positive)``.
 
     Returns
     -------
     (DataFrame, dict)
-        Columns ``channel``, ``FL1-H``, ``Time``; truth ``diameter_nm``,
-        ``positive`` (bool), ``mesf``.
+        Columns ``channel``, one per marker (default ``FL1-H``), ``Time``;
+        truth ``diameter_nm`` and, per marker, ``<name>`` (bool) and
+        ``mesf_<name>`` (default marker: ``positive`` and ``mesf``).
     """
     from .flow.mie import VESICLE
 
@@ -224,11 +271,18 @@ def synthetic_ev_sample(
         d = np.concatenate([d, draw[(draw >= lo) & (draw <= hi)]])
     d = d[:n_events]
     s = _scatter(d, particle, gain, wavelength_nm, medium_index, detector, cv, rng, grid_range=(lo, hi))
-    pos = rng.random(n_events) < fraction_positive
-    mesf = np.where(pos, mesf_positive * rng.lognormal(0, mesf_cv, n_events), 0.0)
-    fl = (mesf / math.exp(b)) ** (1.0 / m) + rng.lognormal(math.log(background), 0.4, n_events)
-    df = pd.DataFrame({channel: s, "FL1-H": fl, "Time": np.sort(rng.uniform(0, acquisition_s, n_events))})
-    return df, {"diameter_nm": d, "positive": pos, "mesf": mesf}
+    default = markers is None
+    if default:
+        markers = [("FL1-H", "positive", fraction_positive, mesf_positive)]
+    cols, truth = {channel: s}, {"diameter_nm": d}
+    for ch, name, frac, bright in markers:
+        pos = rng.random(n_events) < frac
+        mesf = np.where(pos, bright * rng.lognormal(0, mesf_cv, n_events), 0.0)
+        cols[ch] = (mesf / math.exp(b)) ** (1.0 / m) + rng.lognormal(math.log(background), 0.4, n_events)
+        truth[name] = pos
+        truth["mesf" if default else f"mesf_{name}"] = mesf
+    cols["Time"] = np.sort(rng.uniform(0, acquisition_s, n_events))
+    return pd.DataFrame(cols), truth
 
 
 def write_synthetic_fcs(path, frame: pd.DataFrame, meta=None):

@@ -30,50 +30,19 @@ M, B = 1.05, 2.5  # standard curve of FL1-H (and FL2-H) in the synthetic instrum
 IMG_MARKERS = ["CD9", "CD63", "CD81"]
 
 
-_CURVE = {}
+def _ev_frame(n, f_cd63, f_epcam, seed, acq_s=ACQ_S):
+    """EVs of known diameter with two independent markers (CD63 on FL1-H, EpCAM on FL2-H); (DataFrame, truth)."""
+    from ..synth_flow import synthetic_ev_sample
 
-
-def _ev_scatter_curve():
-    """Collected side-scatter cross-section of the EV model on a log grid of diameters (computed once)."""
-    if not _CURVE:
-        from ..flow.mie import VESICLE, Detector, collected_cross_section
-        from ..synth_flow import default_scatter_gain
-
-        grid = np.geomspace(45.0, 420.0, 96)
-        _CURVE["grid"] = grid
-        _CURVE["c"] = np.asarray(collected_cross_section(VESICLE, grid, 488.0, 1.333, Detector.side_scatter()), float)
-        _CURVE["gain"] = default_scatter_gain()
-    return _CURVE
-
-
-def _ev_frame(n, f_cd63, f_epcam, seed, median_nm=110.0, gsd=1.35, acq_s=ACQ_S):
-    """EVs of known diameter with two independent markers; returns (DataFrame, truth dict).
-
-    Same model as :func:`evflow.synth_flow.synthetic_ev_sample` (Mie side
-    scatter of a core-shell vesicle times lognormal noise; MESF -> channel
-    through ``x = (mesf / e**b) ** (1/m)`` plus background), with the Mie
-    curve interpolated on a grid so that large samples are quick to make.
-    """
-    cur = _ev_scatter_curve()
-    rng = np.random.default_rng(seed)
-    d = np.empty(0)
-    while d.size < n:
-        draw = median_nm * np.exp(rng.normal(0, math.log(gsd), 2 * n))
-        d = np.concatenate([d, draw[(draw >= 50.0) & (draw <= 400.0)]])
-    d = d[:n]
-    c = np.exp(np.interp(np.log(d), np.log(cur["grid"]), np.log(cur["c"])))
-    ssc = cur["gain"] * c * rng.lognormal(0.0, 0.03, n)
-    cols = {"SSC-H": ssc}
-    truth = {"diameter_nm": d}
-    for ch, name, frac, bright in (("FL1-H", "CD63", f_cd63, 3000.0), ("FL2-H", "EpCAM", f_epcam, 4000.0)):
-        pos = rng.random(n) < frac
-        mesf = np.where(pos, bright * rng.lognormal(0, 0.3, n), 0.0)
-        cols[ch] = (mesf / math.exp(B)) ** (1.0 / M) + rng.lognormal(math.log(5.0), 0.4, n)
-        truth[name] = pos
-    t = np.sort(rng.uniform(0, acq_s, n))
+    df, truth = synthetic_ev_sample(n, median_diameter_nm=110.0, gsd=1.35, diameter_range_nm=(50.0, 400.0), cv=0.03,
+                                    mesf_cv=0.3, m=M, b=B, background=5.0, acquisition_s=acq_s, channel="SSC-H",
+                                    markers=[("FL1-H", "CD63", f_cd63, 3000.0), ("FL2-H", "EpCAM", f_epcam, 4000.0)],
+                                    seed=seed)
+    # the acquisition spans exactly acq_s (the analysed volume comes from the Time span)
+    t = df["Time"].to_numpy().copy()
     t[0], t[-1] = 0.0, acq_s
-    cols["Time"] = t
-    return pd.DataFrame(cols), truth
+    df["Time"] = t
+    return df, truth
 
 
 def _truth_summary(truth, volume_ul, dilution):
