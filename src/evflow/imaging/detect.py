@@ -250,8 +250,16 @@ def detect_spots(
     window : int, optional
         Fit window (px, odd).
     tile : int, optional
-        Reserved for tiled processing of mosaics (not implemented yet: must
-        be None).  A dask field is computed and processed whole.
+        Process the field in square tiles with this core size (px), each
+        read with a halo wide enough (filter radius + twice the minimum
+        distance + half the fit window) that a spot is found, resolved and
+        fitted exactly as in the whole field; a spot is kept only by the tile
+        whose core holds its maximum.  The noise (automatic threshold) is the
+        field's: a first pass over the tiles collects the filtered pixels of
+        the global noise sub-grid, a second one detects and fits (the filter
+        runs twice).  For mosaics larger than memory (a dask array is read
+        tile by tile).  Without a PSF sigma, it is estimated on the central
+        tile.  None: the whole field at once (a dask field is computed first).
     fit_backend : {'numpy', 'numba', 'cupy'}, optional
 
     Returns
@@ -267,11 +275,15 @@ def detect_spots(
     from .camera import as_camera
 
     camera = as_camera(camera)
-    if tile is not None:
-        raise ConfigError("detect_spots: tiled processing (tile=) is not implemented yet; pass whole fields")
     kind = type(image).__module__.split(".")[0]
     if getattr(image, "ndim", None) != 2:
         raise ImageError(f"detect_spots expects a 2-D image (y, x), got shape {getattr(image, 'shape', None)}")
+    if tile is not None:
+        if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < MIN_TILE:
+            raise ConfigError(f"detect_spots: tile must be an integer >= {MIN_TILE} px, got {tile!r}")
+        name = resolve_backend(backend) if backend is not None else array_backend(image)
+        return _detect_tiled(image, int(tile), kind, name, psf_sigma_px, threshold, camera, false_positives,
+                             min_distance_px, exclude_border_px, fit, method, fit_sigma, window, fit_backend)
     if kind == "dask":
         name = resolve_backend(backend) if backend is not None else array_backend(image)
         return _detect_dask(image, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
@@ -288,6 +300,72 @@ def detect_spots(
     photons = _field_photons(image, camera, name)
     return _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
                          exclude_border_px, fit, method, fit_sigma, window, tile, fit_backend)
+
+
+#: smallest tile core (px) accepted by ``detect_spots(tile=...)``
+MIN_TILE = 32
+
+
+def _detect_tiled(image, tile, kind, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
+                  exclude_border_px, fit, method, fit_sigma, window, fit_backend):
+    from .localize import fit_window_size
+
+    H, W = (int(v) for v in image.shape)
+    if H < 8 or W < 8:
+        raise ImageError(f"image of {(H, W)} px is too small for spot detection (at least 8x8)")
+
+    def region(y0, y1, x0, x1):
+        sub = image[y0:y1, x0:x1]
+        if kind == "dask":
+            sub = sub.compute()
+        if name == "cupy":
+            import cupy
+
+            sub = cupy.asarray(sub)
+        else:
+            sub = to_numpy(sub)
+        return _field_photons(sub, camera, name)
+
+    if psf_sigma_px is None:  # estimated on the central tile
+        cy, cx, h = H // 2, W // 2, tile // 2
+        centre = region(max(cy - h, 0), min(cy + h, H), max(cx - h, 0), min(cx + h, W))
+        psf_sigma_px = _estimate_sigma(centre, name, camera, fit_backend)
+    sig = _sigmas(psf_sigma_px)
+    md = _min_distance(min_distance_px, sig)
+    win = int(window) if window is not None else max(fit_window_size(float(s)) for s in sig)
+    halo = max(int(4.0 * DOG_RATIO * float(s) + 0.5) for s in sig) + 2 * md + win // 2 + 1
+    cores = [(y0, min(y0 + tile, H), x0, min(x0 + tile, W)) for y0 in range(0, H, tile) for x0 in range(0, W, tile)]
+
+    def extent(c):
+        return max(c[0] - halo, 0), min(c[1] + halo, H), max(c[2] - halo, 0), min(c[3] + halo, W)
+
+    # pass 1: the field's noise per scale, from the global sub-grid of every core
+    samples = [[] for _ in sig]
+    for c in cores:
+        e = extent(c)
+        ph = region(*e)
+        for i, s in enumerate(sig):
+            r = dog_filter(ph, float(s), backend=name)
+            rc = r[c[0] - e[0]:c[1] - e[0], c[2] - e[2]:c[3] - e[2]]
+            samples[i].append(_noise_sample(rc, (c[0], c[2]), H * W))
+    noise = [_mad_sigma(np.concatenate(v)) for v in samples]
+    # pass 2: detection and fits per tile, spots of the core only
+    parts = []
+    for c in cores:
+        e = extent(c)
+        ph = region(*e)
+        parts.append(_detect_field(
+            ph, name, sig, threshold, camera, false_positives, md, exclude_border_px, fit, method, fit_sigma,
+            window, None, fit_backend, origin=(e[0], e[2]), field_shape=(H, W), noise=noise,
+            core=(c[0] - e[0], c[1] - e[0], c[2] - e[2], c[3] - e[2]),
+        ))
+    attrs = dict(parts[0].attrs)
+    nonempty = [p for p in parts if len(p)]
+    out = pd.concat(nonempty or parts[:1], ignore_index=True)
+    out = out.sort_values(["y_peak", "x_peak"], kind="stable").reset_index(drop=True)  # row-major, as a whole field
+    out.attrs.update(attrs)
+    out.attrs.update({"tile": tile, "halo": halo, "n_tiles": len(cores)})
+    return out
 
 
 def _sigmas(psf_sigma_px):
@@ -308,16 +386,29 @@ def _estimate_sigma(photons, name, camera, fit_backend):
     return float(np.clip(np.median(good["sigma"]), 0.5, 5.0))
 
 
+def _min_distance(min_distance_px, sig):
+    return int(min_distance_px) if min_distance_px is not None else max(2, int(round(1.5 * float(sig.min()))))
+
+
 def _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
-                  exclude_border_px, fit, method, fit_sigma, window, tile, fit_backend, estimate=False):
+                  exclude_border_px, fit, method, fit_sigma, window, tile, fit_backend, estimate=False,
+                  origin=(0, 0), field_shape=None, noise=None, core=None):
+    """Detect (and fit) in one in-memory image.
+
+    For a tile of a larger field: ``origin`` is the global (y, x) of
+    ``photons[0, 0]``, ``field_shape`` the whole field's shape, ``noise`` the
+    field's noise per scale, and ``core`` (y0, y1, x0, x1, tile coordinates)
+    the region whose spots are kept.  Output coordinates are global.
+    """
     if psf_sigma_px is None:
         psf_sigma_px = _estimate_sigma(photons, name, camera, fit_backend)
     sig = _sigmas(psf_sigma_px)
-    md = int(min_distance_px) if min_distance_px is not None else max(2, int(round(1.5 * float(sig.min()))))
-    H, W = photons.shape
+    md = _min_distance(min_distance_px, sig)
+    H, W = field_shape if field_shape is not None else photons.shape
+    oy, ox = int(origin[0]), int(origin[1])
     k = auto_threshold_factor(H * W, false_positives)
     # filter and noise (global sub-grid); then maxima
-    response, snr, scale_idx, noise = _scale_space(photons, sig, name)
+    response, snr, scale_idx, noise = _scale_space(photons, sig, name, origin=origin, noise=noise)
     factor = 1.0
     if threshold is None:
         score, thr = snr, k
@@ -328,9 +419,13 @@ def _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positive
         score, thr = response, float(threshold)
         thr_photons = float(threshold)
     yy, xx, _ = local_maxima(score, thr, md, backend=name, factor=factor)
+    if core is not None:
+        ok = (yy >= core[0]) & (yy < core[1]) & (xx >= core[2]) & (xx < core[3])
+        yy, xx = yy[ok], xx[ok]
     if exclude_border_px > 0:
         b = int(exclude_border_px)
-        ok = (yy >= b) & (yy < H - b) & (xx >= b) & (xx < W - b)
+        gy, gx = yy + oy, xx + ox
+        ok = (gy >= b) & (gy < H - b) & (gx >= b) & (gx < W - b)
         yy, xx = yy[ok], xx[ok]
     xp = np if name == "numpy" else __import__("cupy")
     iy, ix = xp.asarray(yy), xp.asarray(xx)
@@ -347,18 +442,18 @@ def _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positive
             sel = np.flatnonzero(sidx == s_i)
             df = _fit_with_fallback(
                 photons, yy[sel], xx[sel], float(sig[s_i]), window, method, fit_sigma,
-                camera.readout_var_photons if camera is not None else 0.0, name, fit_backend,
+                camera.readout_var_photons if camera is not None else 0.0, name, fit_backend, origin=(oy, ox),
             )
             df.index = sel
             parts.append(df)
         out = pd.concat(parts).sort_index()
     else:
-        out = pd.DataFrame({"y": yy.astype(np.float64), "x": xx.astype(np.float64)})
+        out = pd.DataFrame({"y": (yy + oy).astype(np.float64), "x": (xx + ox).astype(np.float64)})
     out["response"] = resp
     out["snr"] = sn
     out["scale_sigma"] = spot_sigma
-    out["y_peak"] = yy
-    out["x_peak"] = xx
+    out["y_peak"] = yy + oy
+    out["x_peak"] = xx + ox
     out = out.reset_index(drop=True)
     out.attrs.update(
         {
@@ -379,18 +474,19 @@ SIGMA_RANGE = (0.7, 1.4)
 MAX_SHIFT_PX = 1.0
 
 
-def _fit_with_fallback(photons, yy, xx, sigma, window, method, fit_sigma, readout_var, name, fit_backend):
+def _fit_with_fallback(photons, yy, xx, sigma, window, method, fit_sigma, readout_var, name, fit_backend,
+                       origin=(0, 0)):
     """Fit; spots pulled by a neighbour (sigma out of range, large shift, no convergence) are refitted
-    with sigma fixed.  Column ``sigma_fixed`` says which."""
+    with sigma fixed.  Column ``sigma_fixed`` says which.  Output positions are ``origin`` + image px."""
     from .localize import fit_spots
 
     kw = dict(psf_sigma_px=sigma, window=window, method=method, readout_var=readout_var, backend=name,
-              fit_backend=fit_backend)
+              fit_backend=fit_backend, origin=origin)
     df = fit_spots(photons, yy, xx, fit_sigma=fit_sigma, **kw)
     df["sigma_fixed"] = not fit_sigma
     if fit_sigma and len(df):
         rel = df["sigma"].to_numpy() / sigma
-        shift = np.hypot(df["y"].to_numpy() - yy, df["x"].to_numpy() - xx)
+        shift = np.hypot(df["y"].to_numpy() - (yy + origin[0]), df["x"].to_numpy() - (xx + origin[1]))
         bad = (rel < SIGMA_RANGE[0]) | (rel > SIGMA_RANGE[1]) | (shift > MAX_SHIFT_PX) | (df["fit_status"].to_numpy() != 0)
         if bad.any():
             idx = np.flatnonzero(bad)

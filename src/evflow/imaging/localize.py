@@ -60,6 +60,7 @@ def fit_spots(
     fit_backend=None,
     max_iter=30,
     tol=1e-4,
+    origin=(0, 0),
 ) -> pd.DataFrame:
     """Fit an integrated Gaussian around each integer position of a 2-D image.
 
@@ -80,6 +81,9 @@ def fit_spots(
         Array backend of ``image``.
     fit_backend : {'numpy', 'numba', 'cupy'}, optional
         Fit implementation; default numba on the CPU, cupy on the GPU.
+    origin : (int, int)
+        Global (y, x) of ``image[0, 0]`` (a tile of a larger field), added to
+        the output positions.
 
     Returns
     -------
@@ -108,8 +112,8 @@ def fit_spots(
     )
     p = to_numpy(res["params"])
     c = to_numpy(res["crlb"])
-    y0 = to_numpy(y0).astype(np.float64)
-    x0 = to_numpy(x0).astype(np.float64)
+    y0 = to_numpy(y0).astype(np.float64) + int(origin[0])
+    x0 = to_numpy(x0).astype(np.float64) + int(origin[1])
     return pd.DataFrame(
         {
             "y": y0 + p[:, 1],
