@@ -1,0 +1,274 @@
+"""Vesicle detection widget: parameters, run on the current field in a worker, Points layer and counts."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._detection import DetectionParameters, detect_field, export_parameters
+
+__all__ = ["VesicleDetectionWidget"]
+
+
+def _meta(layer):
+    return (getattr(layer, "metadata", None) or {}).get("evflow") or {}
+
+
+def _spin(lo, hi, val, step, dec=3):
+    s = QDoubleSpinBox()
+    s.setRange(lo, hi)
+    s.setDecimals(dec)
+    s.setSingleStep(step)
+    s.setValue(val)
+    return s
+
+
+class VesicleDetectionWidget(QWidget):
+    """Detect vesicles in the current field of an evflow image stack (all its channels).
+
+    Runs :func:`evflow.detect_spots` per channel (on the GPU when one is
+    available) in a worker thread with napari's progress bar, merges the
+    channels into vesicles with a phenotype, and shows them as a Points layer
+    (properties: photons, sigma, phenotype) with the counts per phenotype and
+    the density (per um^2 when the pixel size is known).
+    """
+
+    detected = Signal(object)
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.vesicles = None
+        self.tables = None
+        self.error = None
+        self.experiment_file = None
+        self._workers = set()
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.layer_box = QComboBox()
+        form.addRow("Image (field stack)", self.layer_box)
+        self.sigma = _spin(0.3, 10.0, 1.3, 0.1)
+        self.fp = _spin(0.001, 100.0, 0.1, 0.05)
+        self.auto = QCheckBox("automatic (from noise and false positives)")
+        self.auto.setChecked(True)
+        self.thr = _spin(0.0, 1e7, 60.0, 5.0, 1)
+        self.thr.setEnabled(False)
+        self.auto.toggled.connect(lambda on: self.thr.setEnabled(not on))
+        self.offset = _spin(0.0, 1e5, 0.0, 1.0, 2)
+        self.gain = _spin(1e-3, 1e4, 1.0, 0.1)
+        self.radius = _spin(0.1, 20.0, 2.0, 0.5, 2)
+        form.addRow("PSF sigma (px)", self.sigma)
+        form.addRow("False positives / field", self.fp)
+        form.addRow("Threshold", self.auto)
+        form.addRow("Manual threshold (photons)", self.thr)
+        form.addRow("Camera offset (ADU)", self.offset)
+        form.addRow("Camera gain (ADU/e-)", self.gain)
+        form.addRow("Channel match radius (px)", self.radius)
+        lay.addLayout(form)
+        self.run_btn = QPushButton("Detect in current field")
+        self.run_btn.clicked.connect(self.run)
+        lay.addWidget(self.run_btn)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["phenotype", "vesicles"])
+        lay.addWidget(self.table)
+        exp_btn = QPushButton("Export parameters to experiment file…")
+        exp_btn.clicked.connect(self._export_dialog)
+        lay.addWidget(exp_btn)
+        self.viewer.layers.events.inserted.connect(self._refresh)
+        self.viewer.layers.events.removed.connect(self._refresh)
+        self.layer_box.currentIndexChanged.connect(self._layer_chosen)
+        self._refresh()
+
+    # ------------------------------------------------------------ layers
+    def _image_layers(self):
+        return [ly for ly in self.viewer.layers if _meta(ly).get("kind") == "image"]
+
+    def _refresh(self, *_):
+        names = [ly.name for ly in self._image_layers()]
+        if names == [self.layer_box.itemText(i) for i in range(self.layer_box.count())]:
+            return
+        cur = self.layer_box.currentText()
+        self.layer_box.blockSignals(True)
+        self.layer_box.clear()
+        self.layer_box.addItems(names)
+        if cur in names:
+            self.layer_box.setCurrentText(cur)
+        self.layer_box.blockSignals(False)
+        self._layer_chosen()
+
+    def _layer_chosen(self, *_):
+        """Take defaults from the experiment file next to the images, when there is one."""
+        from .._reader import find_experiment
+
+        ly = self.current_layer()
+        if ly is None:
+            return
+        files = _meta(ly).get("files") or []
+        exp = find_experiment(files[0]) if files else None
+        if exp is None or exp == self.experiment_file:
+            return
+        self.experiment_file = exp
+        try:
+            from evflow.pipeline.config import load_experiment
+
+            img = load_experiment(exp, check_files=False).imaging
+        except Exception:  # noqa: BLE001 - keep the current values
+            return
+        p = DetectionParameters.from_experiment(img)
+        self.set_parameters(p)
+
+    def current_layer(self):
+        name = self.layer_box.currentText()
+        return next((ly for ly in self._image_layers() if ly.name == name), None)
+
+    def channel_layers(self):
+        """The layers of all channels of the chosen layer's source, in channel order."""
+        ly = self.current_layer()
+        m = _meta(ly)
+        same = [x for x in self._image_layers() if _meta(x).get("source") == m.get("source")
+                and _meta(x).get("files") == m.get("files")]
+        same.sort(key=lambda x: _meta(x)["channel"])
+        return same
+
+    # ------------------------------------------------------------ parameters
+    def parameters(self) -> DetectionParameters:
+        return DetectionParameters(
+            psf_sigma_px=self.sigma.value(), false_positives=self.fp.value(),
+            detection_threshold_photons=None if self.auto.isChecked() else self.thr.value(),
+            camera_offset=self.offset.value(), camera_gain=self.gain.value(), match_radius_px=self.radius.value())
+
+    def set_parameters(self, p: DetectionParameters):
+        self.sigma.setValue(p.psf_sigma_px)
+        self.fp.setValue(p.false_positives)
+        self.auto.setChecked(p.detection_threshold_photons is None)
+        if p.detection_threshold_photons is not None:
+            self.thr.setValue(p.detection_threshold_photons)
+        self.offset.setValue(p.camera_offset)
+        self.gain.setValue(p.camera_gain)
+        self.radius.setValue(p.match_radius_px)
+
+    def current_field_index(self):
+        ly = self.current_layer()
+        if ly is None or ly.ndim < 3:
+            return None
+        return int(self.viewer.dims.current_step[0])
+
+    def current_field(self):
+        """(channel, y, x) NumPy array of the current field of the chosen stack, and the marker names."""
+        layers = self.channel_layers()
+        f = self.current_field_index()
+        planes = []
+        for ly in layers:
+            d = ly.data if f is None else ly.data[f]
+            planes.append(np.asarray(d.compute() if hasattr(d, "compute") else d))
+        return np.stack(planes), [ly.name if _meta(ly).get("markers") is None else _meta(ly)["markers"][_meta(ly)[
+            "channel"]] for ly in layers]
+
+    # ------------------------------------------------------------ run
+    def run(self):
+        """Detect in the current field in a worker thread (napari progress bar); returns the worker."""
+        from evflow.backend import gpu_available
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        if self.current_layer() is None:
+            self.status.setText("open a TIFF field or a results.zarr first")
+            return None
+        params = self.parameters()
+        field_idx = self.current_field_index()
+        backend = "cupy" if gpu_available() else "numpy"
+        markers_box = {}
+
+        def work():
+            field, markers = self.current_field()
+            markers_box["markers"] = markers
+            with progress(total=len(markers), desc="evflow: detecting vesicles") as pbar:
+                return detect_field(field, markers, params, backend=backend,
+                                    progress=lambda i: pbar.update(1)), field.shape
+
+        w = create_worker(work, _start_thread=False)
+        w.returned.connect(lambda res: self._done(res, field_idx, params, backend))
+        w.errored.connect(self._failed)
+        self._workers.add(w)
+        w.finished.connect(lambda w=w: self._workers.discard(w))
+        self.run_btn.setEnabled(False)
+        w.finished.connect(lambda: self.run_btn.setEnabled(True))
+        self.status.setText(f"detecting ({backend})…")
+        w.start()
+        return w
+
+    def _failed(self, exc):
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.status.setText(self.error)
+
+    def _done(self, res, field_idx, params, backend):
+        from .._reader import points_layer
+
+        (ves, tables), shape = res
+        self.vesicles, self.tables, self.error = ves, tables, None
+        markers = list(tables)
+        from evflow.phenotype import phenotype_labels
+
+        labels = phenotype_labels(markers)
+        df = ves.copy()
+        ndim = 2
+        if field_idx is not None:
+            df["field"] = field_idx
+            ndim = 3
+        coords, kw, _ = points_layer(df, name="vesicles (detected)", labels=labels, ndim=ndim,
+                                     extra_meta={"parameters": params.as_dict(), "backend": backend})
+        kw.pop("ndim", None)
+        old = next((ly for ly in self.viewer.layers if ly.name == kw["name"]), None)
+        if old is not None:
+            self.viewer.layers.remove(old)
+        self.points_layer = self.viewer.add_points(coords, ndim=ndim, **kw)
+        counts = np.bincount(ves["bitmask"].to_numpy(np.int64), minlength=len(labels)) if len(ves) else np.zeros(
+            len(labels), int)
+        self.table.setRowCount(len(labels))
+        for i, lab in enumerate(labels):
+            self.table.setItem(i, 0, QTableWidgetItem(lab))
+            self.table.setItem(i, 1, QTableWidgetItem(str(int(counts[i]))))
+        px = _meta(self.current_layer()).get("pixel_size_nm")
+        if px is None and self.experiment_file is not None:
+            try:
+                from evflow.pipeline.config import load_experiment
+
+                px = load_experiment(self.experiment_file, check_files=False).imaging.get("pixel_size_nm")
+            except Exception:  # noqa: BLE001
+                px = None
+        h, w = shape[-2:]
+        if px:
+            area = h * w * (float(px) * 1e-3) ** 2
+            dens = f"{len(ves) / area:.4f} vesicles/um^2"
+        else:
+            dens = f"{len(ves) / (h * w) * 1e4:.2f} vesicles per 10^4 px (pixel size unknown)"
+        self.density_text = dens
+        self.status.setText(f"{len(ves)} vesicles ({backend}); {dens}")
+        self.detected.emit(ves)
+
+    # ------------------------------------------------------------ export
+    def _export_dialog(self):
+        start = str(self.experiment_file or "experiment.toml")
+        path, _ = QFileDialog.getSaveFileName(self, "Experiment file", start, "TOML (*.toml)")
+        if path:
+            self.export(path)
+
+    def export(self, path):
+        """Write the parameters into the experiment file's ``[imaging]`` section."""
+        return export_parameters(path, self.parameters())

@@ -1,0 +1,350 @@
+"""Flow gating widget: density plot, gates drawn in a Shapes layer, live phenotype counts."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._flow import TRANSFORM_KINDS, FlowView, counts_for, default_markers, gates_to_shapes, shapes_to_gates
+
+__all__ = ["FlowGatingWidget"]
+
+
+def _evflow_meta(layer):
+    return (getattr(layer, "metadata", None) or {}).get("evflow") or {}
+
+
+class FlowGatingWidget(QWidget):
+    """Gate a flow sample: pick sample, channels and display transforms, draw gates, set marker thresholds.
+
+    The counts table shows ``evflow.count_phenotypes`` of the active gate (the
+    shape last added or edited; all events when there is none) and is
+    recomputed in a worker thread whenever a gate or a threshold changes.
+    """
+
+    counts_updated = Signal(object)  # the counts Dataset
+    density_updated = Signal(object)
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.view: FlowView | None = None
+        self.density_layer = None
+        self.gates_layer = None
+        self.markers: dict = {}
+        self.thresholds: dict = {}
+        self.active_gate: int | None = None
+        self.counts = None
+        self.error: str | None = None
+        self._gen = 0
+        self._dgen = 0
+        self.counts_generation = 0  # generation of the counts shown
+        self.density_generation = 0
+        self._workers = set()
+
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.sample_box = QComboBox()
+        open_btn = QPushButton("Open FCS…")
+        open_btn.clicked.connect(self._open_dialog)
+        row = QHBoxLayout()
+        row.addWidget(self.sample_box, 1)
+        row.addWidget(open_btn)
+        form.addRow("Sample", row)
+        self.x_box, self.y_box = QComboBox(), QComboBox()
+        self.tx_box, self.ty_box = QComboBox(), QComboBox()
+        for b in (self.tx_box, self.ty_box):
+            b.addItems(TRANSFORM_KINDS)
+        form.addRow("X channel", self.x_box)
+        form.addRow("X transform", self.tx_box)
+        form.addRow("Y channel", self.y_box)
+        form.addRow("Y transform", self.ty_box)
+        lay.addLayout(form)
+        lay.addWidget(QLabel("Marker thresholds (display scale, logicle)"))
+        self.marker_form = QFormLayout()
+        lay.addLayout(self.marker_form)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["phenotype", "events", "fraction of parent"])
+        lay.addWidget(self.table)
+        btns = QHBoxLayout()
+        self.save_btn, self.load_btn = QPushButton("Save gates…"), QPushButton("Load gates…")
+        self.save_btn.clicked.connect(lambda: self._file_dialog(save=True))
+        self.load_btn.clicked.connect(lambda: self._file_dialog(save=False))
+        btns.addWidget(self.save_btn)
+        btns.addWidget(self.load_btn)
+        lay.addLayout(btns)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(40)
+        self._timer.timeout.connect(self.update_counts)
+
+        self.sample_box.currentIndexChanged.connect(self._sample_chosen)
+        for b in (self.x_box, self.y_box, self.tx_box, self.ty_box):
+            b.currentIndexChanged.connect(self._axes_changed)
+        self.viewer.layers.events.inserted.connect(self._refresh_samples)
+        self.viewer.layers.events.removed.connect(self._refresh_samples)
+        self._refresh_samples()
+
+    # ------------------------------------------------------------ samples
+    def _density_layers(self):
+        return [ly for ly in self.viewer.layers if _evflow_meta(ly).get("kind") == "flow"]
+
+    def _refresh_samples(self, *_):
+        names = [ly.name for ly in self._density_layers()]
+        cur = self.sample_box.currentText()
+        if names == [self.sample_box.itemText(i) for i in range(self.sample_box.count())]:
+            return
+        self.sample_box.blockSignals(True)
+        self.sample_box.clear()
+        self.sample_box.addItems(names)
+        if cur in names:
+            self.sample_box.setCurrentText(cur)
+        self.sample_box.blockSignals(False)
+        if names and (self.density_layer is None or self.density_layer.name != self.sample_box.currentText()):
+            self._sample_chosen()
+
+    def _open_dialog(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Open FCS file", "", "FCS files (*.fcs *.FCS)")
+        if path:
+            self.open_sample(path)
+
+    def open_sample(self, path):
+        """Open an FCS file in the viewer (evflow reader) and select it here."""
+        layers = self.viewer.open(path, plugin="evflow")
+        dens = [ly for ly in layers if _evflow_meta(ly).get("kind") == "flow"]
+        if dens:
+            self._refresh_samples()
+            self.sample_box.setCurrentText(dens[0].name)
+            self._sample_chosen()
+        return layers
+
+    def _sample_chosen(self, *_):
+        name = self.sample_box.currentText()
+        dens = [ly for ly in self._density_layers() if ly.name == name]
+        if not dens:
+            return
+        self.density_layer = dens[0]
+        spec = _evflow_meta(self.density_layer)
+        self.view = FlowView.from_spec(spec)
+        self.gates_layer = self._find_gates_layer(spec["path"])
+        if self.gates_layer is None:
+            data, kw, _ = self.view.gates_layer_data()
+            self.gates_layer = self.viewer.add_shapes(None, **kw)
+        self.gates_layer.events.data.connect(self._gates_changed)
+        for box, val in ((self.x_box, self.view.x), (self.y_box, self.view.y)):
+            box.blockSignals(True)
+            box.clear()
+            box.addItems([c for c in self.view.sample.channels])
+            box.setCurrentText(val)
+            box.blockSignals(False)
+        for box, val in ((self.tx_box, self.view.x_transform), (self.ty_box, self.view.y_transform)):
+            box.blockSignals(True)
+            box.setCurrentText(val)
+            box.blockSignals(False)
+        self._build_markers()
+        try:
+            cam = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera
+            cam.orientation2d = ("up", "right")  # y axis of the plot upwards
+        except Exception:  # noqa: BLE001 - older napari: plot shown with y downwards
+            pass
+        self.active_gate = len(self.gates_layer.data) - 1 if len(self.gates_layer.data) else None
+        self.schedule_counts()
+
+    def _find_gates_layer(self, path):
+        for ly in self.viewer.layers:
+            m = _evflow_meta(ly)
+            if m.get("kind") == "gates" and m.get("path") == path:
+                return ly
+        return None
+
+    def _build_markers(self):
+        while self.marker_form.rowCount():
+            self.marker_form.removeRow(0)
+        self.markers = default_markers(self.view.sample)
+        self.thresholds = {}
+        for name in self.markers:
+            sp = QDoubleSpinBox()
+            sp.setRange(0.0, 1.0)
+            sp.setDecimals(3)
+            sp.setSingleStep(0.01)
+            sp.setValue(0.5)
+            self.thresholds[name] = sp
+            sp.valueChanged.connect(self.schedule_counts)
+            self.marker_form.addRow(f"{name} ({self.markers[name]})" if name != self.markers[name] else name, sp)
+
+    def set_threshold(self, marker, value):
+        """Set a marker threshold (display scale of the marker's logicle transform)."""
+        self.thresholds[marker].setValue(float(value))
+
+    def marker_spec(self) -> dict:
+        """name -> (channel, threshold on the display scale, transform kind), as passed to the counts."""
+        return {m: (ch, float(self.thresholds[m].value()), "logicle") for m, ch in self.markers.items()}
+
+    # ------------------------------------------------------------ axes
+    def _axes_changed(self, *_):
+        if self.view is None:
+            return
+        self.set_axes(self.x_box.currentText(), self.y_box.currentText(), self.tx_box.currentText(),
+                      self.ty_box.currentText())
+
+    def set_axes(self, x, y, x_transform, y_transform):
+        """Change the plotted channels/transforms; the density image is recomputed in a worker thread.
+
+        Existing gates keep their display coordinates and now apply to the new axes.
+        """
+        from napari.qt.threading import create_worker
+
+        spec = {**self.view.spec(), "x": x, "y": y, "x_transform": x_transform, "y_transform": y_transform}
+        view = FlowView.from_spec(spec)
+        self.view = view
+        self._dgen += 1
+        gen = self._dgen
+        w = create_worker(view.image_layer_data, _start_thread=False)
+        w.returned.connect(lambda res, gen=gen: self._density_done(gen, res))
+        w.errored.connect(self._failed)
+        self._start(w)
+        self.schedule_counts()
+
+    def _density_done(self, gen, res):
+        if gen != self._dgen:
+            return
+        data, kw, _ = res
+        ly = self.density_layer
+        ly.metadata = kw["metadata"]
+        ly.data = data
+        ly.contrast_limits = kw["contrast_limits"]
+        try:
+            ly.axis_labels = kw["axis_labels"]
+            self.gates_layer.axis_labels = kw["axis_labels"]
+        except Exception:  # noqa: BLE001 - axis labels are cosmetic
+            pass
+        self.gates_layer.metadata = {"evflow": {**self.view.spec(), "kind": "gates"}}
+        self.density_generation = gen
+        self.density_updated.emit(kw["metadata"]["evflow"]["density"])
+
+    # ------------------------------------------------------------ gates and counts
+    def _gates_changed(self, event=None):
+        action = str(getattr(event, "action", ""))
+        idx = getattr(event, "data_indices", None)
+        n = len(self.gates_layer.data)
+        if n == 0:
+            self.active_gate = None
+        elif "remov" in action or not idx:
+            self.active_gate = n - 1
+        else:
+            i = int(idx[0])
+            self.active_gate = i if 0 <= i < n else n - 1
+        if "ing" in action and "add" not in action and "chang" not in action:
+            return  # 'adding'/'changing'/'removing' fire before the edit is done
+        self.schedule_counts()
+
+    def gates(self):
+        """The gates (evflow objects) of the Shapes layer, in order."""
+        ly = self.gates_layer
+        names = list(ly.features["gate"]) if "gate" in ly.features.columns else None
+        return shapes_to_gates(ly.data, ly.shape_type, {**self.view.spec(), "kind": "gates"}, names)
+
+    def schedule_counts(self, *_):
+        self._gen += 1
+        self._timer.start()
+
+    def update_counts(self):
+        """Recompute the counts of the active gate in a worker thread (the viewer stays responsive)."""
+        from napari.qt.threading import create_worker
+
+        if self.view is None:
+            return
+        gen = self._gen
+        try:
+            gates = self.gates()
+            gate = gates[self.active_gate] if gates and self.active_gate is not None else None
+        except Exception as exc:  # noqa: BLE001 - a half-drawn or degenerate shape: show why
+            self._failed(exc)
+            return
+        w = create_worker(counts_for, self.view, gate, self.marker_spec(), _start_thread=False)
+        w.returned.connect(lambda ds, gen=gen, gate=gate: self._counts_done(gen, gate, ds))
+        w.errored.connect(self._failed)
+        self._start(w)
+
+    def _start(self, w):
+        self._workers.add(w)
+        w.finished.connect(lambda w=w: self._workers.discard(w))
+        w.start()
+
+    def _failed(self, exc):
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.status.setText(self.error)
+
+    def _counts_done(self, gen, gate, ds):
+        if gen != self._gen:
+            return  # a newer edit is on its way
+        self.counts = ds
+        self.error = None
+        s = ds.isel(sample=0)
+        n_par, n_tot = int(s["n_parent"]), int(s["n_total"])
+        gid = gate.id if gate is not None else "all events"
+        self.status.setText(f"parent: {gid}: {n_par:,} of {n_tot:,} events")
+        labels = [str(p) for p in ds["phenotype"].values]
+        self.table.setRowCount(len(labels))
+        for i, lab in enumerate(labels):
+            c = int(s["count"].values[i])
+            f = float(s["fraction_of_parent"].values[i])
+            for j, txt in enumerate((lab, f"{c:,}", f"{f:.4f}" if np.isfinite(f) else "")):
+                self.table.setItem(i, j, QTableWidgetItem(txt))
+        self.counts_generation = gen
+        self.counts_updated.emit(ds)
+
+    # ------------------------------------------------------------ files
+    def _file_dialog(self, save):
+        if save:
+            path, _ = QFileDialog.getSaveFileName(self, "Save gates (Gating-ML 2.0)", "gates.xml", "Gating-ML (*.xml)")
+            if path:
+                self.save_gates(path)
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Load gates (Gating-ML 2.0)", "", "Gating-ML (*.xml)")
+            if path:
+                self.load_gates(path)
+
+    def save_gates(self, path):
+        """Write the gates as Gating-ML 2.0 (through the plugin's writer)."""
+        from .._writer import write_gates
+
+        ly = self.gates_layer
+        return write_gates(str(path), ly.data, {"name": ly.name, "metadata": {"evflow": {**self.view.spec(),
+                                                                                        "kind": "gates"}},
+                                               "shape_type": ly.shape_type, "features": ly.features})
+
+    def load_gates(self, path):
+        """Add the 2-D gates of a Gating-ML file drawn on the plotted channels to the gates layer."""
+        import evflow
+
+        strategy = evflow.read_gatingml(path)
+        data, types, ids = gates_to_shapes(strategy, self.view.x, self.view.y)
+        if not data:
+            self._failed(ValueError(f"{path}: no polygon, rectangle or ellipse gate on {self.view.x} x {self.view.y}"))
+            return 0
+        ly = self.gates_layer
+        old = list(ly.features["gate"]) if "gate" in ly.features.columns else [f"gate{i + 1}" for i in
+                                                                                 range(len(ly.data))]
+        ly.add(data, shape_type=types)
+        ly.features = ly.features.assign(gate=old + list(ids))
+        self.active_gate = len(ly.data) - 1
+        self.schedule_counts()
+        return len(data)

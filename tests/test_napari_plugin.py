@@ -1,0 +1,327 @@
+"""The napari plugin, in a real (offscreen-rendered under Xvfb) napari viewer.
+
+Run under a display: ``xvfb-run -a python -m pytest tests/test_napari_plugin.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+import evflow  # noqa: E402
+
+DEMO = dict(n_events=20_000, n_fields=2, field_shape=(128, 128))
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """A small demo experiment run through the pipeline: (output folder, data folder)."""
+    from evflow.pipeline.demo import demo as run_demo
+
+    out = tmp_path_factory.mktemp("napari-demo")
+    run_demo(out, quiet=True, progress=False, **DEMO)
+    return out, out / "data"
+
+
+def _wait_counts(qtbot, w, timeout=20000):
+    qtbot.waitUntil(lambda: w.counts_generation == w._gen and w.counts is not None or w.error is not None,
+                    timeout=timeout)
+    assert w.error is None, w.error
+
+
+def test_manifest_discovered():
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    mf = pm.get_manifest("evflow")
+    assert mf.name == "evflow"
+    assert {r.command for r in mf.contributions.readers} == {"evflow.get_reader"}
+    assert [w.layer_types for w in mf.contributions.writers] == [["shapes"]]
+    assert {s.key for s in mf.contributions.sample_data} == {"demo_flow", "demo_field"}
+    assert len(mf.contributions.widgets) == 3
+
+
+def test_open_fcs_density_and_gates_layers(make_napari_viewer, demo):
+    from evflow_napari._flow import channel_top, make_transform
+
+    _, data = demo
+    path = data / "flow" / "S2.fcs"
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin="evflow")
+    assert [ly._type_string for ly in layers] == ["image", "shapes"]
+    img, gates = layers
+    assert img.name == "S2 density" and gates.name == "S2 gates"
+    s = evflow.read_fcs(path)
+    tx = make_transform("logicle", channel_top(s, "SSC-H"))
+    ty = make_transform("logicle", channel_top(s, "FL1-H"))
+    d = evflow.density2d(s, "SSC-H", "FL1-H", bins=512, range=((0, 1), (0, 1)), transforms=(tx, ty))
+    np.testing.assert_array_equal(img.metadata["evflow"]["density"], d.values.T)
+    np.testing.assert_allclose(img.data, np.log10(1 + d.values.T), rtol=1e-6)
+    assert int(d.sum()) == s.n_events == 20_000
+    assert tuple(img.axis_labels) == ("FL1-H", "SSC-H")
+    # world coordinates are the display scale: bin centres of the first and last bins
+    np.testing.assert_allclose(img.data_to_world((0, 0)), (0.5 / 512, 0.5 / 512))
+    np.testing.assert_allclose(img.data_to_world((511, 511)), (511.5 / 512, 511.5 / 512))
+    assert gates.metadata["evflow"]["kind"] == "gates" and gates.metadata["evflow"]["x"] == "SSC-H"
+
+
+def test_open_tiff_fields_lazy_with_marker_names(make_napari_viewer, demo):
+    import dask.array as da
+    import tifffile
+
+    from evflow_napari._reader import read_tiff_layers
+
+    _, data = demo
+    p0, p1 = data / "images" / "S1_fov0.tif", data / "images" / "S1_fov1.tif"
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(p0), plugin="evflow")
+    assert [ly.name for ly in layers] == ["CD9", "CD63", "CD81"]  # from the experiment file next to the images
+    raw = tifffile.imread(p0)
+    for c, ly in enumerate(layers):
+        np.testing.assert_array_equal(np.asarray(ly.data), raw[c])
+    stack = read_tiff_layers([str(p1), str(p0)])
+    assert [kw["name"] for _, kw, _ in stack] == ["CD9", "CD63", "CD81"]
+    d = stack[1][0]
+    assert isinstance(d, da.Array) and d.shape == (2, 128, 128) and d.chunks[0] == (1, 1)
+    np.testing.assert_array_equal(d[0].compute(), raw[1])  # sorted: fov0 first
+    np.testing.assert_array_equal(d[1].compute(), tifffile.imread(p1)[1])
+
+
+def test_open_results_zarr_points_by_phenotype(make_napari_viewer, demo):
+    out, _ = demo
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(out / "results.zarr"), plugin="evflow")
+    kinds = [ly._type_string for ly in layers]
+    assert kinds == ["image", "image", "image", "points"]
+    pts = layers[-1]
+    import xarray as xr
+
+    ds = xr.open_zarr(out / "results.zarr")
+    n_fields = int(np.isfinite(ds["image_field_area_um2"].values).sum())
+    assert layers[0].data.shape == (n_fields, 128, 128)
+    # the points are the run's vesicles: counts per phenotype equal the stored counts
+    feats = pts.features
+    got = feats.groupby(["sample", "phenotype"], observed=True).size()
+    for s in ds["image_sample"].values:
+        for p, want in zip(ds["image_phenotype"].values, ds["image_count_all_fov"].sel(image_sample=s).values):
+            assert int(got.get((str(s), str(p)), 0)) == int(want)
+    assert len(pts.data) == int(ds["image_count_all_fov"].sum()) > 0
+    # coloured by phenotype: one border colour per phenotype
+    cols = {tuple(np.round(c, 3)) for c in pts.border_color}
+    assert len(cols) == feats["phenotype"].nunique()
+
+
+def test_gate_edit_updates_counts_to_library_values(make_napari_viewer, qtbot, demo, tmp_path):
+    from evflow_napari._flow import channel_top, make_transform
+    from evflow_napari._qt import FlowGatingWidget
+
+    _, data = demo
+    path = data / "flow" / "S2.fcs"
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="evflow")
+    w = FlowGatingWidget(viewer)
+    qtbot.addWidget(w)
+    _wait_counts(qtbot, w)
+    s = evflow.read_fcs(path)
+    assert int(w.counts["n_parent"][0]) == s.n_events  # no gate: all events
+    assert set(w.markers) == {"FL1-H", "FL2-H"}
+    gates = w.gates_layer
+    tx = make_transform("logicle", channel_top(s, "SSC-H"))
+    ty = make_transform("logicle", channel_top(s, "FL1-H"))
+    dims = [evflow.Dimension("SSC-H", tx), evflow.Dimension("FL1-H", ty)]
+    markers = {m: (m, 0.5, make_transform("logicle", channel_top(s, m))) for m in ("FL1-H", "FL2-H")}
+
+    def library(gate, mk=None):
+        return evflow.count_phenotypes(s, parent=gate, markers=mk or markers)
+
+    poly_yx = np.array([[0.05, 0.3], [0.9, 0.3], [0.9, 0.8], [0.05, 0.8], [0.02, 0.55]])
+    gates.add_polygons([poly_yx])
+    _wait_counts(qtbot, w)
+    ref = library(evflow.PolygonGate("gate1", dims, poly_yx[:, ::-1]))
+    np.testing.assert_array_equal(w.counts["count"].values, ref["count"].values)
+    first = ref["count"].values.copy()
+    assert 0 < int(ref["n_parent"][0]) < s.n_events
+    # edit the gate: move two vertices
+    moved = poly_yx.copy()
+    moved[1:3, 1] = 0.6
+    gates.data = [moved]
+    _wait_counts(qtbot, w)
+    ref2 = library(evflow.PolygonGate("gate1", dims, moved[:, ::-1]))
+    np.testing.assert_array_equal(w.counts["count"].values, ref2["count"].values)
+    assert not np.array_equal(first, ref2["count"].values)
+    table = [int(w.table.item(i, 1).text().replace(",", "")) for i in range(w.table.rowCount())]
+    assert table == ref2["count"].values[0].tolist()
+    # a threshold change recounts
+    w.set_threshold("FL2-H", 0.3)
+    _wait_counts(qtbot, w)
+    m2 = {**markers, "FL2-H": ("FL2-H", 0.3, markers["FL2-H"][2])}
+    ref3 = evflow.count_phenotypes(s, parent=evflow.PolygonGate("g", dims, moved[:, ::-1]), markers=m2)
+    np.testing.assert_array_equal(w.counts["count"].values, ref3["count"].values)
+    # rectangle and ellipse gates, saved as Gating-ML 2.0 by the plugin's writer and read back
+    gates.add_rectangles([np.array([[0.1, 0.35], [0.7, 0.75]])])
+    _wait_counts(qtbot, w)
+    rect = evflow.RectangleGate("gate2", dims, mins=[0.35, 0.1], maxs=[0.75, 0.7])
+    np.testing.assert_array_equal(w.counts["count"].values, library(rect, m2)["count"].values)
+    gates.add_ellipses([np.array([[0.4, 0.5], [0.25, 0.15]])])  # centre (y, x), radii (y, x)
+    _wait_counts(qtbot, w)
+    out = tmp_path / "gates.xml"
+    written = gates.save(str(out), plugin="evflow")
+    assert Path(written[0]) == out and out.is_file()
+    strat = evflow.read_gatingml(out)
+    assert list(strat.gates) == ["gate1", "gate2", "gate3"]
+    res = strat.apply(s)
+    c = res.counts()
+    np.testing.assert_equal(c["gate1"], int(ref2["n_parent"][0]))
+    np.testing.assert_equal(c["gate2"], int(library(rect)["n_parent"][0]))
+    assert c["gate3"] == int(w.counts["n_parent"][0])  # the ellipse was the active gate
+    # the ellipse is the one drawn: centre and radii on the display scale
+    e = strat.gates["gate3"]
+    np.testing.assert_allclose(e.mean, [0.5, 0.4], atol=1e-6)
+    np.testing.assert_allclose(sorted(np.linalg.eigvalsh(e.covariance)), [0.15**2, 0.25**2], atol=1e-6)  # napari stores float32
+    # loading the file into a fresh gates layer gives the same shapes back
+    gates.data = []
+    assert w.load_gates(out) == 3
+    _wait_counts(qtbot, w)
+    assert list(w.gates_layer.features["gate"]) == ["gate1", "gate2", "gate3"]
+    assert int(w.counts["n_parent"][0]) == c["gate3"]
+
+
+def test_transform_change_recomputes_density(make_napari_viewer, qtbot, demo):
+    from evflow_napari._flow import channel_top, make_transform
+    from evflow_napari._qt import FlowGatingWidget
+
+    _, data = demo
+    path = data / "flow" / "S3.fcs"
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="evflow")
+    w = FlowGatingWidget(viewer)
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.density_updated, timeout=20000):
+        w.set_axes("FL1-H", "FL2-H", "asinh", "log")
+    s = evflow.read_fcs(path)
+    tx = make_transform("asinh", channel_top(s, "FL1-H"))
+    ty = make_transform("log", channel_top(s, "FL2-H"))
+    d = evflow.density2d(s, "FL1-H", "FL2-H", bins=512, range=((0, 1), (0, 1)), transforms=(tx, ty))
+    np.testing.assert_array_equal(w.density_layer.metadata["evflow"]["density"], d.values.T)
+    np.testing.assert_allclose(w.density_layer.data, np.log10(1 + d.values.T), rtol=1e-6)
+    assert w.gates_layer.metadata["evflow"]["x_transform"] == "asinh"
+
+
+def test_detection_widget_gives_library_spots_and_screenshot(make_napari_viewer, qtbot, demo, tmp_path):
+    import tifffile
+
+    from evflow.imaging.count import phenotype_field
+    from evflow_napari._qt import VesicleDetectionWidget
+
+    _, data = demo
+    p = data / "images" / "S2_fov0.tif"
+    viewer = make_napari_viewer(show=True)  # a shown window renders (under Xvfb in CI)
+    viewer.open(str(p), plugin="evflow")
+    w = VesicleDetectionWidget(viewer)
+    qtbot.addWidget(w)
+    # defaults from the experiment file next to the images
+    assert w.sigma.value() == pytest.approx(1.3) and w.offset.value() == pytest.approx(100.0)
+    with qtbot.waitSignal(w.detected, timeout=60000):
+        w.run()
+    assert w.error is None
+    field = tifffile.imread(p)
+    ref = phenotype_field(field, ["CD9", "CD63", "CD81"], psf_sigma_px=1.3, camera={"offset": 100.0, "gain": 2.0},
+                          merge_radius_px=2.0,
+                          detect_kwargs={"false_positives": 0.1, "threshold": None, "exclude_border_px": 2})
+    assert len(ref) > 5
+    pts = w.points_layer
+    np.testing.assert_allclose(pts.data, ref[["y", "x"]].to_numpy(), atol=1e-9)
+    np.testing.assert_array_equal(pts.features["bitmask"].to_numpy(), ref["bitmask"].to_numpy())
+    for m in ("CD9", "CD63", "CD81"):
+        spots = evflow.detect_spots((field[["CD9", "CD63", "CD81"].index(m)] - 100.0) / 2.0, psf_sigma_px=1.3,
+                                    exclude_border_px=2)
+        assert len(w.tables[m]) == len(spots)
+    assert {"photons", "sigma", "phenotype"} <= set(pts.features.columns)
+    assert np.all(pts.features["photons"] > 0)
+    counts = [int(w.table.item(i, 1).text()) for i in range(w.table.rowCount())]
+    assert sum(counts) == len(ref)
+    assert "vesicles/um^2" in w.density_text
+    # screenshot: non-blank, and the points are drawn where the vesicles are
+    for ly in viewer.layers:
+        ly.visible = ly is pts
+    pts.border_color = "white"
+    pts.face_color = "white"
+    pts.size = 4
+    viewer.reset_view()
+    img = viewer.export_figure(flash=False)
+    assert img.ndim == 3 and img[..., :3].std() > 0
+    gray = img[..., :3].astype(float).mean(axis=2)
+    sy, sx = gray.shape[0] / 128.0, gray.shape[1] / 128.0
+    yx = pts.data
+    on = [gray[int((y + 0.5) * sy), int((x + 0.5) * sx)] for y, x in yx]
+    assert np.median(on) > 200
+    far = np.ones((128, 128), bool)
+    for y, x in yx:
+        far[max(0, int(y) - 6):int(y) + 7, max(0, int(x) - 6):int(x) + 7] = False
+    ys, xs = np.nonzero(far)
+    off = gray[((ys + 0.5) * sy).astype(int), ((xs + 0.5) * sx).astype(int)]
+    assert np.mean(off > 128) < 0.01
+    # parameters exported into the experiment file, which still validates
+    exp = tmp_path / "experiment.toml"
+    exp.write_text((data / "experiment.toml").read_text())
+    w.sigma.setValue(1.5)
+    w.auto.setChecked(False)
+    w.thr.setValue(42.0)
+    w.export(exp)
+    from evflow.pipeline.config import load_experiment
+
+    img_s = load_experiment(exp, check_files=False).imaging
+    assert img_s["psf_sigma_px"] == 1.5 and img_s["detection_threshold_photons"] == 42.0
+    assert img_s["channels"] == ["CD9", "CD63", "CD81"] and img_s["registration_beads"] == "images/beads.tif"
+
+
+def test_results_browser_table_and_open(make_napari_viewer, qtbot, demo):
+    import xarray as xr
+
+    from evflow_napari._qt import ResultsBrowserWidget
+
+    out, _ = demo
+    viewer = make_napari_viewer()
+    w = ResultsBrowserWidget(viewer)
+    qtbot.addWidget(w)
+    w.load(out / "results.zarr")
+    ds = xr.open_zarr(out / "results.zarr")
+    assert w.table.rowCount() == ds.sizes["sample"]
+    i = list(ds["sample"].values).index("S2")
+    row = [int(w.table.item(i, j + 1).text().replace(",", "")) for j in range(ds.sizes["phenotype"])]
+    assert row == ds["count"].sel(sample="S2").values.tolist()
+    ax = w.figure.axes[0]
+    tops = [p.get_y() + p.get_height() for p in ax.patches[-ds.sizes["sample"]:]]
+    np.testing.assert_allclose(tops, ds["count"].values.sum(axis=1))
+    layers = w.open_sample("S2")
+    assert [ly.name for ly in layers] == ["S2 density", "S2 gates", "S2 CD9", "S2 CD63", "S2 CD81"]
+    assert layers[2].data.shape == (2, 128, 128)
+    w.modality.setCurrentText("imaging")
+    assert w.table.rowCount() == ds.sizes["image_sample"]
+
+
+def test_sample_data(make_napari_viewer, demo, monkeypatch):
+    _, data = demo
+    monkeypatch.setenv("EVFLOW_NAPARI_DEMO", str(data))
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("evflow", "demo_flow")
+    assert [ly.name for ly in layers] == ["S2 density", "S2 gates"]
+    assert int(layers[0].metadata["evflow"]["density"].sum()) == 20_000
+    layers = viewer.open_sample("evflow", "demo_field")
+    assert [ly.name for ly in layers] == ["CD9", "CD63", "CD81"] and layers[0].data.shape == (128, 128)
+
+
+def test_reader_rejects_other_files(tmp_path):
+    from evflow_napari._reader import get_reader
+
+    assert get_reader(str(tmp_path / "x.csv")) is None
+    assert get_reader([str(tmp_path / "a.fcs"), str(tmp_path / "b.tif")]) is None
+    assert get_reader(str(tmp_path / "x.fcs")) is not None
+    assert os.environ.get("EVFLOW_NAPARI_DEMO") is None or True
