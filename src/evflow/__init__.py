@@ -37,6 +37,8 @@ _EXPORTS = {
     "register_channels": "evflow.imaging.register",
     "ChannelRegistration": "evflow.imaging.register",
     "colocalize": "evflow.imaging.colocalize",
+    "estimate_flat": "evflow.imaging.background",
+    "subtract_background": "evflow.imaging.background",
     "synth": "evflow.synth",
     "metrics": "evflow.metrics",
     "calibrate_mesf": "evflow.flow.calibration",

@@ -101,8 +101,35 @@ def _merge(tables, markers, radius):
     return merged, det
 
 
+def _channel_flats(flats, markers, shape):
+    """Per-marker normalised flats (or None) from None, 'estimate', a (channel, y, x) array or a mapping."""
+    from collections.abc import Mapping
+
+    from .background import normalise_flat
+
+    if flats is None:
+        return [None] * len(markers)
+    if isinstance(flats, str):
+        if flats != "estimate":
+            raise ConfigError(f"flats must be 'estimate', an array (channel, y, x) or a mapping marker -> flat, got {flats!r}")
+        return ["estimate"] * len(markers)
+    if isinstance(flats, Mapping):
+        unknown = set(flats) - set(markers)
+        if unknown:
+            raise ConfigError(f"flats: unknown marker(s) {sorted(unknown)}; markers are {list(markers)}")
+        return [None if flats.get(m) is None else
+                (flats[m] if isinstance(flats[m], str) else normalise_flat(flats[m], shape=shape)) for m in markers]
+    a = np.asarray(flats)
+    if a.ndim == 2:
+        f = normalise_flat(a, shape=shape)
+        return [f] * len(markers)
+    if a.ndim != 3 or a.shape[0] != len(markers):
+        raise ImageError(f"flats must be (channel, y, x) with {len(markers)} channels, got shape {a.shape}")
+    return [normalise_flat(x, shape=shape) for x in a]
+
+
 def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_sigma_px=1.3, camera=None,
-                    merge_radius_px=1.5, detect_kwargs=None):
+                    merge_radius_px=1.5, detect_kwargs=None, flats=None):
     """Spots of one multicolour field with per-marker photons and a phenotype bitmask.
 
     Parameters
@@ -118,6 +145,13 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
     psf_sigma_px : float or sequence (per channel)
     merge_radius_px : float
         Detections of different channels closer than this are one vesicle.
+    flats : optional
+        Flat-field correction per channel: ``"estimate"`` (from each
+        channel's background), a flat image for all channels, an array
+        (channel, y, x) or a mapping marker -> flat.  Photons are then those
+        at the brightest illumination (thresholds too).
+    detect_kwargs : dict, optional
+        More :func:`evflow.detect_spots` options, e.g. ``background_radius_px``.
 
     Returns
     -------
@@ -136,9 +170,14 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
     photons = camera.to_photons(a) if camera is not None else a.astype(np.float32, copy=False)
     reg = registration or ChannelRegistration.identity(markers)
     sig = np.broadcast_to(np.asarray(psf_sigma_px, dtype=np.float64), (len(markers),))
+    flat_c = _channel_flats(flats, markers, photons.shape[1:])
+    if any(isinstance(f, str) for f in flat_c):
+        from .background import estimate_flat
+
+        flat_c = [estimate_flat(photons[c]) if isinstance(f, str) else f for c, f in enumerate(flat_c)]
     tables = {}
     for c, m in enumerate(markers):
-        df = detect_spots(photons[c], psf_sigma_px=float(sig[c]), **(detect_kwargs or {}))
+        df = detect_spots(photons[c], psf_sigma_px=float(sig[c]), flat=flat_c[c], **(detect_kwargs or {}))
         ref = reg.to_reference(m, df[["y", "x"]].to_numpy()) if len(df) else np.empty((0, 2))
         df["y_ref"], df["x_ref"] = ref[:, 0], ref[:, 1]
         tables[m] = df
@@ -148,6 +187,11 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
     for c, m in enumerate(markers):
         pos = reg.to_channel(m, out[["y", "x"]].to_numpy()) if len(out) else np.empty((0, 2))
         N, b = measure_photons(photons[c], pos, float(sig[c]))
+        if flat_c[c] is not None and len(out):
+            from .background import flat_at
+
+            f = flat_at(flat_c[c], pos[:, 0], pos[:, 1])
+            N, b = N / f, b / f
         out[f"photons_{m}"] = N
         out[f"background_{m}"] = b
         out[f"detected_{m}"] = det[:, c]
@@ -185,7 +229,7 @@ def thresholds_from_control(spots: pd.DataFrame, markers, *, quantile=0.995):
 
 
 def count_vesicles(images: xr.DataArray, *, markers=None, sample="sample", registration=None, thresholds=None,
-                   psf_sigma_px=1.3, camera=None, merge_radius_px=1.5, detect_kwargs=None):
+                   psf_sigma_px=1.3, camera=None, merge_radius_px=1.5, detect_kwargs=None, flats=None):
     """Phenotype counts and densities per field, plus the per-vesicle table.
 
     Parameters
@@ -196,8 +240,9 @@ def count_vesicles(images: xr.DataArray, *, markers=None, sample="sample", regis
         Default: the ``channel`` coordinate.
     sample : str
         Sample name.
-    registration, thresholds, psf_sigma_px, camera, merge_radius_px, detect_kwargs
-        See :func:`phenotype_field`.  The camera defaults to
+    registration, thresholds, psf_sigma_px, camera, merge_radius_px, detect_kwargs, flats
+        See :func:`phenotype_field` (``flats="estimate"`` estimates each
+        field's flats from that field).  The camera defaults to
         ``images.attrs['camera']`` when the images are in ADU.
 
     Returns
@@ -232,7 +277,7 @@ def count_vesicles(images: xr.DataArray, *, markers=None, sample="sample", regis
             check_field(field, where=where)
             sp = phenotype_field(field, markers, registration=registration, thresholds=thresholds,
                                  psf_sigma_px=psf_sigma_px, camera=camera, merge_radius_px=merge_radius_px,
-                                 detect_kwargs=detect_kwargs)
+                                 detect_kwargs=detect_kwargs, flats=flats)
         except EvflowError as exc:
             msg = str(exc)
             failed.append(msg if where in msg else f"{where}: {msg}")

@@ -215,6 +215,8 @@ def detect_spots(
     window=None,
     tile=None,
     fit_backend=None,
+    flat=None,
+    background_radius_px=None,
 ) -> pd.DataFrame:
     """Detect and localise diffraction-limited spots (vesicles) in one 2-D field.
 
@@ -261,6 +263,18 @@ def detect_spots(
         tile by tile).  Without a PSF sigma, it is estimated on the central
         tile.  None: the whole field at once (a dask field is computed first).
     fit_backend : {'numpy', 'numba', 'cupy'}, optional
+    flat : 2-D array or "estimate", optional
+        Flat-field correction: the illumination profile (a measured flat of
+        the image's shape, see :func:`evflow.imaging.background.normalise_flat`)
+        or ``"estimate"`` (from this field's background,
+        :func:`~evflow.imaging.background.estimate_flat`).  Spots are fitted
+        on the raw photons and their ``photons``, ``background`` and CRLBs
+        divided by the flat (maximum 1) at their position; column ``flat``.
+    background_radius_px : int, optional
+        Background subtraction before detection: white top-hat (rolling-ball
+        equivalent) with a ``2 r + 1`` px square element
+        (:func:`~evflow.imaging.background.subtract_background`); the fits
+        use the unsubtracted photons (free local background).
 
     Returns
     -------
@@ -278,16 +292,28 @@ def detect_spots(
     kind = type(image).__module__.split(".")[0]
     if getattr(image, "ndim", None) != 2:
         raise ImageError(f"detect_spots expects a 2-D image (y, x), got shape {getattr(image, 'shape', None)}")
+    if background_radius_px is not None:
+        from .background import _check_radius
+
+        background_radius_px = _check_radius(background_radius_px)
+    if isinstance(flat, str) and flat != "estimate":
+        raise ConfigError(f"detect_spots: flat must be an image or 'estimate', got {flat!r}")
+    if flat is not None and not isinstance(flat, str):
+        from .background import normalise_flat
+
+        flat = normalise_flat(flat, shape=tuple(image.shape))
     if tile is not None:
         if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < MIN_TILE:
             raise ConfigError(f"detect_spots: tile must be an integer >= {MIN_TILE} px, got {tile!r}")
+        if isinstance(flat, str):
+            raise ConfigError("detect_spots: flat='estimate' needs the whole field; pass a flat image with tile=")
         name = resolve_backend(backend) if backend is not None else array_backend(image)
-        return _detect_tiled(image, int(tile), kind, name, psf_sigma_px, threshold, camera, false_positives,
-                             min_distance_px, exclude_border_px, fit, method, fit_sigma, window, fit_backend)
+        out = _detect_tiled(image, int(tile), kind, name, psf_sigma_px, threshold, camera, false_positives,
+                            min_distance_px, exclude_border_px, fit, method, fit_sigma, window, fit_backend,
+                            background_radius_px)
+        return _apply_flat(out, flat, None)
     if kind == "dask":
-        name = resolve_backend(backend) if backend is not None else array_backend(image)
-        return _detect_dask(image, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
-                            exclude_border_px, fit, method, fit_sigma, window, tile, fit_backend)
+        image = image.compute()  # one field per chunk: small enough for memory
     name = resolve_backend(backend) if backend is not None else array_backend(image)
     if name == "cupy":
         import cupy
@@ -298,8 +324,33 @@ def detect_spots(
     if image.shape[0] < 8 or image.shape[1] < 8:
         raise ImageError(f"image of {image.shape} px is too small for spot detection (at least 8x8)")
     photons = _field_photons(image, camera, name)
-    return _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
-                         exclude_border_px, fit, method, fit_sigma, window, tile, fit_backend)
+    det = None
+    if background_radius_px is not None:
+        from .background import subtract_background
+
+        det = subtract_background(photons, background_radius_px, backend=name)
+    out = _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
+                        exclude_border_px, fit, method, fit_sigma, window, tile, fit_backend, detect_image=det)
+    return _apply_flat(out, flat, photons)
+
+
+#: spot columns divided by the flat in a flat-field correction
+FLAT_COLUMNS = ("photons", "background", "crlb_photons", "crlb_background")
+
+
+def _apply_flat(out, flat, photons):
+    if flat is None:
+        return out
+    from .background import estimate_flat, flat_at
+
+    if isinstance(flat, str):  # "estimate"
+        flat = estimate_flat(to_numpy(photons))
+    f = flat_at(flat, out["y"].to_numpy(), out["x"].to_numpy()) if len(out) else np.empty(0)
+    out["flat"] = f
+    for col in FLAT_COLUMNS:
+        if col in out:
+            out[col] = out[col].to_numpy() / f
+    return out
 
 
 #: smallest tile core (px) accepted by ``detect_spots(tile=...)``
@@ -307,7 +358,7 @@ MIN_TILE = 32
 
 
 def _detect_tiled(image, tile, kind, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
-                  exclude_border_px, fit, method, fit_sigma, window, fit_backend):
+                  exclude_border_px, fit, method, fit_sigma, window, fit_backend, background_radius_px=None):
     from .localize import fit_window_size
 
     H, W = (int(v) for v in image.shape)
@@ -334,6 +385,13 @@ def _detect_tiled(image, tile, kind, name, psf_sigma_px, threshold, camera, fals
     md = _min_distance(min_distance_px, sig)
     win = int(window) if window is not None else max(fit_window_size(float(s)) for s in sig)
     halo = max(int(4.0 * DOG_RATIO * float(s) + 0.5) for s in sig) + 2 * md + win // 2 + 1
+    if background_radius_px is not None:
+        from .background import background_halo, subtract_background
+
+        halo += background_halo(background_radius_px)
+
+    def detection_image(ph):
+        return None if background_radius_px is None else subtract_background(ph, background_radius_px, backend=name)
     cores = [(y0, min(y0 + tile, H), x0, min(x0 + tile, W)) for y0 in range(0, H, tile) for x0 in range(0, W, tile)]
 
     def extent(c):
@@ -344,8 +402,9 @@ def _detect_tiled(image, tile, kind, name, psf_sigma_px, threshold, camera, fals
     for c in cores:
         e = extent(c)
         ph = region(*e)
+        det = detection_image(ph)
         for i, s in enumerate(sig):
-            r = dog_filter(ph, float(s), backend=name)
+            r = dog_filter(ph if det is None else det, float(s), backend=name)
             rc = r[c[0] - e[0]:c[1] - e[0], c[2] - e[2]:c[3] - e[2]]
             samples[i].append(_noise_sample(rc, (c[0], c[2]), H * W))
     noise = [_mad_sigma(np.concatenate(v)) for v in samples]
@@ -357,7 +416,7 @@ def _detect_tiled(image, tile, kind, name, psf_sigma_px, threshold, camera, fals
         parts.append(_detect_field(
             ph, name, sig, threshold, camera, false_positives, md, exclude_border_px, fit, method, fit_sigma,
             window, None, fit_backend, origin=(e[0], e[2]), field_shape=(H, W), noise=noise,
-            core=(c[0] - e[0], c[1] - e[0], c[2] - e[2], c[3] - e[2]),
+            core=(c[0] - e[0], c[1] - e[0], c[2] - e[2], c[3] - e[2]), detect_image=detection_image(ph),
         ))
     attrs = dict(parts[0].attrs)
     nonempty = [p for p in parts if len(p)]
@@ -392,13 +451,15 @@ def _min_distance(min_distance_px, sig):
 
 def _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
                   exclude_border_px, fit, method, fit_sigma, window, tile, fit_backend, estimate=False,
-                  origin=(0, 0), field_shape=None, noise=None, core=None):
+                  origin=(0, 0), field_shape=None, noise=None, core=None, detect_image=None):
     """Detect (and fit) in one in-memory image.
 
     For a tile of a larger field: ``origin`` is the global (y, x) of
     ``photons[0, 0]``, ``field_shape`` the whole field's shape, ``noise`` the
     field's noise per scale, and ``core`` (y0, y1, x0, x1, tile coordinates)
     the region whose spots are kept.  Output coordinates are global.
+    ``detect_image`` (e.g. background-subtracted) is filtered for detection
+    instead of ``photons``; fits always use ``photons``.
     """
     if psf_sigma_px is None:
         psf_sigma_px = _estimate_sigma(photons, name, camera, fit_backend)
@@ -408,7 +469,8 @@ def _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positive
     oy, ox = int(origin[0]), int(origin[1])
     k = auto_threshold_factor(H * W, false_positives)
     # filter and noise (global sub-grid); then maxima
-    response, snr, scale_idx, noise = _scale_space(photons, sig, name, origin=origin, noise=noise)
+    response, snr, scale_idx, noise = _scale_space(photons if detect_image is None else detect_image, sig, name,
+                                                   origin=origin, noise=noise)
     factor = 1.0
     if threshold is None:
         score, thr = snr, k
@@ -523,13 +585,3 @@ def _scale_space(photons, sig, name, origin=(0, 0), noise=None):
             best_resp = xp.where(better, r, best_resp)
             best_idx = xp.where(better, xp.int8(i), best_idx)
     return best_resp, best_snr, best_idx, noises
-
-
-def _detect_dask(image, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
-                 exclude_border_px, fit, method, fit_sigma, window, tile, fit_backend):
-    # A field is small enough for memory (one chunk per field): compute it and run the in-memory path.
-    arr = image.compute()
-    return detect_spots(arr, psf_sigma_px=psf_sigma_px, threshold=threshold, backend=name, camera=camera,
-                        false_positives=false_positives, min_distance_px=min_distance_px,
-                        exclude_border_px=exclude_border_px, fit=fit, method=method, fit_sigma=fit_sigma,
-                        window=window, tile=tile, fit_backend=fit_backend)
