@@ -29,7 +29,7 @@ def demo(tmp_path_factory):
     return out, out / "data"
 
 
-def _wait_counts(qtbot, w, timeout=20000):
+def _wait_counts(qtbot, w, timeout=60000):
     qtbot.waitUntil(lambda: w.counts_generation == w._gen and w.counts is not None or w.error is not None,
                     timeout=timeout)
     assert w.error is None, w.error
@@ -203,7 +203,7 @@ def test_transform_change_recomputes_density(make_napari_viewer, qtbot, demo):
     viewer.open(str(path), plugin="evflow")
     w = FlowGatingWidget(viewer)
     qtbot.addWidget(w)
-    with qtbot.waitSignal(w.density_updated, timeout=20000):
+    with qtbot.waitSignal(w.density_updated, timeout=60000):
         w.set_axes("FL1-H", "FL2-H", "asinh", "log")
     s = evflow.read_fcs(path)
     tx = make_transform("asinh", channel_top(s, "FL1-H"))
