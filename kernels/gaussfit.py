@@ -284,7 +284,9 @@ def fit_numpy(windows, init, *, sigma, fit_sigma=True, method="mle", max_iter=30
 #   a Taylor series, absolute error < 4e-16); the log of the likelihood by a
 #   vectorisable version of the fdlibm log (< 1 ulp) instead of libm calls;
 # - the starting values are computed inside the parallel loop, with no
-#   per-spot allocation (work arrays are allocated once per block of spots);
+#   per-spot allocation: one 2-D work array per block of spots, whose rows
+#   are addressed by index (array views inside the loop would cost atomic
+#   reference counting on every call);
 # - one Cholesky factorisation gives all five CRLBs.
 #
 # Sums are reassociated by the compiler (fast-math "reassoc"/"contract" only,
@@ -348,10 +350,13 @@ _TWO52_BIAS = 4503599627370496.0 + 1023.0
 
 
 @_njit()
-def _nb_log(x, n, out):
-    """out[:n] = log(x[:n]) for positive finite x (fdlibm algorithm, < 1 ulp), vectorisable."""
+def _nb_log(X, src, Y, dst, n):
+    """Y[dst, :n] = log(X[src, :n]) for positive finite values (fdlibm algorithm, < 1 ulp), vectorisable.
+
+    Rows of 2-D work arrays are passed by index: views would cost reference counting.
+    """
     for k in range(n):
-        bits = _f2i(x[k])
+        bits = _f2i(X[src, k])
         e = _i2f((bits >> 52) | 0x4330000000000000) - _TWO52_BIAS  # unbiased exponent as a float
         mk = _i2f((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # mantissa in [1, 2)
         big = mk > _SQRT2
@@ -365,7 +370,7 @@ def _nb_log(x, n, out):
         t2 = z * (_LG1 + ww * (_LG3 + ww * (_LG5 + ww * _LG7)))
         r = t2 + t1
         hfsq = 0.5 * f * f
-        out[k] = e * _LN2_HI - ((hfsq - (s * (hfsq + r) + e * _LN2_LO)) - f)
+        Y[dst, k] = e * _LN2_HI - ((hfsq - (s * (hfsq + r) + e * _LN2_LO)) - f)
 
 
 _INVLN2 = 1.0 / math.log(2.0)
@@ -375,14 +380,14 @@ _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11, _E12, _E13 = (1.0 / math.fac
 
 
 @_njit()
-def _nb_exp(x, n, out):
-    """out[:n] = exp(x[:n]) for x <= 0 (error <= 1 ulp; 0 below -708), vectorisable.
+def _nb_exp(X, src, Y, dst, n):
+    """Y[dst, :n] = exp(X[src, :n]) for values <= 0 (error <= 1 ulp; 0 below -708), vectorisable.
 
     exp(x) = 2**k exp(r), k = round(x / ln 2), |r| <= ln(2) / 2, exp(r) by its
     Taylor series to degree 13 (truncation error below 1e-17).
     """
     for k in range(n):
-        v = x[k]
+        v = X[src, k]
         under = v < -708.0
         v = -708.0 if under else v
         t = v * _INVLN2 + _RND
@@ -403,7 +408,7 @@ def _nb_exp(x, n, out):
         p = 1.0 + r * p
         p = 1.0 + r * p
         res = p * _i2f((ki + 1023) << 52)
-        out[k] = 0.0 if under else res
+        Y[dst, k] = 0.0 if under else res
 
 
 # erf(z) = erf(z_i) + 2/sqrt(pi) exp(-z_i^2) sum_k (-1)^(k-1) H_(k-1)(z_i) d^k / k!  (Taylor series
@@ -418,10 +423,10 @@ _F2, _F3, _F4, _F5, _F6, _F7, _F8 = (1.0 / math.factorial(k) for k in range(2, 9
 
 
 @_njit()
-def _nb_erf(x, n, out):
-    """out[:n] = erf(x[:n]) (absolute error below 4e-16), vectorisable (table + Taylor series)."""
+def _nb_erf(X, src, Y, dst, n):
+    """Y[dst, :n] = erf(X[src, :n]) (absolute error below 4e-16), vectorisable (table + Taylor series)."""
     for k in range(n):
-        v = x[k]
+        v = X[src, k]
         a = abs(v)
         a = a if a < _ERF_MAX else _ERF_MAX  # also maps NaN into the table
         t = a * _ERF_STEP + _RND
@@ -444,90 +449,98 @@ def _nb_erf(x, n, out):
         s = h1 * _F2 - d * s
         s = 1.0 - d * s
         r = _ERF_TAB[i] + _ERF_DTAB[i] * (d * s)
-        out[k] = -r if v < 0.0 else r
+        Y[dst, k] = -r if v < 0.0 else r
+
+
+# rows of the per-thread work array S (see _nb_scratch)
+_U, _G, _F, _T = 0, 1, 2, 3  # pixel-edge offsets, their Gaussian and erf values, scratch (2 (w + 1))
+_EX, _DEX, _DSX, _EY, _DEY, _DSY = 4, 5, 6, 7, 8, 9  # per-pixel PSF integrals and derivatives (w)
+_MUP, _LG, _P0, _P1, _P2, _P4 = 10, 11, 12, 13, 14, 15  # model, its log, Jacobian columns (w * w)
+_W, _R = 16, 17  # weight (1 / model, or 1) and residual per pixel (w * w)
+_NROWS = 18
 
 
 @_njit()
-def _nb_axes(cx, cy, s, w, U, G, F, T, ex, dex, dsx, ey, dey, dsy):
-    """Per-pixel integrals of the PSF and their derivatives along x and y.
-
-    ex = Ex, dex = dEx/dx, dsx = dEx/ds, likewise for y; U, G, F, T (2 (w + 1))
-    receive the pixel-edge offsets, their Gaussian and erf values, and scratch
-    (separate 1-D arrays made once per thread).
-    """
+def _nb_axes(cx, cy, s, w, S):
+    """Per-pixel integrals of the PSF and their derivatives along x and y (rows _EX.._DSY of S)."""
     m = w + 1
-    U[0] = -cx - 0.5
-    U[m] = -cy - 0.5
+    S[_U, 0] = -cx - 0.5
+    S[_U, m] = -cy - 0.5
     for k in range(1, m):
-        U[k] = (k - 1) - cx + 0.5
-        U[m + k] = (k - 1) - cy + 0.5
+        S[_U, k] = (k - 1) - cx + 0.5
+        S[_U, m + k] = (k - 1) - cy + 0.5
     nn = 2 * m
     for k in range(nn):
-        q = U[k] / s
-        T[k] = -0.5 * q * q
-    _nb_exp(T, nn, G)  # distinct input and output arrays: aliasing would stop vectorisation
+        q = S[_U, k] / s
+        S[_T, k] = -0.5 * q * q
+    _nb_exp(S, _T, S, _G, nn)
     inv = 1.0 / (_SQRT2 * s)
     for k in range(nn):
-        T[k] = U[k] * inv
-    _nb_erf(T, nn, F)
+        S[_T, k] = S[_U, k] * inv
+    _nb_erf(S, _T, S, _F, nn)
     norm = _INV_SQRT2PI / s
     ns = -norm / s
-    for j in range(w):
-        ex[j] = 0.5 * (F[j + 1] - F[j])
-        dex[j] = norm * (G[j] - G[j + 1])
-        dsx[j] = ns * (U[j + 1] * G[j + 1] - U[j] * G[j])
-    for j in range(w):
-        ey[j] = 0.5 * (F[m + j + 1] - F[m + j])
-        dey[j] = norm * (G[m + j] - G[m + j + 1])
-        dsy[j] = ns * (U[m + j + 1] * G[m + j + 1] - U[m + j] * G[m + j])
+    for a in range(2):
+        o = a * m
+        re = _EX + 3 * a
+        for j in range(w):
+            S[re, j] = 0.5 * (S[_F, o + j + 1] - S[_F, o + j])
+            S[re + 1, j] = norm * (S[_G, o + j] - S[_G, o + j + 1])
+            S[re + 2, j] = ns * (S[_U, o + j + 1] * S[_G, o + j + 1] - S[_U, o + j] * S[_G, o + j])
 
 
 @_njit(fastmath=_FM)
-def _nb_stats(dat, w, t, rv, lsq, fit_sigma, ws, out):
+def _nb_stats(dat, w, t, rv, lsq, fit_sigma, S, out):
     """out[0] objective, out[1:6] gradient, out[6:21] packed upper normal matrix at t.
 
     ``dat`` is the flat window: max(d + rv, 0) for the likelihood, d for least
-    squares; ``ws`` the tuple of 1-D scratch arrays made by :func:`_nb_scratch`.
+    squares; ``S`` the work array of :func:`_nb_scratch`.
     """
-    U, G, F, T, ex, dex, dsx, ey, dey, dsy, mup, lg, P0, P1, P2, P4 = ws
-    _nb_axes(t[0], t[1], t[4], w, U, G, F, T, ex, dex, dsx, ey, dey, dsy)
+    _nb_axes(t[0], t[1], t[4], w, S)
     N = t[2]
     base = t[3] if lsq else t[3] + rv
     # model and Jacobian per pixel (flat, row-major)
     for i in range(w):
-        y = ey[i]
+        y = S[_EY, i]
         ny = N * y
-        ndy = N * dey[i]
-        nsy = N * dsy[i]
+        ndy = N * S[_DEY, i]
+        nsy = N * S[_DSY, i]
         o = i * w
         for j in range(w):
-            psf = ex[j] * y
-            mup[o + j] = base + N * psf
-            P0[o + j] = ny * dex[j]
-            P1[o + j] = ndy * ex[j]
-            P2[o + j] = psf
-            P4[o + j] = ny * dsx[j] + nsy * ex[j]
+            ex = S[_EX, j]
+            psf = ex * y
+            S[_MUP, o + j] = base + N * psf
+            S[_P0, o + j] = ny * S[_DEX, j]
+            S[_P1, o + j] = ndy * ex
+            S[_P2, o + j] = psf
+            S[_P4, o + j] = ny * S[_DSX, j] + nsy * ex
     n = w * w
     obj = 0.0
     g0 = g1 = g2 = g3 = g4 = 0.0
     a00 = a01 = a02 = a03 = a04 = a11 = a12 = a13 = a14 = 0.0
     a22 = a23 = a24 = a33 = a34 = a44 = 0.0
     if not lsq:
-        _nb_log(mup, n, lg)
-    for k in range(n):
-        m = mup[k]
-        if lsq:
-            r = dat[k] - m
+        _nb_log(S, _MUP, S, _LG, n)
+    if lsq:
+        for k in range(n):
+            r = dat[k] - S[_MUP, k]
+            S[_W, k] = 1.0
+            S[_R, k] = r
             obj -= r * r
-            iv = 1.0
-        else:
+    else:
+        for k in range(n):
+            m = S[_MUP, k]
             iv = 1.0 / m
-            r = dat[k] * iv - 1.0
-            obj += dat[k] * lg[k] - m
-        p0 = P0[k]
-        p1 = P1[k]
-        p2 = P2[k]
-        p4 = P4[k]
+            S[_W, k] = iv
+            S[_R, k] = dat[k] * iv - 1.0
+            obj += dat[k] * S[_LG, k] - m
+    for k in range(n):
+        iv = S[_W, k]
+        r = S[_R, k]
+        p0 = S[_P0, k]
+        p1 = S[_P1, k]
+        p2 = S[_P2, k]
+        p4 = S[_P4, k]
         g0 += r * p0
         g1 += r * p1
         g2 += r * p2
@@ -660,13 +673,11 @@ def _nb_init(draw, w, sigma, t):
 
 
 @_njit()
-def _nb_fit_one(draw, dat, w, t, rv, lsq, fit_sigma, sigma, max_iter, tol, ws, st, stc, L, z, delta, cand, out_crlb):
-    """Fit one window (``ws``: see :func:`_nb_scratch`)."""
-    mup = ws[10]
-    lg = ws[11]
+def _nb_fit_one(draw, dat, w, t, rv, lsq, fit_sigma, sigma, max_iter, tol, S, st, stc, L, z, delta, cand, out_crlb):
+    """Fit one window (``S``: see :func:`_nb_scratch`)."""
     s_min = 0.25 * sigma
     s_max = 4.0 * sigma
-    _nb_stats(dat, w, t, rv, lsq, fit_sigma, ws, st)
+    _nb_stats(dat, w, t, rv, lsq, fit_sigma, S, st)
     lam = _LAMBDA0
     status = 1
     iters = 0
@@ -680,7 +691,7 @@ def _nb_fit_one(draw, dat, w, t, rv, lsq, fit_sigma, sigma, max_iter, tol, ws, s
         cand[2] = max(cand[2], _MIN_PHOTONS)
         cand[3] = max(cand[3], _MIN_BACKGROUND)
         cand[4] = min(max(cand[4], s_min), s_max)
-        _nb_stats(dat, w, cand, rv, lsq, fit_sigma, ws, stc)
+        _nb_stats(dat, w, cand, rv, lsq, fit_sigma, S, stc)
         if ok and math.isfinite(stc[0]) and stc[0] >= st[0]:
             conv = (
                 abs(cand[0] - t[0]) < tol
@@ -708,7 +719,7 @@ def _nb_fit_one(draw, dat, w, t, rv, lsq, fit_sigma, sigma, max_iter, tol, ws, s
         for k in range(n):
             v = draw[k] + rv
             dat[k] = v if v > 0.0 else 0.0
-        _nb_stats(dat, w, t, rv, False, fit_sigma, ws, st)
+        _nb_stats(dat, w, t, rv, False, fit_sigma, S, st)
     if _nb_chol_factor(st, 0.0, L):  # CRLB: diagonal of the inverse Fisher information
         for k in range(5):
             for m in range(5):
@@ -722,24 +733,12 @@ def _nb_fit_one(draw, dat, w, t, rv, lsq, fit_sigma, sigma, max_iter, tol, ws, s
         out_crlb[4] = 0.0
     # log-likelihood ratio = 2 * (sum_d>0 d ln d - sum d - objective); dat = max(d + rv, 0) here
     for k in range(n):
-        mup[k] = dat[k] if dat[k] > 0.0 else 1.0
-    _nb_log(mup, n, lg)
+        S[_MUP, k] = dat[k] if dat[k] > 0.0 else 1.0
+    _nb_log(S, _MUP, S, _LG, n)
     sat = 0.0
     for k in range(n):
-        sat += dat[k] * lg[k] - dat[k]
+        sat += dat[k] * S[_LG, k] - dat[k]
     return iters, status, 2.0 * (sat - st[0])
-
-
-@_njit()
-def _nb_scratch(w):
-    """1-D work arrays of one thread: U, G, F, T (pixel edges); ex, dex, dsx, ey, dey, dsy; mup, lg, P0, P1, P2, P4."""
-    m = 2 * (w + 1)
-    n = w * w
-    return (
-        np.empty(m), np.empty(m), np.empty(m), np.empty(m),
-        np.empty(w), np.empty(w), np.empty(w), np.empty(w), np.empty(w), np.empty(w),
-        np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n),
-    )
 
 
 @_njit(parallel=True)
@@ -748,7 +747,7 @@ def _nb_fit_all(data, theta, guess, rv, lsq, fit_sigma, sigma, max_iter, tol, cr
     nw = w * w
     size = (n + nblk - 1) // nblk
     for blk in _prange(nblk):
-        ws = _nb_scratch(w)
+        S = np.empty((_NROWS, max(nw, 2 * (w + 1))))  # work rows, see _U.._R
         z = np.empty(5)
         delta = np.empty(5)
         cand = np.empty(5)
@@ -770,7 +769,7 @@ def _nb_fit_all(data, theta, guess, rv, lsq, fit_sigma, sigma, max_iter, tol, cr
             if guess:
                 _nb_init(draw, w, sigma, theta[p])
             it, stt, lr = _nb_fit_one(
-                draw, dat, w, theta[p], rv, lsq, fit_sigma, sigma, max_iter, tol, ws, st, stc, L, z, delta, cand, crlb[p]
+                draw, dat, w, theta[p], rv, lsq, fit_sigma, sigma, max_iter, tol, S, st, stc, L, z, delta, cand, crlb[p]
             )
             iters[p] = it
             status[p] = stt
