@@ -623,8 +623,48 @@ def _nb_event(ev, i, v, y, slot_kind, slot_index, comp_cols, comp, nout, rng_slo
     return True
 
 
+#: mantissa bits (2**EDGE_BITS sub-buckets per octave) and octaves of the edge-lookup index
+#: (see :func:`edge_index`)
+EDGE_BITS = 5
+EDGE_OCTAVES = 48
+
+
+@_njit(cache=True, inline="always")
+def _nb_edge_code(x, fbuf, ibuf, base, q):
+    """Monotone bucket code of a finite ``x``: log2 buckets of ``|x|`` (exponent and the top
+    :data:`EDGE_BITS` mantissa bits of the float64), mirrored at 0; ``fbuf``/``ibuf`` are a
+    float64/int64 view pair for the bit cast."""
+    fbuf[0] = x
+    a = ibuf[0] & 0x7FFFFFFFFFFFFFFF
+    if a == 0:
+        return q
+    b = (a >> (52 - EDGE_BITS)) - base
+    if b < 0:
+        b = 0
+    elif b > q - 1:
+        b = q - 1
+    if x > 0.0:
+        return q + 1 + b
+    return q - 1 - b
+
+
+@_njit(cache=True, inline="always")
+def _nb_edge_bin(x, edges, nb, lut, fbuf, ibuf, base, q):
+    """Bin ``j`` with ``edges[j] <= x < edges[j + 1]``, or -1 outside ``[edges[0], edges[nb])`` (and NaN).
+
+    The start comes from the bucket index ``lut`` (edges below the bucket of
+    ``x``), then a short forward scan; no data-dependent branches beyond it.
+    """
+    if not (x >= edges[0] and x < edges[nb]):
+        return -1
+    j = lut[_nb_edge_code(x, fbuf, ibuf, base, q)]
+    while edges[j + 1] <= x:
+        j += 1
+    return j
+
+
 @_njit(cache=True, parallel=True, nogil=True)
-def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny):
+def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny, edge_mode, ex, ey, lx, ly, ix, iy):
     n = ev.shape[0]
     S = ip[_H_S]
     M = ip[_H_M]
@@ -678,6 +718,8 @@ def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny):
         h2 = np.zeros((nx, ny), np.int64) if has_h2 else np.zeros((1, 1), np.int64)
         v = np.empty(max(S, 1), np.float64)
         y = np.empty(max(D, 1), np.float64)
+        fbuf = np.empty(1, np.float64)
+        ibuf = fbuf.view(np.int64)
         start = n * t // T
         stop = n * (t + 1) // T
         for i in range(start, stop):
@@ -697,10 +739,17 @@ def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny):
                     ph[k, _nb_fine_bin(x - thr)] += 1
             counts[code] += 1
             if has_h2:
-                fx = (y[dx] - h2_lox) * h2_sx
-                fy = (y[dy] - h2_loy) * h2_sy
-                if fx >= 0.0 and fx < nx and fy >= 0.0 and fy < ny:
-                    h2[int(fx), int(fy)] += 1
+                if edge_mode:
+                    # bins from the exact data-space edges of the display bins (see density_edges)
+                    jx = _nb_edge_bin(v[dim_slot[dx]], ex, nx, lx, fbuf, ibuf, ix[0], ix[1])
+                    jy = _nb_edge_bin(v[dim_slot[dy]], ey, ny, ly, fbuf, ibuf, iy[0], iy[1])
+                    if jx >= 0 and jy >= 0:
+                        h2[jx, jy] += 1
+                else:
+                    fx = (y[dx] - h2_lox) * h2_sx
+                    fy = (y[dy] - h2_loy) * h2_sy
+                    if fx >= 0.0 and fx < nx and fy >= 0.0 and fy < ny:
+                        h2[int(fx), int(fy)] += 1
         counts_t[t] = counts
         ph_t[t] = ph
         for k in range(K):
@@ -717,6 +766,114 @@ def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny):
 
 
 _NUMBA_LOCK = threading.Lock()
+
+
+def _ordered_keys(x):
+    """float64 -> int64 keys in the same order (-0.0 and 0.0 share key 0)."""
+    i = np.asarray(x, dtype=np.float64).view(np.int64)
+    return np.where(i < 0, -(i & np.int64(0x7FFFFFFFFFFFFFFF)), i)
+
+
+def _from_keys(k):
+    k = np.asarray(k, dtype=np.int64)
+    bits = np.where(k < 0, (-k) | np.int64(-0x8000000000000000), k)
+    return bits.view(np.float64)
+
+
+def _display_bin_position(x, plan: FusedPlan, d, lo, scale):
+    """``(T_d(x) - lo) * scale`` exactly as :func:`fused_numpy` computes it (NumPy reference arithmetic)."""
+    _s, kind, p0, p1, table = plan.dims[d]
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if kind == DIM_IDENTITY:
+            y = x
+        elif kind == DIM_AFFINE:
+            y = (x + p0) / p1
+        else:
+            y = table_eval(x, table, p0, p1)
+        return (y - lo) * scale
+
+
+def density_edges(plan: FusedPlan, d, lo, scale, nb):
+    """Data-space edges ``t_0 < ... <= t_nb`` (float64) of the display bins of dimension ``d``.
+
+    ``t_j`` is the smallest float64 ``x`` whose display position
+    ``(T(x) - lo) * scale`` is ``>= j`` (found by bisection over the ordered
+    float64 values), so ``t_j <= x < t_{j+1}`` selects exactly the events that
+    the reference puts in bin ``j`` (``T`` is monotone and every step of its
+    evaluation rounds monotonically).  Binning by these edges needs no
+    transform per event.
+    """
+    j = np.arange(nb + 1, dtype=np.float64)
+    lo_k = np.full(nb + 1, _ordered_keys(-np.inf))  # predicate false here
+    hi_k = np.full(nb + 1, _ordered_keys(np.inf))  # predicate true here
+    while True:
+        open_ = hi_k > lo_k + 1  # (hi - lo overflows int64 on the first steps)
+        if not open_.any():
+            break
+        mid = (lo_k >> 1) + (hi_k >> 1) + (lo_k & hi_k & 1)
+        ok = _display_bin_position(_from_keys(mid), plan, d, lo, scale) >= j
+        hi_k = np.where(open_ & ok, mid, hi_k)
+        lo_k = np.where(open_ & ~ok, mid, lo_k)
+    return np.ascontiguousarray(_from_keys(hi_k))
+
+
+def _edge_codes(x, base, q):
+    """NumPy twin of ``_nb_edge_code`` (vectorised; +inf gives ``2 q + 1``, above every code)."""
+    x = np.asarray(x, dtype=np.float64)
+    fin = np.isfinite(x)
+    a = np.where(fin, x, 0.0).view(np.int64) & np.int64(0x7FFFFFFFFFFFFFFF)
+    b = np.clip((a >> (52 - EDGE_BITS)) - base, 0, q - 1)
+    code = np.where(x > 0, q + 1 + b, np.where(x < 0, q - 1 - b, q))
+    return np.where(fin, code, np.where(x > 0, 2 * q + 1, -1)).astype(np.int64)
+
+
+def edge_index(edges):
+    """``(lut, (base, q))``: for bucket code ``c``, ``lut[c]`` = (edges in lower buckets) - 1, at least 0.
+
+    Codes are log2 buckets of ``|x|`` (:data:`EDGE_BITS` mantissa bits, the
+    :data:`EDGE_OCTAVES` octaves below the largest edge; smaller values share
+    the lowest bucket), mirrored at zero.  Every edge in a bucket below
+    ``x``'s is below ``x`` (the code is monotone), so the search for ``x``'s
+    bin starts at ``lut[code(x)]`` and scans forward over the few edges in
+    its own bucket.
+    """
+    e = np.asarray(edges, dtype=np.float64)
+    fin = np.abs(e[np.isfinite(e)])
+    top = int(fin.max().view(np.int64) >> 52) if fin.size else 1023  # biased exponent of the largest edge
+    lowest = max(top - EDGE_OCTAVES + 1, 1)
+    base = lowest << EDGE_BITS
+    q = (top - lowest + 1) << EDGE_BITS
+    codes = _edge_codes(e, base, q)
+    lut = np.maximum(np.searchsorted(codes, np.arange(2 * q + 1), side="left") - 1, 0)
+    return np.minimum(lut, e.size - 2).astype(np.int64), np.array([base, q], np.int64)
+
+
+def _edge_plan(plan: FusedPlan):
+    """``(ip, ex, ey)`` for edge-mode density binning, or None when the reference path is as fast.
+
+    Used when a density axis is a lookup-table transform (logicle, hyperlog,
+    log, asinh): the per-event table search is replaced by a search over the
+    ``n + 1`` bin edges, and density-only dimensions are not evaluated.
+    """
+    cached = getattr(plan, "_edge_cache", None)
+    if cached is not None:
+        return cached[0]
+    out = None
+    if plan.density is not None:
+        dx, dy, nx, ny, _rx, _ry = plan.density
+        if DIM_TABLE in (plan.dims[dx][1], plan.dims[dy][1]):
+            ip, dp = plan.packed()
+            lox, sx, loy, sy = (float(v) for v in dp[ip[_D_H2] : ip[_D_H2] + 4])
+            ex = density_edges(plan, dx, lox, sx, nx)
+            ey = density_edges(plan, dy, loy, sy, ny)
+            used = {d for p in plan.polygons for d in p[:2]} | {d for e in plan.ellipses for d in e[0]}
+            ip = ip.copy()
+            for d in {dx, dy} - used:  # evaluated for the histogram only: skip the transform
+                ip[ip[_O_DIM_KIND] + d] = DIM_IDENTITY
+            out = (ip, ex, ey) + edge_index(ex) + edge_index(ey)
+    plan._edge_cache = (out,)
+    return out
 
 
 def _get_numba_kernel():
@@ -743,6 +900,13 @@ def fused_numba(events, plan: FusedPlan, mask=None, n_threads: int | None = None
     if has_mask and m.shape != (ev.shape[0],):
         raise ValueError(f"mask has shape {m.shape}, expected ({ev.shape[0]},)")
     ip, dp = plan.packed()
+    edge = _edge_plan(plan)
+    if edge is not None:
+        ip, ex, ey, lx, ix, ly, iy = edge
+    else:
+        ex = ey = np.zeros(1, np.float64)
+        lx = ly = np.zeros(1, np.int64)
+        ix = iy = np.ones(3, np.int64)
     T = int(n_threads or numba.get_num_threads())
     T = max(1, min(T, max(1, ev.shape[0] // 4096)))
     nx, ny = plan.density_shape()
@@ -750,7 +914,8 @@ def fused_numba(events, plan: FusedPlan, mask=None, n_threads: int | None = None
     # when parallel functions are entered from several threads (dask workers)
     # at once; each launch already uses all of Numba's threads.
     with _NUMBA_LOCK:
-        counts, pos_hist, pos_sum, density = _get_numba_kernel()(ev, m, has_mask, ip, dp, T, max(nx, 1), max(ny, 1))
+        counts, pos_hist, pos_sum, density = _get_numba_kernel()(ev, m, has_mask, ip, dp, T, max(nx, 1), max(ny, 1),
+                                                                 edge is not None, ex, ey, lx, ly, ix, iy)
     if plan.density is None:
         density = np.zeros((0, 0), np.int64)
     return Partial(int(ev.shape[0]), counts, pos_hist, pos_sum, density)
