@@ -116,12 +116,16 @@ def fits_per_second(n, backend="numba"):
         cp.cuda.Device().synchronize()
     else:
         fit_gaussians(w[:1000], backend=backend)
-    t0 = time.perf_counter()
-    r = fit_gaussians(w, backend=backend, tol=1e-4)
-    if backend == "cupy":
-        cp.cuda.Device().synchronize()
-    dt = time.perf_counter() - t0
-    return n / dt, float(np.mean(r["iterations"] if backend != "cupy" else r["iterations"].get()))
+    best_wall = best_cpu = 0.0
+    for _ in range(3 if n <= 500_000 else 1):  # best of 3 on shared machines (small runs)
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        r = fit_gaussians(w, backend=backend, tol=1e-4)
+        if backend == "cupy":
+            cp.cuda.Device().synchronize()
+        best_wall = max(best_wall, n / (time.perf_counter() - t0))
+        best_cpu = max(best_cpu, n / max(time.process_time() - c0, 1e-9))
+    return best_wall, float(np.mean(r["iterations"] if backend != "cupy" else r["iterations"].get())), best_cpu
 
 
 def main(argv=None):
@@ -165,11 +169,15 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|")
     for name, snr, fps, m in rows:
         print(f"| {name} | {snr:g} | {fps:.3f} | {m['f1']:.4f} | {m['precision']:.4f} | {m['recall']:.4f} | {m['rmse']:.3f} |")
-    fps, it = fits_per_second(args.fits)
-    print(f"\n| Gaussian fit (7x7, 5 parameters, MLE) | fits/s | mean iterations |\n|---|---|---|\n| numba, CPU | {fps:.3g} | {it:.1f} |")
+    import numba
+
+    fps, it, cps = fits_per_second(args.fits)
+    print("\n| Gaussian fit (7x7, 5 parameters, MLE) | fits/s | fits per CPU-second | mean iterations |\n"
+          "|---|---|---|---|\n"
+          f"| numba, CPU ({numba.get_num_threads()} threads) | {fps:.3g} | {cps:.3g} | {it:.1f} |")
     if args.gpu:
-        fps, it = fits_per_second(args.fits * 10, backend="cupy")
-        print(f"| CUDA (cupy) | {fps:.3g} | {it:.1f} |")
+        fps, it, _ = fits_per_second(args.fits * 10, backend="cupy")
+        print(f"| CUDA (cupy) | {fps:.3g} | | {it:.1f} |")
 
 
 if __name__ == "__main__":

@@ -793,11 +793,14 @@ def fit_numba(windows, init=None, *, sigma, fit_sigma=True, method="mle", max_it
     iters = np.empty(n, dtype=np.int32)
     status = np.empty(n, dtype=np.int8)
     if n:
+        from .phenotype import _NUMBA_LOCK  # parallel Numba launches are serialised (workqueue layer, dask threads)
+
         nblk = min(n, int(_get_num_threads()) * 8)
-        _nb_fit_all(
-            data, theta, init is None, float(readout_var), method == "lsq", bool(fit_sigma), float(sigma),
-            int(max_iter), float(tol), crlb, llr, iters, status, nblk,
-        )
+        with _NUMBA_LOCK:
+            _nb_fit_all(
+                data, theta, init is None, float(readout_var), method == "lsq", bool(fit_sigma), float(sigma),
+                int(max_iter), float(tol), crlb, llr, iters, status, nblk,
+            )
     return theta, crlb, llr, iters, status
 
 
