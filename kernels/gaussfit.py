@@ -793,7 +793,7 @@ def fit_numba(windows, init=None, *, sigma, fit_sigma=True, method="mle", max_it
     iters = np.empty(n, dtype=np.int32)
     status = np.empty(n, dtype=np.int8)
     if n:
-        from .phenotype import _NUMBA_LOCK  # parallel Numba launches are serialised (workqueue layer, dask threads)
+        from ._numba import LAUNCH_LOCK as _NUMBA_LOCK  # parallel Numba launches are serialised
 
         nblk = min(n, int(_get_num_threads()) * 8)
         with _NUMBA_LOCK:

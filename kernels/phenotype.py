@@ -40,10 +40,11 @@ median of ``d`` (and hence of the value) is exact to 0.1 %.
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ._numba import LAUNCH_LOCK as _NUMBA_LOCK
 
 __all__ = [
     "FINE_SUB",
@@ -765,7 +766,6 @@ def _nb_fused(ev, mask, has_mask, ip, dp, T, nx, ny, edge_mode, ex, ey, lx, ly, 
     return counts, pos_hist, pos_sum, h2_t.sum(axis=0)
 
 
-_NUMBA_LOCK = threading.Lock()
 
 
 def _ordered_keys(x):

@@ -284,7 +284,10 @@ def table_forward_numba(x, p: BiexParams):
     x = np.asarray(x, dtype=np.float64)
     flat = np.ascontiguousarray(x.reshape(-1))
     out = np.empty_like(flat)
-    _numba_kernel()(flat, knots, y0, h, out)
+    from ._numba import LAUNCH_LOCK
+
+    with LAUNCH_LOCK:
+        _numba_kernel()(flat, knots, y0, h, out)
     out = out.reshape(x.shape)
     beyond = (x < knots[0]) | (x > knots[-1])
     if beyond.any():

@@ -9,7 +9,6 @@ than the two row-filtered images.
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 
@@ -25,10 +24,7 @@ HAVE_NUMBA = _numba is not None
 
 #: parallel Numba launches are serialised: the default (workqueue) threading
 #: layer must not be entered from several threads at once (dask threads)
-try:
-    from evflow.kernels.phenotype import _NUMBA_LOCK as LAUNCH_LOCK
-except ImportError:  # pragma: no cover
-    LAUNCH_LOCK = threading.Lock()
+from evflow.kernels._numba import LAUNCH_LOCK
 
 
 def _njit(*args, **kwargs):
