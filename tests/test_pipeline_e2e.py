@@ -189,6 +189,30 @@ def test_distributed_local_cluster_identical(demo_run, tmp_path):
     _same(_load(tmp_path / "out"), ref)
 
 
+def test_split_samples_on_cluster_identical(demo_run, tmp_path, monkeypatch):
+    """Row chunks of each sample spread over the workers (few samples) give the threaded run's numbers."""
+    distributed = pytest.importorskip("distributed")
+    import importlib
+
+    from evflow import run
+
+    R = importlib.import_module("evflow.pipeline.run")
+    src, _ = demo_run
+    data = tmp_path / "data"
+    shutil.copytree(src / "data", data)
+    exp = data / "experiment.toml"
+    exp.write_text(exp.read_text().replace("[flow]\n", "[flow]\nchunk_events = 3000\n", 1))
+    ref = run(exp, output=tmp_path / "threads", quiet=True)
+    assert not json.loads(ref.attrs["_timings"])["split_samples"]
+    monkeypatch.setattr(R, "SPLIT_SAMPLES_PER_THREAD", 100)
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster:
+        ds = run(exp, output=tmp_path / "cluster", scheduler=cluster.scheduler_address, quiet=True, report=False)
+    assert json.loads(ds.attrs["_timings"])["split_samples"]
+    _same(ds, ref)
+    # the chunking is part of each sample's fingerprint; counts do not depend on it
+    np.testing.assert_array_equal(ds["count"].values, _load(src)["count"].values)
+
+
 def test_sigkill_then_resume_identical(demo_run, tmp_path):
     src, _ = demo_run
     ref = _load(src)

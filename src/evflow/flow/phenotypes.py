@@ -37,6 +37,7 @@ import math
 import operator
 import os
 import re
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -562,8 +563,27 @@ def _chunk_threads(events):
     return None
 
 
+def _worker_threads():
+    """Numba threads for a chunk run by a ``distributed`` worker: the worker's per-task thread budget
+    (``OMP_NUM_THREADS``, which the nanny sets to 1 by default: the cluster's parallelism is its tasks),
+    else None (all cores; the threaded scheduler serialises launches)."""
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except ValueError:
+        return None
+    v = os.environ.get("OMP_NUM_THREADS", "")
+    return int(v) if v.isdigit() and int(v) > 0 else None
+
+
 def _block_partial(block, plan, kernel, mask_info, n_threads=None):
     from ..kernels.phenotype import fused
+
+    if n_threads is None:
+        n_threads = _worker_threads()
 
     mask = None
     if mask_info is not None:

@@ -36,6 +36,11 @@ __all__ = ["run", "PIPELINE_VERSION"]
 PIPELINE_VERSION = "2"
 
 DENSITY_BINS = 96
+#: on a distributed cluster, spread the row chunks of each sample over the workers when there are fewer
+#: than this many samples per worker thread to compute (0: never)
+SPLIT_SAMPLES_PER_THREAD = 2
+#: events per dask chunk of a flow sample (the same for every scheduler, so results are identical)
+CHUNK_EVENTS = 1 << 19
 DISPLAY_EVENTS = 100_000  # events shown in the density plots and size distributions of the report
 SIZE_BINS = 48
 
@@ -235,7 +240,26 @@ def _t_control(name, path, strategy, parent, markers, q, backend, store_root, fp
     return _save(store_root, "control", name, fp, body())
 
 
-def _t_flow_sample(sample, strategy, parent, markers, thresholds, flow_s, backend, density, store_root, fp):
+def _inner_compute(graph, split):
+    """Compute a sample's chunk graph: on the cluster (``split``: its row chunks spread over all workers,
+    the calling task seceding while it waits) or in the calling task (synchronously)."""
+    import dask
+
+    if split:
+        try:
+            from distributed import get_worker, worker_client
+
+            get_worker()
+        except (ImportError, ValueError):
+            split = False
+    if not split:
+        return dask.compute(graph, scheduler="sync")[0]
+    with worker_client() as client:
+        return client.compute(graph, sync=True)
+
+
+def _t_flow_sample(sample, strategy, parent, markers, thresholds, flow_s, backend, density, store_root, fp,
+                   split=False):
     from ..flow.calibration import analysed_volume_ul
     from ..flow.phenotypes import count_phenotypes, density2d
     from ..flow.transforms import LogTransform
@@ -244,9 +268,11 @@ def _t_flow_sample(sample, strategy, parent, markers, thresholds, flow_s, backen
     @_guard
     def body():
         path = str(sample["flow"])
-        fcs = read_fcs(path, scale=True, chunk_events=flow_s.get("chunk_events"))
+        fcs = read_fcs(path, scale=True, chunk_events=int(flow_s.get("chunk_events", CHUNK_EVENTS)))
         mk = {m: (ch, float(t)) for (ch, m), t in zip(markers.items(), thresholds)}
-        ds = count_phenotypes({sample["name"]: fcs}, parent=parent, strategy=strategy, markers=mk, backend=backend)
+        build, graph = count_phenotypes({sample["name"]: fcs}, parent=parent, strategy=strategy, markers=mk,
+                                        backend=backend, compute=False)
+        ds = build(_inner_compute(graph, split))
         item = {
             "counts": np.asarray(ds["count"].values[0], np.int64),
             "n_total": int(ds["n_total"].values[0]),
@@ -559,19 +585,27 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
             density = (x, y, (tx, max(math.log10(tx) + 1.0, 1.0)), (ty, max(math.log10(ty) + 1.0, 1.0)))
         tasks, keys = [], []
         flow_items, image_items = {}, {}
+        pending = []
         for s in flow_samples:
             sd = {"name": s.name, "flow": str(s.flow), "volume_ul": s.volume_ul}
             fp = fingerprint(version, "flow", file_fingerprint(s.flow), gate_spec, markers,
                              None if thresholds is None else thresholds, sd,
-                             {k: flow_s.get(k) for k in ("flow_rate_ul_per_min", "time_channel")}, density)
+                             {k: flow_s.get(k) for k in ("flow_rate_ul_per_min", "time_channel")}, density,
+                             int(flow_s.get("chunk_events", CHUNK_EVENTS)))
             hit = cached("flow", s.name, fp)
             if hit is not None:
                 flow_items[s.name] = hit
             else:
-                thr = thresholds if thresholds is not None else np.zeros(0)
-                tasks.append(dask.delayed(_t_flow_sample, pure=False)(
-                    sd, strategy, parent, markers, thr, flow_s, be, density, root, fp))
-                keys.append(("flow", s.name))
+                pending.append((s.name, sd, fp))
+        # few samples on a cluster: each sample's row chunks are spread over the workers too
+        # (results do not depend on it: the chunking is the same on every scheduler)
+        split = client is not None and len(pending) < SPLIT_SAMPLES_PER_THREAD * max(1, sum(client.nthreads().values()))
+        timings["split_samples"] = bool(split)
+        thr = thresholds if thresholds is not None else np.zeros(0)
+        for name, sd, fp in pending:
+            tasks.append(dask.delayed(_t_flow_sample, pure=False)(
+                sd, strategy, parent, markers, thr, flow_s, be, density, root, fp, split))
+            keys.append(("flow", name))
         for s in exp.samples:
             for f, p in enumerate(s.images):
                 fp = fingerprint(version, "image", file_fingerprint(p), img_s, cal_fps.get("registration"),
