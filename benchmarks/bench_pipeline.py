@@ -146,7 +146,24 @@ def main(argv=None):
         wall_cluster = time.perf_counter() - t0
     timp = json.loads(ds_p.attrs["_timings"])
     same = bool((ds_t["count"] == ds_p["count"]).all() and (ds_t["image_count"] == ds_p["image_count"]).all())
-    rows.append([f"evflow, LocalCluster ({a.workers} processes)", f"{wall_cluster:.1f}", f"{timp['samples_s']:.2f}"])
+    rows.append([f"evflow, LocalCluster ({a.workers} processes, dask defaults)", f"{wall_cluster:.1f}",
+                 f"{timp['samples_s']:.2f}"])
+    # the same with the worker malloc setting that `evflow run --scheduler processes` uses
+    import dask
+
+    from evflow.pipeline.run import WORKER_MMAP_THRESHOLD
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": WORKER_MMAP_THRESHOLD}):
+        with distributed.LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
+                                      dashboard_address=":0") as cluster:
+            t0 = time.perf_counter()
+            ds_m = run(exp, output=root / "out_cluster_mmap", resume=False, quiet=True,
+                       scheduler=cluster.scheduler_address)
+            wall_m = time.perf_counter() - t0
+    timm = json.loads(ds_m.attrs["_timings"])
+    same = same and bool((ds_t["count"] == ds_m["count"]).all())
+    rows.append([f"evflow, LocalCluster ({a.workers} processes, MALLOC_MMAP_THRESHOLD_=64 MiB as "
+                 "`--scheduler processes`)", f"{wall_m:.1f}", f"{timm['samples_s']:.2f}"])
 
     t0 = time.perf_counter()
     for s in samples:
@@ -192,7 +209,11 @@ def main(argv=None):
           f"density plots, volume, SHA-256 of the file), image fields {tim['image_task_s']:.2f} s "
           f"({tim['image_task_s'] / max(a.fields, 1) * 1000:.0f} ms per field)")
     print()
-    print(f"- threads and LocalCluster results identical: {same}")
+    print(f"- threads and LocalCluster results identical: {same}; LocalCluster run spread each sample's row chunks "
+          f"over the workers: {timp.get('split_samples', False)} (automatic: fewer than 2 samples per worker thread); "
+          f"summed task times on the cluster: flow {timp['flow_task_s']:.2f} s, image {timp['image_task_s']:.2f} s "
+          f"(dask defaults), flow {timm['flow_task_s']:.2f} s, image {timm['image_task_s']:.2f} s (64 MiB mmap "
+          "threshold)")
     print("- the first run also pays one-time costs in the driver process (Mie tables of the scatter calibration, "
           "Numba cache loads); compare the sample-stage column for the schedulers")
     print(f"- reading all FCS files to memory (scale=True): {t_read:.1f} s = {100 * share:.0f} % of the threaded "
