@@ -57,7 +57,7 @@ def main(argv=None):
                     best = min(best, time.perf_counter() - t0)
                 res[mode] = (best, int(h.sum()))
             rows.append((n, name, res))
-    print(f"| events | transform | evflow (bin edges) s | evflow (table search, before) s | NumPy transform + histogram2d s |")
+    print("| events | transform | evflow (bin edges) s | evflow (table search, before) s | NumPy transform + histogram2d s |")
     print("|---:|---|---:|---:|---:|")
     for n, name, res in rows:
         print(f"| {n:,} | {name} | {res['edges'][0]:.3f} | {res['table'][0]:.3f} | {res['numpy'][0]:.3f} |")
