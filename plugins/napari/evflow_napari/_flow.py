@@ -131,6 +131,7 @@ class FlowView:
         self.x_transform = x_transform
         self.y_transform = y_transform
         self.bins = int(bins)
+        self._xy_cache = (None, None)  # ((x, y), linear-scale events of the two channels)
 
     @property
     def name(self) -> str:
@@ -149,11 +150,33 @@ class FlowView:
         tx, ty = self.transforms
         return [evflow.Dimension(self.x, tx), evflow.Dimension(self.y, ty)]
 
+    def xy_events(self):
+        """Linear-scale events of the two shown channels, read once per channel pair and kept.
+
+        A transform change then only re-bins these two columns in memory
+        instead of reading and scaling every channel of the file again.
+        """
+        key, cached = self._xy_cache
+        if key != (self.x, self.y):
+            import numpy as np
+
+            cols = [self.sample.channel_index(self.x), self.sample.channel_index(self.y)]
+            cached = np.ascontiguousarray(self.sample.linear_events()[:, cols].compute())
+            self._xy_cache = ((self.x, self.y), cached)
+        return cached
+
     def density(self, parent=None, strategy=None):
         """``evflow.density2d`` of the two channels on [0, 1) x [0, 1) display scales."""
         import evflow
 
-        return evflow.density2d(self.sample, self.x, self.y, bins=self.bins, range=((0.0, 1.0), (0.0, 1.0)),
+        rng = ((0.0, 1.0), (0.0, 1.0))
+        if parent is None:  # all events: the two kept columns are enough
+            names = [self.sample.channels[self.sample.channel_index(c)] for c in (self.x, self.y)]
+            if names[0] == names[1]:
+                names = [names[0], names[1] + " (y)"]
+            return evflow.density2d((self.xy_events(), names), names[0], names[1], bins=self.bins, range=rng,
+                                    transforms=self.transforms)
+        return evflow.density2d(self.sample, self.x, self.y, bins=self.bins, range=rng,
                                 transforms=self.transforms, parent=parent, strategy=strategy)
 
     def spec(self) -> dict:
