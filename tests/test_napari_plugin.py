@@ -94,8 +94,23 @@ def test_open_tiff_fields_lazy_with_marker_names(make_napari_viewer, demo):
     np.testing.assert_array_equal(d[1].compute(), tifffile.imread(p1)[1])
 
 
-def test_open_results_zarr_points_by_phenotype(make_napari_viewer, demo):
+@pytest.fixture
+def results_copy(demo, tmp_path):
+    """The demo's outputs without the run's private item store: the reader must use ``spots.parquet``."""
+    import shutil
+
     out, _ = demo
+    dst = tmp_path / "run"
+    shutil.copytree(out, dst, ignore=shutil.ignore_patterns(".evflow"))
+    assert (dst / "spots.parquet").is_file() and not (dst / ".evflow").exists()
+    return dst
+
+
+@pytest.mark.parametrize("table", ["parquet", "csv"])
+def test_open_results_zarr_points_by_phenotype(make_napari_viewer, results_copy, table):
+    out = results_copy
+    if table == "csv":
+        (out / "spots.parquet").unlink()
     viewer = make_napari_viewer()
     layers = viewer.open(str(out / "results.zarr"), plugin="evflow")
     kinds = [ly._type_string for ly in layers]
@@ -116,6 +131,13 @@ def test_open_results_zarr_points_by_phenotype(make_napari_viewer, demo):
     # coloured by phenotype: one border colour per phenotype
     cols = {tuple(np.round(c, 3)) for c in pts.border_color}
     assert len(cols) == feats["phenotype"].nunique()
+    # per-vesicle properties and positions are the run's spots table, row for row
+    import pandas as pd
+
+    spots = pd.read_csv(out / "spots.csv", float_precision="round_trip")
+    assert {"photons", "sigma", "bitmask"} <= set(feats.columns)
+    np.testing.assert_array_equal(feats["photons"].to_numpy(), spots["photons"].to_numpy())
+    np.testing.assert_array_equal(pts.data[:, -2:], spots[["y", "x"]].to_numpy())
 
 
 def test_gate_edit_updates_counts_to_library_values(make_napari_viewer, qtbot, demo, tmp_path):

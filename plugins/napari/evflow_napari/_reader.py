@@ -177,40 +177,66 @@ def _experiment_of(ds, results_path):
     return None
 
 
-def vesicle_table(results_path, ds=None):
-    """Per-vesicle table (sample, fov, field index, y, x, bitmask, phenotype) of the imaged fields of a run.
+def _read_spots(folder):
+    """The run's per-vesicle table ``spots.parquet`` (else ``spots.csv``) beside ``results.zarr``, or None."""
+    import pandas as pd
 
-    Read from the run's item store (``<output>/.evflow/items/image-<sample>-fov<f>.npz``).
+    pq, csv = folder / "spots.parquet", folder / "spots.csv"
+    if pq.is_file():
+        try:
+            return pd.read_parquet(pq)
+        except ImportError:  # no parquet engine: the csv copy holds the same table
+            if not csv.is_file():
+                raise
+    if csv.is_file():
+        return pd.read_csv(csv, dtype={"sample": str}, float_precision="round_trip")
+    return None
+
+
+def vesicle_table(results_path, ds=None):
+    """Per-vesicle table of the imaged fields of a run: ``sample``, ``fov``, ``field`` (index of the field in run
+    order), ``y``, ``x`` (px), ``bitmask``, ``phenotype``, then ``photons``, ``sigma`` (px) and the per-marker
+    columns of the run's ``spots.parquet`` (else ``spots.csv``) beside ``results.zarr``.
+
+    ``attrs['fields']`` lists the imaged (sample, fov) pairs in run order.
     """
     import pandas as pd
 
-    from evflow.pipeline.store import ResultStore
+    from evflow.errors import EvflowError
 
     ds = open_results(results_path) if ds is None else ds
-    out = Path(results_path).resolve().parent
-    store = ResultStore(out)
+    base = ["sample", "fov", "field", "y", "x", "bitmask", "phenotype"]
     if "image_sample" not in ds.dims:
-        return pd.DataFrame(columns=["sample", "fov", "field", "y", "x", "bitmask", "phenotype"])
-    labels = [str(p) for p in ds["image_phenotype"].values]
-    bits = [int(b) for b in ds["image_bitmask"].values]
-    lab_of = dict(zip(bits, labels))
-    rows, field = [], 0
+        return pd.DataFrame(columns=base)
     fields = []
     for s in ds["image_sample"].values:
         for f in ds["fov"].values:
             area = ds["image_field_area_um2"].sel(image_sample=s, fov=f).values
-            if not np.isfinite(area):
-                continue
-            item = store.load("image", f"{s}-fov{int(f)}")
-            fields.append((str(s), int(f)))
-            if item is not None:
-                b = np.asarray(item["bitmask"], np.int64)
-                rows.append(pd.DataFrame({"sample": str(s), "fov": int(f), "field": field,
-                                          "y": np.asarray(item["y"], float), "x": np.asarray(item["x"], float),
-                                          "bitmask": b, "phenotype": [lab_of.get(int(v), str(v)) for v in b]}))
-            field += 1
-    df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["sample", "fov", "field", "y", "x", "bitmask", "phenotype"])
+            if np.isfinite(area):
+                fields.append((str(s), int(f)))
+    folder = Path(results_path).resolve().parent
+    spots = _read_spots(folder)
+    if spots is None:
+        raise EvflowError(f"{folder}: no per-vesicle table spots.parquet or spots.csv beside results.zarr "
+                          f"(expected from an imaging run, which writes them with results.zarr)")
+    missing = [c for c in ("sample", "fov", "y", "x", "bitmask", "phenotype") if c not in spots.columns]
+    if missing:
+        raise EvflowError(f"{folder / 'spots.parquet'}: columns {missing} missing; found {list(spots.columns)}")
+    df = spots.copy()
+    df["sample"] = df["sample"].astype(str)
+    df["fov"] = df["fov"].to_numpy(np.int64)
+    index = {sf: i for i, sf in enumerate(fields)}
+    field = np.array([index.get((s, int(f)), -1) for s, f in zip(df["sample"], df["fov"])], np.int64)
+    if (field < 0).any():
+        bad = sorted({(s, int(f)) for s, f, i in zip(df["sample"], df["fov"], field) if i < 0})
+        raise EvflowError(f"{folder / 'spots.parquet'}: vesicles of fields {bad[:5]} that results.zarr does not "
+                          f"list as imaged (imaged: {fields[:5]}...)")
+    df["field"] = field
+    df["y"] = df["y"].to_numpy(np.float64)
+    df["x"] = df["x"].to_numpy(np.float64)
+    df["bitmask"] = df["bitmask"].to_numpy(np.int64)
+    df["phenotype"] = df["phenotype"].astype(str)
+    df = df[base + [c for c in df.columns if c not in base]].reset_index(drop=True)
     df.attrs["fields"] = fields
     return df
 
