@@ -215,6 +215,52 @@ def test_gate_edit_updates_counts_to_library_values(make_napari_viewer, qtbot, d
     assert int(w.counts["n_parent"][0]) == c["gate3"]
 
 
+def test_transform_change_converts_gates(make_napari_viewer, qtbot, demo):
+    """Gates drawn before a transform change keep the same events: counts agree up to events on the edges,
+    and the widget counts the converted gate exactly as the library does."""
+    from evflow_napari._flow import counts_for
+    from evflow_napari._qt import FlowGatingWidget
+
+    _, data = demo
+    path = data / "flow" / "S2.fcs"
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="evflow")
+    w = FlowGatingWidget(viewer)
+    qtbot.addWidget(w)
+    _wait_counts(qtbot, w)
+    x, y = w.view.x, w.view.y
+    gates = w.gates_layer
+    poly = np.array([[0.05, 0.3], [0.9, 0.3], [0.9, 0.8], [0.05, 0.8], [0.02, 0.55]])
+    rect = np.array([[0.2, 0.35], [0.2, 0.75], [0.7, 0.75], [0.7, 0.35]])
+    gates.add_polygons([poly])
+    gates.add_rectangles([rect])
+    gates.add_ellipses([np.array([[0.4, 0.5], [0.3, 0.2]])])  # centre (y, x), radii
+    _wait_counts(qtbot, w)
+    before_view = w.view
+    before = [int(counts_for(before_view, g, w.marker_spec())["n_parent"][0]) for g in w.gates()]
+    assert all(0 < b < before_view.sample.n_events for b in before)
+    with qtbot.waitSignal(w.density_updated, timeout=60000):
+        w.set_axes(x, y, "asinh", "linear")
+    _wait_counts(qtbot, w)
+    assert list(gates.shape_type) == ["polygon", "rectangle", "polygon"]
+    assert len(gates.data[0]) == 5 * 32 and len(gates.data[2]) == 4 * 32
+    assert not np.allclose(gates.data[1], rect, atol=1e-3)  # redrawn on the new scales
+    after = [int(counts_for(w.view, g, w.marker_spec())["n_parent"][0]) for g in w.gates()]
+    for b, a in zip(before, after):
+        assert abs(a - b) <= max(3, 2e-3 * b), (before, after)
+    assert after[1] == before[1]  # a rectangle maps exactly
+    # the widget counts the converted (active) gate exactly as count_phenotypes does
+    gate = w.gates()[w.active_gate]
+    ref = evflow.count_phenotypes(w.view.sample, parent=gate, markers={
+        m: (ch, thr, w.view.transform(ch, kind)) for m, (ch, thr, kind) in w.marker_spec().items()})
+    np.testing.assert_array_equal(w.counts["count"].values, ref["count"].values)
+    assert int(w.counts["n_parent"][0]) == after[w.active_gate]
+    # and back to logicle: close to the original shapes again
+    with qtbot.waitSignal(w.density_updated, timeout=60000):
+        w.set_axes(x, y, "logicle", "logicle")
+    np.testing.assert_allclose(gates.data[1], rect, atol=1e-5)
+
+
 def test_transform_change_recomputes_density(make_napari_viewer, qtbot, demo):
     from evflow_napari._flow import channel_top, make_transform
     from evflow_napari._qt import FlowGatingWidget

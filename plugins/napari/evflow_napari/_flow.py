@@ -28,6 +28,8 @@ __all__ = [
     "shape_to_gate",
     "shapes_to_gates",
     "gates_to_shapes",
+    "convert_shape",
+    "convert_shapes",
 ]
 
 TRANSFORM_KINDS = ("logicle", "asinh", "log", "linear")
@@ -323,6 +325,96 @@ def gates_to_shapes(strategy, x, y):
             continue
         ids.append(gid)
     return data, types, ids
+
+
+def _densify(xy, shape_type, per_edge):
+    """Boundary points (x, y) of a shape: each straight edge cut into ``per_edge`` pieces, an ellipse
+    (4 bounding-box corners) sampled at ``4 * per_edge`` angles."""
+    if shape_type == "ellipse":
+        c = xy.mean(axis=0)
+        e1, e2 = (xy[1] - xy[0]) / 2.0, (xy[3] - xy[0]) / 2.0
+        t = np.arange(4 * per_edge) * (2.0 * np.pi / (4 * per_edge))
+        return c + np.cos(t)[:, None] * e1 + np.sin(t)[:, None] * e2
+    nxt = np.roll(xy, -1, axis=0)
+    f = np.arange(per_edge) / per_edge
+    return (xy[:, None, :] + f[None, :, None] * (nxt - xy)[:, None, :]).reshape(-1, 2)
+
+
+def _remap_axis(v, old, new, floor):
+    """Display values of transform ``old`` -> data -> display values of transform ``new``."""
+    out = np.asarray(new.apply(old.inverse(np.asarray(v, np.float64))), np.float64)
+    bad = ~np.isfinite(out)
+    if bad.any():  # data outside the new scale's domain (log of <= 0): below every event shown
+        good = out[~bad]
+        lo = min(good.min() if good.size else 0.0, floor if floor is not None else 0.0) - 1e-3
+        out[bad] = lo
+    return out
+
+
+def convert_shape(vertices, shape_type, old, new, per_edge=32, floors=(None, None)):
+    """A gate shape drawn on the display scales of ``old`` transforms, redrawn on those of ``new``.
+
+    Each vertex goes display -> data through ``old[i].inverse`` and data -> display
+    through ``new[i].apply`` (axes whose entry is None stay as they are).
+    Straight edges are densified first (``per_edge`` points each) so that the
+    polygon follows the curved image of the old edge; axis-aligned rectangles
+    stay rectangles (the two transforms act on each axis separately); rotated
+    rectangles and ellipses become polygons.
+
+    Parameters
+    ----------
+    vertices : (n, 2) array of (y, x) display values, as napari stores them.
+    shape_type : {'polygon', 'rectangle', 'ellipse'}
+    old, new : (x transform or None, y transform or None)
+    per_edge : int
+        Points per straight edge (ellipses: ``4 * per_edge`` points).
+    floors : (float or None, float or None)
+        Per axis, a display value on the new scale below every event; vertices
+        whose data fall outside the new scale's domain (``log`` of values <= 0)
+        go just below it.
+
+    Returns
+    -------
+    (vertices (m, 2) as (y, x), shape type)
+    """
+    v = np.asarray(vertices, np.float64)
+    xy = v[:, ::-1].copy()
+    if shape_type == "rectangle":
+        xs, ys = np.unique(np.round(xy[:, 0], 12)), np.unique(np.round(xy[:, 1], 12))
+        if not (len(xs) == 2 and len(ys) == 2):
+            xy, shape_type = _densify(xy, "polygon", per_edge), "polygon"
+    elif shape_type in ("polygon", "ellipse"):
+        xy, shape_type = _densify(xy, shape_type, per_edge), "polygon"
+    else:
+        raise GatingError(f"napari shape type {shape_type!r} is not a gate (draw a polygon, rectangle or ellipse)")
+    for i in range(2):
+        if old[i] is not None and new[i] is not None:
+            xy[:, i] = _remap_axis(xy[:, i], old[i], new[i], floors[i])
+    return xy[:, ::-1], shape_type
+
+
+def convert_shapes(data, shape_types, old_view, new_view, per_edge=32):
+    """Gate shapes of ``old_view`` redrawn for ``new_view`` (see :func:`convert_shape`).
+
+    An axis is converted when it keeps its channel and changes its transform;
+    an axis whose channel changes keeps the drawn display values.
+    Returns (list of vertices, list of shape types).
+    """
+    old, new, floors = [None, None], [None, None], [None, None]
+    for i, (a, b) in enumerate(((old_view.x, new_view.x), (old_view.y, new_view.y))):
+        ka = (old_view.x_transform, old_view.y_transform)[i]
+        kb = (new_view.x_transform, new_view.y_transform)[i]
+        if a == b and ka != kb:
+            old[i], new[i] = old_view.transforms[i], new_view.transforms[i]
+            if kb == "log":
+                col = np.asarray(new_view.xy_events()[:, i])
+                pos = col[col > 0]
+                if pos.size:
+                    floors[i] = float(new[i].apply(np.array([pos.min()]))[0])
+    if old == [None, None]:
+        return [np.asarray(d, np.float64) for d in data], list(shape_types)
+    out = [convert_shape(d, t, old, new, per_edge, floors) for d, t in zip(data, shape_types)]
+    return [o[0] for o in out], [o[1] for o in out]
 
 
 def counts_for(view: FlowView, gate, markers: dict):

@@ -18,7 +18,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._flow import TRANSFORM_KINDS, FlowView, counts_for, default_markers, gates_to_shapes, shapes_to_gates
+from .._flow import (TRANSFORM_KINDS, FlowView, convert_shapes, counts_for, default_markers, gates_to_shapes,
+                     shapes_to_gates)
 
 __all__ = ["FlowGatingWidget"]
 
@@ -207,13 +208,29 @@ class FlowGatingWidget(QWidget):
     def set_axes(self, x, y, x_transform, y_transform):
         """Change the plotted channels/transforms; the density image is recomputed in a worker thread.
 
-        Existing gates keep their display coordinates and now apply to the new axes.
+        Gates on an axis that keeps its channel and changes its transform are redrawn on the new display
+        scale (the same events stay inside, up to events on the gate's edge); on an axis whose channel
+        changes they keep their display coordinates.
         """
         from napari.qt.threading import create_worker
 
         spec = {**self.view.spec(), "x": x, "y": y, "x_transform": x_transform, "y_transform": y_transform}
         view = FlowView.from_spec(spec)
+        if view.x == self.view.x and view.y == self.view.y:
+            view._xy_cache = self.view._xy_cache  # same channels: keep the events in memory
+        old_view = self.view
         self.view = view
+        ly = self.gates_layer
+        if ly is not None and len(ly.data):
+            data, types = convert_shapes(ly.data, ly.shape_type, old_view, view)
+            if types != list(ly.shape_type) or any(
+                    np.shape(a) != np.shape(b) or not np.array_equal(a, b) for a, b in zip(data, ly.data)):
+                names = list(ly.features["gate"]) if "gate" in ly.features.columns else None
+                active = self.active_gate
+                ly.data = list(zip(data, types))
+                if names is not None:
+                    ly.features = ly.features.assign(gate=names)
+                self.active_gate = active
         self._dgen += 1
         gen = self._dgen
         w = create_worker(view.image_layer_data, _start_thread=False)
