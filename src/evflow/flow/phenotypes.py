@@ -211,8 +211,10 @@ def _array_sample(events, channels, name):
         raise GatingError(
             f"sample {name!r}: events have shape {tuple(getattr(events, 'shape', ()))} but {len(channels)} channel names"
         )
-    if not isinstance(events, da.Array):
+    if isinstance(events, np.ndarray) or type(events).__module__.split(".")[0] == "cupy":
         events = _wrap_in_memory(events)
+    elif not isinstance(events, da.Array):  # other array-likes: dask's own wrapping (a copy, random name)
+        events = da.from_array(events, chunks=(max(1, min(events.shape[0], 1 << 24)), -1), asarray=False, name=False)
     return FCSSample(path=str(name), version="", data_set=0, meta={}, channels=channels,
                      markers=[None] * len(channels), events=events, scaled=True)
 
