@@ -20,24 +20,22 @@ __all__ = ["Compensation", "parse_spillover_string"]
 def parse_spillover_string(value: str, key: str = "$SPILLOVER"):
     """Parse ``"n,ch1,...,chn,s11,s12,...,snn"`` → ``(matrix (n, n) float64, [ch1..chn])``.
 
+    The FCS reader's parser (:func:`evflow.io.fcs.parse_spillover`), with its
+    errors raised as :class:`GatingError` for gating code.
+
     Raises
     ------
     GatingError
         If the count, the names or the numbers do not add up.
     """
-    parts = [p.strip() for p in str(value).split(",")]
+    from ..errors import FCSError
+    from ..io.fcs import parse_spillover
+
     try:
-        n = int(float(parts[0]))
-    except (ValueError, IndexError):
-        raise GatingError(f"{key}: starts with {parts[:1]}, expected the number of channels") from None
-    if n < 1 or len(parts) != 1 + n + n * n:
-        raise GatingError(f"{key}: {len(parts)} fields for n={n}; expected 1 + n + n*n = {1 + n + n * n}")
-    names = parts[1 : 1 + n]
-    try:
-        m = np.array([float(x) for x in parts[1 + n :]], dtype=np.float64).reshape(n, n)
-    except ValueError:
-        raise GatingError(f"{key}: matrix entries are not all numbers") from None
-    return m, names
+        da = parse_spillover(value, None, key)
+    except FCSError as exc:
+        raise GatingError(str(exc)) from None
+    return np.array(da.values), [str(c) for c in da.coords["source"].values]
 
 
 class Compensation:
