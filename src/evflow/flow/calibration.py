@@ -100,9 +100,8 @@ def _channel_range(meta: dict, i: int) -> tuple[float, float] | None:
 def _as_table(sample, channels: Sequence[str], what: str = "beads") -> _Table:
     """Columns ``channels`` of ``sample`` as a linear-scale float64 table.
 
-    ``sample`` is a path, an :class:`evflow.FCSSample` (re-read with
-    ``scale=True`` when it was read unscaled), a pandas DataFrame, or an
-    xarray DataArray with dims (event, channel).
+    ``sample`` is a path, an :class:`evflow.FCSSample` (its linear-scale
+    events), a pandas DataFrame, or an xarray DataArray with dims (event, channel).
     """
     from ..backend import to_numpy
 
@@ -112,12 +111,8 @@ def _as_table(sample, channels: Sequence[str], what: str = "beads") -> _Table:
 
         sample = read_fcs(sample, scale=True)
     if hasattr(sample, "channel_index") and hasattr(sample, "events"):
-        if not getattr(sample, "scaled", False):
-            from ..io.fcs import read_fcs
-
-            sample = read_fcs(sample.path, data_set=getattr(sample, "data_set", 0), scale=True)
         idx = [sample.channel_index(c) for c in channels]
-        data = to_numpy(sample.events[:, idx]).astype(np.float64)
+        data = to_numpy(sample.linear_events()[:, idx]).astype(np.float64)
         ranges = []
         for j, i in enumerate(idx):
             r = _channel_range(sample.meta, i)
@@ -1330,10 +1325,9 @@ def _acquisition_seconds(sample, time_channel=None):
     name = time_channel or getattr(sample, "time_channel", None)
     if name is not None and hasattr(sample, "channel_index"):
         i = sample.channel_index(name)
-        t = to_numpy(sample.events[:, i]).astype(float)
-        if not getattr(sample, "scaled", False):
-            step = float(meta.get("$TIMESTEP", 1.0) or 1.0)
-            t = t * step
+        # linear_events applies $TIMESTEP to the time channel (FCSSample); other samples are taken as is
+        events = sample.linear_events() if hasattr(sample, "linear_events") else sample.events
+        t = to_numpy(events[:, i]).astype(float)
         if t.size > 1 and np.nanmax(t) > np.nanmin(t):
             return float(np.nanmax(t) - np.nanmin(t)), f"Time channel {name!r}"
     bt, et = str(meta.get("$BTIM", "") or ""), str(meta.get("$ETIM", "") or "")
