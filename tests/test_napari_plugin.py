@@ -34,6 +34,19 @@ def _wait_counts(qtbot, w, timeout=60000):
                     timeout=timeout)
     assert w.error is None, w.error
 
+def _gating_widget(make_napari_viewer, qtbot, demo, name):
+    """A viewer with the demo's flow sample ``name`` opened and the gating widget on it."""
+    from evflow_napari._qt import FlowGatingWidget
+
+    _, data = demo
+    path = data / "flow" / name
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="evflow")
+    w = FlowGatingWidget(viewer)
+    qtbot.addWidget(w)
+    return path, w
+
+
 
 def test_manifest_discovered():
     from npe2 import PluginManager
@@ -142,14 +155,8 @@ def test_open_results_zarr_points_by_phenotype(make_napari_viewer, results_copy,
 
 def test_gate_edit_updates_counts_to_library_values(make_napari_viewer, qtbot, demo, tmp_path):
     from evflow_napari._flow import channel_top, make_transform
-    from evflow_napari._qt import FlowGatingWidget
 
-    _, data = demo
-    path = data / "flow" / "S2.fcs"
-    viewer = make_napari_viewer()
-    viewer.open(str(path), plugin="evflow")
-    w = FlowGatingWidget(viewer)
-    qtbot.addWidget(w)
+    path, w = _gating_widget(make_napari_viewer, qtbot, demo, "S2.fcs")
     _wait_counts(qtbot, w)
     s = evflow.read_fcs(path)
     assert int(w.counts["n_parent"][0]) == s.n_events  # no gate: all events
@@ -219,14 +226,8 @@ def test_transform_change_converts_gates(make_napari_viewer, qtbot, demo):
     """Gates drawn before a transform change keep the same events: counts agree up to events on the edges,
     and the widget counts the converted gate exactly as the library does."""
     from evflow_napari._flow import counts_for
-    from evflow_napari._qt import FlowGatingWidget
 
-    _, data = demo
-    path = data / "flow" / "S2.fcs"
-    viewer = make_napari_viewer()
-    viewer.open(str(path), plugin="evflow")
-    w = FlowGatingWidget(viewer)
-    qtbot.addWidget(w)
+    path, w = _gating_widget(make_napari_viewer, qtbot, demo, "S2.fcs")
     _wait_counts(qtbot, w)
     x, y = w.view.x, w.view.y
     gates = w.gates_layer
@@ -263,14 +264,8 @@ def test_transform_change_converts_gates(make_napari_viewer, qtbot, demo):
 
 def test_transform_change_recomputes_density(make_napari_viewer, qtbot, demo):
     from evflow_napari._flow import channel_top, make_transform
-    from evflow_napari._qt import FlowGatingWidget
 
-    _, data = demo
-    path = data / "flow" / "S3.fcs"
-    viewer = make_napari_viewer()
-    viewer.open(str(path), plugin="evflow")
-    w = FlowGatingWidget(viewer)
-    qtbot.addWidget(w)
+    path, w = _gating_widget(make_napari_viewer, qtbot, demo, "S3.fcs")
     with qtbot.waitSignal(w.density_updated, timeout=60000):
         w.set_axes("FL1-H", "FL2-H", "asinh", "log")
     s = evflow.read_fcs(path)
