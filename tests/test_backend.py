@@ -85,6 +85,7 @@ def test_kernel_sources_ship_with_the_package():
     from importlib import resources
 
     cu = [p.name for p in resources.files(k).iterdir() if p.name.endswith(".cu")]
+    assert {"phenotype.cu", "gaussfit.cu"} <= set(cu), cu
     for name in cu:
         src = k.read_source(name)
         assert "__global__" in src or "extern" in src, name
