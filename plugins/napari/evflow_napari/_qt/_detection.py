@@ -47,6 +47,8 @@ class VesicleDetectionWidget(QWidget):
     """
 
     detected = Signal(object)
+    #: one channel done; emitted from the worker thread, delivered in the GUI thread (queued)
+    _channel_done = Signal(int)
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -193,14 +195,16 @@ class VesicleDetectionWidget(QWidget):
         params = self.parameters()
         field_idx = self.current_field_index()
         backend = "cupy" if gpu_available() else "numpy"
-        markers_box = {}
+        field, markers = self.current_field()
+        # The progress bar is a Qt object: it is created, advanced and closed in the GUI
+        # thread only (touching it from the worker thread crashes Qt); the worker reports
+        # each finished channel through a queued signal.
+        pbar = progress(total=len(markers), desc="evflow: detecting vesicles")
+        self._channel_done.connect(lambda i: pbar.update(1))
 
         def work():
-            field, markers = self.current_field()
-            markers_box["markers"] = markers
-            with progress(total=len(markers), desc="evflow: detecting vesicles") as pbar:
-                return detect_field(field, markers, params, backend=backend,
-                                    progress=lambda i: pbar.update(1)), field.shape
+            return detect_field(field, markers, params, backend=backend,
+                                progress=self._channel_done.emit), field.shape
 
         w = create_worker(work, _start_thread=False)
         w.returned.connect(lambda res: self._done(res, field_idx, params, backend))
@@ -209,6 +213,7 @@ class VesicleDetectionWidget(QWidget):
         w.finished.connect(lambda w=w: self._workers.discard(w))
         self.run_btn.setEnabled(False)
         w.finished.connect(lambda: self.run_btn.setEnabled(True))
+        w.finished.connect(lambda: (self._channel_done.disconnect(), pbar.close()))
         self.status.setText(f"detecting ({backend})…")
         w.start()
         return w
