@@ -34,6 +34,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
+from .thresholds import (
+    DEFAULT_QUANTILE,
+    RULE_FORMS,
+    ThresholdRule,
+    finite_values,
+    parse_threshold_rule,
+)
 
 __all__ = [
     "ROLES",
@@ -156,9 +163,12 @@ class Threshold:
         return _plain(self.__dict__)
 
 
-def threshold_from_control(values, *, role: str = "isotype", quantile: float = 0.995, n_sd: float | None = None,
-                           calibration=None) -> Threshold:
+def threshold_from_control(values, *, role: str = "isotype", quantile: float = DEFAULT_QUANTILE,
+                           n_sd: float | None = None, rule=None, calibration=None) -> Threshold:
     """Positivity threshold from a negative control's per-event values.
+
+    The statistic is one of :mod:`evflow.flow.thresholds` (the rule grammar shared with
+    :func:`evflow.count_phenotypes` and the experiment file).
 
     Parameters
     ----------
@@ -167,40 +177,44 @@ def threshold_from_control(values, *, role: str = "isotype", quantile: float = 0
     role : str
         The control's role (``"isotype"``, ``"unstained"``, ``"buffer_reagents"``...).
     quantile : float
-        Threshold = this quantile of the control (default 99.5 %).
+        Threshold = this quantile (0..1) of the control (default 0.995: the
+        99.5th percentile); the alias of the rule ``"percentile 99.5 of <role>"``.
     n_sd : float, optional
-        Instead: median + ``n_sd`` robust SDs (1.4826 x MAD).
+        Instead: median + ``n_sd`` robust SDs (1.4826 x MAD): the rule ``"median+<n_sd>mad of <role>"``.
+    rule : str, dict or ThresholdRule, optional
+        Instead of ``quantile`` / ``n_sd``: any rule of :func:`evflow.flow.thresholds.parse_threshold_rule`
+        (its control name is ignored: the values are the control).
     calibration : MESFCalibration, optional
         Also express the threshold in its units.
 
     Raises
     ------
     ConfigError
-        For an unknown role, an empty control, or a quantile outside (0, 1).
+        For an unknown role, an empty control, a bad rule, or a quantile outside (0, 1).
     """
-    from ..backend import to_numpy
-
     if role not in ROLES:
         raise ConfigError(f"unknown control role {role!r}; expected one of {sorted(ROLES)}")
-    v = to_numpy(values).astype(float).ravel()
-    v = v[np.isfinite(v)]
+    v = finite_values(values)
     if v.size == 0:
         raise ConfigError(f"the {role!r} control has no (finite) events; a threshold needs events")
-    if n_sd is None:
+    if rule is not None:
+        r = parse_threshold_rule(rule, error=ConfigError, where=f"the {role!r} control")
+        if not isinstance(r, ThresholdRule):
+            raise ConfigError(f"the {role!r} control: rule {rule!r} is a number, not a rule; expected {RULE_FORMS}")
+        r = r.for_control(role)
+    elif n_sd is None:
         if not 0 < quantile < 1:
             raise ConfigError(f"quantile must be in (0, 1), got {quantile}")
-        t = float(np.quantile(v, quantile))
-        method = f"{100 * quantile:g}th percentile of {role}"
+        r = ThresholdRule.from_quantile(quantile, role)
     else:
-        med = float(np.median(v))
-        t = med + float(n_sd) * 1.4826 * float(np.median(np.abs(v - med)))
-        method = f"median + {n_sd:g} robust SD of {role}"
+        r = ThresholdRule("median_mad", role, n_sd=float(n_sd))
+    t = r.statistic(v)
     cal_t = None
     units = "channel units"
     if calibration is not None:
         cal_t = float(calibration.to_mesf(np.array([t]))[0])
         units = calibration.units
-    return Threshold(t, cal_t, units, method, role, int(v.size), float(np.mean(v > t)))
+    return Threshold(t, cal_t, units, r.method, role, int(v.size), float(np.mean(v > t)))
 
 
 # --------------------------------------------------------------------------- background, detergent, dilution

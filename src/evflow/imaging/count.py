@@ -12,12 +12,17 @@ was detected in that channel.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from ..errors import ConfigError, EvflowError, ImageError
+from ..flow.thresholds import (
+    DEFAULT_QUANTILE,
+    RULE_FORMS,
+    ThresholdRule,
+    parse_threshold_rule,
+)
 
 __all__ = ["measure_photons", "phenotype_field", "count_vesicles", "thresholds_from_control", "check_field"]
 
@@ -206,15 +211,24 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
     return out
 
 
-def thresholds_from_control(spots: pd.DataFrame, markers, *, quantile=0.995):
+def thresholds_from_control(spots: pd.DataFrame, markers, *, quantile=DEFAULT_QUANTILE, rule=None):
     """Per-marker photon thresholds from spots of a negative-control chip.
 
-    The threshold of marker ``m`` is the ``quantile`` of ``photons_<m>``
-    over the control's vesicles: at most ``1 - quantile`` of negatives are
-    called positive.
+    The threshold of marker ``m`` is the ``quantile`` (0..1, default 0.995)
+    of ``photons_<m>`` over the control's vesicles: at most ``1 - quantile``
+    of negatives are called positive.  ``rule`` instead takes any rule of
+    :mod:`evflow.flow.thresholds` (``"percentile 99.5 of isotype"``,
+    ``"mean+3sd of isotype"``, ``"median+3mad of isotype"``; the control name
+    is ignored: the spots are the control).
     """
-    if not 0 < quantile < 1:
-        raise ConfigError(f"quantile must be in (0, 1), got {quantile}")
+    if rule is None:
+        if not 0 < quantile < 1:
+            raise ConfigError(f"quantile must be in (0, 1), got {quantile}")
+        r = ThresholdRule.from_quantile(quantile, "control")
+    else:
+        r = parse_threshold_rule(rule, error=ConfigError, where="control spots")
+        if not isinstance(r, ThresholdRule):
+            raise ConfigError(f"control spots: rule {rule!r} is a number, not a rule; expected {RULE_FORMS}")
     out = {}
     for m in markers:
         col = f"photons_{m}"
@@ -224,7 +238,7 @@ def thresholds_from_control(spots: pd.DataFrame, markers, *, quantile=0.995):
         v = v[np.isfinite(v)]
         if len(v) < 10:
             raise ConfigError(f"control has only {len(v)} measured vesicles for {m!r}; need at least 10")
-        out[m] = float(np.quantile(v, quantile))
+        out[m] = r.statistic(v)
     return out
 
 
