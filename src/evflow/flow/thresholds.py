@@ -350,7 +350,8 @@ def experiment_rule(table: Mapping, key: str, *, default: str | None, keywords=(
     rule = table.get("rule", default)
     if rule is None or rule in keywords:
         return rule
-    expected = ", ".join(keywords) + f", control_quantile (with 'quantile' and 'control') or {RULE_FORMS}"
+    expected = (", ".join(keywords) + f" or a control rule: {RULE_FORMS}, "
+                "or the alias control_quantile (with 'quantile' and 'control')")
     if not isinstance(rule, str):
         raise ConfigError(f"'{key}.rule' is {rule!r}, expected {expected}")
     if rule == "control_quantile":

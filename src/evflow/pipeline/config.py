@@ -45,9 +45,10 @@ Layout (all sections but ``[[samples]]`` optional)::
     max = 1e6
 
     [thresholds]                     # how marker thresholds are set
-    rule = "control_quantile"        # or "fixed"
-    control = "isotype"              # role of the control samples
-    quantile = 0.995
+    rule = "percentile 99.5 of isotype"  # or "mean+3sd of isotype", "median+3mad of isotype",
+                                     # "fixed", or the alias "control_quantile" with:
+    control = "isotype"              #   role of the control samples (alias only)
+    quantile = 0.995                 #   quantile, 0..1 (alias only)
     values = { CD63 = 120.0 }        # fixed thresholds (channel units), per marker
 
     [qc]
@@ -69,9 +70,9 @@ Layout (all sections but ``[[samples]]`` optional)::
     registration_beads = "images/beads.tif"
 
     [imaging.thresholds]             # positivity of each marker in a vesicle
-    rule = "control_quantile"        # detected (default) | fixed | control_quantile
-    control = "isotype"              # role of the negative-control chip (its samples' images)
-    quantile = 0.995                 # of the marker's photons over the control chip's vesicles
+    rule = "control_quantile"        # detected (default) | fixed | a control rule as in [thresholds]
+    control = "isotype"              # (alias only) role of the negative-control chip (its samples' images)
+    quantile = 0.995                 # (alias only) of the marker's photons over the control chip's vesicles
     values = { CD9 = 300.0 }         # photons; fixed rule: every marker; control rule: overrides
 
     [[samples]]
@@ -95,6 +96,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
 
 __all__ = ["Experiment", "Sample", "load_experiment", "validate_experiment", "ROLES"]
 
@@ -144,7 +146,7 @@ _SCHEMA: dict = {
         },
     },
     "thresholds": {
-        "rule": (str, "control_quantile or fixed"),
+        "rule": (str, "fixed, a control rule such as 'percentile 99.5 of isotype', or control_quantile"),
         "control": (str, "a role"),
         "quantile": (_NUM, "a number in (0, 1)"),
         "values": (dict, "a table marker -> threshold"),
@@ -167,7 +169,7 @@ _SCHEMA: dict = {
         "match_radius_px": (_NUM, "a distance (px)"),
         "registration_beads": (str, "a TIFF file"),
         "thresholds": {
-            "rule": (str, "detected, fixed or control_quantile"),
+            "rule": (str, "detected, fixed, a control rule such as 'percentile 99.5 of isotype', or control_quantile"),
             "control": (str, "a role"),
             "quantile": (_NUM, "a number in (0, 1)"),
             "values": (dict, "a table marker -> photons"),
@@ -511,19 +513,26 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
 
     # ---- thresholds: the rule and the roles it needs
     rule = thr_s.get("rule", "control_quantile" if flow_samples and markers else None)
+    trule = None  # a rule string (flow.thresholds grammar)
     if rule is not None and rule not in ("control_quantile", "fixed"):
-        problems.append(f"{src}: 'thresholds.rule' is {rule!r}, expected control_quantile or fixed")
-    if rule == "control_quantile" and flow_samples and markers:
-        ctrl = thr_s.get("control", "isotype")
+        try:
+            trule = experiment_rule(thr_s, "thresholds", default=None)
+        except ConfigError as exc:
+            problems.append(f"{src}: {exc}")
+    if (rule == "control_quantile" or trule is not None) and flow_samples and markers:
+        ctrl = thr_s.get("control", DEFAULT_CONTROL) if trule is None else trule.control
+        key = "thresholds.control" if trule is None else "thresholds.rule"
         if ctrl not in ROLES:
-            problems.append(f"{src}: 'thresholds.control' is {ctrl!r}, expected a role ({', '.join(ROLES)})")
+            problems.append(f"{src}: '{key}' names control {ctrl!r}, expected a role ({', '.join(ROLES)})"
+                            if trule is not None else
+                            f"{src}: 'thresholds.control' is {ctrl!r}, expected a role ({', '.join(ROLES)})")
         elif not any(s.role == ctrl and s.flow is not None for s in samples):
             problems.append(
-                f"{src}: 'thresholds.rule' control_quantile needs a flow sample with role {ctrl!r} "
-                f"('thresholds.control'), but none is listed (roles present: {', '.join(sorted(roles)) or 'none'})"
+                f"{src}: 'thresholds.rule' {'control_quantile' if trule is None else repr(rule)} needs a flow sample "
+                f"with role {ctrl!r} ('{key}'), but none is listed (roles present: {', '.join(sorted(roles)) or 'none'})"
             )
-        q = thr_s.get("quantile", 0.995)
-        if isinstance(q, _NUM) and not 0 < q < 1:
+        q = thr_s.get("quantile", DEFAULT_QUANTILE)
+        if trule is None and isinstance(q, _NUM) and not 0 < q < 1:
             problems.append(f"{src}: 'thresholds.quantile' is {q}, expected a number in (0, 1)")
     if rule == "fixed" and isinstance(markers, Mapping):
         vals = thr_s.get("values", {})
@@ -560,8 +569,12 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
         irule = it.get("rule", "detected")
         ivals = it.get("values", {}) if isinstance(it.get("values", {}), Mapping) else {}
         chan_list = ch if isinstance(ch, list) else []
+        itrule = None  # a rule string (flow.thresholds grammar)
         if irule not in ("detected", "fixed", "control_quantile"):
-            problems.append(f"{src}: 'imaging.thresholds.rule' is {irule!r}, expected detected, fixed or control_quantile")
+            try:
+                itrule = experiment_rule(it, "imaging.thresholds", default=None, keywords=("detected", "fixed"))
+            except ConfigError as exc:
+                problems.append(f"{src}: {exc}")
         for m, v in ivals.items():
             if m not in chan_list:
                 problems.append(f"{src}: 'imaging.thresholds.values.{m}': {m!r} is not one of 'imaging.channels' "
@@ -573,17 +586,20 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
                 if m not in ivals:
                     problems.append(f"{src}: 'imaging.thresholds.values.{m}' is missing "
                                     "(rule 'fixed' needs a threshold per image channel)")
-        if irule == "control_quantile":
-            ictrl = it.get("control", "isotype")
+        if irule == "control_quantile" or itrule is not None:
+            ictrl = it.get("control", DEFAULT_CONTROL) if itrule is None else itrule.control
+            ikey = "imaging.thresholds.control" if itrule is None else "imaging.thresholds.rule"
             if ictrl not in ROLES:
-                problems.append(f"{src}: 'imaging.thresholds.control' is {ictrl!r}, expected a role ({', '.join(ROLES)})")
+                problems.append(f"{src}: '{ikey}' names control {ictrl!r}, expected a role ({', '.join(ROLES)})"
+                                if itrule is not None else
+                                f"{src}: 'imaging.thresholds.control' is {ictrl!r}, expected a role ({', '.join(ROLES)})")
             elif not any(s.role == ictrl and s.images for s in samples):
                 problems.append(
-                    f"{src}: 'imaging.thresholds.rule' control_quantile needs image fields of a sample with role "
-                    f"{ictrl!r} ('imaging.thresholds.control'), but none is listed"
+                    f"{src}: 'imaging.thresholds.rule' {'control_quantile' if itrule is None else repr(irule)} needs "
+                    f"image fields of a sample with role {ictrl!r} ('{ikey}'), but none is listed"
                 )
-            iq = it.get("quantile", 0.995)
-            if isinstance(iq, _NUM) and not 0 < iq < 1:
+            iq = it.get("quantile", DEFAULT_QUANTILE)
+            if itrule is None and isinstance(iq, _NUM) and not 0 < iq < 1:
                 problems.append(f"{src}: 'imaging.thresholds.quantile' is {iq}, expected a number in (0, 1)")
         rb = img_s.get("registration_beads")
         if isinstance(rb, str) and check_files and not resolve(rb).is_file():

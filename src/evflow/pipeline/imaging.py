@@ -4,9 +4,10 @@
   registration-bead field (one affine map per channel to the reference, the
   first channel);
 * thresholds: positivity per marker is "detected in the channel" (rule
-  ``detected``), a photon count set by hand (``fixed``), or the quantile of the
-  marker's photons over the vesicles of a negative-control chip
-  (``control_quantile``, :func:`evflow.imaging.count.thresholds_from_control`);
+  ``detected``), a photon count set by hand (``fixed``), or a control rule
+  (:mod:`evflow.flow.thresholds`: ``"percentile 99.5 of isotype"``..., or the
+  alias ``control_quantile``) over the marker's photons in the vesicles of a
+  negative-control chip (:func:`evflow.imaging.count.thresholds_from_control`);
 * fields: read with :func:`evflow.read_images` (camera model: ADU to photons)
   and counted with :func:`evflow.imaging.count.count_vesicles`; each vesicle
   keeps its reference-channel position, photons per marker, the fitted PSF
@@ -97,6 +98,7 @@ def image_thresholds(img_s, control_items) -> tuple[dict | None, str]:
     """Per-marker photon thresholds from the ``[imaging.thresholds]`` rule (None: detection)."""
     import pandas as pd
 
+    from ..flow.thresholds import experiment_rule
     from ..imaging.count import thresholds_from_control
 
     chans = list(img_s["channels"])
@@ -107,13 +109,13 @@ def image_thresholds(img_s, control_items) -> tuple[dict | None, str]:
         return None, "detected in the marker's channel"
     if rule == "fixed":
         return {m: values[m] for m in chans}, "fixed: " + ", ".join(f"{m} >= {values[m]:g} photons" for m in chans)
-    q = float(t.get("quantile", 0.995))
+    trule = experiment_rule(t, "imaging.thresholds", default="detected", keywords=("detected", "fixed"))
     ph = np.vstack([it["photons_marker"] for it in control_items.values()]) if control_items else np.zeros((0, len(chans)))
     df = pd.DataFrame({f"photons_{m}": ph[:, c] for c, m in enumerate(chans)})
     from_control = [m for m in chans if m not in values]
-    thr = thresholds_from_control(df, from_control, quantile=q) if from_control else {}
+    thr = thresholds_from_control(df, from_control, rule=trule) if from_control else {}
     thr.update(values)
-    desc = (f"{100 * q:g}th percentile of photons over {len(ph)} vesicles of the {t.get('control', 'isotype')} chip "
+    desc = (f"{trule.statistic_name} of photons over {len(ph)} vesicles of the {trule.control} chip "
             f"({', '.join(from_control)})")
     if values:
         desc += "; fixed: " + ", ".join(f"{m} >= {v:g} photons" for m, v in values.items())

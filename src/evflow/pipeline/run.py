@@ -27,6 +27,7 @@ import traceback
 import numpy as np
 
 from ..errors import ConfigError, EvflowError
+from ..flow.thresholds import ThresholdRule, experiment_rule
 from .config import Experiment, load_experiment
 from .store import ResultStore, file_fingerprint, file_sha256, fingerprint
 
@@ -234,12 +235,12 @@ def _t_registration(path, img_s, store_root, fp):
 # =========================================================================== flow tasks
 
 
-def _t_control(name, path, strategy, parent, markers, q, backend, store_root, fp):
+def _t_control(name, path, strategy, parent, markers, trule, backend, store_root, fp):
     from ..flow.phenotypes import count_phenotypes
 
     @_guard
     def body():
-        rule = {"rule": "percentile", "q": 100.0 * q, "control": name}
+        rule = trule.for_control(name)
         ds = count_phenotypes({name: str(path)}, parent=parent, strategy=strategy,
                               markers={m: (ch, rule) for ch, m in markers.items()},
                               controls={name: str(path)}, backend=backend)
@@ -510,7 +511,7 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
                      "gatingml": file_fingerprint(exp.resolve(flow_s["gates"]["gatingml"]))
                      if "gatingml" in flow_s.get("gates", {}) else None}
         thr_s = exp.settings.get("thresholds", {})
-        rule = thr_s.get("rule", "control_quantile")
+        rule = experiment_rule(thr_s, "thresholds", default="control_quantile")
         thresholds = None
         control_items = {}
         if markers:
@@ -518,19 +519,19 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
                 thresholds = np.array([float(thr_s["values"][m]) for m in markers.values()])
                 threshold_desc = "fixed: " + ", ".join(f"{m} > {thr_s['values'][m]:g}" for m in markers.values())
             else:
-                role = thr_s.get("control", "isotype")
-                q = float(thr_s.get("quantile", 0.995))
+                role = rule.control
                 tasks, keys = [], []
                 for s in exp.by_role(role):
                     if s.flow is None:
                         continue
-                    fp = fingerprint(version, "control", file_fingerprint(s.flow), gate_spec, markers, q)
+                    fp = fingerprint(version, "control", file_fingerprint(s.flow), gate_spec, markers,
+                                     rule.cache_key())
                     hit = cached("control", s.name, fp)
                     if hit is not None:
                         control_items[s.name] = hit
                     else:
                         tasks.append(dask.delayed(_t_control, pure=False)(
-                            s.name, s.flow, strategy, parent, markers, q, be, root, fp))
+                            s.name, s.flow, strategy, parent, markers, rule, be, root, fp))
                         keys.append(s.name)
                 t0 = time.perf_counter()
                 for k, res in zip(keys, _compute(tasks, "controls", sched, client, progress, log)):
@@ -544,16 +545,18 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
                 if not good:
                     raise EvflowError(f"no usable {role!r} control: thresholds cannot be set ({failures})")
                 thresholds = np.max(np.stack([good[k]["thresholds"] for k in sorted(good)]), axis=0)
-                threshold_desc = (f"{100 * q:g}th percentile of the {role} control(s) "
+                threshold_desc = (f"{rule.statistic_name} of the {role} control(s) "
                                   f"({', '.join(sorted(good))}) in the parent gate; max over controls")
 
         # ---------------------------------------------------------------- stage 2b: imaging thresholds
         registration = calibration.get("registration")
         image_thresholds, image_threshold_desc, image_control_items = None, "", {}
-        if img_s and img_s.get("thresholds", {}).get("rule", "detected") == "control_quantile":
+        img_rule = experiment_rule(img_s.get("thresholds", {}), "imaging.thresholds", default="detected",
+                                   keywords=("detected", "fixed")) if img_s else None
+        if isinstance(img_rule, ThresholdRule):
             from .imaging import image_thresholds as _image_thresholds
 
-            role = img_s["thresholds"].get("control", "isotype")
+            role = img_rule.control
             tasks, keys = [], []
             for s in exp.by_role(role):
                 for f, p in enumerate(s.images):
