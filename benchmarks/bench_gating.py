@@ -54,7 +54,7 @@ def timeit(fn, repeat):
     return best, out
 
 
-def run_evflow(ev, chunk, kernel, repeat, backend="numpy", warm=True):
+def run_evflow(ev, chunk, impl, repeat, backend="numpy", warm=True):
     import dask.array as da
 
     import evflow
@@ -77,8 +77,8 @@ def run_evflow(ev, chunk, kernel, repeat, backend="numpy", warm=True):
     if warm:  # imports, tables and JIT compilation (Numba, NVRTC) outside the timing, on a small slice
         small = FCSSample(path="warm.fcs", version="FCS3.1", data_set=0, meta={}, channels=list(CHANNELS),
                           markers=[None] * len(CHANNELS), events=arr[: min(len(ev), 10000)], scaled=True)
-        evflow.count_phenotypes(small, parent=gate, markers=markers, kernel=kernel, backend=backend)
-    t, ds = timeit(lambda: evflow.count_phenotypes(sample, parent=gate, markers=markers, kernel=kernel, backend=backend), repeat)
+        evflow.count_phenotypes(small, parent=gate, markers=markers, impl=impl, backend=backend)
+    t, ds = timeit(lambda: evflow.count_phenotypes(sample, parent=gate, markers=markers, impl=impl, backend=backend), repeat)
     return t, ds["count"].values[0]
 
 
@@ -169,8 +169,8 @@ def main(argv=None):
     arr = da.from_array(ev, chunks=(a.chunk, -1))
     t_bare, _ = timeit(lambda: arr[:, cols].sum(axis=0).compute(), a.repeat)
     t_np, _ = timeit(lambda: np.sum(ev, axis=0), a.repeat)
-    t_ref, c_ref = run_evflow(ev, a.chunk, "reference", max(1, a.repeat - 1))
-    t_fast, c_fast = run_evflow(ev, a.chunk, "fast", a.repeat)
+    t_ref, c_ref = run_evflow(ev, a.chunk, "numpy", max(1, a.repeat - 1))
+    t_fast, c_fast = run_evflow(ev, a.chunk, "numba", a.repeat)
     assert np.array_equal(c_ref, c_fast), (c_ref, c_fast)
     rows.append(("bare sum of the 5 used columns (dask, same chunks)", t_bare, n / t_bare, nbytes / t_bare, ""))
     rows.append(("bare np.sum of all columns (1 thread)", t_np, n / t_np, nbytes / t_np, ""))

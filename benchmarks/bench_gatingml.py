@@ -45,7 +45,7 @@ def bench_transforms(n_values, repeat):
         fu = None
     for cls, fu_name in ((LogicleTransform, "logicle"), (HyperlogTransform, "hyperlog")):
         t = cls(262144, 0.5, 4.5, 0)
-        t.apply(x[:10], engine="numba")  # compile / build the table once
+        t.apply(x[:10], impl="numba")  # compile / build the table once
         ref = None
         if fu is not None:
             tf, ref = best_of(lambda: getattr(fu, fu_name)(x, channel_indices=None, t=262144, w=0.5, m=4.5, a=0), repeat)
@@ -54,9 +54,9 @@ def bench_transforms(n_values, repeat):
         def diff(y):
             return f"{np.abs(y - ref).max():.1e}" if ref is not None else "-"
 
-        for engine in ("numpy", "numba"):
-            te, y = best_of(lambda: t.apply(x, engine=engine), repeat)
-            rows.append((fu_name, f"evflow table ({engine})", f"{te * 1e3:.1f}", f"{n_values / te / 1e6:.1f}", diff(y)))
+        for impl in ("numpy", "numba"):
+            te, y = best_of(lambda: t.apply(x, impl=impl), repeat)
+            rows.append((fu_name, f"evflow table ({impl})", f"{te * 1e3:.1f}", f"{n_values / te / 1e6:.1f}", diff(y)))
         sub = x[: min(n_values, 200000)]
         te, _ = best_of(lambda: t.apply_exact(sub), 1)
         rows.append((fu_name, "evflow exact (bisection)", f"{te * 1e3 * n_values / len(sub):.1f}*", f"{len(sub) / te / 1e6:.2f}", "-"))

@@ -98,7 +98,7 @@ def tune_trackpy(s, cam):
     return best[0]
 
 
-def fits_per_second(n, backend="numba"):
+def fits_per_second(n, impl="numba"):
     from evflow.kernels.gaussfit import fit_gaussians
     from evflow.synth import integrated_gaussian
 
@@ -108,24 +108,24 @@ def fits_per_second(n, backend="numba"):
     N = rng.uniform(300, 3000, n)
     mu = 10 + N[:, None, None] * integrated_gaussian(y, 1.3, 7)[:, :, None] * integrated_gaussian(x, 1.3, 7)[:, None, :]
     w = rng.poisson(mu).astype(np.float32)
-    if backend == "cupy":
+    if impl == "cupy":
         import cupy as cp
 
         w = cp.asarray(w)
-        fit_gaussians(w[:1000], backend="cupy")
+        fit_gaussians(w[:1000], impl="cupy")
         cp.cuda.Device().synchronize()
     else:
-        fit_gaussians(w[:1000], backend=backend)
+        fit_gaussians(w[:1000], impl=impl)
     best_wall = best_cpu = 0.0
     for _ in range(3 if n <= 500_000 else 1):  # best of 3 on shared machines (small runs)
         c0 = time.process_time()
         t0 = time.perf_counter()
-        r = fit_gaussians(w, backend=backend, tol=1e-4)
-        if backend == "cupy":
+        r = fit_gaussians(w, impl=impl, tol=1e-4)
+        if impl == "cupy":
             cp.cuda.Device().synchronize()
         best_wall = max(best_wall, n / (time.perf_counter() - t0))
         best_cpu = max(best_cpu, n / max(time.process_time() - c0, 1e-9))
-    return best_wall, float(np.mean(r["iterations"] if backend != "cupy" else r["iterations"].get())), best_cpu
+    return best_wall, float(np.mean(r["iterations"] if impl != "cupy" else r["iterations"].get())), best_cpu
 
 
 def main(argv=None):
@@ -176,7 +176,7 @@ def main(argv=None):
           "|---|---|---|---|\n"
           f"| numba, CPU ({numba.get_num_threads()} threads) | {fps:.3g} | {cps:.3g} | {it:.1f} |")
     if args.gpu:
-        fps, it, _ = fits_per_second(args.fits * 10, backend="cupy")
+        fps, it, _ = fits_per_second(args.fits * 10, impl="cupy")
         print(f"| CUDA (cupy) | {fps:.3g} | | {it:.1f} |")
 
 

@@ -18,19 +18,41 @@ Poisson Fisher information at the solution.
 
 Three implementations give the same numbers (to rounding):
 
-- :func:`fit_numpy`: the NumPy reference (vectorised over spots), the oracle;
-- :func:`fit_numba`: the fast CPU version (one spot per loop iteration,
-  parallel over spots);
-- :func:`fit_cupy`: the CUDA version from ``gaussfit.cu``, one thread per spot.
+- :func:`fit_numpy` (``gaussfit_numpy.py``): the NumPy reference (vectorised
+  over spots), the oracle;
+- :func:`fit_numba` (``gaussfit_numba.py``): the fast CPU version (one spot
+  per loop iteration, parallel over spots);
+- :func:`fit_cupy` (``gaussfit_cupy.py``): the CUDA version from
+  ``gaussfit.cu``, one thread per spot.
 
-Use :func:`fit_gaussians`, which picks one by ``backend``.
+The model, its constants and the start values are in ``gaussfit_model.py``.
+Use :func:`fit_gaussians`, which picks one by ``impl`` through the kernel
+registry (family ``gaussfit``).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from . import _registry
+from ._registry import renamed_impl
+from .gaussfit_cupy import cuda_options, fit_cupy, launch_cupy
+from .gaussfit_model import (
+    _INV_SQRT2PI,
+    _LAMBDA0,
+    _LAMBDA_MAX,
+    _LAMBDA_MIN,
+    _MIN_BACKGROUND,
+    _MIN_PHOTONS,
+    _SQRT2,
+    MAX_WINDOW,
+    PARAMS,
+    STATUS,
+    _check,
+    initial_guess,
+)
+from .gaussfit_numba import _nb_erf, _nb_exp, _nb_fit_all, _nb_log, fit_numba
+from .gaussfit_numpy import fit_numpy
 
 __all__ = [
     "PARAMS",
@@ -39,825 +61,17 @@ __all__ = [
     "fit_numpy",
     "fit_numba",
     "fit_cupy",
+    "launch_cupy",
+    "cuda_options",
     "initial_guess",
     "MAX_WINDOW",
 ]
 
-PARAMS = ("x", "y", "photons", "background", "sigma")
-#: status codes per fit
-STATUS = {0: "converged", 1: "max_iterations", 2: "stalled"}
-MAX_WINDOW = 16
+_ = (_INV_SQRT2PI, _LAMBDA0, _LAMBDA_MAX, _LAMBDA_MIN, _MIN_BACKGROUND, _MIN_PHOTONS, _SQRT2, _nb_erf, _nb_exp,
+     _nb_fit_all, _nb_log)  # re-exported for tests and benchmarks
 
-_LAMBDA0 = 1e-3
-_LAMBDA_MIN = 1e-7
-_LAMBDA_MAX = 1e7
-_SQRT2 = math.sqrt(2.0)
-_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_MIN_PHOTONS = 1e-3
-_MIN_BACKGROUND = 1e-6
 
-
-def _check(windows, sigma, max_iter, method, readout_var=0.0):
-    if windows.ndim != 3 or windows.shape[1] != windows.shape[2]:
-        raise ValueError(f"windows must have shape (n, w, w), got {windows.shape}")
-    w = windows.shape[1]
-    if not 3 <= w <= MAX_WINDOW:
-        raise ValueError(f"window size must be 3..{MAX_WINDOW} px, got {w}")
-    if not (sigma > 0):
-        raise ValueError(f"sigma must be > 0 px, got {sigma}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    if not (readout_var >= 0):
-        raise ValueError(f"readout_var must be >= 0 photons^2, got {readout_var}")
-    if method not in ("mle", "lsq"):
-        raise ValueError(f"method must be 'mle' or 'lsq', got {method!r}")
-
-
-# ---------------------------------------------------------------------------
-# initial guess (shared by all backends: computed with NumPy / CuPy array ops)
-# ---------------------------------------------------------------------------
-
-
-def initial_guess(windows, sigma, xp=np):
-    """Starting values (n, 5): centroid position, summed photons, border-mean background.
-
-    The background is the mean of the window's border pixels, the photon
-    count the background-subtracted sum (at least 1), the position the
-    centroid of the positive background-subtracted values clamped to within
-    1 px of the window centre.
-    """
-    d = windows.astype(xp.float64)
-    n, w, _ = d.shape
-    border = xp.concatenate([d[:, 0, :], d[:, -1, :], d[:, 1:-1, 0], d[:, 1:-1, -1]], axis=1)
-    b0 = xp.maximum(border.mean(axis=1), 1.0e-3)
-    r = xp.maximum(d - b0[:, None, None], 0.0)
-    tot = r.sum(axis=(1, 2))
-    idx = xp.arange(w, dtype=xp.float64)
-    c = 0.5 * (w - 1)
-    safe = xp.where(tot > 0, tot, 1.0)
-    x0 = xp.where(tot > 0, (r.sum(axis=1) * idx).sum(axis=1) / safe, c)
-    y0 = xp.where(tot > 0, (r.sum(axis=2) * idx).sum(axis=1) / safe, c)
-    x0 = xp.clip(x0, c - 1.0, c + 1.0)
-    y0 = xp.clip(y0, c - 1.0, c + 1.0)
-    n0 = xp.maximum((d - b0[:, None, None]).sum(axis=(1, 2)), 1.0)
-    s0 = xp.full(n, float(sigma))
-    return xp.stack([x0, y0, n0, b0, s0], axis=1)
-
-
-# ---------------------------------------------------------------------------
-# NumPy reference
-# ---------------------------------------------------------------------------
-
-
-def _np_terms(theta, w):
-    from scipy.special import erf
-
-    x, y, N, b, s = (theta[:, k : k + 1] for k in range(5))
-    j = np.arange(w, dtype=np.float64)[None, :]
-    inv = 1.0 / (_SQRT2 * s)
-    norm = _INV_SQRT2PI / s
-
-    def axis(c):
-        up = j - c + 0.5
-        um = j - c - 0.5
-        eup = np.exp(-0.5 * (up / s) ** 2)
-        eum = np.exp(-0.5 * (um / s) ** 2)
-        e = 0.5 * (erf(up * inv) - erf(um * inv))
-        de = norm * (eum - eup)
-        ds = -norm / s * (up * eup - um * eum)
-        return e, de, ds
-
-    ex, dex, dsx = axis(x)
-    ey, dey, dsy = axis(y)
-    Nn = N[:, :, None]
-    psf = ey[:, :, None] * ex[:, None, :]
-    mu = b[:, :, None] + Nn * psf
-    jac = np.stack(
-        [
-            Nn * ey[:, :, None] * dex[:, None, :],
-            Nn * dey[:, :, None] * ex[:, None, :],
-            psf,
-            np.ones_like(psf),
-            Nn * (ey[:, :, None] * dsx[:, None, :] + dsy[:, :, None] * ex[:, None, :]),
-        ],
-        axis=1,
-    )  # (n, 5, w, w)
-    return mu, jac
-
-
-def _np_stats(d, theta, rv, lsq, fit_sigma):
-    """Objective, gradient (n,5) and normal matrix (n,5,5) at theta."""
-    w = d.shape[1]
-    mu, jac = _np_terms(theta, w)
-    if lsq:
-        res = d - mu
-        obj = -(res * res).sum(axis=(1, 2))
-        wgt = np.ones_like(mu)
-    else:
-        mup = mu + rv
-        dp = np.maximum(d + rv, 0.0)
-        wgt = 1.0 / mup
-        res = dp * wgt - 1.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            obj = np.where(dp > 0, dp * np.log(mup), 0.0).sum(axis=(1, 2)) - mup.sum(axis=(1, 2))
-    g = (jac * res[:, None]).sum(axis=(2, 3))
-    A = np.einsum("nkij,nlij,nij->nkl", jac, jac, wgt)
-    if not fit_sigma:
-        g[:, 4] = 0.0
-        A[:, 4, :] = 0.0
-        A[:, :, 4] = 0.0
-        A[:, 4, 4] = 1.0
-    return obj, g, A
-
-
-def _np_cholesky_solve(A, g):
-    """Batched 5x5 Cholesky solve; ok[n] False where A is not positive definite."""
-    n = A.shape[0]
-    L = np.zeros_like(A)
-    ok = np.ones(n, dtype=bool)
-    for k in range(5):
-        s = A[:, k, k] - (L[:, k, :k] ** 2).sum(axis=1)
-        ok &= s > 0
-        L[:, k, k] = np.sqrt(np.where(s > 0, s, 1.0))
-        for i in range(k + 1, 5):
-            L[:, i, k] = (A[:, i, k] - (L[:, i, :k] * L[:, k, :k]).sum(axis=1)) / L[:, k, k]
-    z = np.zeros_like(g)
-    for i in range(5):
-        z[:, i] = (g[:, i] - (L[:, i, :i] * z[:, :i]).sum(axis=1)) / L[:, i, i]
-    x = np.zeros_like(g)
-    for i in range(4, -1, -1):
-        x[:, i] = (z[:, i] - (L[:, i + 1 :, i] * x[:, i + 1 :]).sum(axis=1)) / L[:, i, i]
-    return x, ok
-
-
-def _np_constrain(t, w, s_min, s_max):
-    t = t.copy()
-    t[:, 0] = np.clip(t[:, 0], -0.5, w - 0.5)
-    t[:, 1] = np.clip(t[:, 1], -0.5, w - 0.5)
-    t[:, 2] = np.maximum(t[:, 2], _MIN_PHOTONS)
-    t[:, 3] = np.maximum(t[:, 3], _MIN_BACKGROUND)
-    t[:, 4] = np.clip(t[:, 4], s_min, s_max)
-    return t
-
-
-def _np_finish(d, theta, obj, A, rv, lsq, fit_sigma):
-    """CRLB (n,5) and log-likelihood ratio (n,) at the solution."""
-    if lsq:  # Poisson objective and Fisher information at the least-squares solution
-        obj, _, A = _np_stats(d, theta, rv, False, fit_sigma)
-    n = d.shape[0]
-    crlb = np.empty((n, 5))
-    for k in range(5):
-        e = np.zeros((n, 5))
-        e[:, k] = 1.0
-        sol, ok = _np_cholesky_solve(A, e)
-        crlb[:, k] = np.where(ok, np.sqrt(np.maximum(sol[:, k], 0.0)), np.nan)
-    if not fit_sigma:
-        crlb[:, 4] = 0.0
-    dp = d + rv
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sat = np.where(dp > 0, dp * np.log(dp) - dp, 0.0).sum(axis=(1, 2))
-    return crlb, 2.0 * (sat - obj)
-
-
-def fit_numpy(windows, init, *, sigma, fit_sigma=True, method="mle", max_iter=30, tol=1e-5, readout_var=0.0):
-    """NumPy reference of the batched fit; see :func:`fit_gaussians`."""
-    d = np.asarray(windows, dtype=np.float32).astype(np.float64)
-    n, w, _ = d.shape
-    lsq = method == "lsq"
-    rv = float(readout_var)
-    s_min, s_max = 0.25 * sigma, 4.0 * sigma
-    theta = np.array(init, dtype=np.float64, copy=True)
-    obj, g, A = _np_stats(d, theta, rv, lsq, fit_sigma)
-    lam = np.full(n, _LAMBDA0)
-    active = np.ones(n, dtype=bool)
-    iters = np.zeros(n, dtype=np.int32)
-    status = np.ones(n, dtype=np.int8)
-    for it in range(max_iter):
-        if not active.any():
-            break
-        iters[active] = it + 1
-        Ad = A.copy()
-        diag = np.arange(5)
-        Ad[:, diag, diag] = A[:, diag, diag] * (1.0 + lam[:, None])
-        delta, ok = _np_cholesky_solve(Ad, g)
-        cand = _np_constrain(theta + np.where(ok[:, None], delta, 0.0), w, s_min, s_max)
-        obj_c, g_c, A_c = _np_stats(d, cand, rv, lsq, fit_sigma)
-        accept = active & ok & np.isfinite(obj_c) & (obj_c >= obj)
-        step = np.abs(cand - theta)
-        conv = (
-            accept
-            & (step[:, 0] < tol)
-            & (step[:, 1] < tol)
-            & (step[:, 4] < tol)
-            & (step[:, 2] < tol * np.maximum(theta[:, 2], 1.0))
-            & (step[:, 3] < tol * np.maximum(theta[:, 3], 1.0))
-        )
-        theta = np.where(accept[:, None], cand, theta)
-        obj = np.where(accept, obj_c, obj)
-        g = np.where(accept[:, None], g_c, g)
-        A = np.where(accept[:, None, None], A_c, A)
-        reject = active & ~accept
-        lam = np.where(accept & active, np.maximum(lam * 0.1, _LAMBDA_MIN), lam)
-        lam = np.where(reject, lam * 10.0, lam)
-        stalled = reject & (lam > _LAMBDA_MAX)
-        status[conv] = 0
-        status[stalled] = 2
-        active &= ~(conv | stalled)
-    crlb, llr = _np_finish(d, theta, obj, A, rv, lsq, fit_sigma)
-    return theta, crlb, llr, iters, status
-
-
-# ---------------------------------------------------------------------------
-# Numba (fast CPU)
-# ---------------------------------------------------------------------------
-#
-# Same algorithm and constants as the reference, arranged for speed:
-#
-# - the model and the four non-trivial Jacobian columns are written per pixel
-#   into flat arrays from the separable factors (mu[i, j] = b + N ex[j] ey[i]),
-#   and the objective, gradient and 5x5 normal matrix are then summed in one
-#   flat loop that the compiler vectorises (no division checks: the kernels
-#   use Numba's numpy error model; no divisor can be zero);
-# - the 2 (w + 1) erf/exp values of the pixel edges are computed once per
-#   evaluation (not per pixel), by vectorisable versions of exp (Taylor series
-#   after range reduction, <= 1 ulp) and erf (table of erf at 1/64 steps plus
-#   a Taylor series, absolute error < 4e-16); the log of the likelihood by a
-#   vectorisable version of the fdlibm log (< 1 ulp) instead of libm calls;
-# - the starting values are computed inside the parallel loop, with no
-#   per-spot allocation: one 2-D work array per block of spots, whose rows
-#   are addressed by index (array views inside the loop would cost atomic
-#   reference counting on every call);
-# - one Cholesky factorisation gives all five CRLBs.
-#
-# Sums are reassociated by the compiler (fast-math "reassoc"/"contract" only,
-# never "nnan"/"ninf"), which changes results at the 1e-16 level only.
-
-try:  # Numba is a hard dependency, but keep the reference importable without it
-    import numba as _numba
-    from numba import get_num_threads as _get_num_threads, prange as _prange
-except ImportError:  # pragma: no cover
-    _numba = None
-
-
-def _njit(*args, **kwargs):
-    if _numba is None:  # pragma: no cover
-        return lambda f: f
-    # error_model="numpy": no zero-division checks (they stop vectorisation); no divisor here can be 0
-    return _numba.njit(*args, cache=True, error_model="numpy", **kwargs)
-
-
-_FM = {"reassoc", "contract"}
-
-# fdlibm e_log.c
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-_LG1 = 6.666666666666735130e-01
-_LG2 = 3.999999999940941908e-01
-_LG3 = 2.857142874366239149e-01
-_LG4 = 2.222219843214978396e-01
-_LG5 = 1.818357216161805012e-01
-_LG6 = 1.531383769920937332e-01
-_LG7 = 1.479819860511658591e-01
-
-
-if _numba is not None:
-    from llvmlite import ir as _ir
-    from numba import types as _types
-    from numba.extending import intrinsic as _intrinsic
-
-    @_intrinsic
-    def _f2i(typingctx, x):
-        """Bits of a float64 as an int64."""
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], _ir.IntType(64))
-
-        return _types.int64(_types.float64), codegen
-
-    @_intrinsic
-    def _i2f(typingctx, x):
-        """An int64's bits as a float64."""
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], _ir.DoubleType())
-
-        return _types.float64(_types.int64), codegen
-
-else:  # pragma: no cover
-    _f2i = _i2f = None
-
-_TWO52_BIAS = 4503599627370496.0 + 1023.0
-
-
-@_njit()
-def _nb_log(X, src, Y, dst, n):
-    """Y[dst, :n] = log(X[src, :n]) for positive finite values (fdlibm algorithm, < 1 ulp), vectorisable.
-
-    Rows of 2-D work arrays are passed by index: views would cost reference counting.
-    """
-    for k in range(n):
-        bits = _f2i(X[src, k])
-        e = _i2f((bits >> 52) | 0x4330000000000000) - _TWO52_BIAS  # unbiased exponent as a float
-        mk = _i2f((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # mantissa in [1, 2)
-        big = mk > _SQRT2
-        mk = 0.5 * mk if big else mk
-        e = e + 1.0 if big else e
-        f = mk - 1.0
-        s = f / (2.0 + f)
-        z = s * s
-        ww = z * z
-        t1 = ww * (_LG2 + ww * (_LG4 + ww * _LG6))
-        t2 = z * (_LG1 + ww * (_LG3 + ww * (_LG5 + ww * _LG7)))
-        r = t2 + t1
-        hfsq = 0.5 * f * f
-        Y[dst, k] = e * _LN2_HI - ((hfsq - (s * (hfsq + r) + e * _LN2_LO)) - f)
-
-
-_INVLN2 = 1.0 / math.log(2.0)
-_RND = 6755399441055744.0  # 1.5 * 2**52: x + _RND rounds x to an integer held in the low mantissa bits
-_RND_BITS = 0x4338000000000000
-_E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11, _E12, _E13 = (1.0 / math.factorial(k) for k in range(2, 14))
-
-
-@_njit()
-def _nb_exp(X, src, Y, dst, n):
-    """Y[dst, :n] = exp(X[src, :n]) for values <= 0 (error <= 1 ulp; 0 below -708), vectorisable.
-
-    exp(x) = 2**k exp(r), k = round(x / ln 2), |r| <= ln(2) / 2, exp(r) by its
-    Taylor series to degree 13 (truncation error below 1e-17).
-    """
-    for k in range(n):
-        v = X[src, k]
-        under = v < -708.0
-        v = -708.0 if under else v
-        t = v * _INVLN2 + _RND
-        kf = t - _RND
-        ki = _f2i(t) - _RND_BITS
-        r = (v - kf * _LN2_HI) - kf * _LN2_LO
-        p = _E12 + r * _E13
-        p = _E11 + r * p
-        p = _E10 + r * p
-        p = _E9 + r * p
-        p = _E8 + r * p
-        p = _E7 + r * p
-        p = _E6 + r * p
-        p = _E5 + r * p
-        p = _E4 + r * p
-        p = _E3 + r * p
-        p = _E2 + r * p
-        p = 1.0 + r * p
-        p = 1.0 + r * p
-        res = p * _i2f((ki + 1023) << 52)
-        Y[dst, k] = 0.0 if under else res
-
-
-# erf(z) = erf(z_i) + 2/sqrt(pi) exp(-z_i^2) sum_k (-1)^(k-1) H_(k-1)(z_i) d^k / k!  (Taylor series
-# about the nearest node z_i = i / 64 of a table, |d| <= 1/128, H the Hermite polynomials;
-# 8 terms leave a truncation error below 1e-19); erf(z) = 1 to double precision for z >= 6
-_ERF_STEP = 64.0
-_ERF_MAX = 6.0
-_ERF_NODES = np.arange(int(_ERF_MAX * _ERF_STEP) + 1) / _ERF_STEP
-_ERF_TAB = np.array([math.erf(z) for z in _ERF_NODES])
-_ERF_DTAB = 2.0 / math.sqrt(math.pi) * np.exp(-(_ERF_NODES**2))
-_F2, _F3, _F4, _F5, _F6, _F7, _F8 = (1.0 / math.factorial(k) for k in range(2, 9))
-
-
-@_njit()
-def _nb_erf(X, src, Y, dst, n):
-    """Y[dst, :n] = erf(X[src, :n]) (absolute error below 4e-16), vectorisable (table + Taylor series)."""
-    for k in range(n):
-        v = X[src, k]
-        a = abs(v)
-        a = a if a < _ERF_MAX else _ERF_MAX  # also maps NaN into the table
-        t = a * _ERF_STEP + _RND
-        i = _f2i(t) - _RND_BITS
-        z = (t - _RND) * (1.0 / _ERF_STEP)
-        d = a - z
-        z2 = 2.0 * z
-        h1 = z2
-        h2 = z2 * h1 - 2.0
-        h3 = z2 * h2 - 4.0 * h1
-        h4 = z2 * h3 - 6.0 * h2
-        h5 = z2 * h4 - 8.0 * h3
-        h6 = z2 * h5 - 10.0 * h4
-        h7 = z2 * h6 - 12.0 * h5
-        s = h6 * _F7 - d * (h7 * _F8)
-        s = h5 * _F6 - d * s
-        s = h4 * _F5 - d * s
-        s = h3 * _F4 - d * s
-        s = h2 * _F3 - d * s
-        s = h1 * _F2 - d * s
-        s = 1.0 - d * s
-        r = _ERF_TAB[i] + _ERF_DTAB[i] * (d * s)
-        Y[dst, k] = -r if v < 0.0 else r
-
-
-# rows of the per-thread work array S (see _nb_scratch)
-_U, _G, _F, _T = 0, 1, 2, 3  # pixel-edge offsets, their Gaussian and erf values, scratch (2 (w + 1))
-_EX, _DEX, _DSX, _EY, _DEY, _DSY = 4, 5, 6, 7, 8, 9  # per-pixel PSF integrals and derivatives (w)
-_MUP, _LG, _P0, _P1, _P2, _P4 = 10, 11, 12, 13, 14, 15  # model, its log, Jacobian columns (w * w)
-_W, _R = 16, 17  # weight (1 / model, or 1) and residual per pixel (w * w)
-_NROWS = 18
-
-
-@_njit()
-def _nb_axes(cx, cy, s, w, S):
-    """Per-pixel integrals of the PSF and their derivatives along x and y (rows _EX.._DSY of S)."""
-    m = w + 1
-    S[_U, 0] = -cx - 0.5
-    S[_U, m] = -cy - 0.5
-    for k in range(1, m):
-        S[_U, k] = (k - 1) - cx + 0.5
-        S[_U, m + k] = (k - 1) - cy + 0.5
-    nn = 2 * m
-    for k in range(nn):
-        q = S[_U, k] / s
-        S[_T, k] = -0.5 * q * q
-    _nb_exp(S, _T, S, _G, nn)
-    inv = 1.0 / (_SQRT2 * s)
-    for k in range(nn):
-        S[_T, k] = S[_U, k] * inv
-    _nb_erf(S, _T, S, _F, nn)
-    norm = _INV_SQRT2PI / s
-    ns = -norm / s
-    for a in range(2):
-        o = a * m
-        re = _EX + 3 * a
-        for j in range(w):
-            S[re, j] = 0.5 * (S[_F, o + j + 1] - S[_F, o + j])
-            S[re + 1, j] = norm * (S[_G, o + j] - S[_G, o + j + 1])
-            S[re + 2, j] = ns * (S[_U, o + j + 1] * S[_G, o + j + 1] - S[_U, o + j] * S[_G, o + j])
-
-
-@_njit(fastmath=_FM)
-def _nb_stats(dat, w, t, rv, lsq, fit_sigma, S, out):
-    """out[0] objective, out[1:6] gradient, out[6:21] packed upper normal matrix at t.
-
-    ``dat`` is the flat window: max(d + rv, 0) for the likelihood, d for least
-    squares; ``S`` the work array of :func:`_nb_scratch`.
-    """
-    _nb_axes(t[0], t[1], t[4], w, S)
-    N = t[2]
-    base = t[3] if lsq else t[3] + rv
-    # model and Jacobian per pixel (flat, row-major)
-    for i in range(w):
-        y = S[_EY, i]
-        ny = N * y
-        ndy = N * S[_DEY, i]
-        nsy = N * S[_DSY, i]
-        o = i * w
-        for j in range(w):
-            ex = S[_EX, j]
-            psf = ex * y
-            S[_MUP, o + j] = base + N * psf
-            S[_P0, o + j] = ny * S[_DEX, j]
-            S[_P1, o + j] = ndy * ex
-            S[_P2, o + j] = psf
-            S[_P4, o + j] = ny * S[_DSX, j] + nsy * ex
-    n = w * w
-    obj = 0.0
-    g0 = g1 = g2 = g3 = g4 = 0.0
-    a00 = a01 = a02 = a03 = a04 = a11 = a12 = a13 = a14 = 0.0
-    a22 = a23 = a24 = a33 = a34 = a44 = 0.0
-    if not lsq:
-        _nb_log(S, _MUP, S, _LG, n)
-    if lsq:
-        for k in range(n):
-            r = dat[k] - S[_MUP, k]
-            S[_W, k] = 1.0
-            S[_R, k] = r
-            obj -= r * r
-    else:
-        for k in range(n):
-            m = S[_MUP, k]
-            iv = 1.0 / m
-            S[_W, k] = iv
-            S[_R, k] = dat[k] * iv - 1.0
-            obj += dat[k] * S[_LG, k] - m
-    for k in range(n):
-        iv = S[_W, k]
-        r = S[_R, k]
-        p0 = S[_P0, k]
-        p1 = S[_P1, k]
-        p2 = S[_P2, k]
-        p4 = S[_P4, k]
-        g0 += r * p0
-        g1 += r * p1
-        g2 += r * p2
-        g3 += r
-        g4 += r * p4
-        w0 = iv * p0
-        w1 = iv * p1
-        w2 = iv * p2
-        w4 = iv * p4
-        a00 += w0 * p0
-        a01 += w0 * p1
-        a02 += w0 * p2
-        a03 += w0
-        a04 += w0 * p4
-        a11 += w1 * p1
-        a12 += w1 * p2
-        a13 += w1
-        a14 += w1 * p4
-        a22 += w2 * p2
-        a23 += w2
-        a24 += w2 * p4
-        a33 += iv
-        a34 += w4
-        a44 += w4 * p4
-    if not fit_sigma:
-        g4 = 0.0
-        a04 = a14 = a24 = a34 = 0.0
-        a44 = 1.0
-    out[0] = obj
-    out[1] = g0
-    out[2] = g1
-    out[3] = g2
-    out[4] = g3
-    out[5] = g4
-    out[6] = a00
-    out[7] = a01
-    out[8] = a02
-    out[9] = a03
-    out[10] = a04
-    out[11] = a11
-    out[12] = a12
-    out[13] = a13
-    out[14] = a14
-    out[15] = a22
-    out[16] = a23
-    out[17] = a24
-    out[18] = a33
-    out[19] = a34
-    out[20] = a44
-
-
-@_njit(inline="always")
-def _nb_pidx(r, c):
-    i = min(r, c)
-    j = max(r, c)
-    return 6 + i * 5 - (i * (i - 1)) // 2 + (j - i)
-
-
-@_njit()
-def _nb_chol_factor(st, lam, L):
-    """Cholesky factor L of (A + lam diag A), A packed in st[6:21]; False if not positive definite."""
-    for k in range(5):
-        s = st[_nb_pidx(k, k)] * (1.0 + lam)
-        for m in range(k):
-            s -= L[k, m] * L[k, m]
-        if not (s > 0.0):
-            return False
-        L[k, k] = math.sqrt(s)
-        for i in range(k + 1, 5):
-            v = st[_nb_pidx(i, k)]
-            for m in range(k):
-                v -= L[i, m] * L[k, m]
-            L[i, k] = v / L[k, k]
-    return True
-
-
-@_njit()
-def _nb_chol_subst(L, rhs, z, out):
-    """Solve L L^T out = rhs."""
-    for i in range(5):
-        v = rhs[i]
-        for m in range(i):
-            v -= L[i, m] * z[m]
-        z[i] = v / L[i, i]
-    for i in range(4, -1, -1):
-        v = z[i]
-        for m in range(i + 1, 5):
-            v -= L[m, i] * out[m]
-        out[i] = v / L[i, i]
-
-
-@_njit()
-def _nb_chol_solve(st, lam, rhs, L, z, out):
-    """Solve (A + lam diag A) out = rhs, A packed in st[6:21]; False if not positive definite."""
-    if not _nb_chol_factor(st, lam, L):
-        return False
-    _nb_chol_subst(L, rhs, z, out)
-    return True
-
-
-@_njit()
-def _nb_init(draw, w, sigma, t):
-    """Starting values, as :func:`initial_guess`."""
-    bs = 0.0
-    for j in range(w):
-        bs += draw[j] + draw[(w - 1) * w + j]
-    for i in range(1, w - 1):
-        bs += draw[i * w] + draw[i * w + w - 1]
-    b0 = max(bs / (4 * w - 4), 1.0e-3)
-    tot = 0.0
-    sx = 0.0
-    sy = 0.0
-    sd = 0.0
-    for i in range(w):
-        for j in range(w):
-            v = draw[i * w + j] - b0
-            sd += v
-            if v > 0.0:
-                tot += v
-                sx += v * j
-                sy += v * i
-    c = 0.5 * (w - 1)
-    x0 = sx / tot if tot > 0.0 else c
-    y0 = sy / tot if tot > 0.0 else c
-    t[0] = min(max(x0, c - 1.0), c + 1.0)
-    t[1] = min(max(y0, c - 1.0), c + 1.0)
-    t[2] = max(sd, 1.0)
-    t[3] = b0
-    t[4] = sigma
-
-
-@_njit()
-def _nb_fit_one(draw, dat, w, t, rv, lsq, fit_sigma, sigma, max_iter, tol, S, st, stc, L, z, delta, cand, out_crlb):
-    """Fit one window (``S``: see :func:`_nb_scratch`)."""
-    s_min = 0.25 * sigma
-    s_max = 4.0 * sigma
-    _nb_stats(dat, w, t, rv, lsq, fit_sigma, S, st)
-    lam = _LAMBDA0
-    status = 1
-    iters = 0
-    for it in range(max_iter):
-        iters = it + 1
-        ok = _nb_chol_solve(st, lam, st[1:6], L, z, delta)
-        for k in range(5):
-            cand[k] = t[k] + delta[k] if ok else t[k]
-        cand[0] = min(max(cand[0], -0.5), w - 0.5)
-        cand[1] = min(max(cand[1], -0.5), w - 0.5)
-        cand[2] = max(cand[2], _MIN_PHOTONS)
-        cand[3] = max(cand[3], _MIN_BACKGROUND)
-        cand[4] = min(max(cand[4], s_min), s_max)
-        _nb_stats(dat, w, cand, rv, lsq, fit_sigma, S, stc)
-        if ok and math.isfinite(stc[0]) and stc[0] >= st[0]:
-            conv = (
-                abs(cand[0] - t[0]) < tol
-                and abs(cand[1] - t[1]) < tol
-                and abs(cand[4] - t[4]) < tol
-                and abs(cand[2] - t[2]) < tol * max(t[2], 1.0)
-                and abs(cand[3] - t[3]) < tol * max(t[3], 1.0)
-            )
-            for k in range(5):
-                t[k] = cand[k]
-            for k in range(21):
-                st[k] = stc[k]
-            lam = max(lam * 0.1, _LAMBDA_MIN)
-            if conv:
-                status = 0
-                break
-        else:
-            lam = lam * 10.0
-            if lam > _LAMBDA_MAX:
-                status = 2
-                break
-    n = w * w
-    # Poisson objective and Fisher information at the solution
-    if lsq:
-        for k in range(n):
-            v = draw[k] + rv
-            dat[k] = v if v > 0.0 else 0.0
-        _nb_stats(dat, w, t, rv, False, fit_sigma, S, st)
-    if _nb_chol_factor(st, 0.0, L):  # CRLB: diagonal of the inverse Fisher information
-        for k in range(5):
-            for m in range(5):
-                delta[m] = 1.0 if m == k else 0.0
-            _nb_chol_subst(L, delta, z, cand)
-            out_crlb[k] = math.sqrt(max(cand[k], 0.0))
-    else:
-        for k in range(5):
-            out_crlb[k] = np.nan
-    if not fit_sigma:
-        out_crlb[4] = 0.0
-    # log-likelihood ratio = 2 * (sum_d>0 d ln d - sum d - objective); dat = max(d + rv, 0) here
-    for k in range(n):
-        S[_MUP, k] = dat[k] if dat[k] > 0.0 else 1.0
-    _nb_log(S, _MUP, S, _LG, n)
-    sat = 0.0
-    for k in range(n):
-        sat += dat[k] * S[_LG, k] - dat[k]
-    return iters, status, 2.0 * (sat - st[0])
-
-
-@_njit(parallel=True)
-def _nb_fit_all(data, theta, guess, rv, lsq, fit_sigma, sigma, max_iter, tol, crlb, llr, iters, status, nblk):
-    n, w, _ = data.shape
-    nw = w * w
-    size = (n + nblk - 1) // nblk
-    for blk in _prange(nblk):
-        S = np.empty((_NROWS, max(nw, 2 * (w + 1))))  # work rows, see _U.._R
-        z = np.empty(5)
-        delta = np.empty(5)
-        cand = np.empty(5)
-        draw = np.empty(nw)
-        dat = np.empty(nw)
-        st = np.empty(21)
-        stc = np.empty(21)
-        L = np.empty((5, 5))
-        for p in range(blk * size, min(n, (blk + 1) * size)):
-            for i in range(w):
-                for j in range(w):
-                    draw[i * w + j] = np.float64(data[p, i, j])
-            for k in range(nw):
-                if lsq:
-                    dat[k] = draw[k]
-                else:
-                    v = draw[k] + rv
-                    dat[k] = v if v > 0.0 else 0.0
-            if guess:
-                _nb_init(draw, w, sigma, theta[p])
-            it, stt, lr = _nb_fit_one(
-                draw, dat, w, theta[p], rv, lsq, fit_sigma, sigma, max_iter, tol, S, st, stc, L, z, delta, cand, crlb[p]
-            )
-            iters[p] = it
-            status[p] = stt
-            llr[p] = lr
-
-
-def fit_numba(windows, init=None, *, sigma, fit_sigma=True, method="mle", max_iter=30, tol=1e-5, readout_var=0.0):
-    """Numba (parallel CPU) version of the batched fit; see :func:`fit_gaussians`.
-
-    ``init=None`` computes the :func:`initial_guess` starting values inside the
-    parallel loop.
-    """
-    data = np.ascontiguousarray(windows, dtype=np.float32)
-    n = data.shape[0]
-    if init is None:
-        theta = np.empty((n, 5))
-    else:
-        theta = np.array(init, dtype=np.float64, copy=True, order="C")
-    crlb = np.empty((n, 5))
-    llr = np.empty(n)
-    iters = np.empty(n, dtype=np.int32)
-    status = np.empty(n, dtype=np.int8)
-    if n:
-        from ._numba import LAUNCH_LOCK as _NUMBA_LOCK  # parallel Numba launches are serialised
-
-        nblk = min(n, int(_get_num_threads()) * 8)
-        with _NUMBA_LOCK:
-            _nb_fit_all(
-                data, theta, init is None, float(readout_var), method == "lsq", bool(fit_sigma), float(sigma),
-                int(max_iter), float(tol), crlb, llr, iters, status, nblk,
-            )
-    return theta, crlb, llr, iters, status
-
-
-# ---------------------------------------------------------------------------
-# CuPy (CUDA, one thread per spot; source in gaussfit.cu)
-# ---------------------------------------------------------------------------
-
-_CONSTANTS = {
-    "EVF_LAMBDA0": _LAMBDA0,
-    "EVF_LAMBDA_MIN": _LAMBDA_MIN,
-    "EVF_LAMBDA_MAX": _LAMBDA_MAX,
-    "EVF_MIN_PHOTONS": _MIN_PHOTONS,
-    "EVF_MIN_BACKGROUND": _MIN_BACKGROUND,
-}
-
-
-def cuda_options(w):
-    """NVRTC options: window size and the fit constants shared with the Python versions."""
-    opts = [f"-DEVF_W={int(w)}"]
-    opts += [f"-D{k}={v!r}" for k, v in _CONSTANTS.items()]
-    return tuple(opts)
-
-
-def fit_cupy(windows, init, *, sigma, fit_sigma=True, method="mle", max_iter=30, tol=1e-5, readout_var=0.0):
-    """CUDA version of the batched fit (inputs/outputs are CuPy arrays); see :func:`fit_gaussians`."""
-    import cupy as cp
-
-    from . import load_module
-
-    data = cp.ascontiguousarray(cp.asarray(windows, dtype=cp.float32))
-    n, w, _ = data.shape
-    theta = cp.array(init, dtype=cp.float64, copy=True, order="C")
-    crlb = cp.empty((n, 5), dtype=cp.float64)
-    llr = cp.empty(n, dtype=cp.float64)
-    iters = cp.empty(n, dtype=cp.int32)
-    status = cp.empty(n, dtype=cp.int8)
-    if n:
-        mod = load_module("gaussfit.cu", options=cuda_options(w))
-        kern = mod.get_function("evf_gaussfit")
-        threads = 128
-        blocks = (n + threads - 1) // threads
-        kern(
-            (blocks,), (threads,),
-            (
-                data, theta, crlb, llr, iters, status, np.int32(n), np.float64(readout_var),
-                np.int32(method == "lsq"), np.int32(bool(fit_sigma)), np.float64(sigma),
-                np.int32(max_iter), np.float64(tol),
-            ),
-        )
-    return theta, crlb, llr, iters, status
-
-
-# ---------------------------------------------------------------------------
-# dispatcher
-# ---------------------------------------------------------------------------
-
-
+@renamed_impl("backend")
 def fit_gaussians(
     windows,
     *,
@@ -868,7 +82,7 @@ def fit_gaussians(
     max_iter=30,
     tol=1e-5,
     readout_var=0.0,
-    backend="numba",
+    impl="auto",
 ):
     """Fit an integrated 2-D Gaussian to every window of a batch.
 
@@ -876,7 +90,7 @@ def fit_gaussians(
     ----------
     windows : array (n, w, w)
         Pixel values in photons (float32 precision is used), ``3 <= w <= 16``.
-        NumPy for the 'numpy'/'numba' backends, CuPy for 'cupy'.
+        NumPy for the 'numpy'/'numba' implementations, CuPy for 'cupy'.
     sigma : float
         PSF standard deviation (px): the starting value, or the fixed value
         when ``fit_sigma`` is False.
@@ -892,7 +106,9 @@ def fit_gaussians(
         ``tol`` relative.
     readout_var : float
         Read-noise variance in photons^2, added to data and model (sCMOS).
-    backend : {'numpy', 'numba', 'cupy'}
+    impl : {'auto', 'numpy', 'numba', 'cupy'}
+        Implementation (``evflow.kernels`` registry, family ``gaussfit``):
+        'auto' is CuPy for CuPy windows, Numba otherwise.  Formerly ``backend=``.
 
     Returns
     -------
@@ -903,19 +119,13 @@ def fit_gaussians(
     ``status`` (n: 0 converged, 1 iteration limit, 2 stalled).
     """
     _check(windows, sigma, max_iter, method, readout_var)
-    if backend == "cupy":
-        import cupy as cp
-
-        xp = cp
-        fn = fit_cupy
-    elif backend in ("numba", "numpy"):
-        xp = np
-        fn = fit_numba if backend == "numba" else fit_numpy
-    else:
-        raise ValueError(f"backend must be 'numpy', 'numba' or 'cupy', got {backend!r}")
-    if init is None and backend != "numba":  # the Numba kernel computes the same start values itself
+    name = _registry.gaussfit.resolve(impl, windows)
+    xp = np
+    if name == "cupy":
+        import cupy as xp
+    if init is None and name != "numba":  # the Numba kernel computes the same start values itself
         init = initial_guess(xp.asarray(windows, dtype=xp.float32), sigma, xp=xp)
-    theta, crlb, llr, iters, status = fn(
+    theta, crlb, llr, iters, status = _registry.gaussfit.get(name)(
         windows, init, sigma=float(sigma), fit_sigma=fit_sigma, method=method,
         max_iter=max_iter, tol=tol, readout_var=readout_var,
     )

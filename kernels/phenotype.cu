@@ -2,54 +2,16 @@
 //
 // One thread per event (grid-stride loop).  The plan is packed by
 // FusedPlan.packed() into an int64 array `ip` (header + sections) and a double
-// array `dp`; the layout constants below must match kernels/phenotype.py.
+// array `dp`; its layout constants come from kernels/phenotype_plan.py.
 // Compile with --fmad=false: every floating-point operation is then rounded
 // exactly as in the NumPy reference and the Numba kernel, so all backends put
 // every event on the same side of every gate edge.
 
-#define FINE_SUB 1024
-#define FINE_EMIN (-23)
-#define FINE_OCT 64
-#define FINE_NBINS (FINE_SUB * FINE_OCT + 2)
-#define MAX_SLOTS 32
-#define MAX_DIMS 16
-
-// header
-#define H_S 0
-#define H_M 1
-#define H_R 2
-#define H_D 3
-#define H_P 4
-#define H_E 5
-#define H_K 6
-#define H_NX 7
-#define H_NY 8
-#define H_DX 9
-#define H_DY 10
-// section offsets
-#define O_SLOT_KIND 11
-#define O_SLOT_INDEX 12
-#define O_COMP_COLS 13
-#define O_RNG_SLOT 14
-#define O_DIM_SLOT 15
-#define O_DIM_KIND 16
-#define O_TAB 17
-#define O_POLY_DIMS 18
-#define O_POLY_OFF 19
-#define O_ELL_OFF 20
-#define O_ELL_DIMS 21
-#define O_ELL_ICOV_OFF 22
-#define O_MK_SLOT 23
-#define D_COMP 24
-#define D_RNG_LO 25
-#define D_RNG_HI 26
-#define D_DIM_PARAM 27
-#define D_POLY 28
-#define D_ELL_MEAN 29
-#define D_ELL_D2 30
-#define D_MK_THR 31
-#define D_H2 32
-#define H_NOUT 33
+// The constants (FINE_SUB, FINE_EMIN, FINE_OCT, FINE_NBINS, FINE_LO, FINE_HI,
+// MAX_SLOTS, MAX_DIMS, DIM_*, and the packed-plan header H_* / section offsets
+// O_* and D_*) are not written here: evflow.kernels.phenotype_plan.cuda_preamble()
+// generates their #define lines from the Python that owns them and prepends
+// them to this source (evflow.kernels.phenotype_cupy).
 
 typedef long long i64;
 #define EV_INF __longlong_as_double(0x7ff0000000000000LL)
@@ -70,8 +32,8 @@ __device__ __forceinline__ double table_eval(double x, const double* __restrict_
 }
 
 __device__ __forceinline__ int fine_bin(double d) {
-    const double lo = 5.9604644775390625e-08;   // 2**(FINE_EMIN-1) = 2**-24
-    const double hi = 1099511627776.0;          // 2**(FINE_EMIN-1+FINE_OCT) = 2**40
+    const double lo = FINE_LO;   // 2**(FINE_EMIN-1) = 2**-24
+    const double hi = FINE_HI;   // 2**(FINE_EMIN-1+FINE_OCT) = 2**40
     if (d < lo) return 0;
     if (d >= hi) return FINE_NBINS - 1;
     int e;

@@ -18,7 +18,8 @@ This module provides
   Numba and CuPy give bit-identical results; values beyond the table ends
   (``|x|`` above about ``1e12``) are finished by Newton steps from the
   asymptotic solution.
-- :func:`table_forward_numba`: the same lookup as a parallel Numba loop.
+- :func:`table_forward_numba`: the same lookup as a parallel Numba loop,
+- :func:`forward_fast`: one of them by ``impl`` (registry family ``biex_forward``).
 
 The interpolation error in ``y`` is about ``b h^2 / 8`` with ``b = (M + A) ln 10``;
 ``h = 2**-13`` keeps it below ``3e-8`` display units for ``M + A <= 10``.
@@ -31,6 +32,9 @@ import math
 
 import numpy as np
 
+from ._cuda import BoundedCache
+from ._registry import renamed_impl
+
 __all__ = [
     "LOGICLE",
     "HYPERLOG",
@@ -42,6 +46,7 @@ __all__ = [
     "forward_exact",
     "build_table",
     "table_forward",
+    "table_forward_numpy",
     "table_forward_numba",
     "forward_fast",
 ]
@@ -208,7 +213,8 @@ def _newton_tail(x, y, p: BiexParams, xp, iters: int = 12):
     return xp.where(x < 0, 2 * p.x1 - g, g)
 
 
-_DEVICE_KNOTS: dict = {}
+#: tables uploaded to a device, by (parameters, device); the most recent 64
+_DEVICE_KNOTS = BoundedCache(maxsize=64)
 
 
 def _device_knots(p: BiexParams, xp):
@@ -216,7 +222,8 @@ def _device_knots(p: BiexParams, xp):
     key = (p, xp.cuda.runtime.getDevice())
     knots = _DEVICE_KNOTS.get(key)
     if knots is None:
-        knots = _DEVICE_KNOTS[key] = xp.asarray(build_table(p)[0])
+        knots = xp.asarray(build_table(p)[0])
+        _DEVICE_KNOTS.put(key, knots)
     return knots
 
 
@@ -245,16 +252,21 @@ def table_forward(x, p: BiexParams, xp=None):
     return y
 
 
+def table_forward_numpy(x, p: BiexParams):
+    """:func:`table_forward` on NumPy arrays (the reference of the fast path)."""
+    return table_forward(x, p, np)
+
+
 @functools.lru_cache(maxsize=1)
 def _numba_kernel():
-    import numba
+    from ._numba import njit, prange
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
+    @njit(parallel=True, cache=True, nogil=True)
     def _lookup(x, knots, y0, h, out):
         n = knots.shape[0] - 1
         lo_x = knots[0]
         hi_x = knots[n]
-        for i in numba.prange(x.shape[0]):
+        for i in prange(x.shape[0]):
             v = x[i]
             if not (v >= lo_x and v <= hi_x):
                 out[i] = np.nan  # NaN or beyond the table: finished outside
@@ -298,26 +310,23 @@ def table_forward_numba(x, p: BiexParams):
     return out
 
 
-def forward_fast(x, p: BiexParams, engine: str = "auto"):
-    """Forward transform by table lookup; ``engine`` 'auto', 'numpy', 'numba' or 'cupy'.
+@renamed_impl("engine")
+def forward_fast(x, p: BiexParams, impl: str = "auto"):
+    """Forward transform by table lookup; ``impl`` 'auto', 'numpy', 'numba' or 'cupy'.
 
     'auto' uses Numba for NumPy arrays of more than 65536 values, the xp
-    lookup otherwise (CuPy arrays always stay on the device).
+    lookup otherwise (CuPy arrays always stay on the device, whatever
+    ``impl``); 'cupy' on a NumPy array is the NumPy lookup.  Registry family
+    ``biex_forward``; formerly ``engine=``.
     """
     from evflow.backend import array_backend
 
-    if array_backend(x) == "cupy" or engine in ("cupy", "numpy"):
+    from . import _registry
+
+    name = _registry.biex_forward.resolve(impl, x)
+    if array_backend(x) == "cupy" or name == "cupy":
         return table_forward(x, p)
     x = np.asarray(x, dtype=np.float64)
-    if engine == "numba" or (engine == "auto" and x.size > 65536 and _have_numba()):
-        return table_forward_numba(x, p)
-    return table_forward(x, p, np)
-
-
-@functools.lru_cache(maxsize=1)
-def _have_numba() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    if name == "numba" and _registry.check_impl(impl) == "auto" and x.size <= 65536:
+        name = "numpy"  # a launch does not pay for small arrays
+    return _registry.biex_forward.get(name)(x, p)

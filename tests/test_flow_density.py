@@ -32,7 +32,7 @@ def _plan_for(tr, bins):
 
     K.fused_numba = spy
     try:
-        density2d((np.ones((10, 2)), ["A", "B"]), "A", "B", bins=bins, transforms=tr, kernel="numba")
+        density2d((np.ones((10, 2)), ["A", "B"]), "A", "B", bins=bins, transforms=tr, impl="numba")
     finally:
         K.fused_numba = orig
     return seen[0]
@@ -69,11 +69,11 @@ def test_edges_are_the_reference_bin_boundaries(tr):
 def test_fast_density_identical_to_reference(tr, bins):
     rng = np.random.default_rng(bins)
     ev, _ex, _plan = _events(tr, bins, rng)
-    ref = density2d((ev, ["A", "B", "C"]), "A", "B", bins=bins, transforms=tr, kernel="reference")
+    ref = density2d((ev, ["A", "B", "C"]), "A", "B", bins=bins, transforms=tr, impl="numpy")
     assert 0.15 * len(ev) < int(ref.sum()) < len(ev)
     for chunk in (len(ev), 4099, 1000):
         evd = da.from_array(ev, chunks=(chunk, -1))
-        fast = density2d((evd, ["A", "B", "C"]), "A", "B", bins=bins, transforms=tr, kernel="numba")
+        fast = density2d((evd, ["A", "B", "C"]), "A", "B", bins=bins, transforms=tr, impl="numba")
         np.testing.assert_array_equal(fast.values, ref.values)
         assert fast.attrs["n_outside"] == ref.attrs["n_outside"]
 
@@ -87,8 +87,8 @@ def test_transformed_parent_polygon_keeps_its_transform():
     verts = [[ya[0], yb[0]], [ya[1], yb[0]], [ya[1], yb[1]], [ya[0], yb[1]]]
     st = G.GatingStrategy([G.PolygonGate("P", [G.Dimension("A", tr), G.Dimension("B", tr)], verts)])
     kw = dict(bins=128, transforms=tr, parent="P", strategy=st)
-    ref = density2d((ev, ["A", "B", "C"]), "A", "B", kernel="reference", **kw)
-    fast = density2d((ev, ["A", "B", "C"]), "A", "B", kernel="numba", **kw)
+    ref = density2d((ev, ["A", "B", "C"]), "A", "B", impl="numpy", **kw)
+    fast = density2d((ev, ["A", "B", "C"]), "A", "B", impl="numba", **kw)
     assert 100 < int(ref.sum()) < len(ev) // 2
     np.testing.assert_array_equal(fast.values, ref.values)
 

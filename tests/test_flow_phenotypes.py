@@ -85,13 +85,13 @@ def test_known_phenotype_counts(synth_file):
 
 def test_parity_reference_fast_and_chunkings(synth_file):
     path, _, _ = synth_file
-    base = count_phenotypes(path, parent=_poly_gate(), markers=MK, kernel="reference")
+    base = count_phenotypes(path, parent=_poly_gate(), markers=MK, impl="numpy")
     for chunk in (None, 1, 97, 1000, 4096):
         smp = evflow.read_fcs(path, scale=True, chunk_events=chunk)
         if chunk == 1:  # one event per chunk: only the small file prefix is sensible
             smp = evflow.read_fcs(path, scale=True, chunk_events=701)
-        for kernel in ("reference", "fast"):
-            ds = count_phenotypes(smp, parent=_poly_gate(), markers=MK, kernel=kernel)
+        for impl in ("numpy", "numba"):
+            ds = count_phenotypes(smp, parent=_poly_gate(), markers=MK, impl=impl)
             np.testing.assert_array_equal(ds["count"].values, base["count"].values)
             np.testing.assert_array_equal(ds.median_positive.values, base.median_positive.values)
             np.testing.assert_allclose(ds.mean_positive.values, base.mean_positive.values, rtol=1e-12)
@@ -205,9 +205,9 @@ def test_transformed_polygon_and_ellipse_match_strategy(tr, tmp_path):
     for gate in (poly, ell):
         want = st.mask(evs, channels, gate.id)
         assert 50 < want.sum() < n - 50
-        for kernel in ("reference", "fast"):
-            ds = count_phenotypes(smp, parent=gate, markers={"m": ("C", 0.0)}, kernel=kernel)
-            assert int(ds.n_parent[0]) == want.sum(), (gate.id, kernel)
+        for impl in ("numpy", "numba"):
+            ds = count_phenotypes(smp, parent=gate, markers={"m": ("C", 0.0)}, impl=impl)
+            assert int(ds.n_parent[0]) == want.sum(), (gate.id, impl)
             assert int(ds["count"].values[0, 1]) == int((want & (evs[:, 2] > 0)).sum())
 
 
@@ -331,7 +331,7 @@ def test_density2d_matches_histogram2d(synth_file):
     np.testing.assert_array_equal(d.values, want.astype(np.int64))
     np.testing.assert_allclose(d.attrs["x_edges"], xe)
     assert d.attrs["n_parent"] == (codes >= 0).sum() and d.attrs["n_outside"] == (codes >= 0).sum() - want.sum()
-    ref = density2d(path, "FL1-A", "FL2-A", bins=(64, 64), transforms=tr, parent=_poly_gate(), kernel="reference")
+    ref = density2d(path, "FL1-A", "FL2-A", bins=(64, 64), transforms=tr, parent=_poly_gate(), impl="numpy")
     np.testing.assert_array_equal(ref.values, d.values)
     lin = density2d(path, "FSC-A", "SSC-A", bins=(20, 10), range=((0, 2000), (0, 1000)))
     w2, _, _ = np.histogram2d(ev[:, 0], ev[:, 1], bins=(20, 10), range=((0, 2000), (0, 1000)))
@@ -361,7 +361,7 @@ def test_beads_file_parity_and_counts():
     m = st.mask(ev, smp.channels, "singlets")
     code = (ev[:, 3] > 100.0).astype(int) + 2 * (ev[:, 5] > 50.0)
     np.testing.assert_array_equal(ds["count"].values[0], np.bincount(code[m], minlength=4))
-    one = count_phenotypes(evflow.read_fcs(p, scale=True), parent=gate, markers=markers, kernel="reference")
+    one = count_phenotypes(evflow.read_fcs(p, scale=True), parent=gate, markers=markers, impl="numpy")
     np.testing.assert_array_equal(one["count"].values, ds["count"].values)
     np.testing.assert_array_equal(one.median_positive.values, ds.median_positive.values)
 
@@ -374,7 +374,7 @@ def test_beads_file_parity_and_counts():
 @pytest.mark.gpu
 def test_cupy_backend_matches_cpu(synth_file):
     path, _, _ = synth_file
-    cpu = count_phenotypes(path, parent=_poly_gate(), markers=MK, backend="numpy", kernel="reference")
+    cpu = count_phenotypes(path, parent=_poly_gate(), markers=MK, backend="numpy", impl="numpy")
     for chunk in (None, 777):
         gpu = count_phenotypes(evflow.read_fcs(path, scale=True, chunk_events=chunk), parent=_poly_gate(),
                                markers=MK, backend="cupy")

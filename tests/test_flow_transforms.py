@@ -95,7 +95,7 @@ def test_biex_table_matches_exact_root(cls, T, W, M, A):
     t = cls(T, W, M, A)
     x = _grid(T)
     exact = t.apply_exact(x)
-    fast = t.apply(x, engine="numpy")
+    fast = t.apply(x, impl="numpy")
     err = np.abs(fast - exact)
     assert np.all(np.isfinite(exact))
     assert err.max() < 1e-6, err.max()
@@ -121,8 +121,8 @@ def test_biex_numba_equals_numpy_bitwise(cls):
     t = cls(262144, 0.5, 4.5, 0.3)
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(0, 2000, 100000), rng.lognormal(8, 3, 100000), [np.nan, 1e14, -1e15]])
-    a = t.apply(x, engine="numpy")
-    b = t.apply(x, engine="numba")
+    a = t.apply(x, impl="numpy")
+    b = t.apply(x, impl="numba")
     np.testing.assert_array_equal(a, b)
 
 
@@ -268,7 +268,7 @@ def test_transforms_on_cupy(t):
     import cupy
 
     x = _grid(10000)
-    y_np = t.apply(x) if not hasattr(t, "table") else t.apply(x, engine="numpy")
+    y_np = t.apply(x) if not hasattr(t, "table") else t.apply(x, impl="numpy")
     y_cp = t.apply(cupy.asarray(x))
     assert isinstance(y_cp, cupy.ndarray)
     if hasattr(t, "table"):

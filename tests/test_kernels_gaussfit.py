@@ -22,8 +22,8 @@ def _windows(n, w=7, sigma=1.3, photons=(300, 3000), bg=(5, 20), seed=0):
 @pytest.mark.parametrize("fit_sigma", [True, False])
 def test_numba_matches_numpy_reference(method, fit_sigma):
     d, _ = _windows(400, seed=1)
-    a = gf.fit_gaussians(d, sigma=1.3, method=method, fit_sigma=fit_sigma, backend="numpy")
-    b = gf.fit_gaussians(d, sigma=1.3, method=method, fit_sigma=fit_sigma, backend="numba")
+    a = gf.fit_gaussians(d, sigma=1.3, method=method, fit_sigma=fit_sigma, impl="numpy")
+    b = gf.fit_gaussians(d, sigma=1.3, method=method, fit_sigma=fit_sigma, impl="numba")
     np.testing.assert_allclose(b["params"], a["params"], rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(b["crlb"], a["crlb"], rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(b["llr"], a["llr"], rtol=1e-8, atol=1e-8)
@@ -35,7 +35,7 @@ def test_numba_matches_numpy_reference(method, fit_sigma):
 
 def test_mle_accuracy_reaches_crlb():
     d, truth = _windows(4000, seed=2)
-    r = gf.fit_gaussians(d, sigma=1.3, backend="numba")
+    r = gf.fit_gaussians(d, sigma=1.3, impl="numba")
     p = r["params"]
     assert (r["status"] == 0).mean() > 0.99
     for k in (0, 1):  # x, y
@@ -58,25 +58,25 @@ def test_crlb_matches_analytic_limit():
     c = 7.0
     d = (N * np.outer(integrated_gaussian(c, 1.3, w), integrated_gaussian(c, 1.3, w)))[None].astype(np.float32)
     init = np.array([[c, c, N, 1e-6, 1.3]])
-    r = gf.fit_gaussians(d, sigma=1.3, fit_sigma=False, init=init, max_iter=1, backend="numpy")
+    r = gf.fit_gaussians(d, sigma=1.3, fit_sigma=False, init=init, max_iter=1, impl="numpy")
     expected = np.sqrt((1.3**2 + 1 / 12) / N)
     assert r["crlb"][0, 0] == pytest.approx(expected, rel=0.03)
 
 
 def test_lsq_and_mle_agree_on_bright_spots():
     d, truth = _windows(300, photons=(5000, 8000), seed=3)
-    a = gf.fit_gaussians(d, sigma=1.3, method="mle", backend="numba")["params"]
-    b = gf.fit_gaussians(d, sigma=1.3, method="lsq", backend="numba")["params"]
+    a = gf.fit_gaussians(d, sigma=1.3, method="mle", impl="numba")["params"]
+    b = gf.fit_gaussians(d, sigma=1.3, method="lsq", impl="numba")["params"]
     assert np.sqrt(((a[:, 0] - b[:, 0]) ** 2).mean()) < 0.03
 
 
 def test_readout_variance_changes_fit_and_matches_reference():
     d, _ = _windows(100, seed=4)
     d = d - 3.0  # offset-subtracted data can go below zero
-    a = gf.fit_gaussians(d, sigma=1.3, readout_var=4.0, backend="numpy")
-    b = gf.fit_gaussians(d, sigma=1.3, readout_var=4.0, backend="numba")
+    a = gf.fit_gaussians(d, sigma=1.3, readout_var=4.0, impl="numpy")
+    b = gf.fit_gaussians(d, sigma=1.3, readout_var=4.0, impl="numba")
     np.testing.assert_allclose(b["params"], a["params"], rtol=1e-9, atol=1e-9)
-    c = gf.fit_gaussians(d, sigma=1.3, readout_var=0.0, backend="numba")
+    c = gf.fit_gaussians(d, sigma=1.3, readout_var=0.0, impl="numba")
     assert not np.allclose(c["crlb"], b["crlb"])
 
 
@@ -85,8 +85,8 @@ def test_bad_window_shapes_raise():
         gf.fit_gaussians(np.zeros((3, 7, 5), np.float32))
     with pytest.raises(ValueError, match="window size"):
         gf.fit_gaussians(np.zeros((3, 17, 17), np.float32))
-    with pytest.raises(ValueError, match="backend"):
-        gf.fit_gaussians(np.zeros((3, 7, 7), np.float32), backend="gpu")
+    with pytest.raises(ValueError, match="impl"):
+        gf.fit_gaussians(np.zeros((3, 7, 7), np.float32), impl="gpu")
 
 
 def test_empty_batch():
@@ -101,8 +101,8 @@ def test_cupy_matches_numpy_reference(method, w):
     import cupy as cp
 
     d, _ = _windows(2000, w=w, seed=5)
-    a = gf.fit_gaussians(d, sigma=1.3, method=method, backend="numpy")
-    b = gf.fit_gaussians(cp.asarray(d), sigma=1.3, method=method, backend="cupy")
+    a = gf.fit_gaussians(d, sigma=1.3, method=method, impl="numpy")
+    b = gf.fit_gaussians(cp.asarray(d), sigma=1.3, method=method, impl="cupy")
     np.testing.assert_allclose(cp.asnumpy(b["params"]), a["params"], rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(cp.asnumpy(b["crlb"]), a["crlb"], rtol=1e-7, atol=1e-10)
     np.testing.assert_allclose(cp.asnumpy(b["llr"]), a["llr"], rtol=1e-7, atol=1e-7)
@@ -132,10 +132,10 @@ def test_vectorised_elementary_functions_match_libm():
 @pytest.mark.parametrize("w", [7, 9])
 def test_numba_start_values_match_initial_guess(w):
     d, _ = _windows(300, w=w, seed=7)
-    a = gf.fit_gaussians(d, sigma=1.3, backend="numba")  # start values computed in the kernel
-    b = gf.fit_gaussians(d, sigma=1.3, init=gf.initial_guess(d, 1.3), backend="numba")
+    a = gf.fit_gaussians(d, sigma=1.3, impl="numba")  # start values computed in the kernel
+    b = gf.fit_gaussians(d, sigma=1.3, init=gf.initial_guess(d, 1.3), impl="numba")
     np.testing.assert_allclose(a["params"], b["params"], rtol=1e-12, atol=1e-12)
-    c = gf.fit_gaussians(d, sigma=1.3, backend="numpy")
+    c = gf.fit_gaussians(d, sigma=1.3, impl="numpy")
     np.testing.assert_allclose(a["params"], c["params"], rtol=1e-9, atol=1e-9)
     assert (a["iterations"] == c["iterations"]).mean() > 0.99
 
@@ -146,6 +146,6 @@ def test_negative_readout_variance_and_nonfinite_windows():
         gf.fit_gaussians(d, readout_var=-1.0)
     d[0, 3, 3] = np.nan
     d[1, 2, 2] = np.inf
-    r = gf.fit_gaussians(d, backend="numba")  # no crash; the clean windows still fit
+    r = gf.fit_gaussians(d, impl="numba")  # no crash; the clean windows still fit
     assert np.all(r["status"][2:] == 0)
     assert not np.isfinite(r["llr"][0])

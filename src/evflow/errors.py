@@ -19,6 +19,7 @@ __all__ = [
     "ImageError",
     "ConfigError",
     "BackendError",
+    "ImplementationError",
     "EvflowWarning",
     "FCSWarning",
 ]
@@ -72,6 +73,10 @@ class ConfigError(EvflowError, ValueError):
 
 class BackendError(EvflowError, RuntimeError):
     """The requested array backend (e.g. CuPy on a CUDA device) is not available."""
+
+
+class ImplementationError(BackendError, ValueError):
+    """``impl=`` names no implementation of a kernel (the message lists the choices)."""
 
 
 class EvflowWarning(UserWarning):

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import GatingError
+from ..kernels._registry import renamed_impl
 
 # ============================================================================ samples
 
@@ -151,7 +152,7 @@ def _worker_threads():
     return int(v) if v.isdigit() and int(v) > 0 else None
 
 
-def _block_partial(block, plan, kernel, mask_info, n_threads=None):
+def _block_partial(block, plan, impl, mask_info, n_threads=None):
     from ..kernels.phenotype import fused
 
     if n_threads is None:
@@ -161,7 +162,7 @@ def _block_partial(block, plan, kernel, mask_info, n_threads=None):
     if mask_info is not None:
         strategy, channels, gate_id, fcs = mask_info
         mask = strategy.mask(block, channels, gate_id, fcs)
-    return fused(block, plan, mask=mask, impl=kernel, n_threads=n_threads)
+    return fused(block, plan, mask=mask, impl=impl, n_threads=n_threads)
 
 
 def _block_control_values(block, plan, mask_info, slots):
@@ -192,15 +193,20 @@ def _concat(a, b):
     return np.concatenate([a, b], axis=1)
 
 
-def _kernel_name(kernel, backend):
-    kernel = (kernel or "auto").lower()
-    if kernel in ("reference", "numpy"):
-        return "numpy"
-    if kernel in ("fast", "numba"):
+def _kernel_name(impl, backend):
+    """The ``impl`` handed to the fused kernel per chunk: 'numpy', 'numba'/'cupy' (by backend) or 'auto'."""
+    from ..kernels._registry import check_impl
+
+    name = check_impl(impl)
+    if name == "numba":
         return "numba" if backend == "numpy" else "cupy"
-    if kernel in ("auto", "cupy"):
-        return "auto"
-    raise GatingError(f"kernel={kernel!r}; expected 'auto', 'reference' or 'fast'")
+    if name == "cupy":
+        return "auto"  # CuPy chunks (backend='cupy') run the CUDA kernel
+    return name
+
+
+#: old names and values of ``impl=`` (accepted for one release)
+_renamed_kernel = renamed_impl("kernel", values={"reference": "numpy", "fast": "numba"})
 
 
 def _prepare_events(sample, sname, backend):

@@ -17,6 +17,7 @@ from ._events import (
     _chunk_threads,
     _kernel_name,
     _prepare_events,
+    _renamed_kernel,
     _samples,
     _tree,
 )
@@ -53,6 +54,7 @@ def _default_range(sample, channel, transform):
     return (0.0, r / g)
 
 
+@_renamed_kernel
 def density2d(
     sample,
     x: str,
@@ -65,7 +67,7 @@ def density2d(
     strategy=None,
     compensation=None,
     backend: str | None = None,
-    kernel: str = "auto",
+    impl: str = "auto",
 ):
     """2-D histogram of two (transformed) channels of the parent population.
 
@@ -81,7 +83,7 @@ def density2d(
         for a transformed axis, ``[0, $PnR)`` for a plain one.
     transforms : Transform or (Transform, Transform) or dict channel -> Transform, optional
         Display scales of the axes (evaluated as for polygon gates).
-    parent, strategy, compensation, backend, kernel
+    parent, strategy, compensation, backend, impl
         As in :func:`count_phenotypes` (compensation default: the gates' own).
 
     Returns
@@ -97,7 +99,7 @@ def density2d(
     from ..backend import resolve_backend
 
     be = resolve_backend(backend)
-    kname = _kernel_name(kernel, be)
+    kname = _kernel_name(impl, be)
     (sname, smp), = _samples(sample)
     if isinstance(transforms, Mapping):
         tx, ty = transforms.get(x), transforms.get(y)

@@ -50,6 +50,7 @@ from ._events import (  # noqa: F401
     _concat,
     _is_array_pair,
     _kernel_name,
+    _renamed_kernel,
     _prepare_events,
     _sample_spillover,
     _samples,
@@ -81,6 +82,7 @@ __all__ = ["count_phenotypes", "density2d", "parse_threshold_rule", "ThresholdRu
 # ============================================================================ public API
 
 
+@_renamed_kernel
 def count_phenotypes(
     sample_or_samples,
     parent=None,
@@ -90,7 +92,7 @@ def count_phenotypes(
     controls=None,
     compensation=None,
     backend: str | None = None,
-    kernel: str = "auto",
+    impl: str = "auto",
     compute: bool = True,
 ):
     """Count the events of every marker phenotype in the parent population.
@@ -122,9 +124,10 @@ def count_phenotypes(
         gates use (none if they use none); False: uncompensated.
     backend : {None, 'auto', 'numpy', 'cupy'}
         Where chunks are processed (``evflow.resolve_backend``).
-    kernel : {'auto', 'reference', 'fast'}
-        'reference' runs the NumPy oracle; 'auto'/'fast' the Numba (CPU) or
-        CUDA kernel.
+    impl : {'auto', 'numpy', 'numba', 'cupy'}
+        Kernel implementation: 'numpy' runs the NumPy oracle; 'auto' (and
+        'numba' / 'cupy') the Numba (CPU) or CUDA kernel, by ``backend``.
+        Formerly ``kernel=`` ('reference' = 'numpy', 'fast' = 'numba').
     compute : bool
         False returns ``(build, graph)`` where ``graph`` is the dask object to
         compute and ``build(result)`` makes the Dataset (for combining graphs).
@@ -154,7 +157,7 @@ def count_phenotypes(
     names = [n for n, _, _ in spec]
     phenotype_labels(names)  # validates names / count (ConfigError)
     be = resolve_backend(backend)
-    kname = _kernel_name(kernel, be)
+    kname = _kernel_name(impl, be)
     samples = _samples(sample_or_samples)
     chain, mask_gate, parent_desc = _parent_gates(parent, strategy)
     controls = dict(controls or {})

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..backend import array_module
 from ..errors import GatingError
+from ..kernels._registry import renamed_impl
 
 __all__ = [
     "Transform",
@@ -248,11 +249,16 @@ class _Biex(Transform):
 
         return kt.build_table(self.coefficients)
 
-    def apply(self, x, engine: str = "auto"):
-        """Display values of data ``x`` (fast table path; within 3e-8 of :meth:`apply_exact`)."""
+    @renamed_impl("engine")
+    def apply(self, x, impl: str = "auto"):
+        """Display values of data ``x`` (fast table path; within 3e-8 of :meth:`apply_exact`).
+
+        ``impl``: 'auto', 'numpy', 'numba' or 'cupy' (the table lookup's
+        implementation, see :func:`evflow.kernels.transforms.forward_fast`).
+        """
         from evflow.kernels import transforms as kt
 
-        return kt.forward_fast(x, self.coefficients, engine=engine)
+        return kt.forward_fast(x, self.coefficients, impl=impl)
 
     def apply_exact(self, x):
         """Root-finding reference of :meth:`apply` (NumPy only, slow)."""

@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..backend import array_backend, get_ndi, resolve_backend, to_numpy
 from ..errors import ConfigError, ImageError
+from ..kernels._registry import renamed_impl
 
 __all__ = [
     "detect_spots",
@@ -47,9 +48,9 @@ DOG_RATIO = 3.0
 
 
 def _dog(img, sigma, ndi, out_dtype):
-    a = ndi.gaussian_filter(img, sigma, mode="reflect", output=out_dtype)
-    a -= ndi.gaussian_filter(img, DOG_RATIO * sigma, mode="reflect", output=out_dtype)
-    return a
+    from ..kernels.filters import dog_ndimage
+
+    return dog_ndimage(img, sigma, DOG_RATIO * sigma, None, ndi, out_dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -66,7 +67,7 @@ def _dog_gain(sigma: float) -> float:
     return float(_dog(spot, sigma, ndi, np.float64)[c, c])
 
 
-def dog_filter(image, sigma_px, *, backend=None):
+def dog_filter(image, sigma_px, *, backend=None, impl="auto"):
     """Photon-scaled difference-of-Gaussians filter (scales sigma and 3 sigma).
 
     The response at the centre of an isolated spot equals its photon count
@@ -78,24 +79,20 @@ def dog_filter(image, sigma_px, *, backend=None):
     image : 2-D array (photons), NumPy or CuPy
     sigma_px : float
         Filter scale (px), normally the PSF standard deviation.
+    backend : {'numpy', 'cupy', None}
+        Array library; None follows ``image``.
+    impl : {'auto', 'numpy', 'numba', 'cupy'}
+        Filter implementation (``evflow.kernels`` registry, family ``dog``);
+        'auto': Numba for NumPy images, ndimage for CuPy ones.
     """
+    from ..kernels import _registry
+
     name = backend or array_backend(image)
-    if name == "numpy" and _numba_ok():
-        from ._filters import dog_numba
-
-        s = float(sigma_px)
-        return dog_numba(image, s, DOG_RATIO * s, 1.0 / _dog_gain(s))
-    ndi = get_ndi(name)
-    img = image.astype(np.float32, copy=False)
-    out = _dog(img, float(sigma_px), ndi, np.float32)
-    out *= np.float32(1.0 / _dog_gain(float(sigma_px)))
-    return out
-
-
-def _numba_ok() -> bool:
-    from ._filters import HAVE_NUMBA
-
-    return HAVE_NUMBA
+    kname = _registry.dog.resolve(impl, image)
+    if kname == "numba" and name != "numpy":  # a CuPy image stays on the device
+        kname = "cupy"
+    s = float(sigma_px)
+    return _registry.dog.get(kname)(image, s, DOG_RATIO * s, 1.0 / _dog_gain(s))
 
 
 def noise_level(filtered, *, origin=(0, 0), field_pixels=None) -> float:
@@ -144,31 +141,22 @@ def auto_threshold_factor(n_pixels: int, false_positives: float = 0.1) -> float:
     return max(float(-ndtri(false_positives / float(n_pixels))), MIN_THRESHOLD_SNR)
 
 
-def local_maxima(response, threshold, min_distance_px, *, backend=None, factor=1.0):
+def local_maxima(response, threshold, min_distance_px, *, backend=None, factor=1.0, impl="auto"):
     """Integer (y, x) of pixels >= threshold that are the maximum within ``min_distance_px``.
 
     The score is ``response * factor`` (float32; ``factor`` e.g. 1 / noise
     turns a response into an SNR without a full-image product).  Equal maxima
     within the distance keep the first in row-major order.  Returns NumPy
-    arrays y, x and the score there, sorted row-major.
+    arrays y, x and the score there, sorted row-major.  ``impl``: the filter
+    implementation ('auto': Numba for NumPy arrays, ndimage for CuPy ones).
     """
-    name = backend or array_backend(response)
-    xp = np if name == "numpy" else __import__("cupy")
-    f32 = np.float32(factor)
-    if name == "numpy" and _numba_ok():
-        from ._filters import maxima_numba
+    from ..kernels import _registry
 
-        yy, xx = maxima_numba(response, threshold, int(min_distance_px), factor=f32)
-        val = response[yy, xx].astype(np.float32) * f32 if len(yy) else np.empty(0, np.float32)
-    else:
-        ndi = get_ndi(name)
-        score = response if factor == 1.0 else response * f32
-        size = 2 * int(min_distance_px) + 1
-        mx = ndi.maximum_filter(score, size=size, mode="nearest")
-        mask = (score == mx) & (score >= threshold)
-        yy, xx = xp.nonzero(mask)
-        yy, xx = to_numpy(yy).astype(np.int64), to_numpy(xx).astype(np.int64)
-        val = to_numpy(score[xp.asarray(yy), xp.asarray(xx)]) if len(yy) else np.empty(0, np.float32)
+    name = backend or array_backend(response)
+    kname = _registry.local_maxima.resolve(impl, response)
+    if kname == "numba" and name != "numpy":  # a CuPy score stays on the device
+        kname = "cupy"
+    yy, xx, val = _registry.local_maxima.get(kname)(response, threshold, int(min_distance_px), factor)
     if len(yy) > 1:
         keep = _resolve_ties(yy, xx, val, int(min_distance_px))
         yy, xx, val = yy[keep], xx[keep], val[keep]
@@ -199,6 +187,7 @@ def _field_photons(image, camera, name):
     return image.astype(np.float32, copy=False)
 
 
+@renamed_impl("fit_backend")
 def detect_spots(
     image,
     *,
@@ -214,7 +203,7 @@ def detect_spots(
     fit_sigma=True,
     window=None,
     tile=None,
-    fit_backend=None,
+    impl="auto",
     flat=None,
     background_radius_px=None,
 ) -> pd.DataFrame:
@@ -262,7 +251,10 @@ def detect_spots(
         runs twice).  For mosaics larger than memory (a dask array is read
         tile by tile).  Without a PSF sigma, it is estimated on the central
         tile.  None: the whole field at once (a dask field is computed first).
-    fit_backend : {'numpy', 'numba', 'cupy'}, optional
+    impl : {'auto', 'numpy', 'numba', 'cupy'}
+        Implementation of the spot fits (``evflow.kernels`` registry, family
+        ``gaussfit``): 'auto' is CuPy on the GPU backend, Numba on the CPU.
+        (The filters pick theirs by the array backend.)  Formerly ``fit_backend=``.
     flat : 2-D array or "estimate", optional
         Flat-field correction: the illumination profile (a measured flat of
         the image's shape, see :func:`evflow.imaging.background.normalise_flat`)
@@ -309,7 +301,7 @@ def detect_spots(
             raise ConfigError("detect_spots: flat='estimate' needs the whole field; pass a flat image with tile=")
         name = resolve_backend(backend) if backend is not None else array_backend(image)
         out = _detect_tiled(image, int(tile), kind, name, psf_sigma_px, threshold, camera, false_positives,
-                            min_distance_px, exclude_border_px, fit, method, fit_sigma, window, fit_backend,
+                            min_distance_px, exclude_border_px, fit, method, fit_sigma, window, impl,
                             background_radius_px)
         return _apply_flat(out, flat, None)
     if kind == "dask":
@@ -330,7 +322,7 @@ def detect_spots(
 
         det = subtract_background(photons, background_radius_px, backend=name)
     out = _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
-                        exclude_border_px, fit, method, fit_sigma, window, tile, fit_backend, detect_image=det)
+                        exclude_border_px, fit, method, fit_sigma, window, tile, impl, detect_image=det)
     return _apply_flat(out, flat, photons)
 
 
@@ -358,7 +350,7 @@ MIN_TILE = 32
 
 
 def _detect_tiled(image, tile, kind, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
-                  exclude_border_px, fit, method, fit_sigma, window, fit_backend, background_radius_px=None):
+                  exclude_border_px, fit, method, fit_sigma, window, impl, background_radius_px=None):
     from .localize import fit_window_size
 
     H, W = (int(v) for v in image.shape)
@@ -380,7 +372,7 @@ def _detect_tiled(image, tile, kind, name, psf_sigma_px, threshold, camera, fals
     if psf_sigma_px is None:  # estimated on the central tile
         cy, cx, h = H // 2, W // 2, tile // 2
         centre = region(max(cy - h, 0), min(cy + h, H), max(cx - h, 0), min(cx + h, W))
-        psf_sigma_px = _estimate_sigma(centre, name, camera, fit_backend)
+        psf_sigma_px = _estimate_sigma(centre, name, camera, impl)
     sig = _sigmas(psf_sigma_px)
     md = _min_distance(min_distance_px, sig)
     win = int(window) if window is not None else max(fit_window_size(float(s)) for s in sig)
@@ -415,7 +407,7 @@ def _detect_tiled(image, tile, kind, name, psf_sigma_px, threshold, camera, fals
         ph = region(*e)
         parts.append(_detect_field(
             ph, name, sig, threshold, camera, false_positives, md, exclude_border_px, fit, method, fit_sigma,
-            window, None, fit_backend, origin=(e[0], e[2]), field_shape=(H, W), noise=noise,
+            window, None, impl, origin=(e[0], e[2]), field_shape=(H, W), noise=noise,
             core=(c[0] - e[0], c[1] - e[0], c[2] - e[2], c[3] - e[2]), detect_image=detection_image(ph),
         ))
     attrs = dict(parts[0].attrs)
@@ -434,9 +426,9 @@ def _sigmas(psf_sigma_px):
     return s
 
 
-def _estimate_sigma(photons, name, camera, fit_backend):
+def _estimate_sigma(photons, name, camera, impl):
     """PSF sigma from the field: median fitted sigma of the 200 brightest spots (start 1.5 px)."""
-    sp = _detect_field(photons, name, 1.5, None, camera, 0.1, 3, 3, True, "mle", True, 11, None, fit_backend,
+    sp = _detect_field(photons, name, 1.5, None, camera, 0.1, 3, 3, True, "mle", True, 11, None, impl,
                        estimate=True)
     good = sp[(sp["fit_status"] == 0) & np.isfinite(sp["sigma"])]
     if len(good) < 5:
@@ -450,7 +442,7 @@ def _min_distance(min_distance_px, sig):
 
 
 def _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
-                  exclude_border_px, fit, method, fit_sigma, window, tile, fit_backend, estimate=False,
+                  exclude_border_px, fit, method, fit_sigma, window, tile, impl, estimate=False,
                   origin=(0, 0), field_shape=None, noise=None, core=None, detect_image=None):
     """Detect (and fit) in one in-memory image.
 
@@ -462,7 +454,7 @@ def _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positive
     instead of ``photons``; fits always use ``photons``.
     """
     if psf_sigma_px is None:
-        psf_sigma_px = _estimate_sigma(photons, name, camera, fit_backend)
+        psf_sigma_px = _estimate_sigma(photons, name, camera, impl)
     sig = _sigmas(psf_sigma_px)
     md = _min_distance(min_distance_px, sig)
     H, W = field_shape if field_shape is not None else photons.shape
@@ -504,7 +496,7 @@ def _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positive
             sel = np.flatnonzero(sidx == s_i)
             df = _fit_with_fallback(
                 photons, yy[sel], xx[sel], float(sig[s_i]), window, method, fit_sigma,
-                camera.readout_var_photons if camera is not None else 0.0, name, fit_backend, origin=(oy, ox),
+                camera.readout_var_photons if camera is not None else 0.0, name, impl, origin=(oy, ox),
             )
             df.index = sel
             parts.append(df)
@@ -536,14 +528,14 @@ SIGMA_RANGE = (0.7, 1.4)
 MAX_SHIFT_PX = 1.0
 
 
-def _fit_with_fallback(photons, yy, xx, sigma, window, method, fit_sigma, readout_var, name, fit_backend,
+def _fit_with_fallback(photons, yy, xx, sigma, window, method, fit_sigma, readout_var, name, impl,
                        origin=(0, 0)):
     """Fit; spots pulled by a neighbour (sigma out of range, large shift, no convergence) are refitted
     with sigma fixed.  Column ``sigma_fixed`` says which.  Output positions are ``origin`` + image px."""
     from .localize import fit_spots
 
     kw = dict(psf_sigma_px=sigma, window=window, method=method, readout_var=readout_var, backend=name,
-              fit_backend=fit_backend, origin=origin)
+              impl=impl, origin=origin)
     df = fit_spots(photons, yy, xx, fit_sigma=fit_sigma, **kw)
     df["sigma_fixed"] = not fit_sigma
     if fit_sigma and len(df):

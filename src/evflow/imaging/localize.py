@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ..backend import to_numpy
+from ..kernels._registry import renamed_impl
 
 __all__ = ["fit_window_size", "extract_windows", "fit_spots", "FIT_COLUMNS"]
 
@@ -36,16 +37,15 @@ def extract_windows(image, yc, xc, size, xp=np):
     xc = xp.asarray(xc, dtype=xp.int64)
     y0 = xp.clip(yc - r, 0, max(H - size, 0))
     x0 = xp.clip(xc - r, 0, max(W - size, 0))
-    if xp is np and isinstance(image, np.ndarray) and image.dtype.kind in "fiu":
-        from ._filters import HAVE_NUMBA, windows_numba
+    from ..kernels import _registry
 
-        if HAVE_NUMBA:
-            return windows_numba(image, y0, x0, size), y0, x0
-    k = xp.arange(size)
-    win = image[(y0[:, None, None] + k[None, :, None]), (x0[:, None, None] + k[None, None, :])]
-    return win.astype(xp.float32), y0, x0
+    impl = _registry.windows.resolve("auto", image)
+    if impl == "numba" and not (xp is np and isinstance(image, np.ndarray) and image.dtype.kind in "fiu"):
+        impl = "numpy" if xp is np else "cupy"
+    return _registry.windows.get(impl)(image, y0, x0, size), y0, x0
 
 
+@renamed_impl("fit_backend")
 def fit_spots(
     image,
     yc,
@@ -57,7 +57,7 @@ def fit_spots(
     fit_sigma=True,
     readout_var=0.0,
     backend="numpy",
-    fit_backend=None,
+    impl="auto",
     max_iter=30,
     tol=1e-4,
     origin=(0, 0),
@@ -79,8 +79,9 @@ def fit_spots(
         Read-noise variance (photons^2).
     backend : {'numpy', 'cupy'}
         Array backend of ``image``.
-    fit_backend : {'numpy', 'numba', 'cupy'}, optional
-        Fit implementation; default numba on the CPU, cupy on the GPU.
+    impl : {'auto', 'numpy', 'numba', 'cupy'}
+        Fit implementation (``evflow.kernels`` registry, family ``gaussfit``);
+        'auto': cupy on the GPU backend, numba on the CPU.  Formerly ``fit_backend=``.
     origin : (int, int)
         Global (y, x) of ``image[0, 0]`` (a tile of a larger field), added to
         the output positions.
@@ -96,19 +97,20 @@ def fit_spots(
         import cupy as xp
     else:
         xp = np
-    if fit_backend is None:
-        fit_backend = "cupy" if backend == "cupy" else "numba"
+    from ..kernels._registry import gaussfit as _fits
+
+    impl = "cupy" if backend == "cupy" and impl in ("auto", None) else _fits.resolve(impl)
     size = int(window) if window is not None else fit_window_size(psf_sigma_px)
     if image.shape[0] < size or image.shape[1] < size:
         from ..errors import ImageError
 
         raise ImageError(f"image of {image.shape} px is smaller than the {size}x{size} px fit window")
     win, y0, x0 = extract_windows(image, yc, xc, size, xp=xp)
-    if fit_backend != "cupy" and backend == "cupy":
+    if impl != "cupy" and backend == "cupy":
         win = to_numpy(win)
     res = fit_gaussians(
         win, sigma=psf_sigma_px, fit_sigma=fit_sigma, method=method, readout_var=readout_var,
-        backend=fit_backend, max_iter=max_iter, tol=tol,
+        impl=impl, max_iter=max_iter, tol=tol,
     )
     p = to_numpy(res["params"])
     c = to_numpy(res["crlb"])
