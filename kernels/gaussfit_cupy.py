@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gaussfit_model import _LAMBDA0, _LAMBDA_MAX, _LAMBDA_MIN, _MIN_BACKGROUND, _MIN_PHOTONS
-
+from .gaussfit_model import (
+    _LAMBDA0,
+    _LAMBDA_MAX,
+    _LAMBDA_MIN,
+    _MIN_BACKGROUND,
+    _MIN_PHOTONS,
+)
 
 _CONSTANTS = {
     "EVF_LAMBDA0": _LAMBDA0,

@@ -15,7 +15,6 @@ from .gaussfit_model import (
 )
 
 
-
 def _np_terms(theta, w):
     from scipy.special import erf
 

@@ -12,8 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 from ._cuda import BoundedCache
-from .phenotype_plan import FINE_NBINS, MAX_DIMS, MAX_SLOTS, FusedPlan, Partial, _check_events, cuda_preamble
-
+from .phenotype_plan import (
+    FINE_NBINS,
+    MAX_DIMS,
+    MAX_SLOTS,
+    FusedPlan,
+    Partial,
+    _check_events,
+    cuda_preamble,
+)
 
 _CUDA_TYPES = {
     np.dtype(np.float32): "float",

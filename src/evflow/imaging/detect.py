@@ -25,7 +25,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..backend import array_backend, get_ndi, resolve_backend, to_numpy
+from ..backend import array_backend, resolve_backend, to_numpy
 from ..errors import ConfigError, ImageError
 from ..kernels._registry import renamed_impl
 
