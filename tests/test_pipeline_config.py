@@ -184,3 +184,36 @@ images = ["f0.tif"]
     p = _write(tmp_path, base.replace("snr = 5.0\ncamera_em_gain = 0.5\n", "").format(rule='rule = "bright"'))
     with pytest.raises(ConfigError, match="'imaging.thresholds.rule' is 'bright', expected detected, fixed or"):
         load_experiment(p)
+
+
+def test_schema_table_defaults_and_types():
+    from evflow.pipeline.config import default, schema_table, validate_experiment
+
+    rows = schema_table()
+    assert all(len(r) == 6 for r in rows)
+    by = {(r[0], r[1]): r for r in rows}
+    assert by[("thresholds", "quantile")][2:4] == ("number", 0.995)
+    assert by[("imaging.thresholds", "quantile")][3] == 0.995
+    assert by[("flow.calibration.size", "wavelength_nm")][2:5] == ("number", 488.0, "nm")
+    assert by[("flow", "chunk_events")][2:4] == ("integer", 1 << 19)
+    assert default("thresholds", "control") == "isotype" and default("samples", "role") == "sample"
+    with pytest.raises(ConfigError, match="thresholds.quantil"):
+        default("thresholds", "quantil")
+    # every default has its key's type; the defaults of [experiment] and [imaging] validate as settings
+    from evflow.pipeline.config import SCHEMA
+
+    settings = {"samples": [{"name": "s", "images": ["f.tif"]}], "imaging": {"channels": ["CD9"]}}
+    for section, key, *_ in rows:
+        d = default(section, key)
+        if d is not None:
+            assert isinstance(d, SCHEMA[section][key].type), (section, key, d)
+        if d is not None and section in ("experiment", "imaging", "imaging.thresholds"):
+            node = settings
+            for part in section.split("."):
+                node = node.setdefault(part, {})
+            node[key] = d
+    exp = validate_experiment(settings, check_files=False)
+    assert exp.settings["imaging"]["psf_sigma_px"] == 1.3
+    bad = {"samples": [{"name": "s", "images": ["f.tif"]}], "imaging": {"channels": ["CD9"], "psf_sigma_px": "wide"}}
+    with pytest.raises(ConfigError, match=r"'imaging.psf_sigma_px' must be a PSF sigma \(px\), found 'wide'"):
+        validate_experiment(bad, check_files=False)

@@ -87,109 +87,162 @@ Layout (all sections but ``[[samples]]`` optional)::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
+from .inputs import check_channels as _check_channels
+from .inputs import fcs_metadata as _meta
+from .inputs import tiff_channels as _tiff_channels
 
-__all__ = ["Experiment", "Sample", "load_experiment", "validate_experiment", "ROLES"]
+__all__ = ["Experiment", "Sample", "load_experiment", "validate_experiment", "default", "schema_table", "ROLES",
+           "SCHEMA"]
 
 ROLES = ("sample", "buffer", "unstained", "isotype", "detergent", "dilution", "beads")
 
 _NUM = (int, float)
 
-# key -> (type(s), description); a nested dict is a sub-table schema
-_SCHEMA: dict = {
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: accepted type(s), default (None: none, or computed where noted), unit, and what is expected."""
+
+    type: type | tuple
+    default: object = None
+    unit: str = ""
+    help: str = ""
+
+
+#: The one table of settings: section -> key -> Key.  Validation checks types against it and every
+#: default used by the pipeline is read from it (:func:`default`); :func:`schema_table` renders it.
+#: ``samples`` and ``flow.gates.range`` describe each table of an array of tables.
+SCHEMA: dict[str, dict[str, Key]] = {
     "experiment": {
-        "name": (str, "a name"),
-        "output": (str, "a folder"),
-        "backend": (str, "auto, numpy or cupy"),
-        "description": (str, "text"),
+        "name": Key(str, None, "", "a name"),  # default: the file's stem
+        "output": Key(str, None, "", "a folder"),  # default: "<stem>_results" beside the file
+        "backend": Key(str, "auto", "", "auto, numpy or cupy"),
+        "description": Key(str, None, "", "text"),
     },
     "flow": {
-        "scatter_channel": (str, "a channel name"),
-        "markers": (dict, "a table channel -> marker name"),
-        "flow_rate_ul_per_min": (_NUM, "a number (uL/min)"),
-        "time_channel": (str, "a channel name"),
-        "chunk_events": (int, "an integer"),
-        "calibration": {
-            "fluorescence": {
-                "file": (str, "an FCS file"),
-                "channel": (str, "a channel name"),
-                "values": (list, "a list of bead values, dimmest first"),
-                "units": (str, "a unit name such as MESF"),
-                "clustering_channels": (list, "a list of channel names"),
-            },
-            "size": {
-                "file": (str, "an FCS file"),
-                "channel": (str, "a channel name"),
-                "diameters_nm": (list, "a list of diameters (nm)"),
-                "bead_index": (_NUM, "a refractive index"),
-                "wavelength_nm": (_NUM, "a wavelength (nm)"),
-                "medium_index": (_NUM, "a refractive index"),
-                "ev_core_index": (_NUM, "a refractive index"),
-                "ev_shell_index": (_NUM, "a refractive index"),
-                "ev_shell_nm": (_NUM, "a thickness (nm)"),
-            },
-        },
-        "gates": {
-            "size_nm": (list, "[min, max] diameters (nm)"),
-            "gatingml": (str, "a Gating-ML 2.0 file"),
-            "parent": (str, "a gate id"),
-            "range": (list, "a list of {channel, min, max} tables"),
-        },
+        "scatter_channel": Key(str, None, "", "a channel name"),
+        "markers": Key(dict, None, "", "a table channel -> marker name"),
+        "flow_rate_ul_per_min": Key(_NUM, None, "uL/min", "a number (uL/min)"),
+        "time_channel": Key(str, None, "", "a channel name"),
+        "chunk_events": Key(int, 1 << 19, "events", "an integer"),
+    },
+    "flow.calibration.fluorescence": {
+        "file": Key(str, None, "", "an FCS file"),
+        "channel": Key(str, None, "", "a channel name"),
+        "values": Key(list, None, "", "a list of bead values, dimmest first"),
+        "units": Key(str, "MESF", "", "a unit name such as MESF"),
+        "clustering_channels": Key(list, None, "", "a list of channel names"),
+    },
+    "flow.calibration.size": {
+        "file": Key(str, None, "", "an FCS file"),
+        "channel": Key(str, None, "", "a channel name"),
+        "diameters_nm": Key(list, None, "nm", "a list of diameters (nm)"),
+        "bead_index": Key(_NUM, 1.59, "", "a refractive index"),
+        "wavelength_nm": Key(_NUM, 488.0, "nm", "a wavelength (nm)"),
+        "medium_index": Key(_NUM, 1.333, "", "a refractive index"),
+        "ev_core_index": Key(_NUM, 1.38, "", "a refractive index"),
+        "ev_shell_index": Key(_NUM, 1.48, "", "a refractive index"),
+        "ev_shell_nm": Key(_NUM, 5.0, "nm", "a thickness (nm)"),
+    },
+    "flow.gates": {
+        "size_nm": Key(list, None, "nm", "[min, max] diameters (nm)"),
+        "gatingml": Key(str, None, "", "a Gating-ML 2.0 file"),
+        "parent": Key(str, None, "", "a gate id"),
+        "range": Key(list, None, "", "a list of {channel, min, max} tables"),
+    },
+    "flow.gates.range": {
+        "channel": Key(str, None, "", "a channel name"),
+        "min": Key(_NUM, None, "channel units", "a number"),  # default: -inf
+        "max": Key(_NUM, None, "channel units", "a number"),  # default: +inf
     },
     "thresholds": {
-        "rule": (str, "fixed, a control rule such as 'percentile 99.5 of isotype', or control_quantile"),
-        "control": (str, "a role"),
-        "quantile": (_NUM, "a number in (0, 1)"),
-        "values": (dict, "a table marker -> threshold"),
+        "rule": Key(str, "control_quantile", "", "fixed, a control rule such as 'percentile 99.5 of isotype', or control_quantile"),
+        "control": Key(str, DEFAULT_CONTROL, "", "a role"),
+        "quantile": Key(_NUM, DEFAULT_QUANTILE, "", "a number in (0, 1)"),
+        "values": Key(dict, None, "channel units", "a table marker -> threshold"),
     },
     "qc": {
-        "max_buffer_fraction": (_NUM, "a number"),
-        "min_detergent_reduction": (_NUM, "a number"),
-        "min_dilution_r2": (_NUM, "a number"),
+        "max_buffer_fraction": Key(_NUM, 0.05, "", "a number"),
+        "min_detergent_reduction": Key(_NUM, 0.8, "", "a number"),
+        "min_dilution_r2": Key(_NUM, 0.95, "", "a number"),
     },
     "imaging": {
-        "channels": (list, "a list of marker names, one per image channel"),
-        "pixel_size_nm": (_NUM, "a pixel size (nm)"),
-        "psf_sigma_px": (_NUM, "a PSF sigma (px)"),
-        "camera_offset": (_NUM, "ADU"),
-        "camera_gain": (_NUM, "ADU per electron"),
-        "camera_em_gain": (_NUM, "an EM gain (>= 1)"),
-        "camera_read_noise_e": (_NUM, "electrons rms"),
-        "false_positives": (_NUM, "expected noise detections per field and channel"),
-        "detection_threshold_photons": (_NUM, "a detection threshold (photons)"),
-        "match_radius_px": (_NUM, "a distance (px)"),
-        "registration_beads": (str, "a TIFF file"),
-        "thresholds": {
-            "rule": (str, "detected, fixed, a control rule such as 'percentile 99.5 of isotype', or control_quantile"),
-            "control": (str, "a role"),
-            "quantile": (_NUM, "a number in (0, 1)"),
-            "values": (dict, "a table marker -> photons"),
-        },
+        "channels": Key(list, None, "", "a list of marker names, one per image channel"),
+        "pixel_size_nm": Key(_NUM, None, "nm", "a pixel size (nm)"),
+        "psf_sigma_px": Key(_NUM, 1.3, "px", "a PSF sigma (px)"),
+        "camera_offset": Key(_NUM, 0.0, "ADU", "ADU"),
+        "camera_gain": Key(_NUM, 1.0, "ADU/electron", "ADU per electron"),
+        "camera_em_gain": Key(_NUM, 1.0, "", "an EM gain (>= 1)"),
+        "camera_read_noise_e": Key(_NUM, 0.0, "electrons", "electrons rms"),
+        "false_positives": Key(_NUM, 0.1, "per field and channel", "expected noise detections per field and channel"),
+        "detection_threshold_photons": Key(_NUM, None, "photons", "a detection threshold (photons)"),  # automatic
+        "match_radius_px": Key(_NUM, 1.5, "px", "a distance (px)"),
+        "registration_beads": Key(str, None, "", "a TIFF file"),
     },
-    "samples": (list, "an array of [[samples]] tables"),
+    "imaging.thresholds": {
+        "rule": Key(str, "detected", "", "detected, fixed, a control rule such as 'percentile 99.5 of isotype', or control_quantile"),
+        "control": Key(str, DEFAULT_CONTROL, "", "a role"),
+        "quantile": Key(_NUM, DEFAULT_QUANTILE, "", "a number in (0, 1)"),
+        "values": Key(dict, None, "photons", "a table marker -> photons"),
+    },
+    "samples": {
+        "name": Key(str, None, "", "a name"),
+        "role": Key(str, "sample", "", "one of " + ", ".join(ROLES)),
+        "flow": Key(str, None, "", "an FCS file"),
+        "images": Key(list, None, "", "a list of TIFF files"),
+        "dilution": Key(_NUM, 1.0, "", "a dilution factor >= 1"),
+        "series": Key(str, None, "", "a dilution-series name"),
+        "volume_ul": Key(_NUM, None, "uL", "a volume (uL)"),
+        "treatment": Key(str, None, "", "text"),
+    },
 }
 
-_SAMPLE_KEYS = {
-    "name": (str, "a name"),
-    "role": (str, "one of " + ", ".join(ROLES)),
-    "flow": (str, "an FCS file"),
-    "images": (list, "a list of TIFF files"),
-    "dilution": (_NUM, "a dilution factor >= 1"),
-    "series": (str, "a dilution-series name"),
-    "volume_ul": (_NUM, "a volume (uL)"),
-    "treatment": (str, "text"),
-}
+#: sections that describe each table of an array of tables, and how the array itself is described
+_ARRAYS = {"samples": "an array of [[samples]] tables", "flow.gates.range": None}
 
-_RANGE_KEYS = {"channel": (str, "a channel name"), "min": (_NUM, "a number"), "max": (_NUM, "a number")}
+
+def default(section: str, key: str):
+    """The default of ``key`` in ``section`` (e.g. ``default("thresholds", "quantile")`` is 0.995)."""
+    try:
+        return copy.deepcopy(SCHEMA[section][key].default)
+    except KeyError:
+        raise ConfigError(f"no setting '{section}.{key}' in the experiment schema") from None
+
+
+def _typename_of(types) -> str:
+    return {_NUM: "number", str: "string", int: "integer", list: "array", dict: "table"}.get(types, str(types))
+
+
+def schema_table() -> list[tuple]:
+    """Every setting as a row ``(section, key, type, default, unit, description)`` (for the docs)."""
+    return [(section, key, _typename_of(k.type), k.default, k.unit, k.help)
+            for section, keys in SCHEMA.items() for key, k in keys.items()]
+
+
+def _nested_schema() -> dict:
+    """The schema as nested tables (section path -> sub-table) for :func:`_check_table`."""
+    root: dict = {"samples": Key(list, None, "", _ARRAYS["samples"])}
+    for section, keys in SCHEMA.items():
+        if section in _ARRAYS:
+            continue
+        node = root
+        for part in section.split("."):
+            node = node.setdefault(part, {})
+        node.update(keys)
+    return root
+
+
+_NESTED = _nested_schema()
 
 
 @dataclass
@@ -265,7 +318,7 @@ def _check_table(where: str, table: Mapping, schema: Mapping, problems: list, sr
                 continue
             _check_table(k, value, spec, problems, src)
             continue
-        types, desc = spec
+        types, desc = spec.type, spec.help
         ok = isinstance(value, types) and not (types in (_NUM, int) and isinstance(value, bool))
         if not ok:
             problems.append(f"{src}: '{k}' must be {desc}, found {value!r} ({_typename(value)})")
@@ -331,7 +384,7 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
     """Check ``settings`` against the schema and the files; see :func:`load_experiment`."""
     src = str(path) if path else "<settings>"
     problems: list[str] = []
-    _check_table("", settings, _SCHEMA, problems, src)
+    _check_table("", settings, _NESTED, problems, src)
     base = Path(path).parent if path else Path.cwd()
 
     def resolve(p):
@@ -342,14 +395,39 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
     flow_s = settings.get("flow", {}) if isinstance(settings.get("flow"), Mapping) else {}
     img_s = settings.get("imaging", {}) if isinstance(settings.get("imaging"), Mapping) else {}
     thr_s = settings.get("thresholds", {}) if isinstance(settings.get("thresholds"), Mapping) else {}
+    qc = settings.get("qc", {}) if isinstance(settings.get("qc"), Mapping) else {}
 
-    backend = exp_s.get("backend", "auto")
+    backend = exp_s.get("backend", default("experiment", "backend"))
     if isinstance(backend, str) and backend.lower() not in ("auto", "numpy", "cupy"):
         problems.append(f"{src}: 'experiment.backend' is {backend!r}, expected auto, numpy or cupy")
 
-    # ---- samples
+    samples = _check_samples(settings.get("samples"), img_s, src, problems, resolve, check_files)
+    roles = {s.role for s in samples}
+    flow_samples = [s for s in samples if s.flow is not None]
+
+    markers = flow_s.get("markers", {})
+    needed_channels = _check_flow(flow_s, markers, flow_samples, src, problems, resolve, check_files)
+    if check_files:
+        _check_flow_files(flow_s, samples, flow_samples, needed_channels, src, problems)
+    _check_thresholds(thr_s, markers, samples, flow_samples, roles, src, problems)
+    _check_qc(qc, samples, roles, src, problems)
+    if img_s:
+        _check_imaging(img_s, samples, src, problems, resolve, check_files)
+
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in the experiment:\n  " + "\n  ".join(problems))
+    out = output if output is not None else exp_s.get("output")
+    if out is None:
+        out = (base / f"{Path(path).stem}_results") if path else Path.cwd() / "evflow_results"
+    out = Path(out)
+    if not out.is_absolute():
+        out = (base / out) if (output is None and path) else Path.cwd() / out
+    return Experiment(path=Path(path) if path else None, settings=settings, samples=samples, output=out)
+
+
+def _check_samples(raw_samples, img_s, src, problems, resolve, check_files) -> list:
+    """``[[samples]]``: names, roles, dilutions, volumes and files; the samples."""
     samples: list[Sample] = []
-    raw_samples = settings.get("samples")
     if raw_samples is None:
         problems.append(f"{src}: no [[samples]]: at least one sample is needed")
         raw_samples = []
@@ -361,7 +439,7 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
         if not isinstance(s, Mapping):
             problems.append(f"{src}: '{key}' must be a table, found {_typename(s)}")
             continue
-        _check_table(key, s, _SAMPLE_KEYS, problems, src)
+        _check_table(key, s, SCHEMA["samples"], problems, src)
         name = s.get("name")
         if not isinstance(name, str) or not name.strip():
             problems.append(f"{src}: '{key}.name' is missing (every sample needs a unique name)")
@@ -406,12 +484,11 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
                 treatment=s.get("treatment"),
             )
         )
+    return samples
 
-    roles = {s.role for s in samples}
-    flow_samples = [s for s in samples if s.flow is not None]
 
-    # ---- flow settings
-    markers = flow_s.get("markers", {})
+def _check_flow(flow_s, markers, flow_samples, src, problems, resolve, check_files) -> dict:
+    """``[flow]``: markers, gates and calibrations; the channels every flow file needs (channel -> key)."""
     if flow_samples and not flow_s:
         problems.append(f"{src}: samples have 'flow' files but there is no [flow] section")
     if isinstance(markers, Mapping):
@@ -435,7 +512,7 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
         if not isinstance(r, Mapping):
             problems.append(f"{src}: '{k}' must be a table with channel, min, max")
             continue
-        _check_table(k, r, _RANGE_KEYS, problems, src)
+        _check_table(k, r, SCHEMA["flow.gates.range"], problems, src)
         if "channel" not in r:
             problems.append(f"{src}: '{k}.channel' is missing")
         else:
@@ -494,24 +571,28 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
             problems.append(f"{src}: 'flow.calibration.{kind}' values must all be numbers, found {vals!r}")
     if isinstance(flow_s.get("chunk_events"), int) and flow_s["chunk_events"] < 1000:
         problems.append(f"{src}: 'flow.chunk_events' is {flow_s['chunk_events']}, expected >= 1000")
+    return needed_channels
 
-    # ---- channels present in every flow file
-    if check_files:
+
+def _check_flow_files(flow_s, samples, flow_samples, needed_channels, src, problems):
+    """Channels present in every flow file, and an analysed volume for each."""
+    for i, s in enumerate(samples):
+        if s.flow is not None and s.flow.is_file():
+            _check_channels(s.flow, needed_channels, problems, src, sample_key=f"samples[{i}].flow")
+    # concentration needs a volume
+    if flow_samples and "flow_rate_ul_per_min" not in flow_s:
         for i, s in enumerate(samples):
-            if s.flow is not None and s.flow.is_file():
-                _check_channels(s.flow, needed_channels, problems, src, sample_key=f"samples[{i}].flow")
-        # concentration needs a volume
-        if flow_samples and "flow_rate_ul_per_min" not in flow_s:
-            for i, s in enumerate(samples):
-                if s.flow is not None and s.volume_ul is None and s.flow.is_file() and s.role != "beads":
-                    meta = _meta(s.flow)
-                    if meta is not None and not str(meta.get("$VOL", "")).strip():
-                        problems.append(
-                            f"{src}: 'samples[{i}]' ({s.name}): no analysed volume: give 'volume_ul', "
-                            "'flow.flow_rate_ul_per_min', or a file with $VOL"
-                        )
+            if s.flow is not None and s.volume_ul is None and s.flow.is_file() and s.role != "beads":
+                meta = _meta(s.flow)
+                if meta is not None and not str(meta.get("$VOL", "")).strip():
+                    problems.append(
+                        f"{src}: 'samples[{i}]' ({s.name}): no analysed volume: give 'volume_ul', "
+                        "'flow.flow_rate_ul_per_min', or a file with $VOL"
+                    )
 
-    # ---- thresholds: the rule and the roles it needs
+
+def _check_thresholds(thr_s, markers, samples, flow_samples, roles, src, problems):
+    """``[thresholds]``: the rule and the roles it needs."""
     rule = thr_s.get("rule", "control_quantile" if flow_samples and markers else None)
     trule = None  # a rule string (flow.thresholds grammar)
     if rule is not None and rule not in ("control_quantile", "fixed"):
@@ -540,8 +621,9 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
             if not isinstance(vals, Mapping) or not isinstance(vals.get(m), _NUM):
                 problems.append(f"{src}: 'thresholds.values.{m}' is missing (rule 'fixed' needs a threshold per marker)")
 
-    # ---- qc rules and the roles they need
-    qc = settings.get("qc", {}) if isinstance(settings.get("qc"), Mapping) else {}
+
+def _check_qc(qc, samples, roles, src, problems):
+    """``[qc]``: the rules and the roles they need."""
     for key, role in (("max_buffer_fraction", "buffer"), ("min_detergent_reduction", "detergent"),
                       ("min_dilution_r2", "dilution")):
         if key in qc and role not in roles:
@@ -551,121 +633,67 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
         problems.append(f"{src}: 'qc.min_dilution_r2' needs a dilution series of at least 3 different factors, "
                         f"found {sorted({s.dilution for s in dil})}")
 
-    # ---- imaging
-    if img_s:
-        ch = img_s.get("channels")
-        if not isinstance(ch, list) or not ch or not all(isinstance(c, str) for c in ch):
-            problems.append(f"{src}: 'imaging.channels' must list the marker of each image channel")
-        elif len(set(ch)) != len(ch):
-            problems.append(f"{src}: 'imaging.channels' names a marker twice ({ch})")
-        for key in ("pixel_size_nm", "psf_sigma_px", "camera_gain", "match_radius_px", "false_positives",
-                    "detection_threshold_photons"):
-            v = img_s.get(key)
-            if isinstance(v, _NUM) and not v > 0:
-                problems.append(f"{src}: 'imaging.{key}' is {v}, expected a number > 0")
-        if isinstance(img_s.get("camera_em_gain"), _NUM) and not img_s["camera_em_gain"] >= 1:
-            problems.append(f"{src}: 'imaging.camera_em_gain' is {img_s['camera_em_gain']}, expected a number >= 1")
-        it = img_s.get("thresholds", {}) if isinstance(img_s.get("thresholds"), Mapping) else {}
-        irule = it.get("rule", "detected")
-        ivals = it.get("values", {}) if isinstance(it.get("values", {}), Mapping) else {}
-        chan_list = ch if isinstance(ch, list) else []
-        itrule = None  # a rule string (flow.thresholds grammar)
-        if irule not in ("detected", "fixed", "control_quantile"):
-            try:
-                itrule = experiment_rule(it, "imaging.thresholds", default=None, keywords=("detected", "fixed"))
-            except ConfigError as exc:
-                problems.append(f"{src}: {exc}")
-        for m, v in ivals.items():
-            if m not in chan_list:
-                problems.append(f"{src}: 'imaging.thresholds.values.{m}': {m!r} is not one of 'imaging.channels' "
-                                f"({chan_list})")
-            elif not isinstance(v, _NUM) or isinstance(v, bool):
-                problems.append(f"{src}: 'imaging.thresholds.values.{m}' must be a number of photons, found {v!r}")
-        if irule == "fixed":
-            for m in chan_list:
-                if m not in ivals:
-                    problems.append(f"{src}: 'imaging.thresholds.values.{m}' is missing "
-                                    "(rule 'fixed' needs a threshold per image channel)")
-        if irule == "control_quantile" or itrule is not None:
-            ictrl = it.get("control", DEFAULT_CONTROL) if itrule is None else itrule.control
-            ikey = "imaging.thresholds.control" if itrule is None else "imaging.thresholds.rule"
-            if ictrl not in ROLES:
-                problems.append(f"{src}: '{ikey}' names control {ictrl!r}, expected a role ({', '.join(ROLES)})"
-                                if itrule is not None else
-                                f"{src}: 'imaging.thresholds.control' is {ictrl!r}, expected a role ({', '.join(ROLES)})")
-            elif not any(s.role == ictrl and s.images for s in samples):
-                problems.append(
-                    f"{src}: 'imaging.thresholds.rule' {'control_quantile' if itrule is None else repr(irule)} needs "
-                    f"image fields of a sample with role {ictrl!r} ('{ikey}'), but none is listed"
-                )
-            iq = it.get("quantile", DEFAULT_QUANTILE)
-            if itrule is None and isinstance(iq, _NUM) and not 0 < iq < 1:
-                problems.append(f"{src}: 'imaging.thresholds.quantile' is {iq}, expected a number in (0, 1)")
-        rb = img_s.get("registration_beads")
-        if isinstance(rb, str) and check_files and not resolve(rb).is_file():
-            problems.append(f"{src}: 'imaging.registration_beads' file {rb!r} not found (looked at {resolve(rb)})")
-        if check_files and isinstance(ch, list):
-            for i, s in enumerate(samples):
-                for j, ip in enumerate(s.images):
-                    if ip.is_file():
-                        n = _tiff_channels(ip)
-                        if n is not None and n != len(ch):
-                            problems.append(
-                                f"{src}: 'samples[{i}].images[{j}]' {ip.name} has {n} channels, "
-                                f"'imaging.channels' lists {len(ch)}"
-                            )
 
-    if problems:
-        raise ConfigError(f"{len(problems)} problem(s) in the experiment:\n  " + "\n  ".join(problems))
-    out = output if output is not None else exp_s.get("output")
-    if out is None:
-        out = (base / f"{Path(path).stem}_results") if path else Path.cwd() / "evflow_results"
-    out = Path(out)
-    if not out.is_absolute():
-        out = (base / out) if (output is None and path) else Path.cwd() / out
-    return Experiment(path=Path(path) if path else None, settings=settings, samples=samples, output=out)
-
-
-_META_CACHE: dict = {}
-
-
-def _meta(path: Path):
-    try:
-        st = os.stat(path)
-        key = (str(path), st.st_mtime_ns, st.st_size)
-        if key not in _META_CACHE:
-            from ..io.fcs import read_fcs_metadata
-
-            _META_CACHE[key] = read_fcs_metadata(path)
-        return _META_CACHE[key]
-    except Exception:
-        return None
-
-
-def _check_channels(path: Path, needed: Mapping[str, str], problems: list, src: str, sample_key=None):
-    from ..io.fcs import read_fcs
-
-    try:
-        s = read_fcs(path)
-    except Exception as exc:
-        problems.append(f"{src}: '{sample_key or 'file'}' {path.name} cannot be read as FCS: {exc}")
-        return
-    for ch, key in needed.items():
+def _check_imaging(img_s, samples, src, problems, resolve, check_files):
+    """``[imaging]``: channels, camera, thresholds, registration beads and the channels of each field."""
+    ch = img_s.get("channels")
+    if not isinstance(ch, list) or not ch or not all(isinstance(c, str) for c in ch):
+        problems.append(f"{src}: 'imaging.channels' must list the marker of each image channel")
+    elif len(set(ch)) != len(ch):
+        problems.append(f"{src}: 'imaging.channels' names a marker twice ({ch})")
+    for key in ("pixel_size_nm", "psf_sigma_px", "camera_gain", "match_radius_px", "false_positives",
+                "detection_threshold_photons"):
+        v = img_s.get(key)
+        if isinstance(v, _NUM) and not v > 0:
+            problems.append(f"{src}: 'imaging.{key}' is {v}, expected a number > 0")
+    if isinstance(img_s.get("camera_em_gain"), _NUM) and not img_s["camera_em_gain"] >= 1:
+        problems.append(f"{src}: 'imaging.camera_em_gain' is {img_s['camera_em_gain']}, expected a number >= 1")
+    it = img_s.get("thresholds", {}) if isinstance(img_s.get("thresholds"), Mapping) else {}
+    irule = it.get("rule", "detected")
+    ivals = it.get("values", {}) if isinstance(it.get("values", {}), Mapping) else {}
+    chan_list = ch if isinstance(ch, list) else []
+    itrule = None  # a rule string (flow.thresholds grammar)
+    if irule not in ("detected", "fixed", "control_quantile"):
         try:
-            s.channel_index(ch)
-        except Exception:
+            itrule = experiment_rule(it, "imaging.thresholds", default=None, keywords=("detected", "fixed"))
+        except ConfigError as exc:
+            problems.append(f"{src}: {exc}")
+    for m, v in ivals.items():
+        if m not in chan_list:
+            problems.append(f"{src}: 'imaging.thresholds.values.{m}': {m!r} is not one of 'imaging.channels' "
+                            f"({chan_list})")
+        elif not isinstance(v, _NUM) or isinstance(v, bool):
+            problems.append(f"{src}: 'imaging.thresholds.values.{m}' must be a number of photons, found {v!r}")
+    if irule == "fixed":
+        for m in chan_list:
+            if m not in ivals:
+                problems.append(f"{src}: 'imaging.thresholds.values.{m}' is missing "
+                                "(rule 'fixed' needs a threshold per image channel)")
+    if irule == "control_quantile" or itrule is not None:
+        ictrl = it.get("control", DEFAULT_CONTROL) if itrule is None else itrule.control
+        ikey = "imaging.thresholds.control" if itrule is None else "imaging.thresholds.rule"
+        if ictrl not in ROLES:
+            problems.append(f"{src}: '{ikey}' names control {ictrl!r}, expected a role ({', '.join(ROLES)})"
+                            if itrule is not None else
+                            f"{src}: 'imaging.thresholds.control' is {ictrl!r}, expected a role ({', '.join(ROLES)})")
+        elif not any(s.role == ictrl and s.images for s in samples):
             problems.append(
-                f"{src}: '{key}' channel {ch!r} is not in {sample_key + ' ' if sample_key else ''}{path.name} "
-                f"(channels: {', '.join(s.channels)})"
+                f"{src}: 'imaging.thresholds.rule' {'control_quantile' if itrule is None else repr(irule)} needs "
+                f"image fields of a sample with role {ictrl!r} ('{ikey}'), but none is listed"
             )
-
-
-def _tiff_channels(path: Path):
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tf:
-            shape = tf.series[0].shape
-        return 1 if len(shape) == 2 else int(shape[-3])
-    except Exception:
-        return None
+        iq = it.get("quantile", DEFAULT_QUANTILE)
+        if itrule is None and isinstance(iq, _NUM) and not 0 < iq < 1:
+            problems.append(f"{src}: 'imaging.thresholds.quantile' is {iq}, expected a number in (0, 1)")
+    rb = img_s.get("registration_beads")
+    if isinstance(rb, str) and check_files and not resolve(rb).is_file():
+        problems.append(f"{src}: 'imaging.registration_beads' file {rb!r} not found (looked at {resolve(rb)})")
+    if check_files and isinstance(ch, list):
+        for i, s in enumerate(samples):
+            for j, ip in enumerate(s.images):
+                if ip.is_file():
+                    n = _tiff_channels(ip)
+                    if n is not None and n != len(ch):
+                        problems.append(
+                            f"{src}: 'samples[{i}].images[{j}]' {ip.name} has {n} channels, "
+                            f"'imaging.channels' lists {len(ch)}"
+                        )
