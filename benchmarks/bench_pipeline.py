@@ -151,7 +151,7 @@ def main(argv=None):
     # the same with the worker malloc setting that `evflow run --scheduler processes` uses
     import dask
 
-    from evflow.pipeline.run import WORKER_MMAP_THRESHOLD
+    from evflow.pipeline.scheduler import WORKER_MMAP_THRESHOLD
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": WORKER_MMAP_THRESHOLD}):
         with distributed.LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
@@ -176,7 +176,7 @@ def main(argv=None):
     if not a.no_flowkit:
         try:
             from evflow.pipeline import load_experiment
-            from evflow.pipeline.run import _gating, _rebuild_scatter
+            from evflow.pipeline.flow import _rebuild_scatter, gating
             from evflow.pipeline.store import ResultStore
 
             thr = [float(v) for v in ds_t["threshold"].values[0]]
@@ -186,7 +186,7 @@ def main(argv=None):
             e = load_experiment(exp2)
             item = ResultStore(root / "out_fixed").load("calibration", "size")
             sc = _rebuild_scatter(item, e.flow["calibration"]["size"])
-            _s, _p, _d, limits = _gating(e, sc)
+            _s, _p, _d, limits = gating(e, sc)
             t_fk, fk = flowkit_counts(root, flow_samples, limits, thr)
             agree = all(
                 fk[s["name"]][0] == int(ds_f["n_parent"].sel(sample=s["name"]))

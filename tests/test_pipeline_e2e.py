@@ -196,7 +196,7 @@ def test_split_samples_on_cluster_identical(demo_run, tmp_path, monkeypatch):
 
     from evflow import run
 
-    R = importlib.import_module("evflow.pipeline.run")
+    S = importlib.import_module("evflow.pipeline.scheduler")
     src, _ = demo_run
     data = tmp_path / "data"
     shutil.copytree(src / "data", data)
@@ -204,7 +204,7 @@ def test_split_samples_on_cluster_identical(demo_run, tmp_path, monkeypatch):
     exp.write_text(exp.read_text().replace("[flow]\n", "[flow]\nchunk_events = 3000\n", 1))
     ref = run(exp, output=tmp_path / "threads", quiet=True)
     assert not json.loads(ref.attrs["_timings"])["split_samples"]
-    monkeypatch.setattr(R, "SPLIT_SAMPLES_PER_THREAD", 100)
+    monkeypatch.setattr(S, "SPLIT_SAMPLES_PER_THREAD", 100)
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster:
         ds = run(exp, output=tmp_path / "cluster", scheduler=cluster.scheduler_address, quiet=True, report=False)
     assert json.loads(ds.attrs["_timings"])["split_samples"]

@@ -19,9 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ImageError
+from .config import default
 
 __all__ = ["camera_of", "read_field", "registration_from_beads", "control_spots", "analyse_field",
-           "image_thresholds", "spots_table", "SPOT_ARRAYS"]
+           "image_thresholds", "spots_table", "control_item", "field_item", "SPOT_ARRAYS"]
 
 #: per-vesicle arrays stored with each field item (k = number of markers)
 SPOT_ARRAYS = ("y", "x", "bitmask", "photons", "sigma", "photons_marker", "background_marker", "detected_marker")
@@ -103,7 +104,7 @@ def image_thresholds(img_s, control_items) -> tuple[dict | None, str]:
 
     chans = list(img_s["channels"])
     t = img_s.get("thresholds", {})
-    rule = t.get("rule", "detected")
+    rule = t.get("rule", default("imaging.thresholds", "rule"))
     values = {m: float(v) for m, v in t.get("values", {}).items()}
     if rule == "detected":
         return None, "detected in the marker's channel"
@@ -120,6 +121,24 @@ def image_thresholds(img_s, control_items) -> tuple[dict | None, str]:
     if values:
         desc += "; fixed: " + ", ".join(f"{m} >= {v:g} photons" for m, v in values.items())
     return {m: float(thr[m]) for m in chans}, desc
+
+
+def control_item(path, *, img_s, registration, backend) -> dict:
+    """Stored item of one control field: :func:`control_spots` and the file's SHA-256."""
+    from .store import file_sha256
+
+    item = control_spots(path, img_s, registration, backend=backend)
+    item["sha256"] = file_sha256(path)
+    return item
+
+
+def field_item(path, *, img_s, registration, thresholds, backend) -> dict:
+    """Stored item of one image field: :func:`analyse_field` and the file's SHA-256."""
+    from .store import file_sha256
+
+    item = analyse_field(path, img_s, registration, thresholds=thresholds, backend=backend)
+    item["sha256"] = file_sha256(path)
+    return item
 
 
 def _thumbnail(ph, size=256):

@@ -58,8 +58,8 @@ def _log_axis(top, decades, n):
 def _fig_density(ds, ctx):
     import matplotlib.pyplot as plt
 
-    items = ctx["flow_items"]
-    dens = ctx.get("density")
+    items = ctx.flow_items
+    dens = ctx.density
     names = [str(n) for n in ds["sample"].values if "density_all" in items.get(str(n), {})]
     if not names or dens is None:
         return None
@@ -68,8 +68,8 @@ def _fig_density(ds, ctx):
     nrow = int(math.ceil(len(names) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.1 * ncol, 2.8 * nrow), squeeze=False)
     xe, ye = _log_axis(tx, mx, items[names[0]]["density_all"].shape[0]), _log_axis(ty, my, items[names[0]]["density_all"].shape[1])
-    lim = ctx.get("size_limits")
-    chans = list(ctx["markers"])
+    lim = ctx.size_limits
+    chans = list(ctx.markers)
     for ax, n in zip(axes.ravel(), names):
         h = items[n]["density_all"].astype(float).T
         ax.pcolormesh(xe, ye, np.log10(h + 1), cmap="viridis", shading="flat")
@@ -85,11 +85,11 @@ def _fig_density(ds, ctx):
         role = str(ds["role"].sel(sample=n).values)
         ax.set_title(f"{n} ({role})", fontsize=9)
         ax.set_xlabel(x, fontsize=8)
-        ax.set_ylabel(f"{y} ({ctx['markers'].get(y, '')})", fontsize=8)
+        ax.set_ylabel(f"{y} ({ctx.markers.get(y, '')})", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
-    from .run import DISPLAY_EVENTS
+    from .flow import DISPLAY_EVENTS
 
     fig.suptitle(f"Side scatter vs fluorescence, up to the first {DISPLAY_EVENTS:,} events per sample "
                  "(red: size gate; orange: threshold)", fontsize=10)
@@ -100,7 +100,7 @@ def _fig_density(ds, ctx):
 def _fig_beads(ctx):
     import matplotlib.pyplot as plt
 
-    fl, sc = ctx.get("fluor"), ctx.get("size_cal")
+    fl, sc = ctx.fluor, ctx.size_cal
     if fl is None and sc is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -142,8 +142,8 @@ def _fig_beads(ctx):
 def _fig_sizes(ds, ctx):
     import matplotlib.pyplot as plt
 
-    sc, dens = ctx.get("size_cal"), ctx.get("density")
-    items = ctx["flow_items"]
+    sc, dens = ctx.size_cal, ctx.density
+    items = ctx.flow_items
     if sc is None or dens is None:
         return None
     x, _y, (tx, mx), _ = dens
@@ -235,11 +235,11 @@ def _fig_dilution(ds):
 def _fig_fields(ds, ctx):
     import matplotlib.pyplot as plt
 
-    items = ctx["image_items"]
+    items = ctx.image_items
     if not items:
         return None
     keys = sorted(items)[:12]
-    chans = list(ctx["experiment"].imaging["channels"])
+    chans = list(ctx.experiment.imaging["channels"])
     from ..phenotype import phenotype_labels
 
     labels = phenotype_labels(chans)
@@ -268,12 +268,12 @@ def _fig_fields(ds, ctx):
 
 
 def _miflowcyt(ds, ctx):
-    exp = ctx["experiment"]
+    exp = ctx.experiment
     roles = set(ds["role"].values.tolist()) if "role" in ds.coords else set()
-    fl = ctx.get("fluor")
-    sc = ctx.get("size_cal")
-    inst = {it.get("instrument", "") for it in ctx["flow_items"].values()} - {""}
-    vols = sorted({it.get("volume_method", "") for it in ctx["flow_items"].values()})
+    fl = ctx.fluor
+    sc = ctx.size_cal
+    inst = {it.get("instrument", "") for it in ctx.flow_items.values()} - {""}
+    vols = sorted({it.get("volume_method", "") for it in ctx.flow_items.values()})
     rows = [
         ("Instrument ($CYT)", ", ".join(sorted(inst)) or "not given"),
         ("Buffer-only control", "yes" if "buffer" in roles else "missing"),
@@ -301,7 +301,7 @@ def write_report(ds, ctx, path) -> Path:
     matplotlib.use("Agg", force=False)
     from .store import atomic_write_bytes
 
-    exp = ctx["experiment"]
+    exp = ctx.experiment
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>evflow report: {html.escape(exp.name)}</title>"
              f"<style>{_CSS}</style></head><body>",
              f"<h1>evflow report: {html.escape(exp.name)}</h1>",

@@ -18,9 +18,9 @@ def _flow_dataset(ctx):
     from ..flow.calibration import concentration_per_ml
     from ..phenotype import counts_dataset
 
-    exp = ctx["experiment"]
-    markers = list(ctx["markers"].values())
-    items = ctx["flow_items"]
+    exp = ctx.experiment
+    markers = list(ctx.markers.values())
+    items = ctx.flow_items
     names = [s.name for s in exp.samples if s.name in items]
     if not names or not markers:
         return None
@@ -41,7 +41,7 @@ def _flow_dataset(ctx):
         role=("sample", [by[n].role for n in names]),
         dilution=("sample", [float(by[n].dilution) for n in names]),
         series=("sample", [by[n].series or "" for n in names]),
-        marker_channel=("marker", list(ctx["markers"])),
+        marker_channel=("marker", list(ctx.markers)),
     )
     vol = np.array([items[n]["volume_ul"] for n in names], float)
     ds["volume_ul"] = ("sample", vol, {"units": "uL", "long_name": "analysed volume"})
@@ -53,12 +53,12 @@ def _flow_dataset(ctx):
                                   {"units": "1/mL", "long_name": "particles per mL of the undiluted sample"})
     ds["total_concentration_per_ml"] = ("sample", conc.sum(axis=1),
                                         {"units": "1/mL", "long_name": "parent-gate particles per mL (undiluted)"})
-    fl = ctx.get("fluor")
+    fl = ctx.fluor
     mesf = np.full((len(names), k), np.nan)
     if fl is not None:
         ch = exp.flow["calibration"]["fluorescence"]["channel"]
         units = exp.flow["calibration"]["fluorescence"].get("units", "MESF")
-        chans = list(ctx["markers"])
+        chans = list(ctx.markers)
         if ch in chans:
             j = chans.index(ch)
             med = ds["median_positive"].values[:, j]
@@ -73,8 +73,8 @@ def _flow_dataset(ctx):
 def _image_dataset(ctx):
     from ..phenotype import counts_dataset
 
-    exp = ctx["experiment"]
-    items = ctx["image_items"]
+    exp = ctx.experiment
+    items = ctx.image_items
     if not items:
         return None
     chans = list(exp.imaging["channels"])
@@ -86,7 +86,7 @@ def _image_dataset(ctx):
         for f in range(n_fov):
             if (n, f) in items:
                 counts[i, f] = items[(n, f)]["counts"]
-    thr = ctx.get("image_thresholds")
+    thr = ctx.image_thresholds
     thresholds = None if thr is None else np.tile(np.array([float(thr[m]) for m in chans]), (len(names), 1))
     ds = counts_dataset(counts, chans, names, fovs=list(range(n_fov)), thresholds=thresholds)
     if "threshold" in ds:
@@ -171,7 +171,7 @@ def assemble(ctx) -> xr.Dataset:
     """Merge flow and imaging results, QC flags and provenance into one Dataset."""
     from .. import __version__
 
-    exp = ctx["experiment"]
+    exp = ctx.experiment
     fds = _flow_dataset(ctx)
     ids = _image_dataset(ctx)
     parts = [d for d in (fds, ids) if d is not None]
@@ -188,22 +188,22 @@ def assemble(ctx) -> xr.Dataset:
             flags.append("; ".join(f))
         ds["qc_flags"] = ("sample", np.asarray(flags, dtype=object).astype(str))
     inputs = {}
-    for key, it in list(ctx["flow_items"].items()):
+    for key, it in list(ctx.flow_items.items()):
         inputs[str(next(s.flow for s in exp.samples if s.name == key))] = it.get("sha256", "")
-    for (n, f), it in ctx["image_items"].items():
+    for (n, f), it in ctx.image_items.items():
         inputs[str(next(s.images[f] for s in exp.samples if s.name == n))] = it.get("sha256", "")
     base = exp.base
     inputs = {(str(Path(p).relative_to(base)) if Path(p).is_relative_to(base) else p): h
               for p, h in sorted(inputs.items())}
     cal = {}
-    if ctx.get("fluor") is not None:
-        cal["fluorescence"] = ctx["fluor"]["summary"]
-    if ctx.get("size_cal") is not None:
-        sc = ctx["size_cal"]
+    if ctx.fluor is not None:
+        cal["fluorescence"] = ctx.fluor["summary"]
+    if ctx.size_cal is not None:
+        sc = ctx.size_cal
         cal["size"] = {"channel": sc.channel, "gain": sc.gain, "r2": sc.r2,
                        "bead_diameters_nm": sc.bead_diameters_nm.tolist(), "bead_scatter": sc.bead_scatter.tolist(),
                        "unique_range_nm": list(sc.unique_range_nm)}
-    reg = ctx["calibration"].get("registration")
+    reg = ctx.calibration.get("registration")
     if reg is not None:
         cal["registration"] = {"reference": reg["reference"], "residual_rms_px": reg["residual_rms_px"],
                                "n_matched": reg["n_matched"]}
@@ -211,17 +211,17 @@ def assemble(ctx) -> xr.Dataset:
         "title": f"evflow results: {exp.name}",
         "evflow_version": __version__,
         "evflow_schema": "1",
-        "backend": ctx["backend"],
+        "backend": ctx.backend,
         "config_hash": exp.config_hash(),
         "experiment_file": str(exp.path) if exp.path else "",
         "input_files": json.dumps(inputs, sort_keys=True),
-        "gates": "; ".join(ctx["gate_desc"]),
-        "threshold_rule": ctx["threshold_desc"],
-        "image_threshold_rule": ctx.get("image_threshold_desc", ""),
+        "gates": "; ".join(ctx.gate_desc),
+        "threshold_rule": ctx.threshold_desc,
+        "image_threshold_rule": ctx.image_threshold_desc,
         "calibration": json.dumps(cal, sort_keys=True, default=float),
         "qc": json.dumps(qc, sort_keys=True, default=float),
         "qc_pass": int(all(v["pass"] for v in qc.values())),
-        "failed": json.dumps(ctx["failures"], sort_keys=True),
+        "failed": json.dumps(ctx.failures, sort_keys=True),
     })
     return ds
 

@@ -1,0 +1,226 @@
+"""Flow-cytometry stage bodies of the pipeline: calibration, controls, per-sample counts.
+
+Each ``*_item`` function computes one stored item (a dict of numbers and
+arrays) and runs inside a dask task (see :mod:`evflow.pipeline.stage`);
+the other functions turn stored items and the experiment's settings into
+what the next stage needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from ..errors import ConfigError, EvflowError
+from .config import default
+from .scheduler import inner_compute
+from .store import file_sha256
+
+__all__ = ["fluorescence_item", "size_item", "control_item", "flow_sample_item", "gating", "density_spec",
+           "CHUNK_EVENTS", "DENSITY_BINS", "DISPLAY_EVENTS", "SIZE_BINS"]
+
+DENSITY_BINS = 96
+#: events per dask chunk of a flow sample (the same for every scheduler, so results are identical)
+CHUNK_EVENTS = default("flow", "chunk_events")
+DISPLAY_EVENTS = 100_000  # events shown in the density plots and size distributions of the report
+SIZE_BINS = 48
+
+
+def _size(cal_s, key) -> float:
+    """A number of ``[flow.calibration.size]``, or its default."""
+    return float(cal_s.get(key, default("flow.calibration.size", key)))
+
+
+def _particle(cal_s):
+    from ..flow.mie import CoatedSphere, Sphere
+
+    bead = Sphere(_size(cal_s, "bead_index"))
+    ev = CoatedSphere(_size(cal_s, "ev_core_index"), _size(cal_s, "ev_shell_index"), _size(cal_s, "ev_shell_nm"))
+    return bead, ev
+
+
+# =========================================================================== calibration
+
+
+def fluorescence_item(path, cal_s) -> dict:
+    """MESF calibration of ``[flow.calibration.fluorescence]`` from the bead file ``path``."""
+    from ..flow.calibration import calibrate_mesf
+
+    cal = calibrate_mesf(str(path), cal_s["channel"], cal_s["values"],
+                         clustering_channels=cal_s.get("clustering_channels"),
+                         units=cal_s.get("units", default("flow.calibration.fluorescence", "units")))
+    s = cal.summary()
+    return {"summary": s, "m": float(cal.params["m"]), "b": float(cal.params["b"]),
+            "peaks": np.asarray(cal.peak_medians, float), "mesf_values": np.asarray(cal.mesf_values, float),
+            "used": np.asarray([st == "used" for st in cal.peak_status]), "r2": float(cal.r2)}
+
+
+def size_item(path, cal_s) -> dict:
+    """Scatter-to-diameter calibration of ``[flow.calibration.size]`` from the bead file ``path``."""
+    from ..flow.calibration import calibrate_scatter
+
+    bead, ev = _particle(cal_s)
+    cal = calibrate_scatter(str(path), cal_s["channel"], cal_s["diameters_nm"], bead_model=bead, particle=ev,
+                            wavelength_nm=_size(cal_s, "wavelength_nm"),
+                            medium_index=_size(cal_s, "medium_index"))
+    return {"gain": float(cal.gain), "r2": float(cal.r2), "bead_scatter": np.asarray(cal.bead_scatter, float),
+            "bead_diameters_nm": np.asarray(cal.bead_diameters_nm, float),
+            "residuals": np.asarray(cal.residuals, float),
+            "unique_range_nm": list(cal.unique_range_nm)}
+
+
+def _rebuild_scatter(item, cal_s):
+    """The scatter calibration of a stored ``size`` item (refitted from its bead medians)."""
+    from ..flow.calibration import fit_scatter_gain
+
+    bead, ev = _particle(cal_s)
+    return fit_scatter_gain(item["bead_scatter"], item["bead_diameters_nm"], bead_model=bead, particle=ev,
+                            channel=cal_s["channel"], wavelength_nm=_size(cal_s, "wavelength_nm"),
+                            medium_index=_size(cal_s, "medium_index"))
+
+
+def scatter_calibration(items: dict, cal_s: dict):
+    """The scatter calibration from the calibration stage's items (None without a size calibration)."""
+    return _rebuild_scatter(items["size"], cal_s["size"]) if "size" in items else None
+
+
+# =========================================================================== gates and plots
+
+
+def gating(exp, size_cal):
+    """(strategy, parent id, description, list of scatter limits) from the experiment's gates."""
+    from ..flow.gates import Dimension, GatingStrategy, RectangleGate
+
+    gates_s = exp.flow.get("gates", {})
+    strategy, parent, desc = None, None, []
+    if "gatingml" in gates_s:
+        from ..flow.gatingml import read_gatingml
+
+        strategy = read_gatingml(exp.resolve(gates_s["gatingml"]))
+        parent = gates_s["parent"]
+        ids = strategy.gate_ids() if callable(strategy.gate_ids) else list(strategy.gate_ids)
+        if parent not in ids:
+            raise ConfigError(f"{exp.path}: 'flow.gates.parent' {parent!r} is not a gate of "
+                              f"{gates_s['gatingml']} (gates: {ids})")
+        desc.append(f"Gating-ML {gates_s['gatingml']}: {parent}")
+    size_limits = None
+    new = []
+    if "size_nm" in gates_s:
+        from ..flow.calibration import size_gate_limits
+
+        lo_nm, hi_nm = gates_s["size_nm"]
+        lo, hi = size_gate_limits(size_cal, float(lo_nm), float(hi_nm))
+        size_limits = (lo, hi)
+        new.append(("evflow_size", size_cal.channel, lo, hi))
+        desc.append(f"size {lo_nm:g}-{hi_nm:g} nm = {size_cal.channel} {lo:.4g}-{hi:.4g}")
+    for j, r in enumerate(gates_s.get("range", [])):
+        lo, hi = r.get("min"), r.get("max")
+        new.append((f"evflow_range_{j}", r["channel"], lo, hi))
+        desc.append(f"{r['channel']} {lo if lo is not None else '-inf'}-{hi if hi is not None else 'inf'}")
+    if new:
+        strategy = strategy or GatingStrategy()
+        for gid, ch, lo, hi in new:
+            strategy.add_gate(RectangleGate(gid, [Dimension(ch)], [lo], [hi], parent=parent))
+            parent = gid
+    return strategy, parent, desc, size_limits
+
+
+def _channel_top(path, channel):
+    from ..io.fcs import read_fcs_metadata, read_fcs
+
+    s = read_fcs(path)
+    i = s.channel_index(channel)
+    meta = read_fcs_metadata(path)
+    try:
+        return float(meta.get(f"$P{i + 1}R", 1e5)), s.channels[i]
+    except ValueError:
+        return 1e5, s.channels[i]
+
+
+def density_spec(flow_samples, markers, flow_s):
+    """(x, y, (top_x, decades_x), (top_y, decades_y)) of the report's density plots, or None."""
+    if not (flow_samples and markers and flow_s.get("scatter_channel")):
+        return None
+    first = flow_samples[0].flow
+    tx, x = _channel_top(first, flow_s["scatter_channel"])
+    ty, y = _channel_top(first, next(iter(markers)))
+    return (x, y, (tx, max(math.log10(tx) + 1.0, 1.0)), (ty, max(math.log10(ty) + 1.0, 1.0)))
+
+
+# =========================================================================== controls and samples
+
+
+def control_item(name, path, *, strategy, parent, markers, rule, backend) -> dict:
+    """Per-marker thresholds (``rule``, a :class:`~evflow.flow.thresholds.ThresholdRule`, over the parent gate)
+    of the control sample ``name``."""
+    from ..flow.phenotypes import count_phenotypes
+
+    trule = rule.for_control(name)
+    ds = count_phenotypes({name: str(path)}, parent=parent, strategy=strategy,
+                          markers={m: (ch, trule) for ch, m in markers.items()},
+                          controls={name: str(path)}, backend=backend)
+    return {"thresholds": np.asarray(ds["threshold"].values[0], float), "n_parent": int(ds["n_parent"].values[0])}
+
+
+def control_thresholds(stage, rule, failures):
+    """(thresholds, description) from the controls stage: per marker, the max over the good controls."""
+    good, role = stage.good, rule.control
+    if not good:
+        raise EvflowError(f"no usable {role!r} control: thresholds cannot be set ({failures})")
+    thresholds = np.max(np.stack([good[k]["thresholds"] for k in sorted(good)]), axis=0)
+    desc = (f"{rule.statistic_name} of the {role} control(s) "
+            f"({', '.join(sorted(good))}) in the parent gate; max over controls")
+    return thresholds, desc
+
+
+def flow_sample_item(sample, *, strategy, parent, markers, thresholds, flow_s, backend, density,
+                     split=False) -> dict:
+    """Counts per phenotype, marker statistics, analysed volume and report densities of one flow sample."""
+    from ..flow.calibration import analysed_volume_ul
+    from ..flow.phenotypes import count_phenotypes, density2d
+    from ..flow.transforms import LogTransform
+    from ..io.fcs import read_fcs
+
+    path = str(sample["flow"])
+    fcs = read_fcs(path, scale=True, chunk_events=int(flow_s.get("chunk_events", CHUNK_EVENTS)))
+    mk = {m: (ch, float(t)) for (ch, m), t in zip(markers.items(), thresholds)}
+    build, graph = count_phenotypes({sample["name"]: fcs}, parent=parent, strategy=strategy, markers=mk,
+                                    backend=backend, compute=False)
+    ds = build(inner_compute(graph, split))
+    item = {
+        "counts": np.asarray(ds["count"].values[0], np.int64),
+        "n_total": int(ds["n_total"].values[0]),
+        "n_parent": int(ds["n_parent"].values[0]),
+        "thresholds": np.asarray(ds["threshold"].values[0], float),
+        "n_positive": np.asarray(ds["n_positive"].values[0], float),
+        "median_positive": np.asarray(ds["median_positive"].values[0], float),
+        "mean_positive": np.asarray(ds["mean_positive"].values[0], float),
+        "sha256": file_sha256(path),
+        "instrument": str(fcs.meta.get("$CYT", "")).strip(),
+    }
+    try:
+        vol = analysed_volume_ul(fcs, volume_ul=sample.get("volume_ul"),
+                                 flow_rate_ul_per_min=None if sample.get("volume_ul") else flow_s.get("flow_rate_ul_per_min"),
+                                 time_channel=flow_s.get("time_channel"))
+        item["volume_ul"] = float(vol["volume_ul"])
+        item["volume_method"] = str(vol["method"])
+    except EvflowError as exc:
+        item["volume_ul"] = float("nan")
+        item["volume_method"] = f"unknown ({exc})"
+    if density is not None:
+        # plots use the first DISPLAY_EVENTS events (the same for any chunking or backend)
+        shown = dataclasses.replace(fcs, events=fcs.events[:DISPLAY_EVENTS]) if fcs.n_events > DISPLAY_EVENTS else fcs
+        item["density_events"] = int(shown.n_events)
+        x, y, (tx, mx), (ty, my) = density
+        tr = {x: LogTransform(tx, mx), y: LogTransform(ty, my)}
+        d_all = density2d(shown, x, y, bins=DENSITY_BINS, transforms=tr, backend=backend)
+        item["density_all"] = np.asarray(d_all.values, np.int64)
+        if parent is not None:
+            d_par = density2d(shown, x, y, bins=DENSITY_BINS, transforms=tr, parent=parent, strategy=strategy,
+                              backend=backend)
+            item["density_parent"] = np.asarray(d_par.values, np.int64)
+        else:
+            item["density_parent"] = item["density_all"]
+    return item
