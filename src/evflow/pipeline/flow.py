@@ -128,7 +128,7 @@ def gating(exp, size_cal):
 
 
 def _channel_top(path, channel):
-    from ..io.fcs import read_fcs_metadata, read_fcs
+    from ..io.fcs import read_fcs, read_fcs_metadata
 
     s = read_fcs(path)
     i = s.channel_index(channel)
