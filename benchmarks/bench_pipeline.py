@@ -39,7 +39,7 @@ def build(root: Path, n_samples, n_events, n_fields, field_px):
     from evflow.io.fcs import write_fcs
     from evflow.pipeline.demo import SIZE_BEADS_NM, _ev_frame
     from evflow.synth import tirf
-    from evflow.synth_flow import synthetic_size_beads
+    from evflow.synth.flow import synthetic_size_beads
 
     (root / "flow").mkdir(parents=True, exist_ok=True)
     (root / "images").mkdir(parents=True, exist_ok=True)

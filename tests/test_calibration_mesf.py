@@ -11,7 +11,7 @@ from conftest import shared_path
 import evflow
 from evflow.errors import CalibrationError
 from evflow.flow.calibration import calibrate_mesf, density_gate, fit_mesf_curve
-from evflow.synth_flow import synthetic_mesf_beads
+from evflow.synth.flow import synthetic_mesf_beads
 
 MEFL_A = [0, 792, 2079, 6588, 16471, 47497, 137049, 271647]
 MEFL_B = [0, 771, 2106, 6262, 15183, 45292, 136258, 291042]

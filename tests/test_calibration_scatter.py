@@ -24,7 +24,7 @@ from evflow.flow.mie import (
     collected_cross_section,
     scattering_cross_section,
 )
-from evflow.synth_flow import (
+from evflow.synth.flow import (
     default_scatter_gain,
     synthetic_ev_sample,
     synthetic_size_beads,

@@ -14,11 +14,11 @@ from evflow.flow.controls import (
     miflowcyt_ev_html,
     miflowcyt_ev_items,
     miflowcyt_ev_markdown,
-    subtract_background,
+    subtract_buffer_counts,
     threshold_from_control,
 )
 from evflow.flow.calibration import fit_scatter_gain
-from evflow.synth_flow import synthetic_ev_sample
+from evflow.synth.flow import synthetic_ev_sample
 
 
 def test_threshold_from_isotype_separates_synthetic_positives():
@@ -63,19 +63,19 @@ def test_lazy_threshold_input():
 
 
 def test_buffer_background_per_volume():
-    chk = subtract_background({"count": 10_000, "volume_ul": 10.0}, {"count": 200, "volume_ul": 5.0})
+    chk = subtract_buffer_counts({"count": 10_000, "volume_ul": 10.0}, {"count": 200, "volume_ul": 5.0})
     # buffer: 40 / uL -> 400 in the sample's 10 uL
     assert chk.values["background_count"] == pytest.approx(400)
     assert chk.values["net_count"] == pytest.approx(9600)
     assert chk.status == "pass"
-    high = subtract_background({"count": 1000, "volume_ul": 10.0}, {"count": 300, "volume_ul": 10.0})
+    high = subtract_buffer_counts({"count": 1000, "volume_ul": 10.0}, {"count": 300, "volume_ul": 10.0})
     assert high.status == "flag" and high.values["background_fraction"] == pytest.approx(0.3)
-    none = subtract_background({"count": 100}, {"count": 150})
+    none = subtract_buffer_counts({"count": 100}, {"count": 150})
     assert none.status == "flag" and none.values["net_count"] == -50
     with pytest.raises(ConfigError, match="volume_ul"):
-        subtract_background({"count": 100, "volume_ul": 1.0}, {"count": 1})
+        subtract_buffer_counts({"count": 100, "volume_ul": 1.0}, {"count": 1})
     with pytest.raises(ConfigError, match="count"):
-        subtract_background({"volume_ul": 1.0}, {"count": 1, "volume_ul": 1.0})
+        subtract_buffer_counts({"volume_ul": 1.0}, {"count": 1, "volume_ul": 1.0})
 
 
 def test_detergent_fraction():

@@ -164,7 +164,7 @@ def test_gate_edit_updates_counts_to_library_values(make_napari_viewer, qtbot, d
     gates = w.gates_layer
     tx = make_transform("logicle", channel_top(s, "SSC-H"))
     ty = make_transform("logicle", channel_top(s, "FL1-H"))
-    dims = [evflow.Dimension("SSC-H", tx), evflow.Dimension("FL1-H", ty)]
+    dims = [evflow.gates.Dimension("SSC-H", tx), evflow.gates.Dimension("FL1-H", ty)]
     markers = {m: (m, 0.5, make_transform("logicle", channel_top(s, m))) for m in ("FL1-H", "FL2-H")}
 
     def library(gate, mk=None):
@@ -173,7 +173,7 @@ def test_gate_edit_updates_counts_to_library_values(make_napari_viewer, qtbot, d
     poly_yx = np.array([[0.05, 0.3], [0.9, 0.3], [0.9, 0.8], [0.05, 0.8], [0.02, 0.55]])
     gates.add_polygons([poly_yx])
     _wait_counts(qtbot, w)
-    ref = library(evflow.PolygonGate("gate1", dims, poly_yx[:, ::-1]))
+    ref = library(evflow.gates.PolygonGate("gate1", dims, poly_yx[:, ::-1]))
     np.testing.assert_array_equal(w.counts["count"].values, ref["count"].values)
     first = ref["count"].values.copy()
     assert 0 < int(ref["n_parent"][0]) < s.n_events
@@ -182,7 +182,7 @@ def test_gate_edit_updates_counts_to_library_values(make_napari_viewer, qtbot, d
     moved[1:3, 1] = 0.6
     gates.data = [moved]
     _wait_counts(qtbot, w)
-    ref2 = library(evflow.PolygonGate("gate1", dims, moved[:, ::-1]))
+    ref2 = library(evflow.gates.PolygonGate("gate1", dims, moved[:, ::-1]))
     np.testing.assert_array_equal(w.counts["count"].values, ref2["count"].values)
     assert not np.array_equal(first, ref2["count"].values)
     table = [int(w.table.item(i, 1).text().replace(",", "")) for i in range(w.table.rowCount())]
@@ -191,12 +191,12 @@ def test_gate_edit_updates_counts_to_library_values(make_napari_viewer, qtbot, d
     w.set_threshold("FL2-H", 0.3)
     _wait_counts(qtbot, w)
     m2 = {**markers, "FL2-H": ("FL2-H", 0.3, markers["FL2-H"][2])}
-    ref3 = evflow.count_phenotypes(s, parent=evflow.PolygonGate("g", dims, moved[:, ::-1]), markers=m2)
+    ref3 = evflow.count_phenotypes(s, parent=evflow.gates.PolygonGate("g", dims, moved[:, ::-1]), markers=m2)
     np.testing.assert_array_equal(w.counts["count"].values, ref3["count"].values)
     # rectangle and ellipse gates, saved as Gating-ML 2.0 by the plugin's writer and read back
     gates.add_rectangles([np.array([[0.1, 0.35], [0.7, 0.75]])])
     _wait_counts(qtbot, w)
-    rect = evflow.RectangleGate("gate2", dims, mins=[0.35, 0.1], maxs=[0.75, 0.7])
+    rect = evflow.gates.RectangleGate("gate2", dims, mins=[0.35, 0.1], maxs=[0.75, 0.7])
     np.testing.assert_array_equal(w.counts["count"].values, library(rect, m2)["count"].values)
     gates.add_ellipses([np.array([[0.4, 0.5], [0.25, 0.15]])])  # centre (y, x), radii (y, x)
     _wait_counts(qtbot, w)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from evflow.flow.mie import VESICLE, Detector, collected_cross_section
-from evflow.synth_flow import default_scatter_gain, scatter_cross_section, synthetic_ev_sample
+from evflow.synth.flow import default_scatter_gain, scatter_cross_section, synthetic_ev_sample
 
 
 def test_scatter_curve_matches_exact_mie():

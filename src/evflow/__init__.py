@@ -1,7 +1,23 @@
 """evflow: single extracellular-vesicle analysis for nano-flow cytometry and TIRF imaging.
 
-The public API is re-exported here and imported lazily, so ``import evflow``
-stays light and never imports CuPy, napari or Qt.
+The verbs live at the top level::
+
+    s = evflow.read_fcs("sample.fcs")                  # also write_fcs, read_images
+    strategy = evflow.read_gatingml("gates.xml")       # also write_gatingml
+    ds = evflow.count_phenotypes(s, parent="EVs", strategy=strategy, markers=...)
+    cal = evflow.calibrate_mesf("beads.fcs", "FL1", mesf_values)   # also calibrate_scatter
+    spots = evflow.detect_spots(field, psf_sigma_px=1.3)            # also count_vesicles
+    ds = evflow.run("experiment.toml")                 # the whole pipeline
+
+and so do the errors (:class:`EvflowError` and its subclasses).  The domain
+objects live in namespaces: ``evflow.gates`` (``PolygonGate``,
+``GatingStrategy``, ...), ``evflow.transforms`` (``LogicleTransform``,
+``Compensation``, ...), ``evflow.synth`` (synthetic data with known truth)
+and ``evflow.metrics``.
+
+Everything is imported lazily on first use (``__init__.pyi`` lists it for
+editors and type checkers), so ``import evflow`` stays light and never imports
+CuPy, napari or Qt.
 """
 
 from __future__ import annotations
@@ -20,27 +36,21 @@ from .errors import (
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it (imported on first access)
+# public name -> module that defines it (imported on first access); __init__.pyi lists the same names
 _EXPORTS = {
-    "run": "evflow.pipeline.run",
-    "load_experiment": "evflow.pipeline.config",
+    # reading and writing
     "read_fcs": "evflow.io.fcs",
     "write_fcs": "evflow.io.fcs",
     "FCSSample": "evflow.io.fcs",
-    "resolve_backend": "evflow.backend",
-    "gpu_available": "evflow.backend",
-    "detect_spots": "evflow.imaging.detect",
     "read_images": "evflow.io.images",
-    "Camera": "evflow.imaging.camera",
-    "count_vesicles": "evflow.imaging.count",
-    "thresholds_from_control": "evflow.imaging.count",
-    "register_channels": "evflow.imaging.register",
-    "ChannelRegistration": "evflow.imaging.register",
-    "colocalize": "evflow.imaging.colocalize",
-    "estimate_flat": "evflow.imaging.background",
-    "subtract_background": "evflow.imaging.background",
-    "synth": "evflow.synth",
-    "metrics": "evflow.metrics",
+    "read_gatingml": "evflow.flow.gatingml",
+    "write_gatingml": "evflow.flow.gatingml",
+    # the pipeline
+    "run": "evflow.pipeline.run",
+    "load_experiment": "evflow.pipeline.config",
+    # flow: phenotypes, calibration, controls
+    "count_phenotypes": "evflow.flow.phenotypes",
+    "density2d": "evflow.flow.phenotypes",
     "calibrate_mesf": "evflow.flow.calibration",
     "MESFCalibration": "evflow.flow.calibration",
     "calibrate_scatter": "evflow.flow.calibration",
@@ -51,28 +61,39 @@ _EXPORTS = {
     "concentration_per_ml": "evflow.flow.calibration",
     "evaluate_controls": "evflow.flow.controls",
     "threshold_from_control": "evflow.flow.controls",
+    "subtract_buffer_counts": "evflow.flow.controls",
     "miflowcyt_ev_items": "evflow.flow.controls",
-    "read_gatingml": "evflow.flow.gatingml",
-    "write_gatingml": "evflow.flow.gatingml",
-    "GatingStrategy": "evflow.flow.gates",
-    "GatingResults": "evflow.flow.gates",
-    "Compensation": "evflow.flow.compensation",
-    "Dimension": "evflow.flow.gates",
-    "RatioDimension": "evflow.flow.gates",
-    "RectangleGate": "evflow.flow.gates",
-    "RangeGate": "evflow.flow.gates",
-    "PolygonGate": "evflow.flow.gates",
-    "EllipsoidGate": "evflow.flow.gates",
-    "QuadrantGate": "evflow.flow.gates",
-    "Quadrant": "evflow.flow.gates",
-    "BooleanGate": "evflow.flow.gates",
-    "LinearTransform": "evflow.flow.transforms",
-    "LogTransform": "evflow.flow.transforms",
-    "AsinhTransform": "evflow.flow.transforms",
-    "LogicleTransform": "evflow.flow.transforms",
-    "HyperlogTransform": "evflow.flow.transforms",
-    "count_phenotypes": "evflow.flow.phenotypes",
-    "density2d": "evflow.flow.phenotypes",
+    # imaging
+    "detect_spots": "evflow.imaging.detect",
+    "Camera": "evflow.imaging.camera",
+    "count_vesicles": "evflow.imaging.count",
+    "thresholds_from_control": "evflow.imaging.count",
+    "register_channels": "evflow.imaging.register",
+    "ChannelRegistration": "evflow.imaging.register",
+    "colocalize": "evflow.imaging.colocalize",
+    "estimate_flat": "evflow.imaging.background",
+    "subtract_image_background": "evflow.imaging.background",
+    # array backends
+    "resolve_backend": "evflow.backend",
+    "gpu_available": "evflow.backend",
+    # namespaces (submodules)
+    "gates": "evflow.gates",
+    "transforms": "evflow.transforms",
+    "synth": "evflow.synth",
+    "metrics": "evflow.metrics",
+}
+
+# names that worked at the top level before the gates/transforms namespaces:
+# still resolved, but not part of __all__ (use evflow.gates.X / evflow.transforms.X)
+_COMPAT = {
+    **{name: "evflow.gates" for name in (
+        "GatingStrategy", "GatingResults", "Dimension", "RatioDimension", "RectangleGate", "RangeGate",
+        "PolygonGate", "EllipsoidGate", "QuadrantGate", "Quadrant", "BooleanGate")},
+    **{name: "evflow.transforms" for name in (
+        "Compensation", "LinearTransform", "LogTransform", "AsinhTransform", "LogicleTransform",
+        "HyperlogTransform")},
+    # deprecated name of subtract_image_background (warns when called)
+    "subtract_background": "evflow.imaging.background",
 }
 
 __all__ = [
@@ -89,11 +110,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    module = _EXPORTS.get(name)
+    module = _EXPORTS.get(name) or _COMPAT.get(name)
     if module is None:
         raise AttributeError(f"module 'evflow' has no attribute {name!r}")
     mod = importlib.import_module(module)
-    # a name that is itself a submodule (evflow.synth, evflow.metrics) exports the module
+    # a name that is itself a submodule (evflow.gates, evflow.synth, ...) exports the module
     value = mod if module == f"{__name__}.{name}" else getattr(mod, name)
     globals()[name] = value
     return value

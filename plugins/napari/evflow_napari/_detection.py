@@ -67,7 +67,7 @@ def detect_field(field, markers, params: DetectionParameters, *, backend=None, p
     import evflow
     from evflow.imaging.camera import as_camera
     from evflow.imaging.count import _merge
-    from evflow.phenotype import phenotype_labels
+    from evflow.schema import phenotype_labels
 
     markers = list(markers)
     a = np.asarray(field)

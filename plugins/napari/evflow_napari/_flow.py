@@ -83,13 +83,13 @@ def make_transform(kind: str, top: float):
 
     top = float(top)
     if kind == "logicle":
-        return evflow.LogicleTransform(t=top, w=0.5, m=4.5, a=0.0)
+        return evflow.transforms.LogicleTransform(t=top, w=0.5, m=4.5, a=0.0)
     if kind == "asinh":
-        return evflow.AsinhTransform(t=top, m=4.5, a=0.0)
+        return evflow.transforms.AsinhTransform(t=top, m=4.5, a=0.0)
     if kind == "log":
-        return evflow.LogTransform(t=top, m=4.5)
+        return evflow.transforms.LogTransform(t=top, m=4.5)
     if kind == "linear":
-        return evflow.LinearTransform(t=top, a=0.0)
+        return evflow.transforms.LinearTransform(t=top, a=0.0)
     raise GatingError(f"display transform {kind!r} is not one of {TRANSFORM_KINDS}")
 
 
@@ -150,7 +150,7 @@ class FlowView:
         import evflow
 
         tx, ty = self.transforms
-        return [evflow.Dimension(self.x, tx), evflow.Dimension(self.y, ty)]
+        return [evflow.gates.Dimension(self.x, tx), evflow.gates.Dimension(self.y, ty)]
 
     def xy_events(self):
         """Linear-scale events of the two shown channels, read once per channel pair and kept.
@@ -248,13 +248,13 @@ def shape_to_gate(vertices, shape_type: str, gate_id: str, dims):
     if shape_type == "rectangle":
         xs, ys = np.unique(np.round(xy[:, 0], 12)), np.unique(np.round(xy[:, 1], 12))
         if len(xs) == 2 and len(ys) == 2:
-            return evflow.RectangleGate(gate_id, dims, mins=[xy[:, 0].min(), xy[:, 1].min()],
+            return evflow.gates.RectangleGate(gate_id, dims, mins=[xy[:, 0].min(), xy[:, 1].min()],
                                         maxs=[xy[:, 0].max(), xy[:, 1].max()])
-        return evflow.PolygonGate(gate_id, dims, xy)
+        return evflow.gates.PolygonGate(gate_id, dims, xy)
     if shape_type == "polygon":
         if len(xy) < 3:
             raise GatingError(f"gate {gate_id!r}: a polygon needs at least 3 vertices, got {len(xy)}")
-        return evflow.PolygonGate(gate_id, dims, xy)
+        return evflow.gates.PolygonGate(gate_id, dims, xy)
     if shape_type == "ellipse":
         if len(xy) != 4:
             raise GatingError(f"gate {gate_id!r}: an ellipse is stored as 4 bounding-box corners, got {len(xy)}")
@@ -262,7 +262,7 @@ def shape_to_gate(vertices, shape_type: str, gate_id: str, dims):
         e1 = (xy[1] - xy[0]) / 2.0
         e2 = (xy[3] - xy[0]) / 2.0
         cov = np.outer(e1, e1) + np.outer(e2, e2)
-        return evflow.EllipsoidGate(gate_id, dims, mean=centre, covariance=cov, distance_square=1.0)
+        return evflow.gates.EllipsoidGate(gate_id, dims, mean=centre, covariance=cov, distance_square=1.0)
     raise GatingError(f"gate {gate_id!r}: napari shape type {shape_type!r} is not a gate "
                       "(draw a polygon, rectangle or ellipse)")
 
@@ -304,17 +304,17 @@ def gates_to_shapes(strategy, x, y):
         chans = [d.channel for d in getattr(g, "dims", [])]
         if chans != [x, y]:
             continue
-        if isinstance(g, evflow.PolygonGate):
+        if isinstance(g, evflow.gates.PolygonGate):
             xy = np.asarray(g.vertices, float)
             data.append(xy[:, ::-1])
             types.append("polygon")
-        elif isinstance(g, evflow.RectangleGate):
+        elif isinstance(g, evflow.gates.RectangleGate):
             (x0, y0), (x1, y1) = g.mins, g.maxs
             if None in (x0, y0, x1, y1):
                 continue
             data.append(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float))
             types.append("rectangle")
-        elif isinstance(g, evflow.EllipsoidGate):
+        elif isinstance(g, evflow.gates.EllipsoidGate):
             w, vecs = np.linalg.eigh(np.asarray(g.covariance, float) * float(g.distance_square))
             e1, e2 = vecs[:, 0] * np.sqrt(w[0]), vecs[:, 1] * np.sqrt(w[1])
             c = np.asarray(g.mean, float)

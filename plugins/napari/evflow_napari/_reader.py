@@ -11,7 +11,7 @@ import numpy as np
 __all__ = ["get_reader", "read_fcs_layers", "read_tiff_layers", "read_results_layers", "find_experiment"]
 
 CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow", "red", "blue")
-PHENOTYPE_COLORS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
+PHENOTYPE_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
                     "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3"]
 
 
@@ -251,10 +251,10 @@ def points_layer(df, name="vesicles", labels=None, ndim=None, extra_meta=None):
     import pandas as pd
 
     feats["phenotype"] = pd.Categorical(feats["phenotype"].astype(str), categories=[str(x) for x in labels])
-    cmap = {str(lab): PHENOTYPE_COLORS[i % len(PHENOTYPE_COLORS)] for i, lab in enumerate(labels)}
+    cmap = {str(lab): PHENOTYPE_COLOURS[i % len(PHENOTYPE_COLOURS)] for i, lab in enumerate(labels)}
     kw = {"name": name, "features": feats, "face_color": "transparent", "border_color": "phenotype",
           "border_color_cycle": cmap, "border_width": 0.15, "size": 7, "ndim": coords.shape[1],
-          "metadata": {"evflow": {"kind": "vesicles", "phenotype_colors": cmap, **(extra_meta or {})}}}
+          "metadata": {"evflow": {"kind": "vesicles", "phenotype_colours": cmap, **(extra_meta or {})}}}
     return coords, kw, "points"
 
 

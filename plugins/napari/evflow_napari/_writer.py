@@ -8,7 +8,7 @@ __all__ = ["write_gates", "strategy_from_layer_data"]
 
 
 def strategy_from_layer_data(data, meta):
-    """An ``evflow.GatingStrategy`` of the shapes of a gates layer (``meta``: the layer state napari passes)."""
+    """An ``evflow.gates.GatingStrategy`` of the shapes of a gates layer (``meta``: the layer state napari passes)."""
     import evflow
 
     from ._flow import shapes_to_gates
@@ -27,7 +27,7 @@ def strategy_from_layer_data(data, meta):
         names = list(meta["properties"]["gate"])
     types = meta.get("shape_type") or ["polygon"] * len(data)
     gates = shapes_to_gates(data, types, spec, names)
-    return evflow.GatingStrategy(gates=gates)
+    return evflow.gates.GatingStrategy(gates=gates)
 
 
 def write_gates(path: str, data, meta: dict) -> list[str]:

@@ -8,8 +8,8 @@ it, so nothing is silently assumed:
 
 * :func:`threshold_from_control` - positivity threshold from a negative
   control (isotype, unstained, buffer + reagents), in channel and calibrated units;
-* :func:`subtract_background` - buffer(-with-reagents) counts subtracted from a
-  sample, per volume;
+* :func:`subtract_buffer_counts` - buffer(-with-reagents) counts subtracted from a
+  sample, per volume (``subtract_background`` is its deprecated name);
 * :func:`detergent_check` - fraction of events that disappear after lysis;
 * :func:`dilution_series_check` - counts scale with dilution while per-event
   fluorescence and scatter stay flat (otherwise: swarm / coincidence);
@@ -47,6 +47,7 @@ __all__ = [
     "ControlCheck",
     "Threshold",
     "threshold_from_control",
+    "subtract_buffer_counts",
     "subtract_background",
     "detergent_check",
     "dilution_series_check",
@@ -220,7 +221,7 @@ def threshold_from_control(values, *, role: str = "isotype", quantile: float = D
 # --------------------------------------------------------------------------- background, detergent, dilution
 
 
-def subtract_background(sample: Mapping, buffer: Mapping, *, role: str = "buffer", max_background_fraction: float = 0.1):
+def subtract_buffer_counts(sample: Mapping, buffer: Mapping, *, role: str = "buffer", max_background_fraction: float = 0.1):
     """Subtract buffer(-with-reagents) counts from a sample, per volume.
 
     Returns
@@ -248,6 +249,15 @@ def subtract_background(sample: Mapping, buffer: Mapping, *, role: str = "buffer
     if frac > max_background_fraction:
         return ControlCheck(rule, "flag", values, f"background is {100 * frac:.1f} % of the sample counts, above the {100 * max_background_fraction:g} % allowed")
     return ControlCheck(rule, "pass", values, f"background is {100 * frac:.1f} % of the sample counts (at most {100 * max_background_fraction:g} %)")
+
+
+def subtract_background(sample: Mapping, buffer: Mapping, *, role: str = "buffer", max_background_fraction: float = 0.1):
+    """Deprecated name of :func:`subtract_buffer_counts` (same arguments and result)."""
+    import warnings
+
+    warnings.warn("evflow.flow.controls.subtract_background is deprecated; use subtract_buffer_counts",
+                  DeprecationWarning, stacklevel=2)
+    return subtract_buffer_counts(sample, buffer, role=role, max_background_fraction=max_background_fraction)
 
 
 def detergent_check(sample: Mapping, lysed: Mapping, *, background: Mapping | None = None, min_lysed_fraction: float = 0.5):
@@ -401,7 +411,7 @@ def evaluate_controls(sample: Mapping, controls: Mapping[str, object], *, rules:
             out.append(ControlCheck(f"{rule} control", "missing", {"role": role}, msg))
             continue
         if rule in ("buffer", "buffer_reagents"):
-            chk = subtract_background(sample, controls[role], role=role, max_background_fraction=max_background_fraction)
+            chk = subtract_buffer_counts(sample, controls[role], role=role, max_background_fraction=max_background_fraction)
             chk.name = f"{ROLES[role]} background"
             out.append(chk)
         elif rule == "detergent":

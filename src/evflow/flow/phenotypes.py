@@ -135,7 +135,7 @@ def count_phenotypes(
     Returns
     -------
     xarray.Dataset
-        ``evflow.phenotype.counts_dataset`` schema: ``count``,
+        ``evflow.schema.counts_dataset`` schema: ``count``,
         ``fraction_of_parent``, ``fraction_of_total`` (sample x phenotype),
         ``n_parent``, ``n_total``, and per sample x marker ``threshold``,
         ``n_positive``, ``median_positive``, ``mean_positive`` (channel units).
@@ -149,7 +149,7 @@ def count_phenotypes(
     import dask
 
     from ..backend import resolve_backend
-    from ..phenotype import counts_dataset, phenotype_labels
+    from ..schema import counts_dataset, phenotype_labels
 
     spec = _markers_spec(markers)
     if not spec:

@@ -11,7 +11,8 @@
   instead fits the raw photons, whose Poisson statistics the likelihood
   needs, and divides each spot's fitted photons and background by the flat
   at its position (the same correction, without distorting the noise).
-- :func:`background_map` / :func:`subtract_background`: a white top-hat
+- :func:`background_map` / :func:`subtract_image_background` (deprecated
+  name: ``subtract_background``): a white top-hat
   (rolling-ball equivalent) with a square element of ``2 radius + 1`` px on
   the lightly smoothed image, followed by a box mean that removes the
   element's blocks.  Structures wider than the element (cells, debris,
@@ -29,6 +30,7 @@ from ..errors import ConfigError, ImageError
 
 __all__ = [
     "background_map",
+    "subtract_image_background",
     "subtract_background",
     "background_halo",
     "estimate_flat",
@@ -77,10 +79,19 @@ def background_map(image, radius_px, *, smooth_px=1.0, backend=None):
     return ndi.uniform_filter(opened, size=size, mode="reflect", output=np.float32)
 
 
-def subtract_background(image, radius_px, *, smooth_px=1.0, backend=None):
+def subtract_image_background(image, radius_px, *, smooth_px=1.0, backend=None):
     """``image - background_map(image, radius_px)`` (white top-hat, rolling-ball equivalent), float32."""
     img = image.astype(np.float32, copy=False)
     return img - background_map(img, radius_px, smooth_px=smooth_px, backend=backend)
+
+
+def subtract_background(image, radius_px, *, smooth_px=1.0, backend=None):
+    """Deprecated name of :func:`subtract_image_background` (same arguments and result)."""
+    import warnings
+
+    warnings.warn("evflow.imaging.background.subtract_background is deprecated; use subtract_image_background",
+                  DeprecationWarning, stacklevel=2)
+    return subtract_image_background(image, radius_px, smooth_px=smooth_px, backend=backend)
 
 
 def normalise_flat(flat, *, smooth_px=2.0, shape=None) -> np.ndarray:

@@ -34,7 +34,7 @@ def measure_photons(image, yx, psf_sigma_px, *, window=7):
     the integrated-Gaussian PSF at the given position and width.  Positions
     outside the image give NaN.
     """
-    from ..synth import integrated_gaussian
+    from ..synth.tirf import integrated_gaussian
     from .localize import extract_windows
 
     img = np.asarray(image, dtype=np.float32)
@@ -270,7 +270,7 @@ def count_vesicles(images: xr.DataArray, *, markers=None, sample="sample", regis
         One row per vesicle: ``sample``, ``fov`` plus the columns of
         :func:`phenotype_field`.
     """
-    from ..phenotype import counts_dataset
+    from ..schema import counts_dataset
 
     if tuple(images.dims) != ("fov", "channel", "y", "x"):
         raise ImageError(f"images must have dims (fov, channel, y, x), got {images.dims}")

@@ -58,7 +58,7 @@ def _dog_gain(sigma: float) -> float:
     """Response of the DoG filter at the centre of a 1-photon spot."""
     import scipy.ndimage as ndi
 
-    from ..synth import integrated_gaussian
+    from ..synth.tirf import integrated_gaussian
 
     n = 2 * int(math.ceil(4 * DOG_RATIO * sigma)) + 21
     c = n // 2
@@ -265,7 +265,7 @@ def detect_spots(
     background_radius_px : int, optional
         Background subtraction before detection: white top-hat (rolling-ball
         equivalent) with a ``2 r + 1`` px square element
-        (:func:`~evflow.imaging.background.subtract_background`); the fits
+        (:func:`~evflow.imaging.background.subtract_image_background`); the fits
         use the unsubtracted photons (free local background).
 
     Returns
@@ -318,9 +318,9 @@ def detect_spots(
     photons = _field_photons(image, camera, name)
     det = None
     if background_radius_px is not None:
-        from .background import subtract_background
+        from .background import subtract_image_background
 
-        det = subtract_background(photons, background_radius_px, backend=name)
+        det = subtract_image_background(photons, background_radius_px, backend=name)
     out = _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
                         exclude_border_px, fit, method, fit_sigma, window, tile, impl, detect_image=det)
     return _apply_flat(out, flat, photons)
@@ -378,12 +378,12 @@ def _detect_tiled(image, tile, kind, name, psf_sigma_px, threshold, camera, fals
     win = int(window) if window is not None else max(fit_window_size(float(s)) for s in sig)
     halo = max(int(4.0 * DOG_RATIO * float(s) + 0.5) for s in sig) + 2 * md + win // 2 + 1
     if background_radius_px is not None:
-        from .background import background_halo, subtract_background
+        from .background import background_halo, subtract_image_background
 
         halo += background_halo(background_radius_px)
 
     def detection_image(ph):
-        return None if background_radius_px is None else subtract_background(ph, background_radius_px, backend=name)
+        return None if background_radius_px is None else subtract_image_background(ph, background_radius_px, backend=name)
     cores = [(y0, min(y0 + tile, H), x0, min(x0 + tile, W)) for y0 in range(0, H, tile) for x0 in range(0, W, tile)]
 
     def extent(c):

@@ -32,7 +32,7 @@ IMG_MARKERS = ["CD9", "CD63", "CD81"]
 
 def _ev_frame(n, f_cd63, f_epcam, seed, acq_s=ACQ_S):
     """EVs of known diameter with two independent markers (CD63 on FL1-H, EpCAM on FL2-H); (DataFrame, truth)."""
-    from ..synth_flow import synthetic_ev_sample
+    from ..synth.flow import synthetic_ev_sample
 
     df, truth = synthetic_ev_sample(n, median_diameter_nm=110.0, gsd=1.35, diameter_range_nm=(50.0, 400.0), cv=0.03,
                                     mesf_cv=0.3, m=M, b=B, background=5.0, acquisition_s=acq_s, channel="SSC-H",
@@ -76,7 +76,7 @@ def build_demo(out, *, n_events: int = 200_000, n_fields: int = 2, field_shape=(
 
     from ..io.fcs import write_fcs
     from ..synth import tirf
-    from ..synth_flow import synthetic_mesf_beads, synthetic_size_beads
+    from ..synth.flow import synthetic_mesf_beads, synthetic_size_beads
 
     out = Path(out)
     (out / "flow").mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def build_demo(out, *, n_events: int = 200_000, n_fields: int = 2, field_shape=(
         # negative-control chip: vesicles captured and seen in CD9 only (isotype detection antibodies)
         "isotype": {"CD9+ CD63- CD81-": 1.0},
     }
-    from ..phenotype import phenotype_labels
+    from ..schema import phenotype_labels
 
     labels = phenotype_labels(IMG_MARKERS)
     for k, (name, fr) in enumerate(img_fracs.items()):

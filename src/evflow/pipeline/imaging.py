@@ -219,7 +219,7 @@ def spots_table(image_items, chans, sample_order=None):
     ``phenotype``, ``bitmask``, then ``photons_<m>``, ``background_<m>``, ``detected_<m>`` per marker."""
     import pandas as pd
 
-    from ..phenotype import phenotype_labels
+    from ..schema import phenotype_labels
 
     labels = np.asarray(phenotype_labels(chans), dtype=object)
     keys = sorted(image_items, key=lambda k: ((sample_order or []).index(k[0]) if k[0] in (sample_order or []) else 1 << 30,

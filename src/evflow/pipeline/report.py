@@ -240,7 +240,7 @@ def _fig_fields(ds, ctx):
         return None
     keys = sorted(items)[:12]
     chans = list(ctx.experiment.imaging["channels"])
-    from ..phenotype import phenotype_labels
+    from ..schema import phenotype_labels
 
     labels = phenotype_labels(chans)
     ncol = min(4, len(keys))

@@ -16,7 +16,7 @@ __all__ = ["assemble", "write_outputs", "tidy_tables", "quality_checks"]
 
 def _flow_dataset(ctx):
     from ..flow.calibration import concentration_per_ml
-    from ..phenotype import counts_dataset
+    from ..schema import counts_dataset
 
     exp = ctx.experiment
     markers = list(ctx.markers.values())
@@ -71,7 +71,7 @@ def _flow_dataset(ctx):
 
 
 def _image_dataset(ctx):
-    from ..phenotype import counts_dataset
+    from ..schema import counts_dataset
 
     exp = ctx.experiment
     items = ctx.image_items

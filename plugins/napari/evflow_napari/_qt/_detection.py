@@ -228,7 +228,7 @@ class VesicleDetectionWidget(QWidget):
         (ves, tables), shape = res
         self.vesicles, self.tables, self.error = ves, tables, None
         markers = list(tables)
-        from evflow.phenotype import phenotype_labels
+        from evflow.schema import phenotype_labels
 
         labels = phenotype_labels(markers)
         df = ves.copy()

@@ -1,9 +1,8 @@
-"""Synthetic data with known ground truth, by modality.
+"""Synthetic TIRF imaging data with known ground truth.
 
-TIRF imaging
-    :func:`tirf`: multicolour fields of surface-captured vesicles (Poisson
-    point process, phenotype fractions, integrated-Gaussian PSF, photon noise,
-    sCMOS or EMCCD camera, uneven illumination, chromatic shift).
+:func:`tirf`: multicolour fields of surface-captured vesicles (Poisson
+point process, phenotype fractions, integrated-Gaussian PSF, photon noise,
+sCMOS or EMCCD camera, uneven illumination, chromatic shift).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import pandas as pd
 import xarray as xr
 from scipy.special import erf
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["tirf", "SyntheticTIRF", "integrated_gaussian", "peak_fraction"]
 
@@ -26,17 +25,17 @@ __all__ = ["tirf", "SyntheticTIRF", "integrated_gaussian", "peak_fraction"]
 # ===========================================================================
 
 
-def integrated_gaussian(center, sigma, n_px):
+def integrated_gaussian(centre, sigma, n_px):
     """Fraction of a 1-D Gaussian's mass in each of ``n_px`` pixels.
 
     Pixel ``j`` spans ``[j - 0.5, j + 0.5]`` (pixel-centre coordinates).
-    ``center`` and ``sigma`` broadcast; the pixel axis is appended last.
+    ``centre`` and ``sigma`` broadcast; the pixel axis is appended last.
     """
-    center = np.asarray(center, dtype=np.float64)[..., None]
+    centre = np.asarray(centre, dtype=np.float64)[..., None]
     sigma = np.asarray(sigma, dtype=np.float64)[..., None]
     j = np.arange(n_px, dtype=np.float64)
     k = 1.0 / (np.sqrt(2.0) * sigma)
-    return 0.5 * (erf((j - center + 0.5) * k) - erf((j - center - 0.5) * k))
+    return 0.5 * (erf((j - centre + 0.5) * k) - erf((j - centre - 0.5) * k))
 
 
 def peak_fraction(sigma):
@@ -101,7 +100,7 @@ def _phenotype_probs(markers, fractions):
         p = np.ones(n_ph)
         p[0] = 0.0  # a vesicle with no marker is invisible
         return p / p.sum()
-    from .phenotype import phenotype_labels
+    from ..schema import phenotype_labels
 
     labels = phenotype_labels(markers)
     p = np.zeros(n_ph)

@@ -31,7 +31,7 @@ __all__ = [
 
 def default_scatter_gain(wavelength_nm=488.0, medium_index=1.333, detector=None) -> float:
     """Gain (channel units per nm^2) that puts 100 nm polystyrene beads at 1000 scatter units."""
-    from .flow.mie import POLYSTYRENE, Detector, collected_cross_section
+    from ..flow.mie import POLYSTYRENE, Detector, collected_cross_section
 
     det = Detector.side_scatter() if detector is None else detector
     return 1000.0 / collected_cross_section(POLYSTYRENE, 100.0, wavelength_nm, medium_index, det)
@@ -47,7 +47,7 @@ def _scatter_curve(particle, wavelength_nm, medium_index, detector, d_lo, d_hi):
     """Cubic spline of log(collected cross-section) over log(diameter) on [d_lo, d_hi] (cached)."""
     from scipy.interpolate import CubicSpline
 
-    from .flow.mie import collected_cross_section
+    from ..flow.mie import collected_cross_section
 
     n = max(int(np.ceil(np.log(d_hi / d_lo) / _GRID_STEP)) + 1, 4)
     grid = np.geomspace(d_lo, d_hi, n)
@@ -74,7 +74,7 @@ def scatter_cross_section(diameters_nm, particle, *, wavelength_nm=488.0, medium
     diameter_range_nm : (float, float), optional
         Range of the grid (default: the diameters' range).
     """
-    from .flow.mie import Detector, collected_cross_section
+    from ..flow.mie import Detector, collected_cross_section
 
     det = Detector.side_scatter() if detector is None else detector
     d = np.asarray(diameters_nm, float)
@@ -131,7 +131,7 @@ def synthetic_size_beads(
     -------
     DataFrame with ``channel``, ``FL1-H`` (dim background) and ``Time`` (s).
     """
-    from .flow.mie import POLYSTYRENE
+    from ..flow.mie import POLYSTYRENE
 
     rng = np.random.default_rng(seed)
     bead_model = POLYSTYRENE if bead_model is None else bead_model
@@ -259,7 +259,7 @@ def synthetic_ev_sample(
         truth ``diameter_nm`` and, per marker, ``<name>`` (bool) and
         ``mesf_<name>`` (default marker: ``positive`` and ``mesf``).
     """
-    from .flow.mie import VESICLE
+    from ..flow.mie import VESICLE
 
     rng = np.random.default_rng(seed)
     particle = VESICLE if particle is None else particle
@@ -287,6 +287,6 @@ def synthetic_ev_sample(
 
 def write_synthetic_fcs(path, frame: pd.DataFrame, meta=None):
     """Write a synthetic DataFrame to an FCS 3.1 file (float32); returns the path."""
-    from .io.fcs import write_fcs
+    from ..io.fcs import write_fcs
 
     return write_fcs(path, frame.to_numpy(), list(frame.columns), meta=meta)

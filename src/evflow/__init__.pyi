@@ -1,0 +1,125 @@
+"""Type stub of evflow's lazily imported public API (see __init__.py); keep in step with _EXPORTS."""
+
+from . import gates as gates, transforms as transforms, synth as synth, metrics as metrics
+from .errors import (
+    BackendError as BackendError,
+    CalibrationError as CalibrationError,
+    ConfigError as ConfigError,
+    EvflowError as EvflowError,
+    FCSError as FCSError,
+    GatingError as GatingError,
+    ImageError as ImageError,
+)
+from .backend import (
+    resolve_backend as resolve_backend,
+    gpu_available as gpu_available,
+)
+from .flow.calibration import (
+    calibrate_mesf as calibrate_mesf,
+    MESFCalibration as MESFCalibration,
+    calibrate_scatter as calibrate_scatter,
+    fit_scatter_gain as fit_scatter_gain,
+    ScatterCalibration as ScatterCalibration,
+    size_gate as size_gate,
+    analysed_volume_ul as analysed_volume_ul,
+    concentration_per_ml as concentration_per_ml,
+)
+from .flow.controls import (
+    evaluate_controls as evaluate_controls,
+    threshold_from_control as threshold_from_control,
+    subtract_buffer_counts as subtract_buffer_counts,
+    miflowcyt_ev_items as miflowcyt_ev_items,
+)
+from .flow.gatingml import (
+    read_gatingml as read_gatingml,
+    write_gatingml as write_gatingml,
+)
+from .flow.phenotypes import (
+    count_phenotypes as count_phenotypes,
+    density2d as density2d,
+)
+from .imaging.background import (
+    estimate_flat as estimate_flat,
+    subtract_image_background as subtract_image_background,
+)
+from .imaging.camera import (
+    Camera as Camera,
+)
+from .imaging.colocalize import (
+    colocalize as colocalize,
+)
+from .imaging.count import (
+    count_vesicles as count_vesicles,
+    thresholds_from_control as thresholds_from_control,
+)
+from .imaging.detect import (
+    detect_spots as detect_spots,
+)
+from .imaging.register import (
+    register_channels as register_channels,
+    ChannelRegistration as ChannelRegistration,
+)
+from .io.fcs import (
+    read_fcs as read_fcs,
+    write_fcs as write_fcs,
+    FCSSample as FCSSample,
+)
+from .io.images import (
+    read_images as read_images,
+)
+from .pipeline.config import (
+    load_experiment as load_experiment,
+)
+from .pipeline.run import (
+    run as run,
+)
+
+__version__: str
+
+__all__ = [
+    "__version__",
+    "EvflowError",
+    "FCSError",
+    "GatingError",
+    "CalibrationError",
+    "ImageError",
+    "ConfigError",
+    "BackendError",
+    "read_fcs",
+    "write_fcs",
+    "FCSSample",
+    "read_images",
+    "read_gatingml",
+    "write_gatingml",
+    "run",
+    "load_experiment",
+    "count_phenotypes",
+    "density2d",
+    "calibrate_mesf",
+    "MESFCalibration",
+    "calibrate_scatter",
+    "fit_scatter_gain",
+    "ScatterCalibration",
+    "size_gate",
+    "analysed_volume_ul",
+    "concentration_per_ml",
+    "evaluate_controls",
+    "threshold_from_control",
+    "subtract_buffer_counts",
+    "miflowcyt_ev_items",
+    "detect_spots",
+    "Camera",
+    "count_vesicles",
+    "thresholds_from_control",
+    "register_channels",
+    "ChannelRegistration",
+    "colocalize",
+    "estimate_flat",
+    "subtract_image_background",
+    "resolve_backend",
+    "gpu_available",
+    "gates",
+    "transforms",
+    "synth",
+    "metrics",
+]
