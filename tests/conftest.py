@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from general_checks import impl  # noqa: F401  (the implementation fixture: numba, cupy, dask+numpy, dask+cupy)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EVFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from general_checks import assert_same_across_impls, impl_params
 
 from evflow.kernels import phenotype as ph
+
+#: the kernel implementations of ph.fused (in-memory chunks, no dask)
+FUSED_IMPLS = impl_params("numba", "cupy")
 
 
 # ----------------------------------------------------------------------------
@@ -129,6 +133,20 @@ def _assert_same(a: ph.Partial, b: ph.Partial, sum_rtol=0.0):
         np.testing.assert_allclose(a.pos_sum, b.pos_sum, rtol=sum_rtol)
 
 
+def _fused(plan):
+    """``ph.fused`` on one chunk (and an optional mask), the implementation chosen by keyword."""
+
+    def run(ev, mask=None, **selector):
+        return ph.fused(ev, plan, mask, **selector)
+
+    return run
+
+
+def _same(sum_rtol=0.0):
+    """``_assert_same`` as a comparison for :func:`assert_same_across_impls`."""
+    return lambda ref, got, _impl: _assert_same(ref, got, sum_rtol=sum_rtol)
+
+
 def _brute_force(ev, plan):
     """Per-event Python loop straight from the definitions (independent of both kernels)."""
     ev = np.asarray(ev, dtype=np.float64)
@@ -163,7 +181,8 @@ def test_reference_matches_brute_force_definition():
     np.testing.assert_array_equal(ref.counts, _brute_force(ev, plan))
 
 
-def test_known_phenotype_counts():
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_known_phenotype_counts(impl):
     # a grid of events with exactly known marker calls: column c is positive when > 0.5
     k = 3
     codes = np.repeat(np.arange(8), [5, 10, 20, 40, 80, 160, 320, 640])
@@ -179,32 +198,43 @@ def test_known_phenotype_counts():
     )
     keep = ev[:, 3] >= 0.5
     want = np.bincount(codes[keep], minlength=8)
-    for impl in ("numpy", "numba"):
-        got = ph.fused(ev, plan, impl=impl)
+
+    def check(_expected, got, _impl):
         np.testing.assert_array_equal(got.counts, want)
         np.testing.assert_array_equal(got.n_positive, [want[[b for b in range(8) if b >> i & 1]].sum() for i in range(3)])
         np.testing.assert_allclose(got.pos_sum, [(2.0 - 0.25 * (i + 1)) * got.n_positive[i] for i in range(3)])
 
+    assert_same_across_impls(_fused(plan), [ev], ["numpy", impl], expected=want, compare=check)
 
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint16, np.int32, ">f4"])
-def test_numba_equals_numpy_reference(dtype):
-    ev = _events(40_000, dtype)
+def test_same_as_numpy_reference(dtype, impl):
+    if impl.gpu and np.dtype(dtype) in (np.dtype(np.int32), np.dtype(">f4")):
+        pytest.skip("device chunks are native-endian float32/float64/int16/uint16")
+    ev = _events(40_000 if not impl.gpu else 100_000, dtype)
     plan = _plan()
     ref = ph.fused_numpy(ev, plan)
     assert ref.n_parent > 1000
-    got = ph.fused_numba(ev, plan)
-    _assert_same(ref, got, sum_rtol=1e-12)
+    expected, _ = assert_same_across_impls(_fused(plan), [ev], impl, compare=_same(1e-12))
+    _assert_same(ref, expected)  # the reference run through the selector is fused_numpy
+    mask = np.random.default_rng(0).random(len(ev)) < 0.5
+    assert_same_across_impls(_fused(plan), [ev, mask], impl, compare=_same(1e-12))
+    # Fortran-ordered and strided (device) chunks
+    assert_same_across_impls(_fused(plan), [np.asfortranarray(ev)], impl, expected=ref, compare=_same(1e-12))
+    assert_same_across_impls(_fused(plan), [ev], impl, prepare=lambda a: a[::3], compare=_same(1e-12))
 
 
-def test_numba_equals_numpy_with_mask_and_views():
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_same_as_numpy_with_mask_and_views(impl):
     ev = _events(30_000, np.float64, seed=3)
     plan = _plan(density=False, markers=2, comp=False)
     mask = np.random.default_rng(3).random(len(ev)) < 0.6
-    _assert_same(ph.fused_numpy(ev, plan, mask), ph.fused_numba(ev, plan, mask), sum_rtol=1e-12)
+    assert_same_across_impls(_fused(plan), [ev, mask], impl, compare=_same(1e-12))
     # Fortran-ordered and strided chunks give the same counts
     big = np.asfortranarray(np.concatenate([ev, ev], axis=1))[:, :6]
-    _assert_same(ph.fused_numpy(ev, plan), ph.fused_numba(big, plan), sum_rtol=1e-12)
-    _assert_same(ph.fused_numpy(ev[::3], plan), ph.fused_numba(ev[::3], plan), sum_rtol=1e-12)
+    assert_same_across_impls(_fused(plan), [big], impl, expected=ph.fused_numpy(ev, plan), compare=_same(1e-12))
+    assert_same_across_impls(_fused(plan), [ev], impl, prepare=lambda a: a[::3], compare=_same(1e-12))
 
 
 def test_partials_add_up_over_any_chunking():
@@ -222,16 +252,15 @@ def test_partials_add_up_over_any_chunking():
         _assert_same(whole, total, sum_rtol=1e-12)
 
 
-def test_no_markers_and_empty_chunk():
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_no_markers_and_empty_chunk(impl):
     plan = _plan(markers=0)
     ev = _events(5000)
-    a, b = ph.fused_numpy(ev, plan), ph.fused_numba(ev, plan)
-    _assert_same(a, b)
+    a, _ = assert_same_across_impls(_fused(plan), [ev], impl, compare=_same())
     assert a.counts.shape == (1,) and a.counts[0] == a.n_parent > 0
     assert 0 < a.density.sum() <= a.counts[0] and a.pos_hist.shape == (0, ph.FINE_NBINS)
     empty = ev[:0]
-    e1, e2 = ph.fused_numpy(empty, _plan()), ph.fused_numba(empty, _plan())
-    _assert_same(e1, e2)
+    e1, _ = assert_same_across_impls(_fused(_plan()), [empty], impl, compare=_same())
     assert e1.n_events == 0 and e1.counts.sum() == 0
 
 
@@ -264,32 +293,13 @@ def test_plan_validation():
 
 
 # ----------------------------------------------------------------------------
-# GPU
+# many markers (GPU: global-memory counts)
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint16])
-def test_cupy_equals_numpy_reference(dtype):
-    import cupy
-
-    ev = _events(100_000, dtype)
-    plan = _plan()
-    ref = ph.fused_numpy(ev, plan)
-    got = ph.fused_cupy(cupy.asarray(ev), plan)
-    _assert_same(ref, got, sum_rtol=1e-12)
-    mask = np.random.default_rng(0).random(len(ev)) < 0.5
-    _assert_same(ph.fused_numpy(ev, plan, mask), ph.fused_cupy(cupy.asarray(ev), plan, cupy.asarray(mask)), 1e-12)
-    # strided / Fortran-ordered device chunks
-    f = cupy.asfortranarray(cupy.asarray(ev))
-    _assert_same(ref, ph.fused_cupy(f, plan), sum_rtol=1e-12)
-    _assert_same(ph.fused_numpy(ev[::3], plan), ph.fused_cupy(cupy.asarray(ev)[::3], plan), sum_rtol=1e-12)
-
-
-@pytest.mark.gpu
-def test_cupy_many_markers_uses_global_counts():
-    import cupy
-
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_many_markers(impl):
+    # 13 markers: 8192 phenotypes, more than the CUDA kernel keeps in shared memory (global counts)
     rng = np.random.default_rng(9)
     ev = rng.normal(size=(50_000, 13)).astype(np.float32)
     plan = ph.FusedPlan(
@@ -297,4 +307,5 @@ def test_cupy_many_markers_uses_global_counts():
         slots=[(0, c) for c in range(13)],
         markers=[(c, 0.1 * c - 0.5) for c in range(13)],
     )
-    _assert_same(ph.fused_numpy(ev, plan), ph.fused_cupy(cupy.asarray(ev), plan), sum_rtol=1e-12)
+    ref, _ = assert_same_across_impls(_fused(plan), [ev], impl, compare=_same(1e-12))
+    assert ref.counts.shape == (2**13,) and (ref.counts > 0).sum() > 1000
