@@ -5,7 +5,6 @@ Run under a display: ``xvfb-run -a python -m pytest tests/test_napari_plugin.py`
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -387,4 +386,13 @@ def test_reader_rejects_other_files(tmp_path):
     assert get_reader(str(tmp_path / "x.csv")) is None
     assert get_reader([str(tmp_path / "a.fcs"), str(tmp_path / "b.tif")]) is None
     assert get_reader(str(tmp_path / "x.fcs")) is not None
-    assert os.environ.get("EVFLOW_NAPARI_DEMO") is None or True
+    from evflow_napari._reader import read_fcs_layers, read_results_layers, read_tiff_layers
+
+    # each kind gets its own reader; case-insensitive suffixes; a .zarr must be a folder, and only one
+    assert get_reader(str(tmp_path / "X.FCS")) is read_fcs_layers
+    assert get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.TIFF")]) is read_tiff_layers
+    assert get_reader(str(tmp_path / "results.zarr")) is None
+    (tmp_path / "results.zarr").mkdir()
+    assert get_reader(str(tmp_path / "results.zarr")) is read_results_layers
+    assert get_reader([str(tmp_path / "results.zarr")] * 2) is None
+    assert get_reader([]) is None
