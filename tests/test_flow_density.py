@@ -4,14 +4,29 @@ NaN and infinities, with and without a transformed parent polygon, at several ch
 
 from __future__ import annotations
 
-import dask.array as da
 import numpy as np
 import pytest
+from general_checks import assert_equal, assert_same_across_impls
+
 
 from evflow.flow import gates as G
 from evflow.flow import transforms as T
 from evflow.flow.phenotypes import density2d
 from evflow.kernels import phenotype as K
+
+#: density2d on the NumPy array backend (the implementation chosen by the selector keyword)
+DENSITY_SELECTOR = dict(kwargs={"backend": "numpy"})
+
+
+def density_of(**kw):
+    return lambda ev, **selector: density2d((ev, ["A", "B", "C"]), "A", "B", **kw, **selector)
+
+
+def same_density(ref, got, impl):
+    assert_equal(ref, got, path=f"{impl} density")
+    assert got.attrs["n_outside"] == ref.attrs["n_outside"]
+    assert got.attrs["n_parent"] == ref.attrs["n_parent"]
+
 
 TRANSFORMS = [
     T.LogicleTransform(262144, 0.5, 4.5, 0),
@@ -69,13 +84,12 @@ def test_edges_are_the_reference_bin_boundaries(tr):
 def test_fast_density_identical_to_reference(tr, bins):
     rng = np.random.default_rng(bins)
     ev, _ex, _plan = _events(tr, bins, rng)
-    ref = density2d((ev, ["A", "B", "C"]), "A", "B", bins=bins, transforms=tr, impl="numpy")
+    ref, _ = assert_same_across_impls(density_of(bins=bins, transforms=tr), [ev], "numba", compare=same_density,
+                                      **DENSITY_SELECTOR)
     assert 0.15 * len(ev) < int(ref.sum()) < len(ev)
     for chunk in (len(ev), 4099, 1000):
-        evd = da.from_array(ev, chunks=(chunk, -1))
-        fast = density2d((evd, ["A", "B", "C"]), "A", "B", bins=bins, transforms=tr, impl="numba")
-        np.testing.assert_array_equal(fast.values, ref.values)
-        assert fast.attrs["n_outside"] == ref.attrs["n_outside"]
+        assert_same_across_impls(density_of(bins=bins, transforms=tr), [ev], "dask+numpy", expected=ref,
+                                 chunks=(chunk, -1), compare=same_density, **DENSITY_SELECTOR)
 
 
 def test_transformed_parent_polygon_keeps_its_transform():
@@ -87,10 +101,9 @@ def test_transformed_parent_polygon_keeps_its_transform():
     verts = [[ya[0], yb[0]], [ya[1], yb[0]], [ya[1], yb[1]], [ya[0], yb[1]]]
     st = G.GatingStrategy([G.PolygonGate("P", [G.Dimension("A", tr), G.Dimension("B", tr)], verts)])
     kw = dict(bins=128, transforms=tr, parent="P", strategy=st)
-    ref = density2d((ev, ["A", "B", "C"]), "A", "B", impl="numpy", **kw)
-    fast = density2d((ev, ["A", "B", "C"]), "A", "B", impl="numba", **kw)
+    ref, _ = assert_same_across_impls(density_of(**kw), [ev], ["numba", "dask+numpy"], chunks=(4099, -1),
+                                      compare=same_density, **DENSITY_SELECTOR)
     assert 100 < int(ref.sum()) < len(ev) // 2
-    np.testing.assert_array_equal(fast.values, ref.values)
 
 
 def test_edge_index_start_never_passes_the_bin():

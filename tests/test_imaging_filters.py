@@ -3,22 +3,30 @@
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
+from general_checks import assert_same_across_impls, impl_params
 
 from evflow.imaging import _filters as F
 from evflow.imaging.detect import DOG_RATIO, _dog, _dog_gain, dog_filter, local_maxima
 from evflow.imaging.localize import extract_windows
 
 
+@pytest.mark.parametrize("impl", impl_params("numba", "cupy"))
 @pytest.mark.parametrize("shape", [(64, 80), (37, 53), (8, 8), (9, 300), (300, 9)])
 @pytest.mark.parametrize("sigma", [0.8, 1.3, 2.2])
-def test_dog_matches_scipy_gaussian_filters(shape, sigma):
+def test_dog_matches_scipy_gaussian_filters(shape, sigma, impl):
     rng = np.random.default_rng(0)
     img = rng.poisson(20.0, shape).astype(np.float32)
     img[shape[0] // 2, shape[1] // 2] += 3000  # a spot
     ref = _dog(img.astype(np.float64), sigma, ndi, np.float64) / _dog_gain(sigma)
-    out = dog_filter(img, sigma)
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * np.abs(ref).max() + 1e-5)
+
+    def check(expected, out, _impl):
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, expected, rtol=0, atol=2e-6 * np.abs(expected).max() + 1e-5)
+
+    # dog_filter dispatches on the array type: Numba for NumPy images, cupyx.scipy.ndimage for CuPy
+    assert_same_across_impls(lambda im: dog_filter(im, sigma), [img], impl, keyword=None, expected=ref, compare=check)
+    if impl.gpu:
+        return
     # integer input gives the same as its float32 copy
     np.testing.assert_array_equal(F.dog_numba(img.astype(np.uint16), sigma, DOG_RATIO * sigma, 1.0),
                                   F.dog_numba(img, sigma, DOG_RATIO * sigma, 1.0))
