@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 
+from ._cache import configure_numba_cache as _configure_numba_cache
 from .errors import (
     BackendError,
     CalibrationError,
@@ -35,6 +36,9 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+# compiled Numba kernels go to a user cache folder, never into the installation
+_configure_numba_cache()
 
 # public name -> module that defines it (imported on first access); __init__.pyi lists the same names
 _EXPORTS = {
