@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import evflow
 
@@ -69,3 +70,86 @@ def test_info_malformed_spillover_is_reported_not_fatal():
     assert out.returncode == 0, out.stderr
     assert "spillover   not usable" in out.stdout and "$SPILLOVER" in out.stdout
     assert "10,000" in out.stdout
+
+
+# ---------------------------------------------------------------- --version, info on images, validate
+
+
+def test_version_flag(capsys):
+    import evflow
+    from evflow.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"evflow {evflow.__version__}"
+
+
+def test_info_on_multiposition_ome_tiff(tmp_path, capsys):
+    import tifffile
+
+    from evflow.cli import main
+
+    path = tmp_path / "chip.ome.tif"
+    data = np.zeros((2, 16, 20), np.uint16)
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        for k, (x, y) in enumerate([(100.0, 200.0), (350.5, 200.0)]):
+            tw.write(data, photometric="minisblack", metadata={
+                "axes": "CYX", "Name": f"pos{k}", "PhysicalSizeX": 0.108, "PhysicalSizeY": 0.108,
+                "Channel": {"Name": ["CD9", "CD63"]},
+                "Plane": {"PositionX": [x, x], "PositionY": [y, y]},
+            })
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 series (positions)" in out
+    assert out.count("C=2 x Y=16 x X=20  (uint16)") == 2
+    assert "channels  2: CD9, CD63" in out
+    assert "pixel     108 nm" in out
+    assert "position  x 350.5 um, y 200 um" in out
+    assert "'pos1'" in out
+
+
+def test_info_on_imagej_time_lapse_and_plain_tiff(tmp_path, capsys):
+    import tifffile
+
+    from evflow.cli import main
+
+    movie = tmp_path / "bleach.tif"
+    tifffile.imwrite(movie, np.zeros((7, 8, 9), np.uint16), imagej=True, metadata={"axes": "TYX"})
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.zeros((5, 6), np.float32))
+    assert main(["info", str(movie), str(plain)]) == 0
+    out = capsys.readouterr().out
+    assert "T=7 x Y=8 x X=9  (uint16)" in out and "7 time points" in out
+    assert "Y=5 x X=6  (float32)" in out
+    assert "size not stored" in out
+
+
+def test_info_on_real_tiffs_and_a_non_tiff(capsys, tmp_path):
+    from evflow.cli import main
+
+    assert main(["info", str(shared_path("images", "spotmax", "single_image.tiff"))]) == 0
+    assert "Y=700 x X=700  (uint16)" in capsys.readouterr().out
+    bad = tmp_path / "fake.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    assert main(["info", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "fake.tif" in err and ("not a readable TIFF" in err or "no image series" in err)
+
+
+def test_validate_good_and_bad_experiment(tmp_path, capsys):
+    from evflow.cli import main
+    from evflow.pipeline.demo import build_demo
+
+    exp = build_demo(tmp_path / "demo", n_events=2000, n_fields=1, field_shape=(160, 160))
+    assert main(["validate", str(exp)]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "10 flow file(s)" in out
+    assert not (tmp_path / "demo" / "results").exists()  # nothing computed, nothing written
+    text = exp.read_text()
+    bad = exp.with_name("bad.toml")
+    bad.write_text(text.replace('name = "evflow demo"', 'name = "evflow demo"\nnot_a_key = 1', 1)
+                   .replace("flow/S1.fcs", "flow/S1-missing.fcs"))
+    assert main(["validate", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "not_a_key" in err and "S1-missing.fcs" in err  # every problem at once

@@ -40,9 +40,16 @@ def _header_version(path, k: int) -> str:
         return f.read(6).decode("ascii", "replace")
 
 
+def _image_info(path) -> None:
+    from .io.image_info import describe_image, format_image_info
+
+    print(format_image_info(path, describe_image(path)))
+
+
 def _info(args) -> int:
     from .errors import FCSDataError
     from .io.fcs import _channel_names, count_data_sets, read_fcs, read_fcs_metadata
+    from .io.image_info import is_tiff
 
     status = 0
     for i, path in enumerate(args.files):
@@ -51,6 +58,9 @@ def _info(args) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
+                if is_tiff(path):
+                    _image_info(path)
+                    continue
                 n_sets = count_data_sets(path)
                 for k in range(n_sets):
                     try:
@@ -77,6 +87,24 @@ def _info(args) -> int:
         for w in caught:
             print(f"  warning: {w.message}")
     return status
+
+
+def _validate(args) -> int:
+    from .pipeline.config import load_experiment
+
+    exp = load_experiment(args.experiment, check_files=not args.no_files)
+    roles = {}
+    for s in exp.samples:
+        roles[s.role] = roles.get(s.role, 0) + 1
+    n_flow = sum(1 for s in exp.samples if s.flow is not None)
+    n_img = sum(len(s.images) for s in exp.samples)
+    print(f"{args.experiment}: valid")
+    print(f"  experiment  {exp.name}")
+    print(f"  samples     {len(exp.samples)} (" + ", ".join(f"{n} {r}" for r, n in sorted(roles.items())) + ")")
+    print(f"  inputs      {n_flow} flow file(s), {n_img} image file(s)"
+          + ("" if not args.no_files else "  (files not checked)"))
+    print(f"  output      {exp.output}")
+    return 0
 
 
 def _run(args) -> int:
@@ -116,12 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evflow",
         description="Single extracellular-vesicle analysis for nano-flow cytometry and TIRF imaging.",
+        epilog="exit codes: 0 success; 1 bad input (the message names the file and key); 2 wrong command line; "
+               "3 the run finished but some samples or fields failed (listed); 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"evflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("info", help="print what an FCS file holds: version, instrument, events, channels, markers")
-    p.add_argument("files", nargs="+", metavar="FILE", help="FCS files")
+    p = sub.add_parser("info", help="print what an FCS or TIFF file holds: version, instrument, events, channels, "
+                                    "markers; or image series, shape, channels, pixel size")
+    p.add_argument("files", nargs="+", metavar="FILE", help="FCS or TIFF/OME-TIFF files")
     p.set_defaults(func=_info)
+    p = sub.add_parser("validate", help="check an experiment file and its inputs (every problem at once); "
+                                        "computes nothing")
+    p.add_argument("experiment", metavar="EXPERIMENT", help="experiment file (.toml or .yaml)")
+    p.add_argument("--no-files", action="store_true", help="check the file's keys and values only, not the inputs")
+    p.set_defaults(func=_validate)
     p = sub.add_parser("run", help="run an experiment file (TOML/YAML): results.zarr, tables, report.html")
     p.add_argument("experiment", metavar="EXPERIMENT", help="experiment file (.toml or .yaml)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: the experiment's 'output')")
@@ -150,6 +186,9 @@ def main(argv=None) -> int:
     except EvflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
