@@ -153,3 +153,18 @@ def test_validate_good_and_bad_experiment(tmp_path, capsys):
     assert main(["validate", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "not_a_key" in err and "S1-missing.fcs" in err  # every problem at once
+
+
+def test_redirected_log_has_one_line_per_stage(tmp_path):
+    """A batch job's log (stderr not a terminal): stage lines with counts and times, no progress-bar redraws."""
+    out = _run("demo", "--out", str(tmp_path / "d"), "--events", "5000", "--fields", "1", "--field-px", "160", "-v")
+    assert out.returncode == 0, out.stderr
+    log = out.stderr
+    assert "Completed" not in log and "\r" not in log
+    assert "[calibration] 3 item(s): 3 computed, 0 reused, 0 failed in" in log
+    assert "[samples] 14 item(s): 14 computed, 0 reused, 0 failed in" in log
+    assert "  flow S1: " in log and "  image S1 fov 0: " in log  # --verbose: one line per item
+    again = _run("run", str(tmp_path / "d" / "data" / "experiment.toml"), "--out", str(tmp_path / "d"))
+    assert again.returncode == 0, again.stderr
+    assert "[samples] 14 item(s): 0 computed, 14 reused, 0 failed in" in again.stderr
+    assert "  flow S1: " not in again.stderr

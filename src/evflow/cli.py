@@ -111,8 +111,8 @@ def _run(args) -> int:
     from .pipeline import run
 
     ds = run(args.experiment, output=args.out, backend=args.backend, scheduler=args.scheduler,
-             resume=args.resume, quiet=args.quiet, progress=False if args.quiet else None,
-             n_workers=args.workers)
+             resume=args.resume, quiet=args.quiet, verbose=args.verbose,
+             progress=False if args.quiet else None, n_workers=args.workers)
     return 0 if ds.attrs.get("failed", "{}") == "{}" else 3
 
 
@@ -122,7 +122,7 @@ def _demo(args) -> int:
     from .pipeline.demo import demo
 
     ds, table = demo(args.out, n_events=args.events, n_fields=args.fields, field_shape=(args.field_px, args.field_px),
-                     scheduler=args.scheduler, backend=args.backend, quiet=args.quiet,
+                     scheduler=args.scheduler, backend=args.backend, quiet=args.quiet, verbose=args.verbose,
                      progress=False if args.quiet else None)
     with pd.option_context("display.width", 140, "display.max_rows", 500, "display.float_format", "{:.4g}".format):
         print("Recovered versus true (flow: parent gate 80-400 nm; concentration per mL of undiluted sample)")
@@ -137,7 +137,8 @@ def _add_run_options(p):
     p.add_argument("--scheduler", default=None, metavar="S",
                    help="threads (default), processes, local-cuda, or tcp://host:port of a running dask scheduler")
     p.add_argument("--workers", type=int, default=None, help="worker processes for --scheduler processes")
-    p.add_argument("-q", "--quiet", action="store_true", help="print errors only (no progress bars), for logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    p.add_argument("-v", "--verbose", action="store_true", help="also one line per sample, field and control")
 
 
 def build_parser() -> argparse.ArgumentParser:

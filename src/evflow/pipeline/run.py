@@ -46,7 +46,7 @@ def _fov(key) -> str:
 
 
 def run(config, *, output=None, backend=None, scheduler=None, resume: bool = True, progress: bool | None = None,
-        quiet: bool = False, n_workers: int | None = None, report: bool = True):
+        quiet: bool = False, verbose: bool = False, n_workers: int | None = None, report: bool = True):
     """Run an experiment: calibrate, gate, count phenotypes, write results and the report.
 
     Parameters
@@ -62,9 +62,12 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
     resume : bool
         Reuse stored items whose fingerprint is unchanged (default True).
     progress : bool, optional
-        Progress bars (default: on unless ``quiet``).
+        Progress bars (default: on when standard error is a terminal and not ``quiet``). Without
+        them (a batch job's redirected log) each stage logs one line with its counts and seconds.
     quiet : bool
         Print only errors.
+    verbose : bool
+        Also log one line per item (sample, field, control) with its time or error.
     n_workers : int, optional
         Worker processes for ``scheduler='processes'``.
     report : bool
@@ -87,7 +90,8 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
     def err(*a):
         print(*a, file=sys.stderr)
 
-    progress = (not quiet) if progress is None else progress
+    if progress is None:
+        progress = not quiet and getattr(sys.stderr, "isatty", lambda: False)()
     be = resolve_backend(backend or exp.settings.get("experiment", {}).get("backend", "auto"))
     out = exp.output
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +106,7 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
 
     t_start = time.perf_counter()
     with Runner.open(store, scheduler=scheduler, n_workers=n_workers, log=log, version=[PIPELINE_VERSION, __version__],
-                     resume=resume, progress=progress) as runner:
+                     resume=resume, progress=progress, verbose=verbose and not quiet) as runner:
         # ---------------------------------------------------------------- stage 1: calibration
         cal_stages = []
         for kind, body, c in (("fluorescence", fl.fluorescence_item, cal_s.get("fluorescence")),

@@ -150,8 +150,9 @@ class Runner:
     """
 
     def __init__(self, store: ResultStore, *, version, sched="threads", client=None, resume: bool = True,
-                 progress: bool = True, log=print):
+                 progress: bool = True, verbose: bool = False, log=print):
         self.store = store
+        self.verbose = verbose
         self.version = list(version)
         self.sched = sched
         self.client = client
@@ -173,7 +174,11 @@ class Runner:
         return Stage(self, kind, body, **kw)
 
     def run(self, label: str, *stages: Stage) -> float:
-        """Compute the pending items of ``stages`` in one computation; returns (and sets on each) the seconds."""
+        """Compute the pending items of ``stages`` in one computation; returns (and sets on each) the seconds.
+
+        Logs one line when the stage ends (items computed, reused from the store, failed, seconds) and,
+        when ``verbose``, one line per item; progress bars (``progress``) are for terminals only.
+        """
         tasks = [stage.tasks() for stage in stages]
         t0 = time.perf_counter()
         results = compute_tasks([t for ts in tasks for t in ts], label, self.sched, self.client, self.progress,
@@ -184,7 +189,24 @@ class Runner:
             stage.collect(results[i:i + len(ts)])
             stage.seconds = seconds
             i += len(ts)
+        self._log_stage(label, stages, seconds)
         return seconds
+
+    def _log_stage(self, label: str, stages, seconds: float) -> None:
+        n_items = sum(len(st.items) for st in stages)
+        if not n_items:
+            return
+        computed = sum(len(st.pending) for st in stages)
+        failed = sum(1 for st in stages for v in st.items.values() if "error" in v)
+        self.log(f"[{label}] {n_items} item(s): {computed} computed, {n_items - computed} reused, {failed} failed "
+                 f"in {seconds:.1f} s")
+        if self.verbose:
+            for st in stages:
+                done = set(st.pending)
+                for key, item in st.items.items():
+                    state = ("failed: " + item["error"].splitlines()[0] if "error" in item
+                             else f"{float(item.get('seconds', 0.0)):.2f} s" if key in done else "reused")
+                    self.log(f"  {st._what(key)}: {state}")
 
 
 @dataclass
