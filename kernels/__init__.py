@@ -25,6 +25,6 @@ prove it on every available backend and chunking.
 
 from __future__ import annotations
 
-from ._cuda import load_module, read_source
+from ._cuda import load_module, module_source, read_source
 
-__all__ = ["load_module", "read_source"]
+__all__ = ["load_module", "module_source", "read_source"]

@@ -7,7 +7,7 @@ import threading
 from collections import OrderedDict
 from importlib import resources
 
-__all__ = ["read_source", "load_module", "BoundedCache"]
+__all__ = ["read_source", "source_preamble", "module_source", "load_module", "BoundedCache"]
 
 #: compiled modules kept in memory (per source, options and device)
 MODULE_CACHE_SIZE = 32
@@ -17,6 +17,23 @@ MODULE_CACHE_SIZE = 32
 def read_source(filename: str) -> str:
     """Return the text of the CUDA source ``filename`` shipped in evflow.kernels."""
     return resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
+
+
+def source_preamble(filename: str) -> str:
+    """The ``#define`` lines generated from Python that precede ``filename`` ('' for none)."""
+    if filename == "phenotype.cu":
+        from .phenotype_plan import cuda_preamble
+
+        return cuda_preamble()
+    return ""
+
+
+def module_source(filename: str) -> str:
+    """The exact source string compiled for ``filename``: what NVRTC receives
+    (``load_module(filename, preamble=source_preamble(filename))``, as
+    :func:`evflow.kernels.launch.run_cupy` calls it) and what the CPU execution
+    of the CUDA sources in the ``cuda_cpu`` tests compiles."""
+    return source_preamble(filename) + read_source(filename)
 
 
 def load_module(filename: str, options: tuple[str, ...] = (), name_expressions=None, preamble: str = ""):

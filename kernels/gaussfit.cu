@@ -218,7 +218,7 @@ extern "C" __global__ void evf_gaussfit(const float* __restrict__ data, double* 
     const double llr = 2.0 * (sat - obj);
 #pragma unroll
     for (int k = 0; k < 5; ++k) theta[(size_t)p * 5 + k] = t[k];
-    llr_out[p] = 2.0 * llr;
+    llr_out[p] = llr;
     iters_out[p] = iters;
     status_out[p] = (signed char)status;
 }

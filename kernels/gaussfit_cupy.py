@@ -49,18 +49,14 @@ def launch_cupy(data, theta, crlb, llr, iters, status, *, sigma, fit_sigma, meth
     """Launch ``evf_gaussfit`` (``gaussfit.cu``) on device arrays: ``data`` float32 (n, w, w) C order,
     ``theta`` float64 (n, 5) start values, fitted in place; outputs ``crlb`` (n, 5), ``llr`` (n),
     ``iters`` int32 (n), ``status`` int8 (n).  Asynchronous (the current stream)."""
-    from ._cuda import load_module
+    from .launch import gaussfit_launch, run_cupy
 
-    n, w, _ = data.shape
-    mod = load_module("gaussfit.cu", options=cuda_options(w))
-    kern = mod.get_function("evf_gaussfit")
-    threads = 128
-    blocks = (n + threads - 1) // threads
-    kern(
-        (blocks,), (threads,),
-        (
-            data, theta, crlb, llr, iters, status, np.int32(n), np.float64(readout_var),
-            np.int32(method == "lsq"), np.int32(bool(fit_sigma)), np.float64(sigma),
-            np.int32(max_iter), np.float64(tol),
-        ),
+    # grid, block and typed arguments come from kernels/launch.py, the same
+    # Launch the CPU execution of gaussfit.cu runs in the cuda_cpu tests.  That
+    # run cannot prove: libdevice exp/erf/log against glibc's, the FMA
+    # contraction nvcc may apply (no --fmad=false here), occupancy and speed.
+    launch = gaussfit_launch(
+        data, theta, crlb, llr, iters, status, sigma=sigma, fit_sigma=fit_sigma, method=method,
+        max_iter=max_iter, tol=tol, readout_var=readout_var,
     )
+    run_cupy(launch)

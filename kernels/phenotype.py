@@ -47,7 +47,6 @@ from . import _registry
 from ._numba import numba  # noqa: F401  (None without Numba)
 from .phenotype_cupy import (  # noqa: F401
     _CUDA_TYPES,
-    _cuda_function,
     _device_plan,
     fused_cupy,
     launch_cupy,
