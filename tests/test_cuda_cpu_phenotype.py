@@ -60,31 +60,42 @@ def fused_cpu(events, plan, mask=None, *, n_sm=2, sanitize=None) -> ph.Partial:
 
 
 def _edge_plan(markers=((1, 40.0), (2, 50.0), (3, 7.0))):
-    """Gates and thresholds on integers, so that integer-valued events sit exactly on them."""
+    """Gates and thresholds on integers, so that integer-valued events sit exactly on them.
+
+    Every edge decides: the range [30, 60) on x0 lies inside the polygon's x
+    extent, the ellipse (x0 - 50)^2 + (y2 - 10)^2 <= 425 is met exactly at
+    x0 = 30, x2 = 25 or 75, the density covers [34, 58) x [-2, 30) in bins of 4.
+    """
     knots = np.arange(0.0, 101.0, 5.0)  # table: y = k at x = 5 k
     return ph.FusedPlan(
         n_columns=4,
         slots=[(0, 0), (0, 1), (0, 2), (0, 3)],
-        ranges=[(0, 10.0, 90.0)],  # 10 <= x0 < 90
+        ranges=[(0, 30.0, 60.0)],
         dims=[(0, 0, 0, 0, None), (1, 1, -20.0, 2.0, None), (2, 2, 0.0, 1.0, knots)],
         polygons=[(0, 1, [[20, -4], [80, -4], [80, 30], [50, 36], [20, 30]])],
-        ellipses=[([0, 2], [50.0, 10.0], np.eye(2), 1225.0)],  # (x0 - 50)^2 + (y2 - 10)^2 <= 35^2
+        ellipses=[([0, 2], [50.0, 10.0], np.eye(2), 425.0)],
         markers=list(markers),
-        density=(0, 1, 16, 8, (10.0, 74.0), (-10.0, 22.0)),  # bin widths 4 and 4: edges on integers
+        density=(0, 1, 6, 8, (34.0, 58.0), (-2.0, 30.0)),
     )
 
 
 def _edge_events(dtype, n=6000, seed=0):
-    """Integers 0..100 (every gate edge and threshold of _edge_plan is hit many times)."""
+    """Integers 0..100; every gate edge and threshold of _edge_plan is hit many times."""
     rng = np.random.default_rng(seed)
     ev = rng.integers(0, 101, size=(n, 4))
     # every combination of the values on and next to the edges of x0 and x1
-    edges0 = np.array([9, 10, 11, 20, 21, 49, 50, 51, 73, 74, 75, 89, 90, 91])
-    edges1 = np.array([12, 13, 20, 21, 39, 40, 41, 52, 60, 61, 80, 81, 92, 93])
+    edges0 = np.array([29, 30, 31, 33, 34, 35, 49, 50, 51, 57, 58, 59, 60, 61])
+    edges1 = np.array([11, 12, 13, 15, 16, 17, 20, 21, 39, 40, 41, 79, 80, 81, 86, 87, 92, 93])
     g0, g1 = np.meshgrid(edges0, edges1)
-    ev[: g0.size, 0], ev[: g0.size, 1] = g0.ravel(), g1.ravel()
-    ev[: g0.size, 2] = 50
-    ev[: g0.size, 3] = 7 + (np.arange(g0.size) % 3) - 1
+    m = g0.size
+    ev[:m, 0], ev[:m, 1] = g0.ravel(), g1.ravel()
+    ev[:m, 2] = 50
+    ev[:m, 3] = 7 + (np.arange(m) % 3) - 1
+    # on, inside and outside the ellipse and the last table knot
+    e2 = np.array([24, 25, 26, 74, 75, 76, 99, 100])
+    ev[m : m + 4 * e2.size, 0] = np.repeat([29, 30, 31, 33], e2.size)
+    ev[m : m + 4 * e2.size, 1] = 40
+    ev[m : m + 4 * e2.size, 2] = np.tile(e2, 4)
     return ev.astype(dtype)
 
 
