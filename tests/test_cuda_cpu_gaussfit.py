@@ -82,6 +82,10 @@ def test_edge_windows_and_iteration_limits():
     d[3, 3, 3] = np.nan
     d[4, 1, 1] = np.inf
     d[5] = 1e30
+    d[6] = 2.0
+    d[6, 3, 3] = 5000.0  # one hot pixel: sigma ends on its lower bound 0.25 sigma
+    r2 = (np.arange(7)[:, None] - 3.0) ** 2 + (np.arange(7)[None] - 3.0) ** 2
+    d[7] = 2.0 + 300.0 * np.exp(-0.5 * r2 / 25.0)  # wider than the window
     init = gf.initial_guess(d, 1.3)
     for max_iter in (0, 1, 30):
         a = gf.fit_numpy(d, init, sigma=1.3, max_iter=max_iter)
@@ -97,6 +101,8 @@ def test_edge_windows_and_iteration_limits():
         np.testing.assert_allclose(b["llr"][ok], a["llr"][ok], rtol=1e-7, atol=1e-7)
         if max_iter == 1:
             assert (a["status"] == 1).sum() >= 6
+        if max_iter == 30:
+            assert b["params"][6, 4] == 0.25 * 1.3 and list(b["status"][3:5]) == [2, 2]
 
 
 def test_launch_shape():
