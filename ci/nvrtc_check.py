@@ -104,7 +104,8 @@ def launches():
         la = L.phenotype_launch(np, np.zeros((0, 1), dt), plan, None, ip, dp, n_sm=1)
         groups.setdefault((la.filename, la.options), []).append(la.kernel)
     for w in (3, 7, 9, 16):
-        la = L.gaussfit_launch(np, np.zeros((0, w, w), np.float32), np.zeros((0, 5)), sigma=1.3, fit_sigma=True,
+        la = L.gaussfit_launch(np.zeros((0, w, w), np.float32), np.zeros((0, 5)), np.zeros((0, 5)), np.zeros(0),
+                               np.zeros(0, np.int32), np.zeros(0, np.int8), sigma=1.3, fit_sigma=True,
                                method="mle", max_iter=30, tol=1e-5, readout_var=0.0)
         groups.setdefault((la.filename, la.options), []).append(la.kernel)
     return groups

@@ -30,9 +30,12 @@ def fit_cpu(windows, *, sigma=1.3, fit_sigma=True, method="mle", init=None, max_
     data = np.ascontiguousarray(np.asarray(windows, dtype=np.float32))  # as fit_cupy
     if init is None:
         init = gf.initial_guess(data, sigma, xp=np)
-    xp = runner.GuardedNumpy()
+    xp = runner.GuardedNumpy()  # the outputs fit_cupy allocates, with guard bytes around them
+    n = data.shape[0]
+    theta = xp.array(init, dtype=np.float64, copy=True, order="C")
+    outs = xp.empty((n, 5), np.float64), xp.empty(n, np.float64), xp.empty(n, np.int32), xp.empty(n, np.int8)
     launch = L.gaussfit_launch(
-        xp, data, init, sigma=float(sigma), fit_sigma=fit_sigma, method=method, max_iter=max_iter, tol=tol,
+        data, theta, *outs, sigma=float(sigma), fit_sigma=fit_sigma, method=method, max_iter=max_iter, tol=tol,
         readout_var=readout_var,
     )
     if data.shape[0]:
@@ -107,8 +110,10 @@ def test_edge_windows_and_iteration_limits():
 
 def test_launch_shape():
     d, _ = _windows(129, seed=8)
-    launch = L.gaussfit_launch(np, d, gf.initial_guess(d, 1.3), sigma=1.3, fit_sigma=True, method="lsq",
-                               max_iter=30, tol=1e-5, readout_var=0.0)
+    n = len(d)
+    launch = L.gaussfit_launch(d, gf.initial_guess(d, 1.3), np.empty((n, 5)), np.empty(n), np.empty(n, np.int32),
+                               np.empty(n, np.int8), sigma=1.3, fit_sigma=True, method="lsq", max_iter=30, tol=1e-5,
+                               readout_var=0.0)
     assert launch.grid == (2, 1, 1) and launch.block == (128, 1, 1) and launch.shared_bytes == 0
     assert launch.options == gf.cuda_options(7) and launch.cupy_args()[8] == np.int32(1)
 

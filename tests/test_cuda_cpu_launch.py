@@ -20,7 +20,15 @@ def test_sources_are_the_kernel_files():
     # both the CuPy path and the CPU execution read kernels/*.cu through evflow.kernels
     here = Path(evflow.kernels.__file__).parent
     for name in ("phenotype.cu", "gaussfit.cu"):
-        assert evflow.kernels.module_source(name) == (here / name).read_text(encoding="utf-8")
+        text = (here / name).read_text(encoding="utf-8")
+        assert evflow.kernels.module_source(name).endswith(text)
+    # phenotype.cu is preceded by the #define lines generated from Python, on both paths
+    from evflow.kernels import phenotype_cupy
+    from evflow.kernels.phenotype_plan import cuda_preamble
+
+    assert evflow.kernels.module_source("phenotype.cu") == cuda_preamble() + (here / "phenotype.cu").read_text()
+    assert phenotype_cupy.cuda_source() == evflow.kernels.module_source("phenotype.cu")
+    assert evflow.kernels.module_source("gaussfit.cu") == (here / "gaussfit.cu").read_text()
 
 
 def test_signatures_parsed_from_the_sources():
@@ -33,7 +41,8 @@ def test_signatures_parsed_from_the_sources():
 
 def _gaussfit(n=3):
     d = np.zeros((n, 7, 7), np.float32)
-    return L.gaussfit_launch(np, d, np.ones((n, 5)), sigma=1.3, fit_sigma=True, method="mle", max_iter=30,
+    return L.gaussfit_launch(d, np.ones((n, 5)), np.empty((n, 5)), np.empty(n), np.empty(n, np.int32),
+                             np.empty(n, np.int8), sigma=1.3, fit_sigma=True, method="mle", max_iter=30,
                              tol=1e-5, readout_var=0.0)
 
 
