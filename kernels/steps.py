@@ -1,0 +1,224 @@
+"""Change points of many photobleaching traces at once (PELT, exact optimal partitioning).
+
+Model of one trace ``x[0..n)``: piecewise-constant mean ``mu`` with Gaussian
+noise whose variance follows the photon budget,
+
+    var(mu) = noise_var + noise_gain * max(mu, 0)
+
+(``noise_var``: camera and background noise; ``noise_gain``: counts per
+photon times the excess-noise factor, so shot noise grows with the number of
+fluorophores still on).  The cost of a segment ``[s, t)`` is its negative
+log-likelihood times two with the segment mean plugged in,
+
+    C(s, t) = SSE(s, t) / var(mean) + (t - s) * log(var(mean)),
+
+and the segmentation minimises ``sum C + penalty * n_changepoints`` over all
+segmentations whose segments are at least ``min_size`` frames long (optimal
+partitioning; candidates are pruned as in PELT, Killick et al. 2012, with the
+margin ``K = penalty``, which keeps more candidates than K = 0 and so never
+prunes the optimum for this cost in practice).
+
+- :func:`changepoints_numpy`: the reference (one trace per loop iteration,
+  vectorised over candidates); the oracle of the parity tests.
+- :func:`changepoints_numba`: the fast CPU version, one ``prange`` over
+  traces, the same arithmetic in the same order.
+
+Both return ``(cps, n_cp)``: ``cps[i, :n_cp[i]]`` are the first frames of
+the new segments of trace ``i`` (ascending); ``n_cp[i] == -1`` when a trace
+has more than ``max_cp`` change points (its row is then not meaningful).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._numba import LAUNCH_LOCK
+
+__all__ = ["changepoints_numpy", "changepoints_numba", "changepoints"]
+
+try:  # Numba is a hard dependency, but keep the reference importable without it
+    import numba as _numba
+    from numba import prange as _prange
+except ImportError:  # pragma: no cover
+    _numba = None
+    _prange = range
+
+
+def _njit(*args, **kwargs):
+    if _numba is None:  # pragma: no cover
+        return lambda f: f
+    return _numba.njit(*args, cache=True, error_model="numpy", **kwargs)
+
+
+_VAR_FLOOR = 1e-12
+
+
+def _prepare(traces, noise_var, noise_gain):
+    x = np.ascontiguousarray(traces, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"traces must be 2-D (traces, frames), got shape {x.shape}")
+    n_tr = x.shape[0]
+    a = np.ascontiguousarray(np.broadcast_to(np.asarray(noise_var, dtype=np.float64), (n_tr,)))
+    g = np.ascontiguousarray(np.broadcast_to(np.asarray(noise_gain, dtype=np.float64), (n_tr,)))
+    return x, a, g
+
+
+def _backtrack(last, n):
+    out = []
+    t = n
+    while t > 0:
+        s = last[t]
+        if s > 0:
+            out.append(s)
+        t = s
+    return out[::-1]
+
+
+def changepoints_numpy(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64):
+    """Reference implementation; ``traces`` is (traces, frames)."""
+    x, a, g = _prepare(traces, noise_var, noise_gain)
+    n_tr, n = x.shape
+    cps = np.full((n_tr, max_cp), -1, dtype=np.int64)
+    n_cp = np.zeros(n_tr, dtype=np.int64)
+    pen = float(penalty)
+    ms = int(min_size)
+    for i in range(n_tr):
+        c = np.cumsum(x[i])[-1] / n  # centre (sequential sum, as the Numba loop): accurate sums of squares
+        d = x[i] - c
+        s1 = np.zeros(n + 1)
+        s2 = np.zeros(n + 1)
+        np.cumsum(d, out=s1[1:])
+        np.cumsum(d * d, out=s2[1:])
+        f = np.zeros(n + 1)
+        f[0] = -pen
+        last = np.zeros(n + 1, dtype=np.int64)
+        cand = np.zeros(0, dtype=np.int64)
+        cand = np.append(cand, 0)
+        for t in range(ms, n + 1):
+            if t - ms >= ms:
+                cand = np.append(cand, t - ms)
+            ln = (t - cand).astype(np.float64)
+            sm = s1[t] - s1[cand]
+            m = sm / ln
+            sse = np.maximum(s2[t] - s2[cand] - sm * m, 0.0)
+            v = np.maximum(a[i] + g[i] * np.maximum(m + c, 0.0), _VAR_FLOOR)
+            tot = f[cand] + (sse / v + ln * np.log(v)) + pen
+            k = int(np.argmin(tot))
+            f[t] = tot[k]
+            last[t] = cand[k]
+            cand = cand[tot - pen <= f[t] + pen]
+        found = _backtrack(last, n)
+        if len(found) > max_cp:
+            n_cp[i] = -1
+        else:
+            n_cp[i] = len(found)
+            cps[i, : len(found)] = found
+    return cps, n_cp
+
+
+@_njit()
+def _one_trace(x, a, g, pen, ms, max_cp, cps_row, s1, s2, f, last, cand, tots):
+    n = x.shape[0]
+    c = 0.0
+    for j in range(n):
+        c += x[j]
+    c = c / n
+    s1[0] = 0.0
+    s2[0] = 0.0
+    acc1 = 0.0
+    acc2 = 0.0
+    for j in range(n):
+        d = x[j] - c
+        acc1 += d
+        acc2 += d * d
+        s1[j + 1] = acc1
+        s2[j + 1] = acc2
+    f[0] = -pen
+    n_c = 1
+    cand[0] = 0
+    for t in range(ms, n + 1):
+        if t - ms >= ms:
+            cand[n_c] = t - ms
+            n_c += 1
+        best = np.inf
+        best_s = 0
+        for k in range(n_c):
+            s = cand[k]
+            ln = float(t - s)
+            sm = s1[t] - s1[s]
+            m = sm / ln
+            sse = s2[t] - s2[s] - sm * m
+            if sse < 0.0:
+                sse = 0.0
+            mu = m + c
+            if mu < 0.0:
+                mu = 0.0
+            v = a + g * mu
+            if v < _VAR_FLOOR:
+                v = _VAR_FLOOR
+            tot = f[s] + (sse / v + ln * math.log(v)) + pen
+            tots[k] = tot
+            if tot < best:
+                best = tot
+                best_s = s
+        f[t] = best
+        last[t] = best_s
+        # prune: same test as the reference (total - pen <= f[t] + pen)
+        w = 0
+        for k in range(n_c):
+            if tots[k] - pen <= best + pen:
+                cand[w] = cand[k]
+                w += 1
+        n_c = w
+    # backtrack (into cand as scratch, reversed)
+    n_found = 0
+    t = n
+    while t > 0:
+        s = last[t]
+        if s > 0:
+            cand[n_found] = s
+            n_found += 1
+        t = s
+    if n_found > max_cp:
+        return -1
+    for k in range(n_found):
+        cps_row[k] = cand[n_found - 1 - k]
+    return n_found
+
+
+@_njit(parallel=True)
+def _changepoints_batch(x, a, g, pen, ms, max_cp, cps, n_cp):
+    n_tr, n = x.shape
+    for i in _prange(n_tr):
+        s1 = np.empty(n + 1)
+        s2 = np.empty(n + 1)
+        f = np.empty(n + 1)
+        last = np.zeros(n + 1, dtype=np.int64)
+        cand = np.empty(n + 1, dtype=np.int64)
+        tots = np.empty(n + 1)
+        n_cp[i] = _one_trace(x[i], a[i], g[i], pen, ms, max_cp, cps[i], s1, s2, f, last, cand, tots)
+
+
+def changepoints_numba(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64):
+    """Fast CPU version; same arguments and results as :func:`changepoints_numpy`."""
+    if _numba is None:  # pragma: no cover
+        return changepoints_numpy(traces, noise_var, noise_gain, penalty, min_size, max_cp)
+    x, a, g = _prepare(traces, noise_var, noise_gain)
+    n_tr = x.shape[0]
+    cps = np.full((n_tr, max_cp), -1, dtype=np.int64)
+    n_cp = np.zeros(n_tr, dtype=np.int64)
+    if n_tr:
+        with LAUNCH_LOCK:
+            _changepoints_batch(x, a, g, float(penalty), int(min_size), int(max_cp), cps, n_cp)
+    return cps, n_cp
+
+
+def changepoints(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64, *, impl="numba"):
+    """Dispatch to the NumPy reference (``impl='numpy'``) or Numba (``'numba'``, ``'auto'``)."""
+    if impl == "numpy":
+        return changepoints_numpy(traces, noise_var, noise_gain, penalty, min_size, max_cp)
+    if impl in ("numba", "auto"):
+        return changepoints_numba(traces, noise_var, noise_gain, penalty, min_size, max_cp)
+    raise ValueError(f"impl must be 'numpy', 'numba' or 'auto', got {impl!r}")
