@@ -36,7 +36,7 @@ import numpy as np
 
 from ._numba import LAUNCH_LOCK
 
-__all__ = ["changepoints_numpy", "changepoints_numba", "changepoints"]
+__all__ = ["changepoints_numpy", "changepoints_numba", "binseg_numpy", "binseg_numba", "changepoints"]
 
 try:  # Numba is a hard dependency, but keep the reference importable without it
     import numba as _numba
@@ -53,6 +53,7 @@ def _njit(*args, **kwargs):
 
 
 _VAR_FLOOR = 1e-12
+_PRUNE_K = 0.0  # PELT pruning margin K (0: the standard rule)
 
 
 def _prepare(traces, noise_var, noise_gain):
@@ -108,7 +109,7 @@ def changepoints_numpy(traces, noise_var, noise_gain, penalty, min_size=2, max_c
             k = int(np.argmin(tot))
             f[t] = tot[k]
             last[t] = cand[k]
-            cand = cand[tot - pen <= f[t] + pen]
+            cand = cand[tot - pen <= f[t] + _PRUNE_K]
         found = _backtrack(last, n)
         if len(found) > max_cp:
             n_cp[i] = -1
@@ -168,7 +169,7 @@ def _one_trace(x, a, g, pen, ms, max_cp, cps_row, s1, s2, f, last, cand, tots):
         # prune: same test as the reference (total - pen <= f[t] + pen)
         w = 0
         for k in range(n_c):
-            if tots[k] - pen <= best + pen:
+            if tots[k] - pen <= best + _PRUNE_K:
                 cand[w] = cand[k]
                 w += 1
         n_c = w
@@ -215,10 +216,200 @@ def changepoints_numba(traces, noise_var, noise_gain, penalty, min_size=2, max_c
     return cps, n_cp
 
 
-def changepoints(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64, *, impl="numba"):
-    """Dispatch to the NumPy reference (``impl='numpy'``) or Numba (``'numba'``, ``'auto'``)."""
-    if impl == "numpy":
-        return changepoints_numpy(traces, noise_var, noise_gain, penalty, min_size, max_cp)
-    if impl in ("numba", "auto"):
-        return changepoints_numba(traces, noise_var, noise_gain, penalty, min_size, max_cp)
-    raise ValueError(f"impl must be 'numpy', 'numba' or 'auto', got {impl!r}")
+# ---------------------------------------------------------------------------
+# binary segmentation: the same cost and penalty, greedy (O(n x depth) per trace)
+# ---------------------------------------------------------------------------
+
+
+def _sums_numpy(x):
+    n = x.size
+    c = np.cumsum(x)[-1] / n
+    d = x - c
+    s1 = np.zeros(n + 1)
+    s2 = np.zeros(n + 1)
+    np.cumsum(d, out=s1[1:])
+    np.cumsum(d * d, out=s2[1:])
+    return c, s1, s2
+
+
+def _cost_numpy(s1, s2, c, a, g, s, t):
+    """Vectorised segment cost (s, t arrays or scalars)."""
+    ln = np.asarray(t - s, dtype=np.float64)
+    sm = s1[t] - s1[s]
+    m = sm / ln
+    sse = np.maximum(s2[t] - s2[s] - sm * m, 0.0)
+    v = np.maximum(a + g * np.maximum(m + c, 0.0), _VAR_FLOOR)
+    return sse / v + ln * np.log(v)
+
+
+def _best_split_numpy(s1, s2, c, a, g, s, e, ms):
+    """(gain, split) of the best single split of [s, e); gain -inf when too short."""
+    if e - s < 2 * ms:
+        return -np.inf, -1
+    tau = np.arange(s + ms, e - ms + 1)
+    tot = _cost_numpy(s1, s2, c, a, g, s, tau) + _cost_numpy(s1, s2, c, a, g, tau, e)
+    k = int(np.argmin(tot))
+    whole = float(_cost_numpy(s1, s2, c, a, g, np.int64(s), np.int64(e)))
+    return whole - float(tot[k]), int(tau[k])
+
+
+def binseg_numpy(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64):
+    """Binary segmentation, reference; arguments and results as :func:`changepoints_numpy`.
+
+    The segment whose best split lowers the cost most is split while that
+    gain exceeds ``penalty`` (ties: the earliest segment, the earliest frame).
+    """
+    x, a, g = _prepare(traces, noise_var, noise_gain)
+    n_tr, n = x.shape
+    cps = np.full((n_tr, max_cp), -1, dtype=np.int64)
+    n_cp = np.zeros(n_tr, dtype=np.int64)
+    ms = int(min_size)
+    for i in range(n_tr):
+        c, s1, s2 = _sums_numpy(x[i])
+        segs = [(0, n)]
+        best = [_best_split_numpy(s1, s2, c, a[i], g[i], 0, n, ms)]
+        found = []
+        while True:
+            gains = np.array([b[0] for b in best])
+            j = int(np.argmax(gains))
+            if not gains[j] > penalty:
+                break
+            if len(found) == max_cp:
+                found = None
+                break
+            s, e = segs[j]
+            tau = best[j][1]
+            found.append(tau)
+            segs[j] = (s, tau)
+            best[j] = _best_split_numpy(s1, s2, c, a[i], g[i], s, tau, ms)
+            segs.append((tau, e))
+            best.append(_best_split_numpy(s1, s2, c, a[i], g[i], tau, e, ms))
+        if found is None:
+            n_cp[i] = -1
+        else:
+            found.sort()
+            n_cp[i] = len(found)
+            cps[i, : len(found)] = found
+    return cps, n_cp
+
+
+@_njit(inline="always")
+def _cost1(s1, s2, c, a, g, s, t):
+    ln = float(t - s)
+    sm = s1[t] - s1[s]
+    m = sm / ln
+    sse = s2[t] - s2[s] - sm * m
+    if sse < 0.0:
+        sse = 0.0
+    mu = m + c
+    if mu < 0.0:
+        mu = 0.0
+    v = a + g * mu
+    if v < _VAR_FLOOR:
+        v = _VAR_FLOOR
+    return sse / v + ln * math.log(v)
+
+
+@_njit()
+def _best_split1(s1, s2, c, a, g, s, e, ms):
+    if e - s < 2 * ms:
+        return -np.inf, -1
+    best = np.inf
+    bt = -1
+    for tau in range(s + ms, e - ms + 1):
+        tot = _cost1(s1, s2, c, a, g, s, tau) + _cost1(s1, s2, c, a, g, tau, e)
+        if tot < best:
+            best = tot
+            bt = tau
+    return _cost1(s1, s2, c, a, g, s, e) - best, bt
+
+
+@_njit()
+def _binseg_one(x, a, g, pen, ms, max_cp, cps_row, s1, s2, seg_s, seg_e, gain, split):
+    n = x.shape[0]
+    c = 0.0
+    for j in range(n):
+        c += x[j]
+    c = c / n
+    s1[0] = 0.0
+    s2[0] = 0.0
+    acc1 = 0.0
+    acc2 = 0.0
+    for j in range(n):
+        d = x[j] - c
+        acc1 += d
+        acc2 += d * d
+        s1[j + 1] = acc1
+        s2[j + 1] = acc2
+    n_seg = 1
+    seg_s[0] = 0
+    seg_e[0] = n
+    gain[0], split[0] = _best_split1(s1, s2, c, a, g, 0, n, ms)
+    n_found = 0
+    while True:
+        j = 0
+        for k in range(1, n_seg):
+            if gain[k] > gain[j]:
+                j = k
+        if not gain[j] > pen:
+            break
+        if n_found == max_cp:
+            return -1
+        s = seg_s[j]
+        e = seg_e[j]
+        tau = split[j]
+        cps_row[n_found] = tau
+        n_found += 1
+        seg_e[j] = tau
+        gain[j], split[j] = _best_split1(s1, s2, c, a, g, s, tau, ms)
+        seg_s[n_seg] = tau
+        seg_e[n_seg] = e
+        gain[n_seg], split[n_seg] = _best_split1(s1, s2, c, a, g, tau, e, ms)
+        n_seg += 1
+    cps_row[:n_found].sort()
+    return n_found
+
+
+@_njit(parallel=True)
+def _binseg_batch(x, a, g, pen, ms, max_cp, cps, n_cp):
+    n_tr, n = x.shape
+    for i in _prange(n_tr):
+        s1 = np.empty(n + 1)
+        s2 = np.empty(n + 1)
+        seg_s = np.empty(max_cp + 2, dtype=np.int64)
+        seg_e = np.empty(max_cp + 2, dtype=np.int64)
+        gain = np.empty(max_cp + 2)
+        split = np.empty(max_cp + 2, dtype=np.int64)
+        n_cp[i] = _binseg_one(x[i], a[i], g[i], pen, ms, max_cp, cps[i], s1, s2, seg_s, seg_e, gain, split)
+
+
+def binseg_numba(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64):
+    """Fast CPU binary segmentation; same arguments and results as :func:`binseg_numpy`."""
+    if _numba is None:  # pragma: no cover
+        return binseg_numpy(traces, noise_var, noise_gain, penalty, min_size, max_cp)
+    x, a, g = _prepare(traces, noise_var, noise_gain)
+    n_tr = x.shape[0]
+    cps = np.full((n_tr, max_cp), -1, dtype=np.int64)
+    n_cp = np.zeros(n_tr, dtype=np.int64)
+    if n_tr:
+        with LAUNCH_LOCK:
+            _binseg_batch(x, a, g, float(penalty), int(min_size), int(max_cp), cps, n_cp)
+    cps[n_cp < 0] = -1
+    return cps, n_cp
+
+
+_IMPLS = {
+    ("pelt", "numpy"): changepoints_numpy,
+    ("pelt", "numba"): changepoints_numba,
+    ("binseg", "numpy"): binseg_numpy,
+    ("binseg", "numba"): binseg_numba,
+}
+
+
+def changepoints(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64, *, method="binseg", impl="numba"):
+    """Change points by ``method`` ('binseg' or 'pelt') with ``impl`` ('numpy', 'numba', 'auto')."""
+    impl = "numba" if impl == "auto" else impl
+    fn = _IMPLS.get((method, impl))
+    if fn is None:
+        raise ValueError(f"method must be 'binseg' or 'pelt' and impl 'numpy', 'numba' or 'auto'; got {method!r}, {impl!r}")
+    return fn(traces, noise_var, noise_gain, penalty, min_size, max_cp)

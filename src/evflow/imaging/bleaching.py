@@ -8,10 +8,11 @@ noise is Gaussian with a variance that follows the photon budget,
 ``var(level) = noise_var + noise_gain * level`` (camera/background noise
 plus shot noise), estimated per trace from windows of the trace itself.
 
-1. Change points: exact penalised likelihood segmentation (PELT) under that
-   model, penalty ``penalty * log(n_frames)`` (BIC-like; the noise is in the
-   cost, so the penalty needs no tuning to the trace's brightness), batched
-   over traces in :mod:`evflow.kernels.steps` (NumPy reference, Numba).
+1. Change points: penalised likelihood segmentation under that model,
+   penalty ``penalty * log(n_frames)`` per change point (BIC-like; the noise
+   is in the cost, so the penalty needs no tuning to the trace's brightness),
+   by binary segmentation (default) or exactly (PELT), batched over traces
+   in :mod:`evflow.kernels.steps` (NumPy reference, Numba).
 2. Steps smaller than ``min_step`` units are merged away; the unit ``q`` of a
    trace is the median height of its single steps (steps between 0.6 and 1.5
    times the median step height), or the ``unit_height`` given.
@@ -32,6 +33,7 @@ plus shot noise), estimated per trace from windows of the trace itself.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -165,9 +167,8 @@ def estimate_trace_noise(traces, *, window: int = 20, kind: str = "diff"):
     return a, g
 
 
-def _segments(x, bounds):
-    """Means and lengths of the segments between sorted bounds (0 and n included)."""
-    cs = np.concatenate([[0.0], np.cumsum(x)])
+def _segments(cs, bounds):
+    """Means and lengths of the segments between sorted bounds (0 and n included); cs: cumulative sums."""
     b = np.asarray(bounds)
     ln = np.diff(b).astype(np.float64)
     return (cs[b[1:]] - cs[b[:-1]]) / ln, ln
@@ -210,19 +211,21 @@ def _last_unit(heights):
 
 def _posterior(h, se2, q, cv, m):
     """Probability of multiplicity m for a step of height h against m-1 .. m+1 (0 = no step)."""
-    cands = np.arange(max(m - 1, 0), m + 2)
-    var = se2 + cands * (cv * q) ** 2
-    ll = -0.5 * (h - cands * q) ** 2 / var - 0.5 * np.log(var)
-    p = np.exp(ll - ll.max())
-    p /= p.sum()
-    return float(p[cands == m][0])
+    ll = []
+    for k in range(max(m - 1, 0), m + 2):
+        var = se2 + k * (cv * q) ** 2
+        ll.append((k, -0.5 * (h - k * q) ** 2 / var - 0.5 * math.log(var)))
+    top = max(v for _, v in ll)
+    w = {k: math.exp(v - top) for k, v in ll}
+    return w[m] / sum(w.values())
 
 
 def _refine(x, cps, a, g, min_step, unit_height, min_background_frames, max_steps, max_multiplicity, cv,
             count_blinking):
     n = x.size
     bounds = [0, *[int(c) for c in cps], n]
-    mu, ln = _segments(x, bounds)
+    cs = np.concatenate([[0.0], np.cumsum(x)])
+    mu, ln = _segments(cs, bounds)
     # the unit to merge against (fixed while merging), unless given
     q = unit_height if unit_height is not None else _typical_step(-np.diff(mu))
     # merge steps below min_step units, smallest first
@@ -232,7 +235,7 @@ def _refine(x, cps, a, g, min_step, unit_height, min_background_frames, max_step
         if h[k] >= min_step * q:
             break
         del bounds[k + 1]
-        mu, ln = _segments(x, bounds)
+        mu, ln = _segments(cs, bounds)
     heights = -np.diff(mu)
     frames = np.asarray(bounds[1:-1], dtype=np.int64)
     var = np.maximum(a + g * np.clip(mu, 0.0, None), 1e-12)
@@ -286,6 +289,7 @@ def count_bleaching_steps(
     brightness_cv: float = 0.15,
     noise_var=None,
     noise_gain=None,
+    method: str = "binseg",
     impl: str = "auto",
 ) -> BleachingSteps:
     """Count photobleaching steps in background-corrected intensity traces.
@@ -325,8 +329,12 @@ def count_bleaching_steps(
     noise_var, noise_gain : float or array, optional
         Noise model (see module docstring); default from
         :func:`estimate_trace_noise`.
+    method : {'binseg', 'pelt'}
+        Change-point search: binary segmentation (greedy, O(frames x depth))
+        or PELT (the exact optimum of the same cost; O(frames^2) for traces
+        with few steps).
     impl : {'auto', 'numba', 'numpy'}
-        Change-point kernel.
+        Kernel: the batched Numba version or the NumPy reference.
 
     Returns
     -------
@@ -367,7 +375,9 @@ def count_bleaching_steps(
         a = np.broadcast_to(np.asarray(noise_var, float), (n_tr,))
         g = np.broadcast_to(np.asarray(noise_gain, float), (n_tr,))
     max_cp = max(4 * max_steps, 64)
-    cps, n_cp = changepoints(x.T, a, g, penalty * np.log(n), min_segment_frames, max_cp, impl=impl)
+    if method not in ("binseg", "pelt") or impl not in ("auto", "numba", "numpy"):
+        raise ConfigError(f"method must be 'binseg' or 'pelt' and impl 'auto', 'numba' or 'numpy'; got {method!r}, {impl!r}")
+    cps, n_cp = changepoints(x.T, a, g, penalty * np.log(n), min_segment_frames, max_cp, method=method, impl=impl)
     opts = (min_background_frames, max_steps, max_multiplicity, brightness_cv, blinking == "count")
 
     def refine_all(unit):
