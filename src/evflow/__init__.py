@@ -77,6 +77,14 @@ _EXPORTS = {
     "colocalize": "evflow.imaging.colocalize",
     "estimate_flat": "evflow.imaging.background",
     "subtract_image_background": "evflow.imaging.background",
+    # photobleaching steps and copies per vesicle
+    "count_bleaching_steps": "evflow.imaging.bleaching",
+    "BleachingSteps": "evflow.imaging.bleaching",
+    "extract_traces": "evflow.imaging.traces",
+    "unit_brightness": "evflow.imaging.copies",
+    "UnitBrightness": "evflow.imaging.copies",
+    "copies_per_vesicle": "evflow.imaging.copies",
+    "copies_summary": "evflow.imaging.copies",
     # array backends
     "resolve_backend": "evflow.backend",
     "gpu_available": "evflow.backend",
@@ -84,6 +92,7 @@ _EXPORTS = {
     "gates": "evflow.gates",
     "transforms": "evflow.transforms",
     "synth": "evflow.synth",
+    "synth_bleaching": "evflow.synth_bleaching",
     "metrics": "evflow.metrics",
 }
 

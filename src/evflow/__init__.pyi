@@ -1,6 +1,7 @@
 """Type stub of evflow's lazily imported public API (see __init__.py); keep in step with _EXPORTS."""
 
 from . import gates as gates, transforms as transforms, synth as synth, metrics as metrics
+from . import synth_bleaching as synth_bleaching
 from .errors import (
     BackendError as BackendError,
     CalibrationError as CalibrationError,
@@ -42,11 +43,21 @@ from .imaging.background import (
     estimate_flat as estimate_flat,
     subtract_image_background as subtract_image_background,
 )
+from .imaging.bleaching import (
+    count_bleaching_steps as count_bleaching_steps,
+    BleachingSteps as BleachingSteps,
+)
 from .imaging.camera import (
     Camera as Camera,
 )
 from .imaging.colocalize import (
     colocalize as colocalize,
+)
+from .imaging.copies import (
+    unit_brightness as unit_brightness,
+    UnitBrightness as UnitBrightness,
+    copies_per_vesicle as copies_per_vesicle,
+    copies_summary as copies_summary,
 )
 from .imaging.count import (
     count_vesicles as count_vesicles,
@@ -58,6 +69,9 @@ from .imaging.detect import (
 from .imaging.register import (
     register_channels as register_channels,
     ChannelRegistration as ChannelRegistration,
+)
+from .imaging.traces import (
+    extract_traces as extract_traces,
 )
 from .io.fcs import (
     read_fcs as read_fcs,
@@ -116,10 +130,18 @@ __all__ = [
     "colocalize",
     "estimate_flat",
     "subtract_image_background",
+    "count_bleaching_steps",
+    "BleachingSteps",
+    "extract_traces",
+    "unit_brightness",
+    "UnitBrightness",
+    "copies_per_vesicle",
+    "copies_summary",
     "resolve_backend",
     "gpu_available",
     "gates",
     "transforms",
     "synth",
+    "synth_bleaching",
     "metrics",
 ]

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["bleaching_traces", "SyntheticBleaching"]
+__all__ = ["bleaching_traces", "bleaching_movie", "SyntheticBleaching"]
 
 LEAD_IN = 5  # frames before any dye bleaches
 
@@ -101,6 +101,18 @@ def bleaching_traces(
     if not (0 <= blink_off_rate < 1 and 0 < blink_on_rate <= 1):
         raise ConfigError(f"blink rates must be probabilities, got off={blink_off_rate}, on={blink_on_rate}")
     rng = np.random.default_rng(seed)
+    signal, bleach, blinked = _dye_signal(rng, n_fl, n_frames, unit_photons, brightness_cv, bleach_time_frames,
+                                          blink_off_rate, blink_on_rate)
+    counts = rng.poisson(signal + background_photons).astype(np.float64)
+    if excess_noise > 1:
+        counts += (counts - (signal + background_photons)) * (excess_noise - 1.0)
+    counts += rng.normal(0.0, read_noise_photons, counts.shape) if read_noise_photons > 0 else 0.0
+    traces = counts - background_photons
+    return SyntheticBleaching(traces, n_fl.astype(np.int64), bleach, float(unit_photons), blinked)
+
+
+def _dye_signal(rng, n_fl, n_frames, unit_photons, brightness_cv, bleach_time_frames, blink_off_rate, blink_on_rate):
+    """Noise-free photons per frame (frames, traces), bleaching frames per dye, whether a trace blinked."""
     tau = float(bleach_time_frames) if bleach_time_frames is not None else n_frames / 7.0
     n_tr = n_fl.size
     signal = np.zeros((n_frames, n_tr))
@@ -111,7 +123,8 @@ def bleaching_traces(
         # the shutter opens LEAD_IN frames before the first bleaching can be resolved
         tb = np.minimum(LEAD_IN + np.floor(rng.exponential(tau, k)).astype(np.int64), n_frames)
         bleach.append(np.sort(tb))
-        bright = unit_photons * rng.lognormal(-0.5 * sig_ln**2, sig_ln, k) if brightness_cv > 0 else np.full(k, unit_photons)
+        bright = (unit_photons * rng.lognormal(-0.5 * sig_ln**2, sig_ln, k) if brightness_cv > 0
+                  else np.full(k, float(unit_photons)))
         for j in range(k):
             on = frames < tb[j]
             if blink_off_rate > 0:
@@ -125,9 +138,60 @@ def bleaching_traces(
                     blinked[i] = True
                 on &= state
             signal[:, i] += bright[j] * on
-    counts = rng.poisson(signal + background_photons).astype(np.float64)
-    if excess_noise > 1:
-        counts += (counts - (signal + background_photons)) * (excess_noise - 1.0)
-    counts += rng.normal(0.0, read_noise_photons, counts.shape) if read_noise_photons > 0 else 0.0
-    traces = counts - background_photons
-    return SyntheticBleaching(traces, n_fl.astype(np.int64), bleach, float(unit_photons), blinked)
+    return signal, bleach, blinked
+
+
+def bleaching_movie(
+    shape=(64, 64),
+    n_fluorophores=(1, 2, 3, 4),
+    *,
+    n_frames: int = 300,
+    unit_photons: float = 400.0,
+    brightness_cv: float = 0.1,
+    bleach_time_frames: float | None = None,
+    background_photons: float = 10.0,
+    psf_sigma_px: float = 1.3,
+    drift_px_per_frame=(0.0, 0.0),
+    min_separation_px: float = 10.0,
+    seed=None,
+):
+    """A bleaching movie (frames, y, x) in photons: one vesicle per entry of ``n_fluorophores``.
+
+    Vesicles sit at random positions at least ``min_separation_px`` apart and
+    8 px from the edges, the whole field drifts linearly by
+    ``drift_px_per_frame`` (dy, dx), every pixel has Poisson noise on
+    ``background_photons`` plus the PSF-spread signal.
+
+    Returns
+    -------
+    movie : ndarray (frames, y, x) float64
+    yx : ndarray (vesicles, 2)
+        Positions in frame 0.
+    truth : SyntheticBleaching
+        Noise-free signal per vesicle in ``traces`` (total photons per frame).
+    """
+    from .synth import integrated_gaussian
+
+    rng = np.random.default_rng(seed)
+    n_fl = np.atleast_1d(np.asarray(n_fluorophores))
+    H, W = shape
+    yx = []
+    tries = 0
+    while len(yx) < n_fl.size:
+        p = rng.uniform([8, 8], [H - 8, W - 8])
+        if all(np.hypot(*(p - q)) >= min_separation_px for q in yx):
+            yx.append(p)
+        tries += 1
+        if tries > 10000:
+            raise ConfigError(f"cannot place {n_fl.size} vesicles {min_separation_px} px apart in {shape}")
+    yx = np.asarray(yx)
+    signal, bleach, blinked = _dye_signal(rng, n_fl, n_frames, unit_photons, brightness_cv, bleach_time_frames, 0.0, 0.3)
+    drift = np.asarray(drift_px_per_frame, dtype=np.float64)
+    movie = np.empty((n_frames, H, W))
+    for t in range(n_frames):
+        pos = yx + drift * t
+        ey = integrated_gaussian(pos[:, 0], psf_sigma_px, H)
+        ex = integrated_gaussian(pos[:, 1], psf_sigma_px, W)
+        lam = background_photons + np.einsum("n,ny,nx->yx", signal[t], ey, ex)
+        movie[t] = rng.poisson(lam)
+    return movie, yx, SyntheticBleaching(signal, n_fl.astype(np.int64), bleach, float(unit_photons), blinked)

@@ -152,6 +152,40 @@ def _to_fields(arr, axes):
     return a.reshape(nf, nc, arr.shape[iy], arr.shape[ix])
 
 
+def _frame_interval_s(path) -> float | None:
+    """Frame interval (s) a TIFF declares: ImageJ ``finterval`` or OME ``TimeIncrement``; None when absent."""
+    import re
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            if tf.is_ome and tf.ome_metadata:
+                m = re.search(r'TimeIncrement="([0-9.eE+-]+)"', tf.ome_metadata)
+                if m:
+                    return float(m.group(1))
+            ij = tf.imagej_metadata or {}
+            if ij.get("finterval"):
+                return float(ij["finterval"])
+    except Exception:  # metadata is best effort
+        return None
+    return None
+
+
+def _to_fields_t(arr, axes, keep_t):
+    """Reorder an array to (fields, t, channel, y, x); t has length 1 unless ``keep_t`` and a T axis exists."""
+    up = axes.upper()
+    if not keep_t or "T" not in up:
+        return _to_fields(arr, axes)[:, None]
+    fields, chan, iy, ix = image_axes(axes, arr.shape)
+    it = up.index("T")
+    rest = [i for i in fields if i != it]
+    order = rest + [it] + ([chan] if chan is not None else []) + [iy, ix]
+    nf = int(np.prod([arr.shape[i] for i in rest])) if rest else 1
+    nc = arr.shape[chan] if chan is not None else 1
+    return arr.transpose(order).reshape(nf, arr.shape[it], nc, arr.shape[iy], arr.shape[ix])
+
+
 def read_images(
     paths_or_pattern,
     *,
@@ -160,8 +194,9 @@ def read_images(
     pixel_size_nm: float | None = None,
     camera=None,
     on_error: str = "raise",
+    t: bool | None = None,
 ) -> xr.DataArray:
-    """Open fields of view lazily as an ``xarray.DataArray`` (fov, channel, y, x).
+    """Open fields of view lazily as an ``xarray.DataArray`` (fov, channel, y, x), or (fov, t, channel, y, x).
 
     Parameters
     ----------
@@ -183,6 +218,11 @@ def read_images(
     on_error : {'raise', 'skip'}
         'skip' leaves out files that cannot be opened and lists them in
         ``attrs['failed']`` (``"path: reason"``).
+    t : bool, optional
+        Keep the T axis as a ``t`` dimension (time-lapse, e.g. a bleaching
+        movie) instead of making each frame a field.  Default: keep it for
+        files that declare a frame interval (ImageJ ``finterval``, OME
+        ``TimeIncrement``); ``attrs['frame_interval_s']`` then holds it.
 
     Returns
     -------
@@ -203,6 +243,8 @@ def read_images(
 
     from ..imaging.camera import as_camera
 
+    if t not in (None, True, False):
+        raise ImageError(f"t must be True, False or None, got {t!r}")
     if on_error not in ("raise", "skip"):
         raise ImageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if pixel_size_nm is not None and not (np.isfinite(pixel_size_nm) and pixel_size_nm > 0):
@@ -210,8 +252,9 @@ def read_images(
     camera = as_camera(camera)
     items = _expand(paths_or_pattern)
     blocks, files, failed = [], [], []
-    ref = None  # (n_channels, Y, X)
+    ref = None  # (n_t, n_channels, Y, X)
     px_found = None
+    kept_t, interval = [], None
     for item in items:
         try:
             if isinstance(item, (list, tuple)):
@@ -227,7 +270,8 @@ def read_images(
                     px_found = px_found or px
                 if len({(pl.shape, pl.dtype) for pl in planes}) != 1:
                     raise ImageError(f"channel files of one field differ in size or type: {[str(p) for p in item]}")
-                block = da.stack(planes)[None]
+                block = da.stack(planes)[None, None]
+                keep = False
                 label = os.pathsep.join(str(p) for p in item)
                 where = str(item[0])
             else:
@@ -236,13 +280,17 @@ def read_images(
                     data, ax, px = _open_bioio(p)
                     if axes is not None:
                         ax = axes
-                    block = _to_fields(data, ax)
+                    keep = bool(t) and "T" in ax.upper()
+                    block = _to_fields_t(data, ax, keep)
                 else:
                     shape, dtype, ax, px = _open_tiff(p, axes)
                     fields, chan, iy, ix = image_axes(ax, shape)
                     arr = da.from_delayed(dask.delayed(_read_tiff)(p), shape=shape, dtype=dtype)
-                    block = _to_fields(arr, ax)
-                nc = block.shape[1]
+                    fi = _frame_interval_s(p) if t is not False else None
+                    keep = "T" in ax.upper() and (t is True or (t is None and fi is not None))
+                    interval = interval if interval is not None else (fi if keep else None)
+                    block = _to_fields_t(arr, ax, keep)
+                nc = block.shape[2]
                 if nc > MAX_CHANNELS and (markers is None or len(markers) != nc):
                     raise ImageError(
                         f"{p}: the channel axis has {nc} entries (axes {ax!r}, shape {block.shape}); "
@@ -250,16 +298,17 @@ def read_images(
                     )
                 px_found = px_found or px
                 label = where = p
-            if markers is not None and block.shape[1] != len(markers):
+            if markers is not None and block.shape[2] != len(markers):
                 raise ImageError(
-                    f"{where}: {block.shape[1]} channel(s) but {len(markers)} marker(s) {list(markers)} were given"
+                    f"{where}: {block.shape[2]} channel(s) but {len(markers)} marker(s) {list(markers)} were given"
                 )
             key = block.shape[1:]
             if ref is None:
                 ref = key
             elif key != ref:
-                raise ImageError(f"{where}: field shape (channel, y, x) {key} differs from the first field's {ref}")
+                raise ImageError(f"{where}: field shape (t, channel, y, x) {key} differs from the first field's {ref}")
             blocks.append(block)
+            kept_t.append(keep)
             files.extend([label] * block.shape[0])
         except ImageError as exc:
             if on_error == "raise":
@@ -268,7 +317,10 @@ def read_images(
     if not blocks:
         raise ImageError("no readable fields: " + "; ".join(failed))
     data = da.concatenate(blocks, axis=0).rechunk((1,) + blocks[0].shape[1:])
-    n_ch = data.shape[1]
+    time_lapse = any(kept_t) or t is True
+    if not time_lapse:
+        data = data[:, 0]
+    n_ch = data.shape[2 if time_lapse else 1]
     names = list(markers) if markers is not None else [f"ch{i}" for i in range(n_ch)]
     if len(set(names)) != len(names):
         raise ImageError(f"marker names must be unique, got {names}")
@@ -279,11 +331,16 @@ def read_images(
     if camera is not None:
         data = camera.to_photons(data)
         units = "photons"
+    dims = ("fov", "t", "channel", "y", "x") if time_lapse else ("fov", "channel", "y", "x")
+    coords = {"fov": np.arange(data.shape[0]), "channel": names, "file": ("fov", files)}
+    if time_lapse:
+        coords["t"] = np.arange(data.shape[1])
     return xr.DataArray(
         data,
-        dims=("fov", "channel", "y", "x"),
-        coords={"fov": np.arange(data.shape[0]), "channel": names, "file": ("fov", files)},
+        dims=dims,
+        coords=coords,
         attrs={
+            **({"frame_interval_s": interval} if time_lapse else {}),
             "pixel_size_nm": None if px is None else float(px),
             "units": units,
             "camera": None if camera is None else camera.to_dict(),
