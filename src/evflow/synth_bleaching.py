@@ -45,6 +45,7 @@ class SyntheticBleaching:
     bleach_frames: list
     unit_photons: float
     blinked: np.ndarray
+    bead_yx: np.ndarray | None = None
 
 
 def bleaching_traces(
@@ -153,6 +154,8 @@ def bleaching_movie(
     psf_sigma_px: float = 1.3,
     drift_px_per_frame=(0.0, 0.0),
     min_separation_px: float = 10.0,
+    n_beads: int = 0,
+    bead_photons: float = 5000.0,
     seed=None,
 ):
     """A bleaching movie (frames, y, x) in photons: one vesicle per entry of ``n_fluorophores``.
@@ -160,7 +163,8 @@ def bleaching_movie(
     Vesicles sit at random positions at least ``min_separation_px`` apart and
     8 px from the edges, the whole field drifts linearly by
     ``drift_px_per_frame`` (dy, dx), every pixel has Poisson noise on
-    ``background_photons`` plus the PSF-spread signal.
+    ``background_photons`` plus the PSF-spread signal.  ``n_beads`` fiducial
+    beads (``bead_photons`` per frame, never bleaching) drift with the field.
 
     Returns
     -------
@@ -177,21 +181,23 @@ def bleaching_movie(
     H, W = shape
     yx = []
     tries = 0
-    while len(yx) < n_fl.size:
+    while len(yx) < n_fl.size + n_beads:
         p = rng.uniform([8, 8], [H - 8, W - 8])
         if all(np.hypot(*(p - q)) >= min_separation_px for q in yx):
             yx.append(p)
         tries += 1
         if tries > 10000:
-            raise ConfigError(f"cannot place {n_fl.size} vesicles {min_separation_px} px apart in {shape}")
-    yx = np.asarray(yx)
+            raise ConfigError(f"cannot place {n_fl.size + n_beads} spots {min_separation_px} px apart in {shape}")
+    all_yx = np.asarray(yx).reshape(-1, 2)
+    yx, bead_yx = all_yx[: n_fl.size], all_yx[n_fl.size :]
     signal, bleach, blinked = _dye_signal(rng, n_fl, n_frames, unit_photons, brightness_cv, bleach_time_frames, 0.0, 0.3)
+    emit = np.concatenate([signal, np.full((n_frames, n_beads), float(bead_photons))], axis=1)
     drift = np.asarray(drift_px_per_frame, dtype=np.float64)
     movie = np.empty((n_frames, H, W))
     for t in range(n_frames):
-        pos = yx + drift * t
+        pos = all_yx + drift * t
         ey = integrated_gaussian(pos[:, 0], psf_sigma_px, H)
         ex = integrated_gaussian(pos[:, 1], psf_sigma_px, W)
-        lam = background_photons + np.einsum("n,ny,nx->yx", signal[t], ey, ex)
+        lam = background_photons + np.einsum("n,ny,nx->yx", emit[t], ey, ex)
         movie[t] = rng.poisson(lam)
-    return movie, yx, SyntheticBleaching(signal, n_fl.astype(np.int64), bleach, float(unit_photons), blinked)
+    return movie, yx, SyntheticBleaching(signal, n_fl.astype(np.int64), bleach, float(unit_photons), blinked, bead_yx)

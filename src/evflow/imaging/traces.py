@@ -174,16 +174,28 @@ def extract_traces(
     shifts = np.zeros((n_t, 2))
     if drift == "correlation":
         centers, found = [], []
-        last = np.zeros(2)
-        for a, b in chunks:
+        state = {"last": np.zeros(2)}
+
+        def finish(k, acc, count):
+            sh, strength = phase_correlation_shift(ref, acc / count, max_shift_px=max_shift_px)
+            if strength >= min_strength:
+                state["last"] = sh
+            centers.append(k * drift_bin_frames + (count - 1) / 2)
+            found.append(state["last"].copy())
+
+        acc, count, cur = None, 0, 0
+        for a, b in chunks:  # bins of drift_bin_frames frames, whatever the chunks
             blk = load(a, b)
-            for s in range(0, b - a, drift_bin_frames):
-                part = blk[s : s + drift_bin_frames]
-                sh, strength = phase_correlation_shift(ref, part.mean(0), max_shift_px=max_shift_px)
-                if strength >= min_strength:
-                    last = sh
-                centers.append(a + s + (len(part) - 1) / 2)
-                found.append(last.copy())
+            for j in range(b - a):
+                k = (a + j) // drift_bin_frames
+                if k != cur and count:
+                    finish(cur, acc, count)
+                    acc, count = None, 0
+                cur = k
+                acc = blk[j].copy() if acc is None else acc + blk[j]
+                count += 1
+        if count:
+            finish(cur, acc, count)
         centers = np.asarray(centers)
         found = np.asarray(found)
         t = np.arange(n_t)
