@@ -88,6 +88,19 @@ def test_copies_per_vesicle_from_spots_and_unit():
         evflow.copies_per_vesicle(spots.drop(columns=["photons_EpCAM", "photons_HER2"]), 1.0)
 
 
+def test_flow_mesf_on_the_same_scale():
+    fl, ab = evflow.fluorophores_from_mesf([300.0, 900.0], 1.5, dye_per_antibody=4.0)
+    np.testing.assert_allclose(fl, [200, 600])
+    np.testing.assert_allclose(ab, [50, 150])
+    ev = pd.DataFrame({"mesf_CD63": [120.0, 240.0], "FSC-A": [1.0, 2.0]})
+    out = evflow.fluorophores_from_mesf(ev, {"CD63": 1.2})
+    np.testing.assert_allclose(out["fluorophores_CD63"], [100, 200])
+    with pytest.raises(ConfigError, match="must be > 0"):
+        evflow.fluorophores_from_mesf([1.0], 0.0)
+    with pytest.raises(ConfigError, match="no mesf_"):
+        evflow.fluorophores_from_mesf(ev.drop(columns="mesf_CD63"), 1.0)
+
+
 def test_copies_from_synthetic_tirf_fields_match_truth():
     from evflow import synth
 

@@ -85,6 +85,7 @@ _EXPORTS = {
     "UnitBrightness": "evflow.imaging.copies",
     "copies_per_vesicle": "evflow.imaging.copies",
     "copies_summary": "evflow.imaging.copies",
+    "fluorophores_from_mesf": "evflow.imaging.copies",
     # array backends
     "resolve_backend": "evflow.backend",
     "gpu_available": "evflow.backend",

@@ -58,6 +58,7 @@ from .imaging.copies import (
     UnitBrightness as UnitBrightness,
     copies_per_vesicle as copies_per_vesicle,
     copies_summary as copies_summary,
+    fluorophores_from_mesf as fluorophores_from_mesf,
 )
 from .imaging.count import (
     count_vesicles as count_vesicles,
@@ -137,6 +138,7 @@ __all__ = [
     "UnitBrightness",
     "copies_per_vesicle",
     "copies_summary",
+    "fluorophores_from_mesf",
     "resolve_backend",
     "gpu_available",
     "gates",

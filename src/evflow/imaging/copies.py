@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..errors import CalibrationError, ConfigError
 
-__all__ = ["unit_brightness", "UnitBrightness", "copies_per_vesicle", "copies_summary"]
+__all__ = ["unit_brightness", "UnitBrightness", "copies_per_vesicle", "copies_summary", "fluorophores_from_mesf"]
 
 
 @dataclass(frozen=True)
@@ -184,3 +184,40 @@ def copies_summary(table: pd.DataFrame, *, by: str = "bitmask", quantity: str = 
         out[f"{m}_q25"] = g[c].quantile(0.25)
         out[f"{m}_q75"] = g[c].quantile(0.75)
     return out
+
+
+def fluorophores_from_mesf(mesf, mesf_per_fluorophore, dye_per_antibody=None):
+    """Flow cytometry on the same scale: fluorophores (and antibodies) per event from MESF.
+
+    Parameters
+    ----------
+    mesf : array-like or DataFrame
+        MESF per event (from :func:`evflow.calibrate_mesf`); a DataFrame's
+        ``mesf_<marker>`` columns are converted to ``fluorophores_<marker>``.
+    mesf_per_fluorophore : float or mapping marker -> float
+        MESF equivalence of one dye molecule (given per dye: the bead's
+        reference fluorochrome units one conjugated dye is worth).
+    dye_per_antibody : float or mapping, optional
+        Degree of labelling; adds antibodies.
+
+    Returns
+    -------
+    ndarray (or (fluorophores, antibodies)) for an array, a DataFrame copy for a DataFrame.
+    """
+    if isinstance(mesf, pd.DataFrame):
+        markers = [c[len("mesf_"):] for c in mesf.columns if c.startswith("mesf_")]
+        if not markers:
+            raise ConfigError(f"table has no mesf_<marker> columns; columns: {list(mesf.columns)}")
+        eq = _per_marker(mesf_per_fluorophore, markers, "mesf_per_fluorophore")
+        dol = None if dye_per_antibody is None else _per_marker(dye_per_antibody, markers, "dye_per_antibody")
+        out = mesf.copy()
+        for m in markers:
+            fl = out[f"mesf_{m}"].to_numpy(dtype=np.float64) / _unit_value(eq[m], m)
+            out[f"fluorophores_{m}"] = fl
+            if dol is not None:
+                out[f"antibodies_{m}"] = fl / _unit_value(dol[m], m)
+        return out
+    fl = np.asarray(mesf, dtype=np.float64) / _unit_value(mesf_per_fluorophore, "mesf_per_fluorophore")
+    if dye_per_antibody is None:
+        return fl
+    return fl, fl / _unit_value(dye_per_antibody, "dye_per_antibody")
