@@ -39,22 +39,13 @@ import math
 
 import numpy as np
 
-from ._numba import LAUNCH_LOCK
+from ._numba import HAVE_NUMBA, LAUNCH_LOCK, njit, prange as _prange
 
 __all__ = ["changepoints_numpy", "changepoints_numba", "binseg_numpy", "binseg_numba", "changepoints"]
 
-try:  # Numba is a hard dependency, but keep the reference importable without it
-    import numba as _numba
-    from numba import prange as _prange
-except ImportError:  # pragma: no cover
-    _numba = None
-    _prange = range
 
-
-def _njit(*args, **kwargs):
-    if _numba is None:  # pragma: no cover
-        return lambda f: f
-    return _numba.njit(*args, cache=True, error_model="numpy", **kwargs)
+def _njit(**kwargs):
+    return njit(cache=True, error_model="numpy", **kwargs)
 
 
 _VAR_FLOOR = 1e-12
@@ -209,7 +200,7 @@ def _changepoints_batch(x, a, g, pen, ms, max_cp, cps, n_cp):
 
 def changepoints_numba(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64):
     """Fast CPU version; same arguments and results as :func:`changepoints_numpy`."""
-    if _numba is None:  # pragma: no cover
+    if not HAVE_NUMBA:  # pragma: no cover
         return changepoints_numpy(traces, noise_var, noise_gain, penalty, min_size, max_cp)
     x, a, g = _prepare(traces, noise_var, noise_gain)
     n_tr = x.shape[0]
@@ -390,7 +381,7 @@ def _binseg_batch(x, a, g, pen, ms, max_cp, cps, n_cp):
 
 def binseg_numba(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64):
     """Fast CPU binary segmentation; same arguments and results as :func:`binseg_numpy`."""
-    if _numba is None:  # pragma: no cover
+    if not HAVE_NUMBA:  # pragma: no cover
         return binseg_numpy(traces, noise_var, noise_gain, penalty, min_size, max_cp)
     x, a, g = _prepare(traces, noise_var, noise_gain)
     n_tr = x.shape[0]
