@@ -1,0 +1,134 @@
+"""Event tables for calibration: linear-scale columns of a bead sample with the detector range per column,
+and elementwise conversion that keeps the input's array type (NumPy, CuPy, dask, xarray)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...backend import array_module
+from ...errors import CalibrationError
+
+
+# --------------------------------------------------------------------------- event tables
+
+
+@dataclass
+class _Table:
+    """Selected columns of a sample, linear scale, with the detector range per column."""
+
+    data: np.ndarray  # (n_events, n_columns) float64
+    names: list
+    ranges: np.ndarray  # (n_columns, 2): lowest and highest value the detector can report
+    source: str
+
+
+def _channel_range(meta: dict, i: int) -> tuple[float, float] | None:
+    """(low, high) linear-scale range of column ``i`` (0-based) from $PnR/$PnE/$PnG, or None."""
+    n = i + 1
+    try:
+        rng = float(meta[f"$P{n}R"])
+    except (KeyError, ValueError, TypeError):
+        return None
+    decades, log0 = 0.0, 0.0
+    pne = str(meta.get(f"$P{n}E", "") or "").strip()
+    if pne:
+        try:
+            decades, log0 = (float(x) for x in pne.split(","))
+        except ValueError:
+            decades, log0 = 0.0, 0.0
+    try:
+        gain = float(meta.get(f"$P{n}G", 1.0) or 1.0)
+    except ValueError:
+        gain = 1.0
+    if gain == 0:
+        gain = 1.0
+    if decades > 0:
+        log0 = log0 or 1.0
+        return log0 / gain, log0 * 10.0 ** (decades * (rng - 1.0) / rng) / gain
+    return 0.0, (rng - 1.0) / gain
+
+
+def _as_table(sample, channels: Sequence[str], what: str = "beads") -> _Table:
+    """Columns ``channels`` of ``sample`` as a linear-scale float64 table.
+
+    ``sample`` is a path, an :class:`evflow.FCSSample` (its linear-scale
+    events), a pandas DataFrame, or an xarray DataArray with dims (event, channel).
+    """
+    from ...backend import to_numpy
+
+    channels = list(channels)
+    if isinstance(sample, (str, Path)):
+        from ...io.fcs import read_fcs
+
+        sample = read_fcs(sample, scale=True)
+    if hasattr(sample, "channel_index") and hasattr(sample, "events"):
+        idx = [sample.channel_index(c) for c in channels]
+        data = to_numpy(sample.linear_events()[:, idx]).astype(np.float64)
+        ranges = []
+        for j, i in enumerate(idx):
+            r = _channel_range(sample.meta, i)
+            col = data[:, j]
+            ranges.append(r if r is not None else (float(np.nanmin(col)), float(np.nanmax(col))))
+        return _Table(data, [sample.channels[i] for i in idx], np.asarray(ranges, float), str(sample.path))
+    if hasattr(sample, "columns") and hasattr(sample, "to_numpy"):  # pandas DataFrame
+        missing = [c for c in channels if c not in sample.columns]
+        if missing:
+            raise CalibrationError(f"{what}: no column(s) {missing}; columns are {list(sample.columns)}")
+        data = np.asarray(sample[channels].to_numpy(), dtype=np.float64)
+        source = str(getattr(sample, "attrs", {}).get("source", "DataFrame"))
+    elif hasattr(sample, "dims") and "channel" in getattr(sample, "dims", ()):
+        names = [str(c) for c in sample["channel"].values]
+        missing = [c for c in channels if c not in names]
+        if missing:
+            raise CalibrationError(f"{what}: no channel(s) {missing}; channels are {names}")
+        data = to_numpy(sample.sel(channel=channels).transpose(..., "channel").data).astype(np.float64)
+        source = str(sample.attrs.get("path", sample.name or "DataArray"))
+    else:
+        raise CalibrationError(
+            f"{what}: expected a path, an FCSSample, a pandas DataFrame or an xarray DataArray, "
+            f"got {type(sample).__name__}"
+        )
+    if data.ndim != 2 or data.shape[0] == 0:
+        raise CalibrationError(f"{what} ({source}): no events")
+    # no detector range in the input: attrs["ranges"] = {channel: (low, high)} if given, else
+    # from zero (or the lowest value, if negative) to the largest value
+    given = dict(getattr(sample, "attrs", {}).get("ranges", {}) or {})
+    ranges = np.stack([np.minimum(np.nanmin(data, axis=0), 0.0), np.nanmax(data, axis=0)], axis=1)
+    for j, c in enumerate(channels):
+        if c in given:
+            ranges[j] = [float(v) for v in given[c]]
+    return _Table(data, channels, ranges, source)
+
+
+def _channel_names(beads) -> list:
+    if isinstance(beads, (str, Path)):
+        from ...io.fcs import read_fcs_metadata
+
+        meta = read_fcs_metadata(beads)
+        n = int(meta.get("$PAR", 0))
+        return [str(meta.get(f"$P{i}N", "")).strip() for i in range(1, n + 1)]
+    if hasattr(beads, "channels") and not hasattr(beads, "dims"):
+        return list(beads.channels)
+    if hasattr(beads, "columns"):
+        return [str(c) for c in beads.columns]
+    if hasattr(beads, "dims") and "channel" in beads.dims:
+        return [str(c) for c in beads["channel"].values]
+    return []
+
+
+def _apply_elementwise(values, fn, *args):
+    """Apply an elementwise function to numpy, cupy, dask or xarray input, keeping its type and laziness."""
+    if hasattr(values, "dims") and hasattr(values, "data") and hasattr(values, "copy"):  # xarray
+        return values.copy(data=_apply_elementwise(values.data, fn, *args))
+    if type(values).__module__.split(".")[0] == "dask":
+        meta = values._meta.astype(np.float64)
+        return values.astype(np.float64).map_blocks(fn, *args, dtype=np.float64, meta=meta)
+    if array_module(values) is np:
+        values = np.asarray(values, dtype=np.float64)
+    else:
+        values = values.astype(np.float64, copy=False)
+    return fn(values, *args)

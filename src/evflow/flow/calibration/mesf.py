@@ -1,0 +1,469 @@
+"""Fluorescence calibration: MESF/MEFL bead standard curves.
+
+:func:`calibrate_mesf` finds the populations of a multi-peak bead file (a
+density gate on the singlet beads in FSC/SSC, then a Gaussian mixture on the
+peaks in a log-like scale), drops saturated or unresolved peaks, fits the
+standard curve ``m*log(rfi) + b = log(mesf_auto + mesf)`` (the model of
+FlowCal's ``fit_beads_autofluorescence``) and returns a :class:`MESFCalibration`
+whose :meth:`~MESFCalibration.to_mesf` converts any array (NumPy, CuPy, dask)
+of that channel to MESF, lazily.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...backend import array_module
+from ...errors import CalibrationError
+from ._table import _apply_elementwise, _as_table, _channel_names
+from .clustering import _count_modes, _display, _find_bead_peaks, density_gate
+
+__all__ = ["MESFCalibration", "calibrate_mesf", "fit_mesf_curve"]
+
+
+# --------------------------------------------------------------------------- MESF fit
+
+
+def fit_mesf_curve(channel_values, mesf_values):
+    """Fit ``m*log(x) + b = log(mesf_auto + mesf)`` to bead peaks (natural logs, mesf_auto >= 0).
+
+    Least squares in log space, started where FlowCal's
+    ``fit_beads_autofluorescence`` starts (slope and intercept through the two
+    brightest peaks, autofluorescence from the dimmest) and refined by a
+    bounded quasi-Newton search (L-BFGS-B), as FlowCal does.  (The objective
+    also decreases towards ``mesf_auto -> inf`` with a flat slope, so the
+    local minimum near the start is the physical one.)
+
+    Parameters
+    ----------
+    channel_values : array (n_peaks,)
+        Peak positions on the channel's linear scale (> 0).
+    mesf_values : array (n_peaks,)
+        Manufacturer's values (>= 0).
+
+    Returns
+    -------
+    dict with ``m``, ``b``, ``mesf_auto``, ``residuals`` (natural-log units,
+    per peak), ``r2`` (log space).
+    """
+    from scipy.optimize import minimize
+
+    x = np.asarray(channel_values, float)
+    y = np.asarray(mesf_values, float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise CalibrationError(f"peak values {x.shape} and MESF values {y.shape} must be equal 1-D arrays")
+    if x.size < 3:
+        raise CalibrationError(f"the standard curve needs at least 3 usable bead peaks, got {x.size}")
+    if np.any(~np.isfinite(x)) or np.any(x <= 0):
+        raise CalibrationError(f"bead peak positions must be finite and > 0, got {x.tolist()}")
+    if np.any(~np.isfinite(y)) or np.any(y < 0):
+        raise CalibrationError(f"MESF values must be finite and >= 0, got {y.tolist()}")
+    lx = np.log(x)
+    if lx[-1] == lx[-2]:
+        raise CalibrationError(f"the two brightest bead peaks have the same position {x[-1]:g}; cannot fit")
+    p0 = np.zeros(3)
+    p0[0] = (np.log(y[-1]) - np.log(y[-2])) / (lx[-1] - lx[-2])
+    p0[1] = np.log(y[-1]) - p0[0] * lx[-1]
+    p0[2] = max(np.exp(p0[0] * lx[0] + p0[1]) - y[0], 0.0)
+
+    def sse(p):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.log(y + p[2]) - (p[0] * lx + p[1])
+        v = float(r @ r)
+        return v if np.isfinite(v) else 1e300
+
+    res = minimize(sse, p0, method="L-BFGS-B", bounds=((None, None), (None, None), (0, None)),
+                   options={"gtol": 1e-10, "ftol": 1e-10})
+    m, b, a = (float(v) for v in res.x)
+    if not np.all(np.isfinite(res.x)) or (a == 0 and np.any(y == 0)):
+        raise CalibrationError(
+            f"the bead standard curve did not converge (peaks {x.tolist()}, MESF {y.tolist()}): {res.message}"
+        )
+    ly = np.log(y + a)
+    r = ly - (m * lx + b)
+    sst = float(((ly - ly.mean()) ** 2).sum())
+    r2 = 1.0 - float(r @ r) / sst if sst > 0 else float("nan")
+    return {"m": m, "b": b, "mesf_auto": a, "residuals": r, "r2": float(r2)}
+
+
+def _std_curve(x, m, b):
+    xp = array_module(x)
+    return xp.sign(x) * math.exp(b) * xp.abs(x) ** m
+
+
+def _inverse_curve(y, m, b):
+    xp = array_module(y)
+    return xp.sign(y) * (xp.abs(y) / math.exp(b)) ** (1.0 / m)
+
+
+@dataclass
+class MESFCalibration:
+    """A fitted fluorescence standard curve for one channel.
+
+    Attributes
+    ----------
+    channel : str
+        The calibrated channel ($PnN).
+    units : str
+        Calibrated unit name, e.g. ``"MEFL"`` or ``"MESF"``.
+    mesf_values : ndarray (n_peaks,)
+        The manufacturer's values, dimmest first (NaN = unknown).
+    peaks : ndarray (n_peaks,)
+        Median of each bead peak on the channel's linear scale; NaN for a peak
+        not used in the fit (see ``peak_status``).
+    peak_medians : ndarray (n_peaks,)
+        Median of every peak found, used or not.
+    peak_status : list of str
+        ``"used"``, ``"saturated"`` (too close to the top of the range),
+        ``"below range"``, or ``"no MESF value"``.
+    peak_events : ndarray of int (n_peaks,)
+        Events in each peak.
+    params : dict
+        ``m`` (slope), ``b`` (intercept), ``mesf_auto`` (bead
+        autofluorescence, MESF) of ``m*log(x) + b = log(mesf_auto + mesf)``.
+    r2 : float
+        Coefficient of determination of the fit (log space, used peaks).
+    residuals : ndarray (n_peaks,)
+        Fit residuals in natural-log units (NaN for unused peaks).
+    relative_error : ndarray (n_peaks,)
+        Bead model vs manufacturer, ``(to_mesf(peak) - mesf_auto) / mesf - 1``,
+        for used peaks with a positive value.
+    resolution : ndarray (n_peaks - 1,)
+        Valley depth between neighbouring peaks (1 = no valley).
+    source : str
+        The bead file.
+    n_events, n_gated : int
+        Events in the file and events in the singlet gate.
+    """
+
+    channel: str
+    units: str
+    mesf_values: np.ndarray
+    peaks: np.ndarray
+    peak_medians: np.ndarray
+    peak_status: list
+    peak_events: np.ndarray
+    params: dict
+    r2: float
+    residuals: np.ndarray
+    relative_error: np.ndarray
+    resolution: np.ndarray
+    source: str = ""
+    n_events: int = 0
+    n_gated: int = 0
+    clustering_channels: list = field(default_factory=list)
+    scatter_channels: list = field(default_factory=list)
+    model: str = "m*log(x) + b = log(mesf_auto + mesf)"
+
+    def to_mesf(self, values):
+        """Channel values (linear scale) -> calibrated units (MESF), elementwise.
+
+        ``mesf = sign(x) * exp(b) * |x|**m`` (the bead autofluorescence term
+        is not part of the conversion).  NumPy, CuPy, dask (lazy, chunk type
+        kept) and xarray inputs give the same type back.
+        """
+        return _apply_elementwise(values, _std_curve, self.params["m"], self.params["b"])
+
+    def to_channel(self, mesf):
+        """Calibrated units (MESF) -> channel values on the linear scale (the inverse of :meth:`to_mesf`)."""
+        return _apply_elementwise(mesf, _inverse_curve, self.params["m"], self.params["b"])
+
+    def summary(self) -> dict:
+        """Plain-Python summary (for reports and provenance)."""
+        return {
+            "channel": self.channel,
+            "units": self.units,
+            "source": self.source,
+            "model": self.model,
+            "params": dict(self.params),
+            "r2": self.r2,
+            "mesf_values": [None if not np.isfinite(v) else float(v) for v in self.mesf_values],
+            "peaks": [None if not np.isfinite(v) else float(v) for v in self.peaks],
+            "peak_status": list(self.peak_status),
+            "peak_events": [int(v) for v in self.peak_events],
+            "relative_error": [None if not np.isfinite(v) else float(v) for v in self.relative_error],
+            "n_events": self.n_events,
+            "n_gated": self.n_gated,
+            "clustering_channels": list(self.clustering_channels),
+            "scatter_channels": list(self.scatter_channels),
+        }
+
+
+def _default_scatter_channels(names: Sequence[str]) -> list:
+    def pick(prefix):
+        cand = [c for c in names if c.upper() == prefix]
+        cand += [c for c in names if c.upper().startswith(prefix + "-H")]
+        cand += [c for c in names if c.upper().startswith(prefix + "-A")]
+        cand += [c for c in names if c.upper().startswith(prefix) and c not in cand]
+        return cand[0] if cand else None
+
+    fsc, ssc = pick("FSC"), pick("SSC")
+    return [fsc, ssc] if fsc and ssc else []
+
+
+def _fluorescence_channels(names: Sequence[str]) -> list:
+    """Channels that are neither scatter nor time (nor FSC/SSC width/area variants)."""
+    out = []
+    for c in names:
+        u = c.upper()
+        if u.startswith(("FSC", "SSC", "TIME", "HDR-T", "EVENT")) or u in ("FS", "SS", "SC"):
+            continue
+        out.append(c)
+    return out
+
+
+def calibrate_mesf(
+    beads,
+    channel: str,
+    mesf_values,
+    clustering_channels: Sequence[str] | None = None,
+    scatter_channels: Sequence[str] | None = None,
+    *,
+    units: str = "MESF",
+    trim_events: tuple[int, int] = (250, 100),
+    gate_fraction: float = 0.3,
+    gate_sigma: float = 5.0,
+    n_std: float = 2.5,
+    min_valley: float = 0.95,
+    min_r2: float = 0.99,
+    on_unresolved: str = "raise",
+) -> MESFCalibration:
+    """Fit a MESF/MEFL standard curve from a multi-peak bead file.
+
+    Steps (the procedure of FlowCal's ``analyze_mef`` example and
+    ``mef.get_transform_fxn``): (0) the first and last events
+    (``trim_events``) are dropped (fluidics transients); (1) events saturated
+    on the scatter channels are dropped and the densest ``gate_fraction`` of
+    the FSC/SSC plot is kept (singlet beads); (2) a Gaussian mixture with one
+    component per entry of ``mesf_values`` is fitted to the clustering
+    channels on a log-like scale; (3) the median of ``channel`` in each
+    population is the peak position; peaks whose mean lies within ``n_std``
+    standard deviations of the bottom or top 1.5 % of the channel's range
+    (saturated) and peaks with a NaN MESF value are not used; (4)
+    ``m*log(x) + b = log(mesf_auto + mesf)`` is fitted to the used peaks.
+
+    Parameters
+    ----------
+    beads : path, FCSSample, pandas.DataFrame or xarray.DataArray
+        The bead sample; FCS input is read on the linear scale (``scale=True``)
+        and the detector range comes from ``$PnR``/``$PnE``/``$PnG``; for a
+        DataFrame/DataArray it comes from ``.attrs["ranges"]`` (``{channel:
+        (low, high)}``) or else spans 0 to the largest value.
+    channel : str
+        Channel to calibrate ($PnN or $PnS).
+    mesf_values : sequence of float
+        Manufacturer's value of every bead peak, dimmest (blank: 0) first;
+        NaN for a peak with no value.
+    clustering_channels : sequence of str, optional
+        Channels the peaks are found in.  Default: ``[channel]``, and when
+        its peaks are not all resolved there, ``channel`` plus the file's
+        other fluorescence channels (multi-peak beads are bright in all of
+        them; e.g. FL1 alone merges the blank and the dimmest peak of the
+        FlowCal beads, FL1+FL3 separates them).  The channels used are in
+        ``.clustering_channels``.
+    scatter_channels : sequence of two str, optional
+        FSC and SSC for the singlet gate.  Default: the channels named
+        FSC/SSC (FSC-H/SSC-H, ...) when present; pass ``[]`` for no gate.
+    units : str
+        Name of the calibrated unit (``"MEFL"``, ``"MESF"``, ``"MEPE"``...).
+    trim_events : (int, int)
+        Events dropped at the start and the end of the acquisition (skipped
+        when the file has fewer than 4 times as many events).
+    gate_fraction, gate_sigma : float
+        Fraction of events kept by the singlet density gate, and its
+        smoothing in histogram bins.
+    n_std : float
+        Saturation margin in standard deviations (display scale).
+    min_valley : float
+        Neighbouring peaks whose fitted densities have a valley shallower
+        than this (valley / lower peak >= ``min_valley``) are unresolved.
+    min_r2 : float
+        A fit with a lower R^2 (log space) is rejected.
+    on_unresolved : {"raise", "drop"}
+        Raise :class:`CalibrationError` for unresolved peaks (default), or
+        leave both peaks of an unresolved pair out of the fit and mark them
+        ``"unresolved"``.
+
+    Returns
+    -------
+    MESFCalibration
+
+    Raises
+    ------
+    CalibrationError
+        Unresolvable peaks (e.g. fewer peaks in the data than MESF values),
+        fewer than 3 usable peaks, peaks not increasing with their MESF
+        values, a fit with a non-positive slope or an R^2 below ``min_r2``.
+    """
+    mesf = np.asarray(
+        [np.nan if v is None else v for v in np.atleast_1d(np.asarray(mesf_values, dtype=object))], dtype=float
+    )
+    if mesf.ndim != 1 or mesf.size < 3:
+        raise CalibrationError(f"mesf_values must list at least 3 bead peaks, got {mesf.size}")
+    finite = mesf[np.isfinite(mesf)]
+    if np.any(finite < 0):
+        raise CalibrationError(f"mesf_values must be >= 0, got {mesf.tolist()}")
+    if np.any(np.diff(finite) <= 0):
+        raise CalibrationError(f"mesf_values must increase from the dimmest peak to the brightest, got {mesf.tolist()}")
+    if on_unresolved not in ("raise", "drop"):
+        raise CalibrationError(f"on_unresolved={on_unresolved!r}, expected 'raise' or 'drop'")
+    k = mesf.size
+    names = _channel_names(beads)
+    if clustering_channels is None:
+        candidates = [[channel]]
+        extra = [c for c in _fluorescence_channels(names) if c != channel]
+        if extra:
+            candidates.append([channel] + extra)
+    else:
+        candidates = [list(clustering_channels)]
+        if not candidates[0]:
+            raise CalibrationError("clustering_channels is empty; give at least one channel")
+    scatter = _default_scatter_channels(names) if scatter_channels is None else list(scatter_channels)
+    if scatter and len(scatter) != 2:
+        raise CalibrationError(f"scatter_channels must name two channels (FSC, SSC), got {scatter}")
+    wanted = [channel]
+    for c in [c for cand in candidates for c in cand] + scatter:
+        if c not in wanted:
+            wanted.append(c)
+    table = _as_table(beads, wanted, what="beads")
+    col = {c: i for i, c in enumerate(wanted)}
+    data = table.data
+    n_events = data.shape[0]
+    ok = np.all(np.isfinite(data), axis=1)
+    # (0) fluidics transients
+    t0, t1 = (int(v) for v in trim_events)
+    if t0 < 0 or t1 < 0:
+        raise CalibrationError(f"trim_events must be two counts >= 0, got {trim_events}")
+    if n_events >= 4 * (t0 + t1):
+        ok[:t0] = False
+        ok[n_events - t1 :] = False
+    # (1) singlet gate
+    if scatter:
+        s_idx = [col[c] for c in scatter]
+        lo, hi = table.ranges[s_idx, 0], table.ranges[s_idx, 1]
+        sv = data[:, s_idx]
+        ok &= np.all((sv > lo) & (sv < hi), axis=1)  # drop events saturated on scatter
+        gate = np.zeros(n_events, bool)
+        sub = np.nonzero(ok)[0]
+        gate[sub] = density_gate(sv[sub, 0], sv[sub, 1], gate_fraction, sigma=gate_sigma, x_max=hi[0], y_max=hi[1])
+    else:
+        gate = ok
+    n_gated = int(gate.sum())
+    if n_gated < 10 * k:
+        raise CalibrationError(
+            f"{table.source}: only {n_gated} bead events left after the scatter gate on {scatter}, "
+            f"too few to find {k} peaks"
+        )
+    # (2) clustering
+    gated = data[gate]
+    fl = gated[:, col[channel]]
+    for clustering in candidates:
+        c_idx = [col[c] for c in clustering]
+        labels, dip, bad, n_modes = _find_bead_peaks(gated[:, c_idx], table.ranges[c_idx, 1], k, min_valley)
+        if not bad:
+            break
+    # (3) peak statistics and selection
+    rlo, rhi = table.ranges[col[channel]]
+    s_lo = _display(rlo, rhi) + 0.015 * (_display(rhi, rhi) - _display(rlo, rhi))
+    s_hi = _display(rlo, rhi) + 0.985 * (_display(rhi, rhi) - _display(rlo, rhi))
+    medians = np.full(k, np.nan)
+    counts = np.zeros(k, np.int64)
+    status = []
+    for j in range(k):
+        pop = fl[labels == j]
+        counts[j] = pop.size
+        if pop.size == 0:
+            status.append("empty")
+            continue
+        medians[j] = float(np.median(pop))
+        s = _display(pop, rhi)
+        m_, sd = float(s.mean()), max(float(s.std(ddof=0)), 0.005)
+        if not np.isfinite(mesf[j]):
+            status.append("no MESF value")
+        elif m_ - n_std * sd <= s_lo:
+            status.append("below range")
+        elif m_ + n_std * sd >= s_hi:
+            status.append("saturated")
+        else:
+            status.append("used")
+    if bad:
+        pairs = ", ".join(
+            f"peaks {j} and {j + 1} (MESF {mesf[j]:g} and {mesf[j + 1]:g}; valley ratio {dip[j]:.2f}, "
+            f"medians {medians[j]:.4g} and {medians[j + 1]:.4g})"
+            for j in bad
+        )
+        modes = f"; the histogram of {channel} shows {n_modes} peaks" if n_modes is not None else ""
+        if on_unresolved == "raise":
+            raise CalibrationError(
+                f"{table.source}: bead peaks in {clustering} cannot be resolved: {pairs}{modes}; expected {k} "
+                f"separate populations (one per MESF value). Check the number of MESF values, the "
+                f"clustering channels, or pass on_unresolved='drop'"
+            )
+        for j in bad:
+            for jj in (j, j + 1):
+                status[jj] = "unresolved"
+    merged = [j for j in range(k) if counts[j] > 0 and _count_modes(_display(fl[labels == j], rhi), min_prominence=0.1) > 1]
+    if merged:
+        msg = (
+            f"{table.source}: population(s) {merged} of {channel} hold more than one peak: the data show more "
+            f"bead peaks than the {k} MESF values given ({mesf.tolist()}); give one value per peak "
+            "(NaN for a peak without a value)"
+        )
+        if on_unresolved == "raise":
+            raise CalibrationError(msg)
+        for j in merged:
+            if status[j] == "used":
+                status[j] = "several peaks"
+    used = np.array([s == "used" for s in status])
+    if used.sum() < 3:
+        raise CalibrationError(
+            f"{table.source}: only {int(used.sum())} usable bead peaks in {channel} (status per peak: "
+            f"{status}); the standard curve needs at least 3"
+        )
+    x_used, y_used = medians[used], mesf[used]
+    if np.any(np.diff(x_used) <= 0):
+        raise CalibrationError(
+            f"{table.source}: bead peak medians in {channel} do not increase with their MESF values "
+            f"(medians {x_used.tolist()} for MESF {y_used.tolist()}); the standard curve would not be monotonic"
+        )
+    # (4) fit
+    fit = fit_mesf_curve(x_used, y_used)
+    if not fit["m"] > 0:
+        raise CalibrationError(
+            f"{table.source}: the fitted standard curve for {channel} has slope m={fit['m']:.4g} <= 0; "
+            "a calibration must increase with fluorescence"
+        )
+    if not fit["r2"] >= min_r2:
+        raise CalibrationError(
+            f"{table.source}: the standard curve for {channel} fits poorly (R^2 = {fit['r2']:.4f} < {min_r2}; "
+            f"peaks {x_used.tolist()} for MESF {y_used.tolist()}); check the MESF values and the peaks found"
+        )
+    peaks = np.where(used, medians, np.nan)
+    residuals = np.full(k, np.nan)
+    residuals[used] = fit["residuals"]
+    rel = np.full(k, np.nan)
+    pos = used & (mesf > 0)
+    rel[pos] = (_std_curve(medians[pos], fit["m"], fit["b"]) - fit["mesf_auto"]) / mesf[pos] - 1.0
+    return MESFCalibration(
+        channel=table.names[0],
+        units=units,
+        mesf_values=mesf,
+        peaks=peaks,
+        peak_medians=medians,
+        peak_status=status,
+        peak_events=counts,
+        params={"m": fit["m"], "b": fit["b"], "mesf_auto": fit["mesf_auto"]},
+        r2=fit["r2"],
+        residuals=residuals,
+        relative_error=rel,
+        resolution=dip,
+        source=table.source,
+        n_events=n_events,
+        n_gated=n_gated,
+        clustering_channels=list(clustering),
+        scatter_channels=scatter,
+    )
