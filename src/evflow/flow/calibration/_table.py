@@ -132,3 +132,32 @@ def _apply_elementwise(values, fn, *args):
     else:
         values = values.astype(np.float64, copy=False)
     return fn(values, *args)
+
+
+# --------------------------------------------------------------------------- stored results
+
+
+def _check_stored(d, type_name: str, keys) -> None:
+    """Check that ``d`` is a stored ``type_name`` (``to_dict()`` output) holding every key in ``keys``."""
+    if not hasattr(d, "keys") or not hasattr(d, "__getitem__"):
+        raise CalibrationError(f"{type_name}.from_dict: expected a dict (from {type_name}.to_dict()), got {type(d).__name__}")
+    found = d.get("type", type_name)
+    if found != type_name:
+        raise CalibrationError(f"{type_name}.from_dict: the dict holds a {found!r}, expected {type_name!r}")
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise CalibrationError(f"{type_name}.from_dict: missing key(s) {missing}; the dict has {sorted(d.keys())}")
+
+
+def _stored_array(d, key: str, dtype, type_name: str) -> np.ndarray:
+    """``d[key]`` as a new 1-D array of ``dtype`` (stored as an array or a list; None in a list = NaN)."""
+    v = d[key]
+    if isinstance(v, (list, tuple)):
+        v = [np.nan if x is None else x for x in v]
+    try:
+        a = np.array(v, dtype=dtype)
+    except (TypeError, ValueError):
+        raise CalibrationError(f"{type_name}.from_dict: {key!r} is not an array of numbers ({v!r})") from None
+    if a.ndim != 1:
+        raise CalibrationError(f"{type_name}.from_dict: {key!r} has shape {a.shape}, expected a 1-D array")
+    return a

@@ -192,6 +192,73 @@ class MESFCalibration:
             "scatter_channels": list(self.scatter_channels),
         }
 
+    _ARRAYS = {"mesf_values": np.float64, "peaks": np.float64, "peak_medians": np.float64, "peak_events": np.int64,
+               "residuals": np.float64, "relative_error": np.float64, "resolution": np.float64}
+    _PLAIN = ("channel", "units", "model", "source", "params", "r2", "peak_status", "n_events", "n_gated",
+              "clustering_channels", "scatter_channels")
+
+    def to_dict(self) -> dict:
+        """Everything needed to rebuild this calibration, for storage (no refit needed).
+
+        Returns
+        -------
+        dict
+            ``"type": "MESFCalibration"``, ``"version": 1``, NumPy arrays for the
+            per-peak fields (``mesf_values``, ``peaks``, ``peak_medians``,
+            ``peak_events``, ``residuals``, ``relative_error``, ``resolution``) and
+            plain JSON values (str, float, int, lists, ``params`` as a dict of
+            floats) for the rest.  :meth:`from_dict` of it converts values
+            exactly as this calibration does.
+        """
+        out = {"type": "MESFCalibration", "version": 1}
+        out.update(
+            channel=str(self.channel),
+            units=str(self.units),
+            model=str(self.model),
+            source=str(self.source),
+            params={str(k): float(v) for k, v in self.params.items()},
+            r2=float(self.r2),
+            peak_status=[str(s) for s in self.peak_status],
+            n_events=int(self.n_events),
+            n_gated=int(self.n_gated),
+            clustering_channels=[str(c) for c in self.clustering_channels],
+            scatter_channels=[str(c) for c in self.scatter_channels],
+        )
+        for key, dtype in self._ARRAYS.items():
+            out[key] = np.array(getattr(self, key), dtype=dtype)
+        return out
+
+    @classmethod
+    def from_dict(cls, d) -> MESFCalibration:
+        """Rebuild a calibration from :meth:`to_dict` output (arrays may also be lists, as after JSON).
+
+        Raises
+        ------
+        CalibrationError
+            If ``d`` is not a stored MESF calibration or misses a key.
+        """
+        from ._table import _check_stored, _stored_array
+
+        _check_stored(d, "MESFCalibration", tuple(cls._ARRAYS) + cls._PLAIN)
+        params = d["params"]
+        if not hasattr(params, "items") or not {"m", "b"} <= set(params):
+            raise CalibrationError(f"MESFCalibration.from_dict: 'params' must hold 'm' and 'b', got {params!r}")
+        arrays = {k: _stored_array(d, k, dtype, "MESFCalibration") for k, dtype in cls._ARRAYS.items()}
+        return cls(
+            channel=str(d["channel"]),
+            units=str(d["units"]),
+            params={str(k): float(v) for k, v in params.items()},
+            r2=float(d["r2"]),
+            peak_status=[str(s) for s in d["peak_status"]],
+            source=str(d["source"]),
+            n_events=int(d["n_events"]),
+            n_gated=int(d["n_gated"]),
+            clustering_channels=[str(c) for c in d["clustering_channels"]],
+            scatter_channels=[str(c) for c in d["scatter_channels"]],
+            model=str(d["model"]),
+            **arrays,
+        )
+
 
 def _default_scatter_channels(names: Sequence[str]) -> list:
     def pick(prefix):

@@ -174,6 +174,138 @@ class ScatterCalibration:
             "source": self.source,
         }
 
+    _ARRAYS = ("bead_diameters_nm", "bead_scatter", "bead_cross_section", "residuals", "diameter_grid_nm",
+               "cross_section_grid")
+    _MODELS = ("particle", "bead_model", "detector")
+
+    def to_dict(self) -> dict:
+        """Everything needed to rebuild this calibration, for storage (no Mie computation or refit needed).
+
+        Returns
+        -------
+        dict
+            ``"type": "ScatterCalibration"``, ``"version": 1``, float64 NumPy
+            arrays for the beads and the particle curve (``bead_diameters_nm``,
+            ``bead_scatter``, ``bead_cross_section``, ``residuals``,
+            ``diameter_grid_nm``, ``cross_section_grid``) and plain JSON values
+            for the rest: the particle, bead and detector models as dicts
+            (``{"type": "CoatedSphere", "core_index": 1.38, ...}``, a complex
+            refractive index as ``{"real": ..., "imag": ...}``), the ranges as
+            two-element lists.  :meth:`from_dict` of it converts values exactly
+            as this calibration does.
+
+        Raises
+        ------
+        CalibrationError
+            If the particle, bead or detector model is not a
+            :class:`~evflow.flow.mie.Sphere`, :class:`~evflow.flow.mie.CoatedSphere`
+            or :class:`~evflow.flow.mie.Detector`.
+        """
+        out = {"type": "ScatterCalibration", "version": 1}
+        out.update(
+            channel=str(self.channel),
+            gain=float(self.gain),
+            wavelength_nm=float(self.wavelength_nm),
+            medium_index=float(self.medium_index),
+            r2=float(self.r2),
+            unique_range_nm=[float(v) for v in self.unique_range_nm],
+            unique_scatter_range=[float(v) for v in self.unique_scatter_range],
+            source=str(self.source),
+        )
+        for key in self._MODELS:
+            out[key] = _model_to_dict(getattr(self, key), key)
+        for key in self._ARRAYS:
+            out[key] = np.array(getattr(self, key), dtype=np.float64)
+        return out
+
+    @classmethod
+    def from_dict(cls, d) -> ScatterCalibration:
+        """Rebuild a calibration from :meth:`to_dict` output (arrays may also be lists, as after JSON).
+
+        Raises
+        ------
+        CalibrationError
+            If ``d`` is not a stored scatter calibration, misses a key or holds an unknown model.
+        """
+        from ._table import _check_stored, _stored_array
+
+        plain = ("channel", "gain", "wavelength_nm", "medium_index", "r2", "unique_range_nm",
+                 "unique_scatter_range", "source")
+        _check_stored(d, "ScatterCalibration", cls._ARRAYS + cls._MODELS + plain)
+        arrays = {k: _stored_array(d, k, np.float64, "ScatterCalibration") for k in cls._ARRAYS}
+        for k in ("diameter_grid_nm", "cross_section_grid"):
+            arrays[k].setflags(write=False)  # as the computed curve, which is shared between calibrations
+        ranges = {}
+        for k in ("unique_range_nm", "unique_scatter_range"):
+            v = list(d[k])
+            if len(v) != 2:
+                raise CalibrationError(f"ScatterCalibration.from_dict: {k!r} must be (low, high), got {d[k]!r}")
+            ranges[k] = (float(v[0]), float(v[1]))
+        return cls(
+            channel=str(d["channel"]),
+            gain=float(d["gain"]),
+            particle=_model_from_dict(d["particle"], "particle"),
+            wavelength_nm=float(d["wavelength_nm"]),
+            medium_index=float(d["medium_index"]),
+            detector=_model_from_dict(d["detector"], "detector"),
+            bead_model=_model_from_dict(d["bead_model"], "bead_model"),
+            r2=float(d["r2"]),
+            source=str(d["source"]),
+            **arrays,
+            **ranges,
+        )
+
+
+def _number_to_json(v):
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, (complex, np.complexfloating)):
+        return {"real": float(v.real), "imag": float(v.imag)}
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    return float(v)
+
+
+def _number_from_json(v):
+    if hasattr(v, "keys"):
+        return complex(float(v["real"]), float(v["imag"]))
+    return v
+
+
+def _model_classes():
+    from ..mie import CoatedSphere, Detector, Sphere
+
+    return {"Sphere": Sphere, "CoatedSphere": CoatedSphere, "Detector": Detector}
+
+
+def _model_to_dict(model, what):
+    """A Sphere, CoatedSphere or Detector (frozen dataclasses) as a JSON-able dict."""
+    import dataclasses
+
+    classes = _model_classes()
+    if type(model) not in classes.values():
+        raise CalibrationError(
+            f"ScatterCalibration.to_dict: {what} is a {type(model).__name__}; only {sorted(classes)} "
+            "(evflow.flow.mie) can be stored"
+        )
+    out = {"type": type(model).__name__}
+    for f in dataclasses.fields(model):
+        out[f.name] = _number_to_json(getattr(model, f.name))
+    return out
+
+
+def _model_from_dict(d, what):
+    classes = _model_classes()
+    kind = d.get("type") if hasattr(d, "get") else None
+    if kind not in classes:
+        raise CalibrationError(
+            f"ScatterCalibration.from_dict: {what} is {d!r}, expected a dict with 'type' one of {sorted(classes)}"
+        )
+    try:
+        return classes[kind](**{k: _number_from_json(v) for k, v in d.items() if k != "type"})
+    except TypeError as exc:
+        raise CalibrationError(f"ScatterCalibration.from_dict: {what} {d!r} does not describe a {kind}: {exc}") from None
+
 
 def _unique_range(d, c):
     """Rising part of the curve ``c(d)`` whose values no larger diameter repeats."""
