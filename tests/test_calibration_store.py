@@ -19,7 +19,7 @@ from evflow.flow.calibration import (
     size_gate_limits,
 )
 from evflow.flow.mie import SILICA, CoatedSphere, Detector, Sphere
-from evflow.synth_flow import synthetic_size_beads
+from evflow.synth.flow import synthetic_size_beads
 
 MEFL_A = [0, 792, 2079, 6588, 16471, 47497, 137049, 271647]
 
