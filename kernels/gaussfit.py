@@ -36,7 +36,8 @@ import numpy as np
 
 from . import _registry
 from ._registry import renamed_impl
-from .gaussfit_cupy import cuda_options, fit_cupy, launch_cupy
+from .gaussfit_cupy import fit_cupy, launch_cupy
+from .gaussfit_model import cuda_options
 from .gaussfit_model import (
     _INV_SQRT2PI,
     _LAMBDA0,

@@ -4,28 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gaussfit_model import (
-    _LAMBDA0,
-    _LAMBDA_MAX,
-    _LAMBDA_MIN,
-    _MIN_BACKGROUND,
-    _MIN_PHOTONS,
-)
-
-_CONSTANTS = {
-    "EVF_LAMBDA0": _LAMBDA0,
-    "EVF_LAMBDA_MIN": _LAMBDA_MIN,
-    "EVF_LAMBDA_MAX": _LAMBDA_MAX,
-    "EVF_MIN_PHOTONS": _MIN_PHOTONS,
-    "EVF_MIN_BACKGROUND": _MIN_BACKGROUND,
-}
-
-
-def cuda_options(w):
-    """NVRTC options: window size and the fit constants shared with the Python versions."""
-    opts = [f"-DEVF_W={int(w)}"]
-    opts += [f"-D{k}={v!r}" for k, v in _CONSTANTS.items()]
-    return tuple(opts)
+from .gaussfit_model import cuda_options  # noqa: F401  (the NVRTC options of gaussfit.cu, kept importable here)
 
 
 def fit_cupy(windows, init, *, sigma, fit_sigma=True, method="mle", max_iter=30, tol=1e-5, readout_var=0.0):

@@ -72,3 +72,19 @@ def initial_guess(windows, sigma, xp=np):
     return xp.stack([x0, y0, n0, b0, s0], axis=1)
 
 
+
+
+_CUDA_CONSTANTS = {
+    "EVF_LAMBDA0": _LAMBDA0,
+    "EVF_LAMBDA_MIN": _LAMBDA_MIN,
+    "EVF_LAMBDA_MAX": _LAMBDA_MAX,
+    "EVF_MIN_PHOTONS": _MIN_PHOTONS,
+    "EVF_MIN_BACKGROUND": _MIN_BACKGROUND,
+}
+
+
+def cuda_options(w):
+    """NVRTC options of ``gaussfit.cu``: window size and the fit constants shared with the Python versions."""
+    opts = [f"-DEVF_W={int(w)}"]
+    opts += [f"-D{k}={v!r}" for k, v in _CUDA_CONSTANTS.items()]
+    return tuple(opts)

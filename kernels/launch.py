@@ -225,7 +225,7 @@ def gaussfit_launch(data, theta, crlb, llr, iters, status, *, sigma, fit_sigma, 
     ``theta`` float64 (n, 5): start values, fitted in place; outputs ``crlb``
     float64 (n, 5), ``llr`` float64 (n), ``iters`` int32 (n), ``status`` int8 (n).
     """
-    from .gaussfit_cupy import cuda_options
+    from .gaussfit_model import cuda_options
 
     n, w, _ = data.shape
     threads = 128
