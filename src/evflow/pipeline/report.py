@@ -11,7 +11,27 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "esc", "Html"]
+
+
+class Html(str):
+    """A fragment of HTML built by this module from escaped parts (the only text inserted unescaped)."""
+
+
+def esc(value) -> Html:
+    """Escape any text for HTML (element content and quoted attributes); an :class:`Html` passes unchanged.
+
+    Every piece of user- or file-derived text (sample, marker and file names, FCS keywords, error messages)
+    reaches the report through this function.
+    """
+    if isinstance(value, Html):
+        return value
+    return Html(html.escape(str(value), quote=True))
+
+
+def _status(passed: bool) -> Html:
+    return Html(f"<span class='{'pass' if passed else 'fail'}'>{'pass' if passed else 'FAIL'}</span>")
+
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -32,11 +52,11 @@ def _png(fig) -> str:
 
 
 def _img(b64, alt):
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+    return Html(f'<img alt="{esc(alt)}" src="data:image/png;base64,{esc(b64)}">')
 
 
 def _table(rows, header, left=1):
-    out = ["<table><tr>" + "".join(f'<th class="{"l" if i < left else ""}">{html.escape(str(h))}</th>'
+    out = ["<table><tr>" + "".join(f'<th class="{"l" if i < left else ""}">{esc(h)}</th>'
                                    for i, h in enumerate(header)) + "</tr>"]
     for r in rows:
         cells = []
@@ -44,9 +64,9 @@ def _table(rows, header, left=1):
             if isinstance(v, float):
                 v = "" if not math.isfinite(v) else (f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}")
             cls = "l" if i < left else ""
-            cells.append(f'<td class="{cls}">{v if str(v).startswith("<span") else html.escape(str(v))}</td>')
+            cells.append(f'<td class="{cls}">{esc(v)}</td>')
         out.append("<tr>" + "".join(cells) + "</tr>")
-    return "".join(out) + "</table>"
+    return Html("".join(out) + "</table>")
 
 
 def _log_axis(top, decades, n):
@@ -302,22 +322,22 @@ def write_report(ds, ctx, path) -> Path:
     from .store import atomic_write_bytes
 
     exp = ctx.experiment
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>evflow report: {html.escape(exp.name)}</title>"
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>evflow report: {esc(exp.name)}</title>"
              f"<style>{_CSS}</style></head><body>",
-             f"<h1>evflow report: {html.escape(exp.name)}</h1>",
-             f"<p class='small'>evflow {html.escape(ds.attrs.get('evflow_version', ''))} · backend "
-             f"{html.escape(ds.attrs.get('backend', ''))} · config {html.escape(ds.attrs.get('config_hash', '')[:16])}…</p>"]
+             f"<h1>evflow report: {esc(exp.name)}</h1>",
+             f"<p class='small'>evflow {esc(ds.attrs.get('evflow_version', ''))} · backend "
+             f"{esc(ds.attrs.get('backend', ''))} · config {esc(ds.attrs.get('config_hash', '')[:16])}…</p>"]
     qc = json.loads(ds.attrs.get("qc", "{}"))
     parts.append("<h2>Quality control</h2>")
     if qc:
         rows = [(k, v.get("what", ""), float(v["value"]), float(v["limit"]),
-                 f"<span class='{'pass' if v['pass'] else 'fail'}'>{'pass' if v['pass'] else 'FAIL'}</span>")
+                 _status(bool(v["pass"])))
                 for k, v in qc.items()]
         parts.append(_table(rows, ["check", "what", "value", "limit", "result"], left=2))
     failed = json.loads(ds.attrs.get("failed", "{}"))
     if failed:
         parts.append("<p class='fail'>Failed items (the others were computed):</p>")
-        parts.append(_table([(k, v.splitlines()[0]) for k, v in failed.items()], ["item", "error"], left=2))
+        parts.append(_table([(k, (str(v).splitlines() or [''])[0]) for k, v in failed.items()], ["item", "error"], left=2))
     if "qc_flags" in ds and any(str(v) for v in ds["qc_flags"].values):
         parts.append(_table([(str(s), str(f)) for s, f in zip(ds["sample"].values, ds["qc_flags"].values) if str(f)],
                             ["sample", "flags"], left=2))
@@ -353,17 +373,17 @@ def write_report(ds, ctx, path) -> Path:
     ]
     for title, b64 in figs:
         if b64:
-            parts.append(f"<h2>{html.escape(title)}</h2>{_img(b64, title)}")
+            parts.append(f"<h2>{esc(title)}</h2>{_img(b64, title)}")
     if "image_count" in ds:
         reg = json.loads(ds.attrs.get("calibration", "{}")).get("registration")
         if reg:
-            parts.append(f"<p class='small'>Channel registration from beads (reference {html.escape(reg['reference'])}): "
+            parts.append(f"<p class='small'>Channel registration from beads (reference {esc(reg['reference'])}): "
                          "residual rms (px) "
-                         + ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in reg["residual_rms_px"].items())
+                         + ", ".join(f"{esc(k)} {float(v):.3f}" for k, v in reg["residual_rms_px"].items())
                          + "; matched beads "
-                         + ", ".join(f"{html.escape(k)} {v}" for k, v in reg["n_matched"].items()) + "</p>")
+                         + ", ".join(f"{esc(k)} {esc(v)}" for k, v in reg["n_matched"].items()) + "</p>")
         if ds.attrs.get("image_threshold_rule"):
-            parts.append("<p class='small'>Imaging positivity: " + html.escape(ds.attrs["image_threshold_rule"])
+            parts.append("<p class='small'>Imaging positivity: " + esc(ds.attrs["image_threshold_rule"])
                          + "</p>")
     if "count" in ds:
         parts.append("<h2>MIFlowCyt-EV</h2>" + _miflowcyt(ds, ctx))
