@@ -112,7 +112,7 @@ def _run(args) -> int:
 
     ds = run(args.experiment, output=args.out, backend=args.backend, scheduler=args.scheduler,
              resume=args.resume, quiet=args.quiet, verbose=args.verbose,
-             progress=False if args.quiet else None, n_workers=args.workers)
+             progress=False if args.quiet else None, n_workers=args.workers, force=args.force)
     return 0 if ds.attrs.get("failed", "{}") == "{}" else 3
 
 
@@ -123,7 +123,7 @@ def _demo(args) -> int:
 
     ds, table = demo(args.out, n_events=args.events, n_fields=args.fields, field_shape=(args.field_px, args.field_px),
                      scheduler=args.scheduler, backend=args.backend, quiet=args.quiet, verbose=args.verbose,
-                     progress=False if args.quiet else None)
+                     progress=False if args.quiet else None, force=args.force)
     with pd.option_context("display.width", 140, "display.max_rows", 500, "display.float_format", "{:.4g}".format):
         print("Recovered versus true (flow: parent gate 80-400 nm; concentration per mL of undiluted sample)")
         print(table.to_string(index=False))
@@ -139,6 +139,14 @@ def _add_run_options(p):
     p.add_argument("--workers", type=int, default=None, help="worker processes for --scheduler processes")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     p.add_argument("-v", "--verbose", action="store_true", help="also one line per sample, field and control")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty folder evflow did not create (beside its files; evflow never "
+                        "deletes or replaces files it did not write)")
+
+
+def _add_debug(p):
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="on an error, print the Python traceback")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,15 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
                "3 the run finished but some samples or fields failed (listed); 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"evflow {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the Python traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("info", help="print what an FCS or TIFF file holds: version, instrument, events, channels, "
                                     "markers; or image series, shape, channels, pixel size")
     p.add_argument("files", nargs="+", metavar="FILE", help="FCS or TIFF/OME-TIFF files")
+    _add_debug(p)
     p.set_defaults(func=_info)
     p = sub.add_parser("validate", help="check an experiment file and its inputs (every problem at once); "
                                         "computes nothing")
     p.add_argument("experiment", metavar="EXPERIMENT", help="experiment file (.toml or .yaml)")
     p.add_argument("--no-files", action="store_true", help="check the file's keys and values only, not the inputs")
+    _add_debug(p)
     p.set_defaults(func=_validate)
     p = sub.add_parser("run", help="run an experiment file (TOML/YAML): results.zarr, tables, report.html")
     p.add_argument("experiment", metavar="EXPERIMENT", help="experiment file (.toml or .yaml)")
@@ -165,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse results whose inputs and settings are unchanged (default: on)")
     _add_run_options(p)
+    _add_debug(p)
     p.set_defaults(func=_run)
     p = sub.add_parser("demo", help="build a synthetic EV experiment with known truth, run it and compare")
     p.add_argument("--out", default="evflow-demo", metavar="DIR", help="output folder (default: evflow-demo)")
@@ -172,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fields", type=int, default=2, help="image fields per sample (default 2)")
     p.add_argument("--field-px", type=int, default=512, help="field size in px (default 512)")
     _add_run_options(p)
+    _add_debug(p)
     p.set_defaults(func=_demo)
     return parser
 
@@ -184,12 +197,24 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except EvflowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # one line, never a traceback (unless --debug)
+        if args.debug:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        if not isinstance(exc, EvflowError):
+            print("(an unexpected error; run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, EvflowError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ __all__ = [
     "ImageError",
     "ConfigError",
     "BackendError",
+    "OutputError",
     "ImplementationError",
     "EvflowWarning",
     "FCSWarning",
@@ -69,6 +70,10 @@ class ImageError(EvflowError, ValueError):
 
 class ConfigError(EvflowError, ValueError):
     """An experiment file or option is invalid."""
+
+
+class OutputError(EvflowError, RuntimeError):
+    """The output folder cannot be used: not evflow's, in use by another run, or not writable."""
 
 
 class BackendError(EvflowError, RuntimeError):

@@ -253,11 +253,16 @@ def truth_table(ds, truth) -> pd.DataFrame:
 
 
 def demo(out="evflow-demo", *, n_events: int = 200_000, n_fields: int = 2, field_shape=(512, 512), scheduler=None,
-         backend=None, quiet=False, progress=None, verbose=False):
-    """Build the synthetic experiment in ``out``, run it, and return ``(dataset, truth table)``."""
+         backend=None, quiet=False, progress=None, verbose=False, force=False):
+    """Build the synthetic experiment in ``out``, run it, and return ``(dataset, truth table)``.
+
+    ``out`` must be new, empty or an earlier evflow output folder (``force=True``: any folder; see
+    :mod:`evflow.pipeline.outdir`)."""
+    from .outdir import OutputFolder
     from .run import run
 
     out = Path(out)
+    OutputFolder(out, force=force).claim()  # before the data are written into it
     exp = build_demo(out / "data", n_events=n_events, n_fields=n_fields, field_shape=field_shape)
     ds = run(exp, output=out, scheduler=scheduler, backend=backend, quiet=quiet, progress=progress, verbose=verbose)
     truth = json.loads((out / "data" / "truth.json").read_text())

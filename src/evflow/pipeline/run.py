@@ -46,7 +46,8 @@ def _fov(key) -> str:
 
 
 def run(config, *, output=None, backend=None, scheduler=None, resume: bool = True, progress: bool | None = None,
-        quiet: bool = False, verbose: bool = False, n_workers: int | None = None, report: bool = True):
+        quiet: bool = False, verbose: bool = False, n_workers: int | None = None, report: bool = True,
+        force: bool = False):
     """Run an experiment: calibrate, gate, count phenotypes, write results and the report.
 
     Parameters
@@ -72,6 +73,8 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
         Worker processes for ``scheduler='processes'``.
     report : bool
         Write the HTML report.
+    force : bool
+        Write into a non-empty folder that evflow did not create (beside its files, never replacing them).
 
     Returns
     -------
@@ -80,11 +83,19 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
         (sample x phenotype; imaging as ``image_*`` variables over
         image_sample x fov x image_phenotype), provenance in ``attrs``.
     """
+    from .outdir import OutputFolder
+
+    exp = load_experiment(config, output=output)
+    with OutputFolder(exp.output, force=force) as folder:  # owned, locked, cleaned; see outdir.py
+        return _run(exp, folder, backend=backend, scheduler=scheduler, resume=resume, progress=progress,
+                    quiet=quiet, verbose=verbose, n_workers=n_workers, report=report)
+
+
+def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n_workers, report):
     from .. import __version__
     from ..backend import resolve_backend
     from .results import assemble, write_outputs
 
-    exp = load_experiment(config, output=output)
     log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, file=sys.stderr))
 
     def err(*a):
@@ -94,7 +105,6 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
         progress = not quiet and getattr(sys.stderr, "isatty", lambda: False)()
     be = resolve_backend(backend or exp.settings.get("experiment", {}).get("backend", "auto"))
     out = exp.output
-    out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out)
     store.root.mkdir(parents=True, exist_ok=True)
     store.clean_temporaries()
@@ -202,11 +212,20 @@ def run(config, *, output=None, backend=None, scheduler=None, resume: bool = Tru
     # -------------------------------------------------------------------- assemble and write
     ds = assemble(ctx)
     spots = im.spots_table(ctx.image_items, list(img_s["channels"]), [s.name for s in exp.samples]) if img_s else None
-    write_outputs(ds, out, spots=spots)
-    if report:
-        from .report import write_report
+    gen = folder.new_generation()  # a complete new set of outputs, switched in at once
+    try:
+        write_outputs(ds, gen, spots=spots)
+        if report:
+            from .report import write_report
 
-        write_report(ds, ctx, out / "report.html")
+            write_report(ds, ctx, gen / "report.html")
+    except OSError as exc:
+        from ..errors import OutputError
+
+        raise OutputError(f"output folder {out}: cannot write the results ({exc.strerror or exc}"
+                          f"{': ' + str(exc.filename) if exc.filename else ''}); the previous outputs are "
+                          "left as they were") from None
+    folder.commit(gen)
     timings["total_s"] = time.perf_counter() - t_start
     log(f"done in {timings['total_s']:.1f} s ({timings['computed_items']} item(s) computed); "
         f"results in {out}" + (f"; {len(ctx.failures)} failure(s)" if ctx.failures else ""))
