@@ -33,6 +33,17 @@ def _print_sample(path, k, n_sets, meta, channels, markers, n_events, version, n
         print(f"  spillover   {spill}")
 
 
+def _par_or_zero(meta) -> int:
+    """$PAR as a count for display; 0 when it is not a whole number (the reader's error says why)."""
+    from .io.fcs import _MAX_PAR, _int_kw
+
+    try:
+        n = _int_kw(meta, "$PAR", None, required=False, default=0, minimum=0)
+    except EvflowError:
+        return 0
+    return n if n <= _MAX_PAR else 0
+
+
 def _header_version(path, k: int) -> str:
     if k:
         return "(see the file)"
@@ -48,14 +59,14 @@ def _image_info(path) -> None:
 
 def _info(args) -> int:
     from .errors import FCSDataError
-    from .io.fcs import _channel_names, count_data_sets, read_fcs, read_fcs_metadata
+    from .io.fcs import _channel_names, chain_cache, count_data_sets, read_fcs, read_fcs_metadata
     from .io.image_info import is_tiff
 
     status = 0
     for i, path in enumerate(args.files):
         if i:
             print()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, chain_cache():
             warnings.simplefilter("always")
             try:
                 if is_tiff(path):
@@ -68,7 +79,7 @@ def _info(args) -> int:
                     except FCSDataError as exc:
                         # keywords are readable but the events are not: show what the TEXT says
                         meta = read_fcs_metadata(path, data_set=k)
-                        n_par = int(str(meta.get("$PAR", "0")).strip() or 0)
+                        n_par = _par_or_zero(meta)
                         channels, markers = _channel_names(meta, n_par, path)
                         tot = str(meta.get("$TOT", "?")).strip()
                         _print_sample(path, k, n_sets, meta, channels, markers, f"{tot} announced, not readable",
@@ -83,6 +94,12 @@ def _info(args) -> int:
                     _print_sample(path, k, n_sets, s.meta, s.channels, s.markers, s.n_events, s.version, spill=spill)
             except EvflowError as exc:
                 print(f"error: {exc}", file=sys.stderr)
+                status = 1
+            except Exception as exc:  # a reader bug: one line for this file, the other files go on
+                if args.debug:
+                    raise
+                print(f"error: {path}: unexpected {_one_line(exc)} (run with --debug for the traceback)",
+                      file=sys.stderr)
                 status = 1
         for w in caught:
             print(f"  warning: {w.message}")

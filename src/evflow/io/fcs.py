@@ -16,6 +16,7 @@ reported as :class:`evflow.errors.FCSWarning`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -348,8 +349,21 @@ def _decode_ascii_fixed(buf: np.ndarray, nrows: int, layout: _Layout) -> np.ndar
     rec = buf.view(np.dtype(fields))
     out = np.empty((nrows, layout.n_channels), dtype=np.float64)
     for i in range(layout.n_channels):
-        out[:, i] = rec[f"c{i}"].astype(np.float64)
+        try:
+            out[:, i] = rec[f"c{i}"].astype(np.float64)
+        except ValueError:
+            bad = next((v for v in rec[f"c{i}"] if not _is_number(v)), b"")
+            raise FCSDataError(f"fixed-width ASCII DATA: parameter {i + 1} ($P{i + 1}B={layout.widths[i]}) holds "
+                               f"{bad[:20]!r}, expected a number") from None
     return out
+
+
+def _is_number(v: bytes) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
 
 
 class _DataSegment:
@@ -405,7 +419,10 @@ class _DataSegment:
                 "after opening?)",
                 self.path,
             )
-        return _decode_rows(buf, self.layout)
+        try:
+            return _decode_rows(buf, self.layout)
+        except FCSDataError as exc:
+            raise FCSDataError(str(exc), self.path) from None
 
     def __getitem__(self, key):
         if not isinstance(key, tuple):
@@ -441,7 +458,7 @@ def parse_spillover(value: str, path=None, key: str = "$SPILLOVER"):
     parts = [p.strip() for p in str(value).split(",")]
     try:
         n = int(float(parts[0]))
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, OverflowError):
         raise FCSTextError(f"keyword {key} starts with {parts[:1]}, expected the number of channels", path) from None
     if n < 1 or len(parts) != 1 + n + n * n:
         raise FCSTextError(
@@ -640,7 +657,31 @@ def _read_data_set_info(f, path, size: int, base: int) -> _DataSetInfo:
     return _DataSetInfo(header, base, meta, nxt)
 
 
+_CHAIN_CACHE: dict | None = None  # {(path, size): infos} inside chain_cache()
+
+
+@contextlib.contextmanager
+def chain_cache():
+    """Within this context each file's ``$NEXTDATA`` chain is walked once (reading data set k of n is then
+    not a walk of k data sets each time: ``evflow info`` on a long chain stays linear)."""
+    global _CHAIN_CACHE
+    prev, _CHAIN_CACHE = _CHAIN_CACHE, {}
+    try:
+        yield
+    finally:
+        _CHAIN_CACHE = prev
+
+
 def _data_set_infos(f, path, size: int, upto: int | None = None) -> list[_DataSetInfo]:
+    if _CHAIN_CACHE is not None:
+        key = (str(path), size)
+        if key not in _CHAIN_CACHE:
+            _CHAIN_CACHE[key] = _walk_data_sets(f, path, size, None)
+        return _CHAIN_CACHE[key]
+    return _walk_data_sets(f, path, size, upto)
+
+
+def _walk_data_sets(f, path, size: int, upto: int | None) -> list[_DataSetInfo]:
     infos = [_read_data_set_info(f, path, size, 0)]
     seen = {0}
     while infos[-1].next_offset and (upto is None or len(infos) <= upto):
@@ -894,7 +935,7 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
     channels, markers = _channel_names(meta, n_par, path)
     offset, n_events = _data_offsets(info, layout, n_tot, path, size)
     if layout.delimited_ascii:
-        events_np = _read_delimited_ascii(path, offset, size, n_events, n_par, info)
+        events_np = _read_delimited_ascii(path, offset, size, n_events if n_tot is not None else None, n_par, info)
         arr = da.from_array(events_np, chunks=(chunk_events or _default_chunk_events(8 * n_par), n_par))
         segment = None
     else:
@@ -937,6 +978,11 @@ def _read_delimited_ascii(path, offset, size, n_events, n_par, info):
         vals = np.array(re.split(rb"[\s,]+", raw.strip()), dtype=np.float64) if raw.strip() else np.empty(0)
     except ValueError:
         raise FCSDataError("delimited ASCII DATA holds a value that is not a number", path) from None
+    if n_events is None:  # no $TOT (FCS 2.0): the events are what the DATA holds
+        n_events = vals.size // n_par
+        if vals.size % n_par:
+            warnings.warn(f"{path}: delimited ASCII DATA holds {vals.size} values, not a multiple of $PAR={n_par} "
+                          f"and $TOT is absent; reading {n_events} whole events", FCSWarning, stacklevel=3)
     if vals.size < n_events * n_par:
         raise FCSDataError(f"delimited ASCII DATA holds {vals.size} values, expected $TOT x $PAR = {n_events * n_par}", path)
     return vals[: n_events * n_par].reshape(n_events, n_par)
