@@ -82,3 +82,124 @@ def test_info_walks_nextdata_chain_once(tmp_path, monkeypatch, capsys):
     calls.clear()
     assert evflow.read_fcs(p, data_set=n - 1).to_numpy()[0, 0] == n - 1  # outside info: no cache
     assert len(calls) == n
+
+
+# ---------------------------------------------------------------- Gating-ML: bounded work, no recursion
+
+GML = ('<?xml version="1.0"?>{dtd}<gating:Gating-ML xmlns:gating="http://www.isac-net.org/std/Gating-ML/v2.0/gating" '
+       'xmlns:data-type="http://www.isac-net.org/std/Gating-ML/v2.0/datatypes">{body}</gating:Gating-ML>')
+
+
+def _rect(gid, parent=None):
+    par = f' gating:parent_id="{parent}"' if parent else ""
+    return (f'<gating:RectangleGate gating:id="{gid}"{par}><gating:dimension gating:compensation-ref="FCS" gating:min="1" gating:max="9">'
+            '<data-type:fcs-dimension data-type:name="a"/></gating:dimension></gating:RectangleGate>')
+
+
+def test_gatingml_entities_refused():
+    from evflow.errors import GatingError
+    from evflow.flow.gatingml import parse_gatingml
+
+    dtd = ('<!DOCTYPE g [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+           '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>')
+    with pytest.raises(GatingError, match="entity 'a'"):
+        parse_gatingml(GML.format(dtd=dtd, body="&c;" + _rect("A")))
+
+
+def test_gatingml_deep_nesting_and_many_elements(monkeypatch):
+    import evflow.flow.gatingml as G
+    from evflow.errors import GatingError
+
+    body = "<w>" * 5000 + _rect("A") + "</w>" * 5000  # foreign wrappers 5,000 deep: no RecursionError
+    s = G.parse_gatingml(GML.format(dtd="", body=body))
+    assert s.gate_ids == ["A"]
+    monkeypatch.setattr(G, "MAX_ELEMENTS", 100)
+    with pytest.raises(GatingError, match="more than 100 elements"):
+        G.parse_gatingml(GML.format(dtd="", body="<w/>" * 200))
+
+
+def test_gatingml_text_joined_once():
+    from evflow.flow.gatingml import _parse_tree
+
+    text = GML.format(dtd="", body="<w>" + "x&amp;" * 20000 + "<v/>" + "y" * 10 + "</w>")
+    _p, root = _parse_tree("<s>", text)
+    w = root[0]
+    assert w.text == "x&" * 20000 and w[0].tail == "y" * 10
+
+
+def test_gatingml_polygon_vertices_limited(monkeypatch):
+    import evflow.flow.gatingml as G
+    from evflow.errors import GatingError
+
+    vert = '<gating:vertex><gating:coordinate data-type:value="1"/><gating:coordinate data-type:value="2"/></gating:vertex>'
+    dim = '<gating:dimension gating:compensation-ref="FCS"><data-type:fcs-dimension data-type:name="{}"/></gating:dimension>'
+    poly = ('<gating:PolygonGate gating:id="P">' + dim.format("a") + dim.format("b") + vert * 50
+            + "</gating:PolygonGate>")
+    monkeypatch.setattr(G, "MAX_VERTICES", 40)
+    with pytest.raises(GatingError, match="50 vertices, more than the 40"):
+        G.parse_gatingml(GML.format(dtd="", body=poly))
+
+
+def test_gatingml_chain_resolved_in_linear_order_and_depth_limited(monkeypatch):
+    import evflow.flow.gatingml as G
+    from evflow.errors import GatingError
+
+    n = 200
+    # children before parents (the worst order for repeated passes): G199 <- ... <- G0
+    body = "".join(_rect(f"G{i}", f"G{i - 1}" if i else None) for i in reversed(range(n)))
+    s = G.parse_gatingml(GML.format(dtd="", body=body))
+    assert s.gate_ids == [f"G{i}" for i in range(n)]  # parents first
+    assert s.gates["G199"].parent == "G198"
+    monkeypatch.setattr(G, "MAX_GATE_DEPTH", 50)
+    with pytest.raises(GatingError, match="deeper than 50"):
+        G.parse_gatingml(GML.format(dtd="", body=body))
+    cyc = _rect("A", "C") + _rect("B", "A") + _rect("C", "B")
+    with pytest.raises(GatingError, match="cycle"):
+        G.parse_gatingml(GML.format(dtd="", body=cyc))
+
+
+# ---------------------------------------------------------------- YAML and TIFF
+
+
+def test_yaml_alias_bomb_refused(tmp_path):
+    from evflow.errors import ConfigError
+    from evflow.pipeline import load_experiment
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    lines.append("experiment: {name: *a8}")
+    p = tmp_path / "bomb.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="expand to more than"):
+        load_experiment(p)
+
+
+def test_tiff_declared_size_checked_before_reading(tmp_path, monkeypatch):
+    import tifffile
+
+    import evflow.io.images as I
+    from evflow.errors import ImageError
+
+    p = tmp_path / "f.tif"
+    tifffile.imwrite(p, np.zeros((2, 64, 64), np.uint16), compression="zlib")
+    assert evflow.read_images([str(p)]).shape[-2:] == (64, 64)
+    monkeypatch.setenv("EVFLOW_MAX_IMAGE_BYTES", "10000")
+    with pytest.raises(ImageError, match=r"declares \(2, 64, 64\) uint16 pixels = 0.00 GiB decoded, over the limit"):
+        evflow.read_images([str(p)])
+    monkeypatch.delenv("EVFLOW_MAX_IMAGE_BYTES")
+    monkeypatch.setattr(I, "_available_memory", lambda: 1000)
+    with pytest.raises(ImageError, match="only 0.00 GiB of memory is available"):
+        evflow.read_images([str(p)])
+
+
+def test_tiff_decoded_shape_must_match_declared(tmp_path):
+    import tifffile
+
+    from evflow.errors import ImageError
+    from evflow.io.images import _read_tiff
+
+    p = tmp_path / "f.tif"
+    tifffile.imwrite(p, np.zeros((64, 64), np.uint16))
+    with pytest.raises(ImageError, match=r"decoded pixels have shape \(64, 64\), but the TIFF declares \(3, 64, 64\)"):
+        _read_tiff(str(p), (3, 64, 64))

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from ..errors import GatingError
+from ._gml_order import add_in_dependency_order
 from .compensation import Compensation
 from .gates import (
     BooleanGate,
@@ -115,36 +116,57 @@ def _parse_tree(source, text=None):
     else:
         data = text if isinstance(text, bytes) else str(text).encode("utf-8")
     parser = expat.ParserCreate(namespace_separator="}")
+    # frames: [element, text chunks since the last child started or ended]; text is joined once (linear time)
     stack, holder = [], []
+    count = [0, 0]  # elements, characters
 
     def qname(name):
         return "{" + name if "}" in name else name
 
+    def flush(frame):
+        if frame[1]:
+            el = frame[0]
+            txt = "".join(frame[1])
+            frame[1] = []
+            if len(el):
+                el[-1].tail = (el[-1].tail or "") + txt
+            else:
+                el.text = (el.text or "") + txt
+
     def start(name, attrs):
+        count[0] += 1
+        if count[0] > MAX_ELEMENTS:
+            raise _Limit(f"more than {MAX_ELEMENTS:,} elements")
         el = ET.Element(qname(name), {qname(k): v for k, v in attrs.items()})
         p.lines[id(el)] = parser.CurrentLineNumber
         if stack:
-            stack[-1].append(el)
+            flush(stack[-1])
+            stack[-1][0].append(el)
         else:
             holder.append(el)
-        stack.append(el)
+        stack.append([el, []])
 
     def end(name):
-        stack.pop()
+        flush(stack.pop())
 
     def chars(data_):
+        count[1] += len(data_)
+        if count[1] > MAX_TEXT_CHARS:
+            raise _Limit(f"more than {MAX_TEXT_CHARS:,} characters of text")
         if stack:
-            el = stack[-1]
-            if len(el):
-                el[-1].tail = (el[-1].tail or "") + data_
-            else:
-                el.text = (el.text or "") + data_
+            stack[-1][1].append(data_)
+
+    def entity_decl(name, *args):
+        raise _Limit(f"it declares the entity {name!r} (Gating-ML needs no DTD entities; they are refused)")
 
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = chars
+    parser.EntityDeclHandler = entity_decl
     try:
         parser.Parse(data, True)
+    except _Limit as exc:
+        raise GatingError(f"{source}, line {parser.CurrentLineNumber}: refused: {exc}") from None
     except expat.ExpatError as exc:
         raise GatingError(
             f"{source}, line {exc.lineno}, column {exc.offset}: not well-formed XML ({expat.ErrorString(exc.code)})"
@@ -154,9 +176,27 @@ def _parse_tree(source, text=None):
     return p, holder[0]
 
 
+#: bounds on what one Gating-ML document may hold (each far above real documents): the work and memory of
+#: parsing and applying it stay proportional to the file
+MAX_ELEMENTS = 500_000
+MAX_TEXT_CHARS = 16 << 20
+MAX_VERTICES = 100_000
+MAX_GATE_DEPTH = 256
+
+
+class _Limit(Exception):
+    pass
+
+
 def _walk(p: _Parsed, el, out):
-    """Collect the Gating-ML elements under ``el`` (skipping custom_info, recursing into foreign wrappers)."""
-    for child in el:
+    """Collect the Gating-ML elements under ``el`` in document order (skipping custom_info, looking inside
+    foreign wrappers), without recursion: nesting depth costs no stack."""
+    todo = [iter(el)]
+    while todo:
+        child = next(todo[-1], None)
+        if child is None:
+            todo.pop()
+            continue
         if not isinstance(child.tag, str):
             continue  # comments, processing instructions
         ns, name = _ns(child.tag), _local(child.tag)
@@ -177,7 +217,7 @@ def _walk(p: _Parsed, el, out):
         elif ns == NS_DATATYPE:
             raise p.err(f"unexpected element data-type:{name} at the top level", child)
         else:
-            _walk(p, child, out)  # a foreign wrapper element: look inside
+            todo.append(iter(child))  # a foreign wrapper element: look inside
 
 
 def _read_transform(p: _Parsed, el):
@@ -322,7 +362,11 @@ def _read_gate(p: _Parsed, el, transforms):
         if kind == "PolygonGate":
             dims = [_read_dimension(p, d, gid, transforms)[0] for d in el.findall(_G + "dimension")]
             verts = []
-            for v in el.findall(_G + "vertex"):
+            vertex_els = el.findall(_G + "vertex")
+            if len(vertex_els) > MAX_VERTICES:
+                raise p.err(f"polygon has {len(vertex_els):,} vertices, more than the {MAX_VERTICES:,} evflow "
+                            "accepts", el, gid)
+            for v in vertex_els:
                 c = _coords(p, v, gid, "vertex coordinate")
                 if len(c) != 2:
                     raise p.err(f"vertex has {len(c)} coordinates, expected 2", v, gid)
@@ -464,29 +508,7 @@ def _build(p: _Parsed, root) -> GatingStrategy:
             if i in provides:
                 raise p.err(f"gate id {i!r} defined twice", elements[id(g)], i)
             provides[i] = g
-    pending = list(gates)
-    while pending:
-        progressed = False
-        rest = []
-        for g in pending:
-            deps = [g.parent] if g.parent else []
-            if isinstance(g, BooleanGate):
-                deps += [r for r, _ in g.refs]
-            missing = [d for d in deps if d not in provides]
-            if missing:
-                raise p.err(f"references gate(s) {missing} not defined in the document", elements[id(g)], g.id)
-            if all(d in strategy.gates for d in deps):
-                try:
-                    strategy.add_gate(g)
-                except GatingError as exc:
-                    raise p.err(str(exc).replace(f"gate {g.id!r}: ", ""), elements[id(g)], g.id) from None
-                progressed = True
-            else:
-                rest.append(g)
-        if not progressed:
-            ids = [g.id for g in rest]
-            raise p.err(f"gates {ids} form a cycle of parent / Boolean references", elements[id(rest[0])], rest[0].id)
-        pending = rest
+    add_in_dependency_order(p, strategy, gates, provides, elements, max_depth=MAX_GATE_DEPTH)
     # keep the document order for export
     order = {id(g): i for i, g in enumerate(gates)}
     strategy._order.sort(key=lambda g: order.get(id(g), len(order)))

@@ -116,16 +116,59 @@ def _open_tiff(path, axes_override):
         raise ImageError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from exc
     if axes_override is not None:
         axes = axes_override
+    _check_decoded_size(path, shape, dtype)
     return shape, dtype, axes, px
 
 
-def _read_tiff(path):
+#: most bytes one TIFF may decode to (environment: EVFLOW_MAX_IMAGE_BYTES); a few KB of zlib data can declare
+#: gigabytes of pixels, so the declared size is checked before anything is allocated
+MAX_IMAGE_BYTES = 2 << 30
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_decoded_size(path, shape, dtype):
+    """Refuse a TIFF whose declared pixels (plus a float32 working copy) exceed the limit or free memory."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    raw = n * np.dtype(dtype).itemsize
+    need = raw + 4 * n  # the decoded array and the float32 copy the analysis makes
+    limit = int(os.environ.get("EVFLOW_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
+    gib = 1 << 30
+    if raw > limit:
+        raise ImageError(f"{path}: TIFF declares {tuple(shape)} {np.dtype(dtype)} pixels = {raw / gib:.2f} GiB decoded, "
+                         f"over the limit of {limit / gib:.2f} GiB per file (EVFLOW_MAX_IMAGE_BYTES); split it into "
+                         "per-field files or raise the limit")
+    avail = _available_memory()
+    if avail is not None and need > avail:
+        raise ImageError(f"{path}: TIFF declares {tuple(shape)} {np.dtype(dtype)} pixels: reading and analysing it needs "
+                         f"{need / gib:.2f} GiB but only {avail / gib:.2f} GiB of memory is available")
+
+
+def _read_tiff(path, shape=None):
     import tifffile
 
     try:
-        return tifffile.imread(path, series=0)
+        arr = tifffile.imread(path, series=0)
     except Exception as exc:
         raise ImageError(f"{path}: failed to read the pixels ({type(exc).__name__}: {exc})") from exc
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise ImageError(f"{path}: the decoded pixels have shape {tuple(arr.shape)}, but the TIFF declares "
+                         f"{tuple(shape)} (corrupt or inconsistent tags)")
+    return arr
 
 
 def _open_bioio(path):
@@ -265,7 +308,7 @@ def read_images(
                     n_extra = int(np.prod([shape[i] for i in fields + ([chan] if chan is not None else [])]))
                     if n_extra != 1:
                         raise ImageError(f"{p}: a per-channel file must hold one 2-D image, found shape {shape} ({ax})")
-                    arr = da.from_delayed(dask.delayed(_read_tiff)(str(p)), shape=shape, dtype=dtype)
+                    arr = da.from_delayed(dask.delayed(_read_tiff)(str(p), shape), shape=shape, dtype=dtype)
                     planes.append(arr.reshape(shape[iy], shape[ix]))
                     px_found = px_found or px
                 if len({(pl.shape, pl.dtype) for pl in planes}) != 1:
@@ -285,7 +328,7 @@ def read_images(
                 else:
                     shape, dtype, ax, px = _open_tiff(p, axes)
                     fields, chan, iy, ix = image_axes(ax, shape)
-                    arr = da.from_delayed(dask.delayed(_read_tiff)(p), shape=shape, dtype=dtype)
+                    arr = da.from_delayed(dask.delayed(_read_tiff)(p, shape), shape=shape, dtype=dtype)
                     fi = _frame_interval_s(p) if t is not False else None
                     keep = "T" in ax.upper() and (t is True or (t is None and fi is not None))
                     interval = interval if interval is not None else (fi if keep else None)

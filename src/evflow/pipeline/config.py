@@ -345,7 +345,28 @@ def _read_file(path: Path) -> dict:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the experiment file must hold a table of settings, found {_typename(data)}")
+    _check_size(data, path)
     return data
+
+
+#: most values (after YAML aliases are expanded) an experiment file may hold
+MAX_SETTINGS_VALUES = 100_000
+
+
+def _check_size(data, path):
+    """Refuse settings that expand to more than MAX_SETTINGS_VALUES values (a YAML alias bomb), in bounded work."""
+    n, stack = 0, [data]
+    while stack:
+        obj = stack.pop()
+        n += 1
+        if n > MAX_SETTINGS_VALUES:
+            raise ConfigError(f"{path}: the settings expand to more than {MAX_SETTINGS_VALUES:,} values "
+                              "(YAML aliases repeating large tables?); an experiment file is far smaller")
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
 
 
 def load_experiment(config, *, output=None, check_files: bool = True) -> Experiment:
