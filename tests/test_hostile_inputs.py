@@ -203,3 +203,47 @@ def test_tiff_decoded_shape_must_match_declared(tmp_path):
     tifffile.imwrite(p, np.zeros((64, 64), np.uint16))
     with pytest.raises(ImageError, match=r"decoded pixels have shape \(64, 64\), but the TIFF declares \(3, 64, 64\)"):
         _read_tiff(str(p), (3, 64, 64))
+
+
+# ---------------------------------------------------------------- experiment validation
+
+
+def _exp(tmp_path, flow_extra="", thr="CD63: 100.0", sample_flow="s.fcs", top=""):
+    d = tmp_path / "exp"
+    d.mkdir(exist_ok=True)
+    evflow.write_fcs(d / "s.fcs", np.ones((5, 2), np.float32), ["SSC-H", "FL1-H"])
+    p = d / "exp.yaml"
+    p.write_text(f"experiment: {{name: t{top}}}\nflow:\n  markers: {{FL1-H: CD63}}\n{flow_extra}"
+                 f"thresholds: {{rule: fixed, values: {{{thr}}}}}\n"
+                 f"samples:\n  - {{name: s, flow: '{sample_flow}', volume_ul: 2.0}}\n")
+    return p
+
+
+def test_nonsense_numbers_refused(tmp_path):
+    from evflow.errors import ConfigError
+    from evflow.pipeline import load_experiment
+
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(_exp(tmp_path, "  flow_rate_ul_per_min: -3.0\n", thr="CD63: .nan"))
+    msg = str(exc.value)
+    assert "'flow.flow_rate_ul_per_min' is -3.0, expected a number > 0" in msg
+    assert "'thresholds.values.CD63' is nan, expected a finite number" in msg
+    load_experiment(_exp(tmp_path, "  flow_rate_ul_per_min: 3.0\n"))  # sensible values pass
+
+
+def test_paths_climbing_out_refused_and_never_opened(tmp_path):
+    from evflow.errors import ConfigError
+    from evflow.pipeline import load_experiment
+
+    secret = tmp_path / "secret.fcs"
+    secret.write_text("root:x:0:0:secret:/root:/bin/bash\n" * 4)
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(_exp(tmp_path, sample_flow="../secret.fcs"))
+    assert "climbs out of the experiment's folder" in str(exc.value) and "root:x" not in str(exc.value)
+    # allowed on request; the FCS error then does not show the file's bytes either
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(_exp(tmp_path, sample_flow="../secret.fcs", top=", allow_outside_paths: true"))
+    assert "not an FCS file" in str(exc.value) and "root:x" not in str(exc.value) and "bash" not in str(exc.value)
+    # absolute paths are the user's explicit choice
+    with pytest.raises(ConfigError, match="not an FCS file"):
+        load_experiment(_exp(tmp_path, sample_flow=str(secret)))

@@ -66,7 +66,8 @@ def _read_header(buf: bytes, path, base: int) -> _Header:
     version = buf[:6]
     if not _VERSION_RE.fullmatch(version):
         raise FCSHeaderError(
-            f"not an FCS file: HEADER at byte {base} starts with {version!r}, expected 'FCS2.0', "
+            f"not an FCS file: HEADER at byte {base} starts with "
+            f"{repr(version) if version.startswith(b'FCS') else 'other bytes'}, expected 'FCS2.0', "
             "'FCS3.0', 'FCS3.1' or 'FCS3.2'",
             path,
         )

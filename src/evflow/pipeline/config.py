@@ -97,6 +97,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
+from ._checks import _check_numbers, _check_size, _inside
 from .inputs import check_channels as _check_channels
 from .inputs import fcs_metadata as _meta
 from .inputs import tiff_channels as _tiff_channels
@@ -128,6 +129,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "output": Key(str, None, "", "a folder"),  # default: "<stem>_results" beside the file
         "backend": Key(str, "auto", "", "auto, numpy or cupy"),
         "description": Key(str, None, "", "text"),
+        "allow_outside_paths": Key(bool, False, "", "true or false"),
     },
     "flow": {
         "scatter_channel": Key(str, None, "", "a channel name"),
@@ -349,27 +351,7 @@ def _read_file(path: Path) -> dict:
     return data
 
 
-#: most values (after YAML aliases are expanded) an experiment file may hold
-MAX_SETTINGS_VALUES = 100_000
-
-
-def _check_size(data, path):
-    """Refuse settings that expand to more than MAX_SETTINGS_VALUES values (a YAML alias bomb), in bounded work."""
-    n, stack = 0, [data]
-    while stack:
-        obj = stack.pop()
-        n += 1
-        if n > MAX_SETTINGS_VALUES:
-            raise ConfigError(f"{path}: the settings expand to more than {MAX_SETTINGS_VALUES:,} values "
-                              "(YAML aliases repeating large tables?); an experiment file is far smaller")
-        if isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-
-
-def load_experiment(config, *, output=None, check_files: bool = True) -> Experiment:
+def load_experiment(config, *, output=None, check_files: bool = True, allow_outside_paths: bool = False) -> Experiment:
     """Read and validate an experiment file (TOML or YAML) or a settings dict.
 
     Parameters
@@ -381,6 +363,9 @@ def load_experiment(config, *, output=None, check_files: bool = True) -> Experim
         Output folder; overrides ``[experiment].output``.
     check_files : bool
         Check that input files exist and hold the named channels.
+    allow_outside_paths : bool
+        Accept relative paths that climb out of the experiment's folder (``../``); also
+        ``[experiment] allow_outside_paths = true``.  Absolute paths are always accepted.
 
     Raises
     ------
@@ -398,21 +383,33 @@ def load_experiment(config, *, output=None, check_files: bool = True) -> Experim
         if not path.is_file():
             raise ConfigError(f"experiment file {config} not found")
         settings = _read_file(path)
-    return validate_experiment(settings, path=path, output=output, check_files=check_files)
+    return validate_experiment(settings, path=path, output=output, check_files=check_files,
+                               allow_outside_paths=allow_outside_paths)
 
 
-def validate_experiment(settings: dict, *, path=None, output=None, check_files: bool = True) -> Experiment:
+def validate_experiment(settings: dict, *, path=None, output=None, check_files: bool = True,
+                        allow_outside_paths: bool = False) -> Experiment:
     """Check ``settings`` against the schema and the files; see :func:`load_experiment`."""
     src = str(path) if path else "<settings>"
     problems: list[str] = []
     _check_table("", settings, _NESTED, problems, src)
     base = Path(path).parent if path else Path.cwd()
 
+    exp_s = settings.get("experiment", {}) if isinstance(settings.get("experiment"), Mapping) else {}
+    outside_ok = bool(allow_outside_paths or exp_s.get("allow_outside_paths") is True)
+
     def resolve(p):
         p = Path(p)
-        return p if p.is_absolute() else base / p
+        if p.is_absolute():
+            return p
+        if not outside_ok and not _inside(base, base / p):
+            # never opened, so no message can show what such a file holds
+            problems.append(f"{src}: path {str(p)!r} climbs out of the experiment's folder {base} (use an absolute "
+                            "path, or set experiment.allow_outside_paths = true)")
+            return base / "(refused: outside the experiment's folder)"
+        return base / p
 
-    exp_s = settings.get("experiment", {}) if isinstance(settings.get("experiment"), Mapping) else {}
+    _check_numbers(settings, problems, src)
     flow_s = settings.get("flow", {}) if isinstance(settings.get("flow"), Mapping) else {}
     img_s = settings.get("imaging", {}) if isinstance(settings.get("imaging"), Mapping) else {}
     thr_s = settings.get("thresholds", {}) if isinstance(settings.get("thresholds"), Mapping) else {}
