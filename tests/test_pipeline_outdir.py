@@ -153,3 +153,49 @@ def test_unusable_out_one_line_errors(tmp_path):
             assert "Permission denied" in err and str(ro / "sub") in err
         finally:
             ro.chmod(0o755)
+
+
+def test_item_write_failure_fails_that_item_only(tmp_path, monkeypatch):
+    import errno
+
+    from evflow.pipeline.store import ResultStore
+
+    exp = _experiment(tmp_path)
+    long_name = "L" * 300  # longer than a file name may be: the store shortens it
+    exp.write_text(exp.read_text().replace(
+        "samples:\n  - {name: s, flow: s.fcs, volume_ul: 2.0}\n",
+        f"samples:\n  - {{name: s, flow: s.fcs, volume_ul: 2.0}}\n  - {{name: {long_name}, flow: s.fcs, volume_ul: 2.0}}\n"
+        "  - {name: full, flow: s.fcs, volume_ul: 2.0}\n"))
+    orig = ResultStore.save
+
+    def save(self, kind, name, fp, item):
+        if name == "full":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path(kind, name)))
+        return orig(self, kind, name, fp, item)
+
+    monkeypatch.setattr(ResultStore, "save", save)
+    ds = evflow.run(exp, output=tmp_path / "out", quiet=True)
+    assert sorted(ds["sample"].values.tolist()) == sorted(["s", long_name])
+    failed = json.loads(ds.attrs["failed"])
+    assert list(failed) == ["flow full"] and "No space left on device" in failed["flow full"]
+    assert "flow-full.npz" in failed["flow full"]
+    assert len(ResultStore(tmp_path / "out").path("flow", long_name).name) < 100
+
+
+def test_sample_name_with_control_characters_refused(tmp_path):
+    from evflow.errors import ConfigError
+
+    exp = _experiment(tmp_path)
+    exp.write_text(exp.read_text().replace("{name: s,", '{name: "s\\0x",'))
+    with pytest.raises(ConfigError, match="not allowed in a file name"):
+        evflow.load_experiment(exp)
+
+
+def test_local_cluster_listens_on_loopback_only():
+    pytest.importorskip("distributed")
+    from evflow.pipeline.scheduler import scheduler_context
+
+    with scheduler_context("processes", n_workers=1, log=lambda *a: None) as (_s, client):
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        assert all(w.startswith("tcp://127.0.0.1:") for w in client.scheduler_info()["workers"])

@@ -464,7 +464,7 @@ def _check_samples(raw_samples, img_s, src, problems, resolve, check_files) -> l
             name = f"#{i}"
         elif name in names:
             problems.append(f"{src}: '{key}.name' {name!r} is used by another sample (names must be unique)")
-        elif any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
+        elif any(c in name for c in '/\\:*?"<>|') or name.startswith(".") or any(ord(c) < 32 for c in name):
             problems.append(f"{src}: '{key}.name' {name!r} holds characters not allowed in a file name")
         names.add(name)
         role = s.get("role", "sample")

@@ -20,6 +20,8 @@ __all__ = ["scheduler_context", "compute_tasks", "inner_compute", "split_samples
 SPLIT_SAMPLES_PER_THREAD = 2
 #: glibc mmap threshold (bytes) of the worker processes of ``scheduler='processes'``
 WORKER_MMAP_THRESHOLD = 1 << 26
+#: local clusters (scheduler, workers, dashboard) listen on this address only, never on every interface
+LOCAL_HOST = "127.0.0.1"
 
 
 @contextlib.contextmanager
@@ -58,14 +60,14 @@ def scheduler_context(spec=None, *, n_workers=None, log=print):
         # tasks); a 64 MiB mmap threshold keeps them in the heap (memory is still trimmed at the heap top)
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": WORKER_MMAP_THRESHOLD}):
             cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=":0")
+                                               host=LOCAL_HOST, dashboard_address=f"{LOCAL_HOST}:0")
         client = distributed.Client(cluster)
     elif spec == "local-cuda":
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
             raise ConfigError("scheduler 'local-cuda' needs dask-cuda (pip install dask-cuda) and a CUDA GPU") from None
-        cluster = LocalCUDACluster(dashboard_address=":0")
+        cluster = LocalCUDACluster(host=LOCAL_HOST, dashboard_address=f"{LOCAL_HOST}:0")
         client = distributed.Client(cluster)
     elif "://" in spec:
         try:

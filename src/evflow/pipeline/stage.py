@@ -47,7 +47,12 @@ def run_item(body, store_root, kind, name, fp, *args, **params) -> dict:
         if not isinstance(exc, EvflowError):
             detail += "\n" + traceback.format_exc(limit=4)
         return {"error": detail}
-    ResultStore.at(store_root).save(kind, name, fp, item)
+    try:
+        ResultStore.at(store_root).save(kind, name, fp, item)
+    except OSError as exc:  # disk full, read-only, ...: this item fails, the others go on
+        where = exc.filename or ResultStore.at(store_root).path(kind, name)
+        return {"error": f"OutputError: cannot store the {kind} item {name!r} at {where} "
+                         f"({exc.strerror or type(exc).__name__})"}
     return item
 
 

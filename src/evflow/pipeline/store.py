@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -83,6 +84,10 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     return path
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+=,@()-]*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=,@()-]")
+
+
 class ResultStore:
     """Per-item results under ``<out>/.evflow/items``.
 
@@ -101,7 +106,12 @@ class ResultStore:
         return st
 
     def path(self, kind: str, name: str) -> Path:
-        return self.root / f"{kind}-{name}.npz"
+        """``<kind>-<name>.npz``; a name that is long or not a plain file name gets a shortened, hashed form."""
+        stem = f"{kind}-{name}"
+        if len(stem.encode()) > 120 or not _PLAIN.fullmatch(stem):
+            h = hashlib.sha256(stem.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+            stem = _UNSAFE.sub("_", stem)[:60] + "-" + h
+        return self.root / f"{stem}.npz"
 
     def save(self, kind: str, name: str, fp: str, item: dict) -> Path:
         arrays, meta = {}, {}
