@@ -167,6 +167,8 @@ def _parse_tree(source, text=None):
         parser.Parse(data, True)
     except _Limit as exc:
         raise GatingError(f"{source}, line {parser.CurrentLineNumber}: refused: {exc}") from None
+    except (LookupError, ValueError) as exc:  # an unknown encoding in the XML declaration, ...
+        raise GatingError(f"{source}: not readable XML ({type(exc).__name__}: {exc})") from None
     except expat.ExpatError as exc:
         raise GatingError(
             f"{source}, line {exc.lineno}, column {exc.offset}: not well-formed XML ({expat.ErrorString(exc.code)})"

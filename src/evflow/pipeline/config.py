@@ -513,6 +513,7 @@ def _check_flow(flow_s, markers, flow_samples, src, problems, resolve, check_fil
         for ch, m in markers.items():
             if not isinstance(m, str) or not m.strip():
                 problems.append(f"{src}: 'flow.markers.{ch}' must be a marker name, found {m!r}")
+        markers = {ch: m for ch, m in markers.items() if isinstance(m, str)}  # the others are problems above
         if len(set(markers.values())) != len(markers):
             problems.append(f"{src}: 'flow.markers' names a marker twice ({list(markers.values())})")
         if len(markers) > 8:
