@@ -30,6 +30,7 @@ def _check_size(data, path):
             stack.extend(obj.values())
         elif isinstance(obj, (list, tuple)):
             stack.extend(obj)
+    return data
 
 
 def _inside(base: Path, p: Path) -> bool:
@@ -64,3 +65,20 @@ def _check_numbers(settings, problems, src):
             lo, closed = _BOUNDS[key]
             if v < lo or (v == lo and not closed):
                 problems.append(f"{src}: '{key}' is {v!r}, expected a number {'>=' if closed else '>'} {lo}")
+
+
+def _path_resolver(base: Path, outside_ok: bool, problems: list, src: str):
+    """``resolve(p)``: an experiment-file path made absolute; one that climbs out of ``base`` is a problem and
+    resolves to a name that does not exist, so it is never opened (no message can show what it holds)."""
+
+    def resolve(p):
+        p = Path(p)
+        if p.is_absolute():
+            return p
+        if not outside_ok and not _inside(base, base / p):
+            problems.append(f"{src}: path {str(p)!r} climbs out of the experiment's folder {base} (use an absolute "
+                            "path, or set experiment.allow_outside_paths = true)")
+            return base / "(refused: outside the experiment's folder)"
+        return base / p
+
+    return resolve

@@ -97,7 +97,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
-from ._checks import _check_numbers, _check_size, _inside
+from ._checks import _check_numbers, _check_size, _path_resolver
 from .inputs import check_channels as _check_channels
 from .inputs import fcs_metadata as _meta
 from .inputs import tiff_channels as _tiff_channels
@@ -347,11 +347,10 @@ def _read_file(path: Path) -> dict:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the experiment file must hold a table of settings, found {_typename(data)}")
-    _check_size(data, path)
-    return data
+    return _check_size(data, path)
 
 
-def load_experiment(config, *, output=None, check_files: bool = True, allow_outside_paths: bool = False) -> Experiment:
+def load_experiment(config, *, output=None, check_files: bool = True) -> Experiment:
     """Read and validate an experiment file (TOML or YAML) or a settings dict.
 
     Parameters
@@ -363,9 +362,6 @@ def load_experiment(config, *, output=None, check_files: bool = True, allow_outs
         Output folder; overrides ``[experiment].output``.
     check_files : bool
         Check that input files exist and hold the named channels.
-    allow_outside_paths : bool
-        Accept relative paths that climb out of the experiment's folder (``../``); also
-        ``[experiment] allow_outside_paths = true``.  Absolute paths are always accepted.
 
     Raises
     ------
@@ -383,12 +379,10 @@ def load_experiment(config, *, output=None, check_files: bool = True, allow_outs
         if not path.is_file():
             raise ConfigError(f"experiment file {config} not found")
         settings = _read_file(path)
-    return validate_experiment(settings, path=path, output=output, check_files=check_files,
-                               allow_outside_paths=allow_outside_paths)
+    return validate_experiment(settings, path=path, output=output, check_files=check_files)
 
 
-def validate_experiment(settings: dict, *, path=None, output=None, check_files: bool = True,
-                        allow_outside_paths: bool = False) -> Experiment:
+def validate_experiment(settings: dict, *, path=None, output=None, check_files: bool = True) -> Experiment:
     """Check ``settings`` against the schema and the files; see :func:`load_experiment`."""
     src = str(path) if path else "<settings>"
     problems: list[str] = []
@@ -396,19 +390,7 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
     base = Path(path).parent if path else Path.cwd()
 
     exp_s = settings.get("experiment", {}) if isinstance(settings.get("experiment"), Mapping) else {}
-    outside_ok = bool(allow_outside_paths or exp_s.get("allow_outside_paths") is True)
-
-    def resolve(p):
-        p = Path(p)
-        if p.is_absolute():
-            return p
-        if not outside_ok and not _inside(base, base / p):
-            # never opened, so no message can show what such a file holds
-            problems.append(f"{src}: path {str(p)!r} climbs out of the experiment's folder {base} (use an absolute "
-                            "path, or set experiment.allow_outside_paths = true)")
-            return base / "(refused: outside the experiment's folder)"
-        return base / p
-
+    resolve = _path_resolver(base, exp_s.get("allow_outside_paths") is True, problems, src)
     _check_numbers(settings, problems, src)
     flow_s = settings.get("flow", {}) if isinstance(settings.get("flow"), Mapping) else {}
     img_s = settings.get("imaging", {}) if isinstance(settings.get("imaging"), Mapping) else {}
