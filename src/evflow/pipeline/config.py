@@ -618,7 +618,7 @@ def _check_thresholds(thr_s, markers, samples, flow_samples, roles, src, problem
             problems.append(f"{src}: 'thresholds.quantile' is {q}, expected a number in (0, 1)")
     if rule == "fixed" and isinstance(markers, Mapping):
         vals = thr_s.get("values", {})
-        for m in markers.values():
+        for m in (m for m in markers.values() if isinstance(m, str)):  # other values: problems already
             if not isinstance(vals, Mapping) or not isinstance(vals.get(m), _NUM):
                 problems.append(f"{src}: 'thresholds.values.{m}' is missing (rule 'fixed' needs a threshold per marker)")
 
