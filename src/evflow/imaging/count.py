@@ -24,6 +24,9 @@ from ..flow.thresholds import (
     parse_threshold_rule,
 )
 
+#: detections with these flags are left out of counts by default (see :func:`phenotype_field`)
+FLAGS_EXCLUDED = ("saturated", "masked")
+
 __all__ = ["measure_photons", "phenotype_field", "count_vesicles", "thresholds_from_control", "check_field"]
 
 
@@ -134,7 +137,7 @@ def _channel_flats(flats, markers, shape):
 
 
 def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_sigma_px=1.3, camera=None,
-                    merge_radius_px=1.5, detect_kwargs=None, flats=None):
+                    merge_radius_px=1.5, detect_kwargs=None, flats=None, exclude_flagged=True):
     """Spots of one multicolour field with per-marker photons and a phenotype bitmask.
 
     Parameters
@@ -157,6 +160,10 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         at the brightest illumination (thresholds too).
     detect_kwargs : dict, optional
         More :func:`evflow.detect_spots` options, e.g. ``background_radius_px``.
+    exclude_flagged : bool
+        Leave out detections flagged ``saturated`` or ``masked`` (touching
+        saturated or non-finite pixels) before merging: they are not counted.
+        Their number per marker is ``attrs['n_flagged']``.
 
     Returns
     -------
@@ -180,9 +187,21 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         from .background import estimate_flat
 
         flat_c = [estimate_flat(photons[c]) if isinstance(f, str) else f for c, f in enumerate(flat_c)]
-    tables = {}
+    detect_kwargs = dict(detect_kwargs or {})
+    if a.dtype.kind in "ui" and detect_kwargs.get("saturation", "auto") == "auto":
+        # the photons are float: carry the raw dtype's saturation level over, in photons
+        top = np.array([np.iinfo(a.dtype).max], np.float64)
+        detect_kwargs["saturation"] = float(camera.to_photons(top)[0]) if camera is not None else float(top[0])
+    tables, n_flagged = {}, {}
     for c, m in enumerate(markers):
-        df = detect_spots(photons[c], psf_sigma_px=float(sig[c]), flat=flat_c[c], **(detect_kwargs or {}))
+        df = detect_spots(photons[c], psf_sigma_px=float(sig[c]), flat=flat_c[c], **detect_kwargs)
+        bad = np.zeros(len(df), bool)
+        for col in FLAGS_EXCLUDED:
+            if col in df:
+                bad |= df[col].to_numpy(bool)
+        n_flagged[m] = int(bad.sum())
+        if exclude_flagged and bad.any():
+            df = df[~bad].reset_index(drop=True)
         ref = reg.to_reference(m, df[["y", "x"]].to_numpy()) if len(df) else np.empty((0, 2))
         df["y_ref"], df["x_ref"] = ref[:, 0], ref[:, 1]
         tables[m] = df
@@ -208,6 +227,7 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
             positive = np.nan_to_num(N, nan=-np.inf) >= float(thresholds[m])
         bitmask |= positive.astype(np.int64) << c
     out["bitmask"] = bitmask
+    out.attrs["n_flagged"] = n_flagged
     return out
 
 

@@ -181,10 +181,113 @@ def _resolve_ties(yy, xx, val, r):
     return keep
 
 
+from .artefacts import _field_scalars, _near, _pass0, _prepare, _valid_for_noise  # noqa: E402
+
+
 def _field_photons(image, camera, name):
     if camera is not None:
         return camera.to_photons(image)
     return image.astype(np.float32, copy=False)
+
+
+#: flag columns of every spot table (bool): the spot's maximum lies within
+#: :func:`~evflow.imaging.artefacts.flag_radius` px of a saturated or a
+#: non-finite pixel, or closer than half a fit window to the field's edge
+FLAG_COLUMNS = ("saturated", "masked", "border")
+#: the noise of blocks of this size (px) makes the local noise map
+NOISE_BLOCK_PX = 32
+NOISE_MODELS = ("local", "global")
+THRESHOLD_RULES = ("adaptive", "false_positives")
+HOT_PIXEL_RULES = ("repair", "keep")
+#: a converged free-sigma fit narrower than this share of the PSF (by two CRLBs) is not a spot
+MIN_SIGMA_RATIO = 0.5
+#: ... or wider than this share (diffuse structure, not a diffraction-limited vesicle)
+MAX_SIGMA_RATIO = 2.5
+
+
+def _check_choice(value, choices, keyword):
+    if value not in choices:
+        raise ConfigError(f"detect_spots: {keyword} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _stride(n_pixels):
+    return NOISE_STRIDE if n_pixels >= NOISE_FULL_BELOW else 1
+
+
+def _as_array(sub, kind, name):
+    if kind == "dask":
+        sub = sub.compute()
+    if name == "cupy":
+        import cupy
+
+        return cupy.asarray(sub)
+    return to_numpy(sub)
+
+
+
+
+
+
+
+
+def _noise_info(samples, sig, shape, noise_model, block_px, pixel_noise=None):
+    """Per scale: (field noise, block grid or None) from the collected noise samples."""
+    from .noise import fit_noise_model, propagated_noise, robust_noise
+
+    out = []
+    for i, _s in enumerate(sig):
+        gy, gx, v, m, b = (np.concatenate([p[i][j] for p in samples]) for j in range(5))
+        fb = propagated_noise(float(_s), pixel_noise) if pixel_noise else None
+        nz = robust_noise(v, m, fallback=fb) if v.size else float("nan")
+        if not nz > 0:
+            raise ImageError(
+                "the field has no measurable noise (constant, all-zero or saturated image): "
+                f"filtered-image MAD is {nz}"
+            )
+        model = fit_noise_model(gy, gx, v, m, b, block_px, nz) if noise_model == "local" else None
+        out.append((nz, model))
+    return out
+
+
+
+
+def _responses(det, sig, name):
+    return [dog_filter(det, float(s), backend=name) for s in sig]
+
+
+def _background_level(ph, sig, o, name):
+    """Background map of the local noise model (None for the global one)."""
+    if o["noise"] != "local":
+        return None
+    from ..backend import get_ndi
+    from .noise import background_level
+
+    return background_level(ph, float(sig.min()), get_ndi(name))
+
+
+def _snr(responses, noise_info, name, bg, origin=(0, 0), block_px=NOISE_BLOCK_PX):
+    """SNR map (best scale), response there and scale index (None for one scale)."""
+    from .noise import noise_from_model
+
+    xp = np if name == "numpy" else __import__("cupy")
+    best = best_r = idx = None
+    for i, (r, (nz, model)) in enumerate(zip(responses, noise_info)):
+        if model is None or bg is None:
+            snr = r * np.float32(1.0 / nz)
+        else:
+            snr = r / noise_from_model(model, bg, nz, xp, origin=origin, block_px=block_px)
+        if best is None:
+            best, best_r = snr, r
+            idx = xp.zeros(r.shape, dtype=xp.int8) if len(responses) > 1 else None
+        else:
+            better = snr > best
+            best = xp.where(better, snr, best)
+            best_r = xp.where(better, r, best_r)
+            idx = xp.where(better, xp.int8(i), idx)
+    return best, best_r, idx
+
+
 
 
 @renamed_impl("fit_backend")
@@ -205,7 +308,14 @@ def detect_spots(
     tile=None,
     impl="auto",
     flat=None,
-    background_radius_px=None,
+    background_radius_px="auto",
+    noise="local",
+    noise_block_px=NOISE_BLOCK_PX,
+    threshold_rule="adaptive",
+    saturation="auto",
+    hot_pixels="repair",
+    min_sigma_ratio=MIN_SIGMA_RATIO,
+    max_sigma_ratio=MAX_SIGMA_RATIO,
 ) -> pd.DataFrame:
     """Detect and localise diffraction-limited spots (vesicles) in one 2-D field.
 
@@ -213,19 +323,23 @@ def detect_spots(
     ----------
     image : 2-D array
         NumPy, CuPy or dask array, in photons or (with ``camera``) ADU.
+        NaN/inf pixels are filled and masked; at least 8x8 px.
     psf_sigma_px : float or sequence of float, optional
         PSF standard deviation (px).  A sequence is a scale space: each pixel
         takes the scale with the largest signal-to-noise.  None: estimated
-        from the field (median fitted sigma of the brightest spots).
+        from the field (median fitted sigma of the brightest spots; 1.5 px
+        when fewer than 5 spots are found).
     threshold : float, optional
         Minimum filter response in photons (manual override).  None: the
-        automatic threshold ``k * noise`` (see :func:`auto_threshold_factor`).
+        automatic threshold in noise sigmas of ``threshold_rule``.
     backend : {'numpy', 'cupy', None}
         Array backend; None follows the input (or ``EVFLOW_BACKEND``).
     camera : Camera or dict, optional
         Converts ADU to photons before detection and fitting.
     false_positives : float
-        Expected false detections per field from noise (automatic threshold).
+        Expected false detections per field from Gaussian noise: the
+        threshold of rule ``'false_positives'`` and the upper bound of
+        ``'adaptive'`` (see :func:`auto_threshold_factor`).
     min_distance_px : int, optional
         Spots closer than this (px, square neighbourhood) are resolved into
         the brightest; default ``max(2, round(1.5 * sigma))``.
@@ -242,19 +356,17 @@ def detect_spots(
         Fit window (px, odd).
     tile : int, optional
         Process the field in square tiles with this core size (px), each
-        read with a halo wide enough (filter radius + twice the minimum
-        distance + half the fit window) that a spot is found, resolved and
+        read with a halo wide enough that a spot is found, resolved and
         fitted exactly as in the whole field; a spot is kept only by the tile
-        whose core holds its maximum.  The noise (automatic threshold) is the
-        field's: a first pass over the tiles collects the filtered pixels of
-        the global noise sub-grid, a second one detects and fits (the filter
-        runs twice).  For mosaics larger than memory (a dask array is read
+        whose core holds its maximum.  The field-level numbers (pixel noise,
+        filter noise and its map, the adaptive threshold) are collected from
+        every core in passes before the detection, so tiles give the spots of
+        the whole field.  For mosaics larger than memory (a dask array is read
         tile by tile).  Without a PSF sigma, it is estimated on the central
         tile.  None: the whole field at once (a dask field is computed first).
     impl : {'auto', 'numpy', 'numba', 'cupy'}
         Implementation of the spot fits (``evflow.kernels`` registry, family
-        ``gaussfit``): 'auto' is CuPy on the GPU backend, Numba on the CPU.
-        (The filters pick theirs by the array backend.)  Formerly ``fit_backend=``.
+        ``gaussfit``).  Formerly ``fit_backend=``.
     flat : 2-D array or "estimate", optional
         Flat-field correction: the illumination profile (a measured flat of
         the image's shape, see :func:`evflow.imaging.background.normalise_flat`)
@@ -262,21 +374,57 @@ def detect_spots(
         :func:`~evflow.imaging.background.estimate_flat`).  Spots are fitted
         on the raw photons and their ``photons``, ``background`` and CRLBs
         divided by the flat (maximum 1) at their position; column ``flat``.
-    background_radius_px : int, optional
+    background_radius_px : int, 'auto' or None
         Background subtraction before detection: white top-hat (rolling-ball
         equivalent) with a ``2 r + 1`` px square element
         (:func:`~evflow.imaging.background.subtract_image_background`); the fits
-        use the unsubtracted photons (free local background).
+        use the unsubtracted photons (free local background).  'auto': only
+        on a structured field (blocks noisier than the local noise model
+        explains, :data:`STRUCTURED_BLOCKS`), with :func:`auto_background_radius` (ceil(3.5 sigma));
+        ``attrs['background_radius_px']`` says which.  None: never.
+    noise : {'local', 'global'}
+        Noise model of the filter response: ``'local'`` a map from blocks of
+        ``noise_block_px`` (fields at least two blocks wide; smaller ones use
+        the field's number), ``'global'`` one number per field.  Both are
+        robust (:func:`evflow.imaging.noise.robust_noise`: pixels near
+        candidate spots are left out, iterated).
+    noise_block_px : int
+        Block size (px) of the local noise map.
+    threshold_rule : {'adaptive', 'false_positives'}
+        ``'adaptive'``: from the data (:func:`evflow.imaging.noise.choose_threshold`:
+        minima of the response are the null of its maxima; the threshold
+        minimises estimated false plus missed spots), between 3 sigmas and the
+        ``'false_positives'`` threshold.  ``'false_positives'``: ``k`` noise
+        sigmas such that Gaussian noise gives ``false_positives`` per field (at least 5).
+    saturation : 'auto', float or None
+        Pixels at or above this level (raw units) are saturated: masked from
+        the noise estimate, and spots near them flagged (column ``saturated``).
+        'auto': the maximum of an integer dtype; None: no saturation.
+    hot_pixels : {'repair', 'keep'}
+        ``'repair'``: single-pixel outliers (hot or cold; see
+        :mod:`evflow.imaging.artefacts`) take the median of their neighbours
+        before detection and fitting; their number is ``attrs['n_hot_pixels']``.
+    min_sigma_ratio : float
+        Shape test (with ``fit_sigma``): a spot whose converged free fit is
+        narrower than ``min_sigma_ratio`` times the PSF sigma by more than two
+        of its CRLBs is dropped (``attrs['n_rejected_narrow']``).  0 disables.
+    max_sigma_ratio : float
+        Likewise, wider than ``max_sigma_ratio`` times the PSF sigma by more
+        than one CRLB (``attrs['n_rejected_wide']``).  None disables.
 
     Returns
     -------
     pandas.DataFrame
         One row per spot: ``y``, ``x`` (px; the centre of pixel [0, 0] is
-        (0, 0)), ``photons``, ``background`` (photons/px), ``sigma`` (px),
-        ``crlb_x``, ``crlb_y`` (px), ``crlb_photons``, ``llr`` (fit quality),
-        ``iterations``, ``fit_status``, ``response`` (filter photons),
-        ``snr`` (response / noise), ``y_peak``, ``x_peak`` (integer maxima).
-        ``attrs``: ``noise``, ``threshold``, ``psf_sigma_px``.
+        (0, 0)), ``photons``, ``background`` (photons/px), ``sigma`` (px, the
+        free fit's width even where the photons come from a fixed-sigma refit,
+        ``sigma_fixed``), ``crlb_x``, ``crlb_y`` (px), ``crlb_photons``, ``llr``
+        (fit quality), ``iterations``, ``fit_status``, ``response`` (filter
+        photons), ``snr`` (response / local noise), ``y_peak``, ``x_peak``
+        (integer maxima), and the flags ``saturated``, ``masked``, ``border``.
+        An image without spots gives an empty table with these columns.
+        ``attrs``: ``noise``, ``threshold``, ``threshold_snr``, ``psf_sigma_px``,
+        ``saturated_fraction``, ``n_hot_pixels``, ...
     """
     from .camera import as_camera
 
@@ -284,7 +432,8 @@ def detect_spots(
     kind = type(image).__module__.split(".")[0]
     if getattr(image, "ndim", None) != 2:
         raise ImageError(f"detect_spots expects a 2-D image (y, x), got shape {getattr(image, 'shape', None)}")
-    if background_radius_px is not None:
+    if background_radius_px is not None and not (isinstance(background_radius_px, str)
+                                                 and background_radius_px == "auto"):
         from .background import _check_radius
 
         background_radius_px = _check_radius(background_radius_px)
@@ -294,36 +443,142 @@ def detect_spots(
         from .background import normalise_flat
 
         flat = normalise_flat(flat, shape=tuple(image.shape))
+    _check_choice(noise, NOISE_MODELS, "noise")
+    _check_choice(threshold_rule, THRESHOLD_RULES, "threshold_rule")
+    _check_choice(hot_pixels, HOT_PIXEL_RULES, "hot_pixels")
+    if isinstance(noise_block_px, bool) or not isinstance(noise_block_px, (int, np.integer)) or noise_block_px < 16:
+        raise ConfigError(f"detect_spots: noise_block_px must be an integer >= 16 px, got {noise_block_px!r}")
+    if not (isinstance(min_sigma_ratio, (int, float)) and 0 <= min_sigma_ratio < 1):
+        raise ConfigError(f"detect_spots: min_sigma_ratio must be a number in [0, 1), got {min_sigma_ratio!r}")
+    if max_sigma_ratio is not None and not (isinstance(max_sigma_ratio, (int, float)) and max_sigma_ratio > 1):
+        raise ConfigError(f"detect_spots: max_sigma_ratio must be a number > 1 or None, got {max_sigma_ratio!r}")
+    if threshold is not None and not (isinstance(threshold, (int, float, np.number)) and np.isfinite(threshold)):
+        raise ConfigError(f"detect_spots: threshold must be a number of photons or None, got {threshold!r}")
+    H, W = (int(v) for v in image.shape)
+    if H < 8 or W < 8:
+        raise ImageError(f"image of {(H, W)} px is too small for spot detection (at least 8x8)")
+    level = _sat_level(image, saturation)
+    opts = dict(threshold=threshold, camera=camera, false_positives=false_positives, min_distance_px=min_distance_px,
+                exclude_border_px=exclude_border_px, fit=fit, method=method, fit_sigma=fit_sigma, window=window,
+                impl=impl, background_radius_px=background_radius_px, noise=noise, block=int(noise_block_px),
+                threshold_rule=threshold_rule, level=level, hot_pixels=hot_pixels,
+                min_sigma_ratio=float(min_sigma_ratio),
+                max_sigma_ratio=None if max_sigma_ratio is None else float(max_sigma_ratio))
     if tile is not None:
         if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < MIN_TILE:
             raise ConfigError(f"detect_spots: tile must be an integer >= {MIN_TILE} px, got {tile!r}")
         if isinstance(flat, str):
             raise ConfigError("detect_spots: flat='estimate' needs the whole field; pass a flat image with tile=")
         name = resolve_backend(backend) if backend is not None else array_backend(image)
-        out = _detect_tiled(image, int(tile), kind, name, psf_sigma_px, threshold, camera, false_positives,
-                            min_distance_px, exclude_border_px, fit, method, fit_sigma, window, impl,
-                            background_radius_px)
+        from ._tiled import detect_tiled
+
+        out = detect_tiled(image, int(tile), kind, name, psf_sigma_px, opts)
         return _apply_flat(out, flat, None)
-    if kind == "dask":
-        image = image.compute()  # one field per chunk: small enough for memory
     name = resolve_backend(backend) if backend is not None else array_backend(image)
-    if name == "cupy":
-        import cupy
-
-        image = cupy.asarray(image)
-    else:
-        image = to_numpy(image)
-    if image.shape[0] < 8 or image.shape[1] < 8:
-        raise ImageError(f"image of {image.shape} px is too small for spot detection (at least 8x8)")
-    photons = _field_photons(image, camera, name)
-    det = None
-    if background_radius_px is not None:
-        from .background import subtract_image_background
-
-        det = subtract_image_background(photons, background_radius_px, backend=name)
-    out = _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
-                        exclude_border_px, fit, method, fit_sigma, window, tile, impl, detect_image=det)
+    image = _as_array(image, kind, name)
+    out, photons = _detect_whole(image, name, psf_sigma_px, opts)
     return _apply_flat(out, flat, photons)
+
+
+def _sat_level(image, saturation):
+    from .artefacts import saturation_level
+
+    return saturation_level(image, saturation)
+
+
+def _detect_whole(image, name, psf_sigma_px, o):
+    H, W = image.shape
+    fill, pnoise = _field_scalars([_pass0(image, o["camera"], name, o["level"], (0, 0), _stride(H * W))], (H, W))
+    hot_sigma = 1.0 if psf_sigma_px is None else float(_sigmas(psf_sigma_px).min())
+    ph, sat, invalid, hot = _prepare(image, o["camera"], name, o["level"], fill, pnoise, hot_sigma, o["hot_pixels"])
+    if psf_sigma_px is None:
+        psf_sigma_px = _estimate_sigma(ph, name, o["camera"], o["impl"])
+    sig = _sigmas(psf_sigma_px)
+    bg = _background_level(ph, sig, o, name)
+    valid = _valid_for_noise(sat, invalid, float(sig.min()))
+    radius = o["background_radius_px"]
+    for auto in ([True, False] if radius == "auto" else [False]):
+        o["background_radius_px"] = None if auto else radius
+        resp = _responses(_detection_image(ph, o["background_radius_px"], name), sig, name)
+        samples = [[_noise_sample_scale(r, s, name, (0, 0), _stride(H * W), None, valid, bg)
+                    for r, s in zip(resp, sig)]]
+        ninfo = _noise_info(samples, sig, (H, W), o["noise"], o["block"], pnoise)
+        if auto and not _structured(ninfo):
+            break
+        radius = auto_background_radius(sig)
+    o["skew"] = _skew(sig, pnoise, fill, o)
+    thr_snr = _field_threshold([_extrema_region(resp, ninfo, sig, name, bg, None, o)], H * W, o)
+    out = _detect_region(ph, resp, sat, invalid, name, sig, ninfo, thr_snr, o, origin=(0, 0), field_shape=(H, W),
+                         bg=bg)
+    _finish_attrs(out, sat, hot, H * W)
+    return out, ph
+
+
+def _finish_attrs(out, sat, hot, n_pixels, n_sat=None, n_hot=None):
+    out.attrs["saturated_fraction"] = float((sat.sum() if n_sat is None else n_sat) / n_pixels)
+    out.attrs["n_hot_pixels"] = int(hot.sum() if n_hot is None else n_hot)
+
+
+#: with ``background_radius_px='auto'``, a field with at least this many blocks whose noise exceeds the
+#: variance model (structure: cell edges, stripes, texture) is background-subtracted before detection
+STRUCTURED_BLOCKS = 2
+
+
+def _structured(ninfo):
+    return any(m is not None and len(m[2]) >= STRUCTURED_BLOCKS for _nz, m in ninfo)
+
+
+def auto_background_radius(sig) -> int:
+    """Background radius (px) of ``background_radius_px='auto'`` on a structured field: ceil(3.5 sigma)."""
+    return int(math.ceil(3.5 * float(np.max(sig))))
+
+
+def _detection_image(ph, radius, name):
+    if radius is None:
+        return ph
+    from .background import subtract_image_background
+
+    return subtract_image_background(ph, radius, backend=name)
+
+
+def _noise_sample_scale(r, s, name, origin, stride, core, valid, bg=None):
+    from ..backend import get_ndi
+    from .noise import noise_samples
+
+    return noise_samples(r, float(s), get_ndi(name), origin=origin, stride=stride, core=core, valid=valid,
+                         background=bg)
+
+
+def _extrema_region(resp, ninfo, sig, name, bg, core, o, origin=(0, 0)):
+    """Maxima and null minima (SNR) of one region, for the adaptive threshold (None with a manual threshold)."""
+    if o["threshold"] is not None or o["threshold_rule"] != "adaptive":
+        return None
+    from ..backend import get_ndi
+    from .noise import extrema
+
+    snr, _r, _i = _snr(resp, ninfo, name, bg, origin, o["block"])
+    md = _min_distance(o["min_distance_px"], sig)
+    return extrema(snr, md, get_ndi(name), core=core, ring_radius=int(np.ceil(2 * DOG_RATIO * float(sig.max()))))
+
+
+def _field_threshold(parts, n_pixels, o):
+    """Threshold in noise sigmas for the field (nan with a manual threshold)."""
+    if o["threshold"] is not None:
+        return float("nan")
+    k = auto_threshold_factor(n_pixels, o["false_positives"])
+    if o["threshold_rule"] != "adaptive":
+        return k
+    from .noise import choose_threshold
+
+    maxima = np.concatenate([p[0] for p in parts])
+    minima = np.concatenate([p[1] for p in parts])
+    return choose_threshold(maxima, minima, t_max=k, skew=o.get("skew", 0.0), n_pixels=n_pixels)
+
+
+def _skew(sig, pixel_noise, fill, o):
+    from .noise import response_skewness
+
+    return response_skewness(float(sig.min()), pixel_noise, fill)
 
 
 #: spot columns divided by the flat in a flat-field correction
@@ -349,76 +604,6 @@ def _apply_flat(out, flat, photons):
 MIN_TILE = 32
 
 
-def _detect_tiled(image, tile, kind, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
-                  exclude_border_px, fit, method, fit_sigma, window, impl, background_radius_px=None):
-    from .localize import fit_window_size
-
-    H, W = (int(v) for v in image.shape)
-    if H < 8 or W < 8:
-        raise ImageError(f"image of {(H, W)} px is too small for spot detection (at least 8x8)")
-
-    def region(y0, y1, x0, x1):
-        sub = image[y0:y1, x0:x1]
-        if kind == "dask":
-            sub = sub.compute()
-        if name == "cupy":
-            import cupy
-
-            sub = cupy.asarray(sub)
-        else:
-            sub = to_numpy(sub)
-        return _field_photons(sub, camera, name)
-
-    if psf_sigma_px is None:  # estimated on the central tile
-        cy, cx, h = H // 2, W // 2, tile // 2
-        centre = region(max(cy - h, 0), min(cy + h, H), max(cx - h, 0), min(cx + h, W))
-        psf_sigma_px = _estimate_sigma(centre, name, camera, impl)
-    sig = _sigmas(psf_sigma_px)
-    md = _min_distance(min_distance_px, sig)
-    win = int(window) if window is not None else max(fit_window_size(float(s)) for s in sig)
-    halo = max(int(4.0 * DOG_RATIO * float(s) + 0.5) for s in sig) + 2 * md + win // 2 + 1
-    if background_radius_px is not None:
-        from .background import background_halo, subtract_image_background
-
-        halo += background_halo(background_radius_px)
-
-    def detection_image(ph):
-        return None if background_radius_px is None else subtract_image_background(ph, background_radius_px, backend=name)
-    cores = [(y0, min(y0 + tile, H), x0, min(x0 + tile, W)) for y0 in range(0, H, tile) for x0 in range(0, W, tile)]
-
-    def extent(c):
-        return max(c[0] - halo, 0), min(c[1] + halo, H), max(c[2] - halo, 0), min(c[3] + halo, W)
-
-    # pass 1: the field's noise per scale, from the global sub-grid of every core
-    samples = [[] for _ in sig]
-    for c in cores:
-        e = extent(c)
-        ph = region(*e)
-        det = detection_image(ph)
-        for i, s in enumerate(sig):
-            r = dog_filter(ph if det is None else det, float(s), backend=name)
-            rc = r[c[0] - e[0]:c[1] - e[0], c[2] - e[2]:c[3] - e[2]]
-            samples[i].append(_noise_sample(rc, (c[0], c[2]), H * W))
-    noise = [_mad_sigma(np.concatenate(v)) for v in samples]
-    # pass 2: detection and fits per tile, spots of the core only
-    parts = []
-    for c in cores:
-        e = extent(c)
-        ph = region(*e)
-        parts.append(_detect_field(
-            ph, name, sig, threshold, camera, false_positives, md, exclude_border_px, fit, method, fit_sigma,
-            window, None, impl, origin=(e[0], e[2]), field_shape=(H, W), noise=noise,
-            core=(c[0] - e[0], c[1] - e[0], c[2] - e[2], c[3] - e[2]), detect_image=detection_image(ph),
-        ))
-    attrs = dict(parts[0].attrs)
-    nonempty = [p for p in parts if len(p)]
-    out = pd.concat(nonempty or parts[:1], ignore_index=True)
-    out = out.sort_values(["y_peak", "x_peak"], kind="stable").reset_index(drop=True)  # row-major, as a whole field
-    out.attrs.update(attrs)
-    out.attrs.update({"tile": tile, "halo": halo, "n_tiles": len(cores)})
-    return out
-
-
 def _sigmas(psf_sigma_px):
     s = np.atleast_1d(np.asarray(psf_sigma_px, dtype=np.float64))
     if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
@@ -427,9 +612,25 @@ def _sigmas(psf_sigma_px):
 
 
 def _estimate_sigma(photons, name, camera, impl):
-    """PSF sigma from the field: median fitted sigma of the 200 brightest spots (start 1.5 px)."""
-    sp = _detect_field(photons, name, 1.5, None, camera, 0.1, 3, 3, True, "mle", True, 11, None, impl,
-                       estimate=True)
+    """PSF sigma from the field: median fitted sigma of the 200 brightest spots (start 1.5 px; 1.5 px
+    when fewer than 5 fits converge)."""
+    H, W = photons.shape
+    o = dict(threshold=None, camera=camera, false_positives=0.1, min_distance_px=3, exclude_border_px=3, fit=True,
+             method="mle", fit_sigma=True, window=11 if min(H, W) >= 11 else None, impl=impl,
+             background_radius_px=None, noise="global", block=NOISE_BLOCK_PX, threshold_rule="false_positives",
+             level=None, hot_pixels="keep", min_sigma_ratio=0.0, max_sigma_ratio=None)
+    sig = _sigmas(1.5)
+    resp = _responses(photons, sig, name)
+    samples = [[_noise_sample_scale(resp[0], 1.5, name, (0, 0), _stride(H * W), None, None)]]
+    try:
+        ninfo = _noise_info(samples, sig, (H, W), "global", NOISE_BLOCK_PX)
+    except ImageError:
+        return 1.5
+    none = np.zeros(photons.shape, bool)
+    sp = _detect_region(photons, resp, none, none, name, sig, ninfo, auto_threshold_factor(H * W, 0.1), o,
+                        origin=(0, 0), field_shape=(H, W), unfixed=True)
+    if "fit_status" not in sp:
+        return 1.5
     good = sp[(sp["fit_status"] == 0) & np.isfinite(sp["sigma"])]
     if len(good) < 5:
         return 1.5
@@ -441,139 +642,4 @@ def _min_distance(min_distance_px, sig):
     return int(min_distance_px) if min_distance_px is not None else max(2, int(round(1.5 * float(sig.min()))))
 
 
-def _detect_field(photons, name, psf_sigma_px, threshold, camera, false_positives, min_distance_px,
-                  exclude_border_px, fit, method, fit_sigma, window, tile, impl, estimate=False,
-                  origin=(0, 0), field_shape=None, noise=None, core=None, detect_image=None):
-    """Detect (and fit) in one in-memory image.
-
-    For a tile of a larger field: ``origin`` is the global (y, x) of
-    ``photons[0, 0]``, ``field_shape`` the whole field's shape, ``noise`` the
-    field's noise per scale, and ``core`` (y0, y1, x0, x1, tile coordinates)
-    the region whose spots are kept.  Output coordinates are global.
-    ``detect_image`` (e.g. background-subtracted) is filtered for detection
-    instead of ``photons``; fits always use ``photons``.
-    """
-    if psf_sigma_px is None:
-        psf_sigma_px = _estimate_sigma(photons, name, camera, impl)
-    sig = _sigmas(psf_sigma_px)
-    md = _min_distance(min_distance_px, sig)
-    H, W = field_shape if field_shape is not None else photons.shape
-    oy, ox = int(origin[0]), int(origin[1])
-    k = auto_threshold_factor(H * W, false_positives)
-    # filter and noise (global sub-grid); then maxima
-    response, snr, scale_idx, noise = _scale_space(photons if detect_image is None else detect_image, sig, name,
-                                                   origin=origin, noise=noise)
-    factor = 1.0
-    if threshold is None:
-        score, thr = snr, k
-        if snr is None:  # one scale: SNR = response / noise, evaluated only where needed
-            score, factor = response, np.float32(1.0 / noise[0])
-        thr_photons = float(k * noise[0]) if len(sig) == 1 else float("nan")
-    else:
-        score, thr = response, float(threshold)
-        thr_photons = float(threshold)
-    yy, xx, _ = local_maxima(score, thr, md, backend=name, factor=factor)
-    if core is not None:
-        ok = (yy >= core[0]) & (yy < core[1]) & (xx >= core[2]) & (xx < core[3])
-        yy, xx = yy[ok], xx[ok]
-    if exclude_border_px > 0:
-        b = int(exclude_border_px)
-        gy, gx = yy + oy, xx + ox
-        ok = (gy >= b) & (gy < H - b) & (gx >= b) & (gx < W - b)
-        yy, xx = yy[ok], xx[ok]
-    xp = np if name == "numpy" else __import__("cupy")
-    iy, ix = xp.asarray(yy), xp.asarray(xx)
-    resp = to_numpy(response[iy, ix]).astype(np.float64) if len(yy) else np.empty(0)
-    if snr is None:
-        sn = (to_numpy(response[iy, ix]) * np.float32(1.0 / noise[0])).astype(np.float64) if len(yy) else np.empty(0)
-    else:
-        sn = to_numpy(snr[iy, ix]).astype(np.float64) if len(yy) else np.empty(0)
-    sidx = to_numpy(scale_idx[iy, ix]).astype(np.int64) if (len(yy) and scale_idx is not None) else np.zeros(len(yy), np.int64)
-    spot_sigma = sig[sidx] if len(yy) else np.empty(0)
-    if fit and len(yy):
-        parts = []
-        for s_i in np.unique(sidx):
-            sel = np.flatnonzero(sidx == s_i)
-            df = _fit_with_fallback(
-                photons, yy[sel], xx[sel], float(sig[s_i]), window, method, fit_sigma,
-                camera.readout_var_photons if camera is not None else 0.0, name, impl, origin=(oy, ox),
-            )
-            df.index = sel
-            parts.append(df)
-        out = pd.concat(parts).sort_index()
-    else:
-        out = pd.DataFrame({"y": (yy + oy).astype(np.float64), "x": (xx + ox).astype(np.float64)})
-    out["response"] = resp
-    out["snr"] = sn
-    out["scale_sigma"] = spot_sigma
-    out["y_peak"] = yy + oy
-    out["x_peak"] = xx + ox
-    out = out.reset_index(drop=True)
-    out.attrs.update(
-        {
-            "noise": [float(v) for v in noise],
-            "threshold": thr_photons,
-            "threshold_snr": float(k) if threshold is None else float("nan"),
-            "psf_sigma_px": [float(v) for v in sig],
-            "min_distance_px": md,
-            "shape": (int(H), int(W)),
-        }
-    )
-    return out
-
-
-#: a free-sigma fit is redone with the PSF sigma fixed when its sigma leaves
-#: this relative range or its position moves more than MAX_SHIFT_PX from the maximum
-SIGMA_RANGE = (0.7, 1.4)
-MAX_SHIFT_PX = 1.0
-
-
-def _fit_with_fallback(photons, yy, xx, sigma, window, method, fit_sigma, readout_var, name, impl,
-                       origin=(0, 0)):
-    """Fit; spots pulled by a neighbour (sigma out of range, large shift, no convergence) are refitted
-    with sigma fixed.  Column ``sigma_fixed`` says which.  Output positions are ``origin`` + image px."""
-    from .localize import fit_spots
-
-    kw = dict(psf_sigma_px=sigma, window=window, method=method, readout_var=readout_var, backend=name,
-              impl=impl, origin=origin)
-    df = fit_spots(photons, yy, xx, fit_sigma=fit_sigma, **kw)
-    df["sigma_fixed"] = not fit_sigma
-    if fit_sigma and len(df):
-        rel = df["sigma"].to_numpy() / sigma
-        shift = np.hypot(df["y"].to_numpy() - (yy + origin[0]), df["x"].to_numpy() - (xx + origin[1]))
-        bad = (rel < SIGMA_RANGE[0]) | (rel > SIGMA_RANGE[1]) | (shift > MAX_SHIFT_PX) | (df["fit_status"].to_numpy() != 0)
-        if bad.any():
-            idx = np.flatnonzero(bad)
-            re = fit_spots(photons, yy[idx], xx[idx], fit_sigma=False, **kw)
-            re["sigma_fixed"] = True
-            re.index = df.index[idx]
-            df.loc[df.index[idx], re.columns] = re
-    return df
-
-
-def _scale_space(photons, sig, name, origin=(0, 0), noise=None):
-    """Response (photons), SNR (None for one scale: response / noise), scale index (or None), noise per scale."""
-    xp = np if name == "numpy" else __import__("cupy")
-    best_snr = best_resp = best_idx = None
-    noises = []
-    for i, s in enumerate(sig):
-        r = dog_filter(photons, s, backend=name)
-        nz = noise[i] if noise is not None else noise_level(r, origin=origin)
-        if not nz > 0:
-            raise ImageError(
-                "the field has no measurable noise (constant, all-zero or saturated image): "
-                f"filtered-image MAD is {nz}"
-            )
-        noises.append(nz)
-        if len(sig) == 1:
-            return r, None, None, noises
-        snr = r * np.float32(1.0 / nz)
-        if best_snr is None:
-            best_snr, best_resp = snr, r
-            best_idx = xp.zeros(r.shape, dtype=xp.int8) if len(sig) > 1 else None
-        else:
-            better = snr > best_snr
-            best_snr = xp.where(better, snr, best_snr)
-            best_resp = xp.where(better, r, best_resp)
-            best_idx = xp.where(better, xp.int8(i), best_idx)
-    return best_resp, best_snr, best_idx, noises
+from ._field import MAX_SHIFT_PX, SIGMA_RANGE, _detect_region, _empty_fit, _fit_with_fallback  # noqa: E402,F401

@@ -1,0 +1,152 @@
+"""Detection in one in-memory region (a field or a tile with its halo): maxima, fits, flags, shape test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..backend import to_numpy
+from . import detect as D
+
+
+def _empty_fit():
+    from .localize import FIT_COLUMNS
+
+    cols = {c: np.empty(0, np.float64) for c in FIT_COLUMNS}
+    cols["iterations"] = np.empty(0, np.int32)
+    cols["fit_status"] = np.empty(0, np.int8)
+    df = pd.DataFrame(cols)
+    df["sigma_fixed"] = np.empty(0, bool)
+    return df
+
+
+def _detect_region(photons, responses, sat, invalid, name, sig, ninfo, thr_snr, o, *, origin=(0, 0),
+                   field_shape=None, core=None, unfixed=False, bg=None):
+    """Maxima above the threshold in one in-memory region, fitted and flagged.
+
+    ``responses``: the detection filter per scale of this region; ``ninfo``
+    the field's noise per scale; ``thr_snr`` the threshold in noise sigmas
+    (nan: the manual ``o['threshold']`` in photons).  For a tile: ``origin``
+    is the global (y, x) of ``photons[0, 0]``, ``field_shape`` the whole
+    field's shape, ``core`` (tile coordinates) the region whose spots are kept.
+    """
+    from .artefacts import flag_radius
+    from .localize import fit_window_size
+
+    md = D._min_distance(o["min_distance_px"], sig)
+    H, W = field_shape
+    oy, ox = int(origin[0]), int(origin[1])
+    h, w = photons.shape
+    snr, response, scale_idx = D._snr(responses, ninfo, name, bg, origin, o["block"])
+    if o["threshold"] is None:
+        yy, xx, _ = D.local_maxima(snr, thr_snr, md, backend=name)
+        thr_photons = float(thr_snr * ninfo[0][0]) if len(sig) == 1 else float("nan")
+    else:
+        yy, xx, _ = D.local_maxima(response, float(o["threshold"]), md, backend=name)
+        thr_photons = float(o["threshold"])
+    if core is not None:
+        ok = (yy >= core[0]) & (yy < core[1]) & (xx >= core[2]) & (xx < core[3])
+        yy, xx = yy[ok], xx[ok]
+    if o["exclude_border_px"] > 0:
+        b = int(o["exclude_border_px"])
+        gy, gx = yy + oy, xx + ox
+        ok = (gy >= b) & (gy < H - b) & (gx >= b) & (gx < W - b)
+        yy, xx = yy[ok], xx[ok]
+    xp = np if name == "numpy" else __import__("cupy")
+    iy, ix = xp.asarray(yy), xp.asarray(xx)
+    n = len(yy)
+    resp = to_numpy(response[iy, ix]).astype(np.float64) if n else np.empty(0)
+    sn = to_numpy(snr[iy, ix]).astype(np.float64) if n else np.empty(0)
+    sidx = to_numpy(scale_idx[iy, ix]).astype(np.int64) if (n and scale_idx is not None) else np.zeros(n, np.int64)
+    win = int(o["window"]) if o["window"] is not None else max(fit_window_size(float(s)) for s in sig)
+    fit_ok = o["fit"] and min(h, w) >= win
+    if o["fit"] and n and fit_ok:
+        parts = []
+        for s_i in np.unique(sidx):
+            sel = np.flatnonzero(sidx == s_i)
+            df = _fit_with_fallback(
+                photons, yy[sel], xx[sel], float(sig[s_i]), o["window"], o["method"], o["fit_sigma"],
+                o["camera"].readout_var_photons if o["camera"] is not None else 0.0, name, o["impl"],
+                origin=(oy, ox),
+            )
+            df.index = sel
+            parts.append(df)
+        out = pd.concat(parts).sort_index()
+    elif o["fit"] and fit_ok:
+        out = _empty_fit()
+    else:
+        out = pd.DataFrame({"y": (yy + oy).astype(np.float64), "x": (xx + ox).astype(np.float64)})
+    out["response"] = resp
+    out["snr"] = sn
+    out["scale_sigma"] = sig[sidx] if n else np.empty(0)
+    out["y_peak"] = (yy + oy).astype(np.int64)
+    out["x_peak"] = (xx + ox).astype(np.int64)
+    fr = flag_radius(float(sig.min()))
+    out["saturated"] = D._near(sat, yy, xx, fr)
+    out["masked"] = D._near(invalid, yy, xx, fr)
+    hw = win // 2
+    gy, gx = yy + oy, xx + ox
+    out["border"] = (gy < hw) | (gy >= H - hw) | (gx < hw) | (gx >= W - hw)
+    out = out.reset_index(drop=True)
+    n_narrow = n_wide = 0
+    if not unfixed and o["fit"] and o["fit_sigma"] and len(out):
+        ps, fs = out["scale_sigma"].to_numpy(), out["sigma"].to_numpy()
+        cr = 2.0 * np.nan_to_num(out["crlb_sigma"].to_numpy(), nan=np.inf)
+        conv = out["fit_status"].to_numpy() == 0
+        narrow = conv & (fs + cr < o["min_sigma_ratio"] * ps)
+        wide = conv & (fs - 0.5 * cr > o["max_sigma_ratio"] * ps) if o["max_sigma_ratio"] else np.zeros(len(out), bool)
+        n_narrow, n_wide = int(narrow.sum()), int(wide.sum())
+        if n_narrow or n_wide:
+            out = out[~(narrow | wide)].reset_index(drop=True)
+    out.attrs.update(
+        {
+            "noise": [float(v[0]) for v in ninfo],
+            "noise_model": [list(v[1][:2]) if v[1] is not None else None for v in ninfo],
+            "noise_excess_blocks": [len(v[1][2]) if v[1] is not None else 0 for v in ninfo],
+            "threshold": thr_photons,
+            "threshold_snr": float(thr_snr),
+            "threshold_rule": "manual" if o["threshold"] is not None else o["threshold_rule"],
+            "psf_sigma_px": [float(v) for v in sig],
+            "min_distance_px": md,
+            "shape": (int(H), int(W)),
+            "n_rejected_narrow": n_narrow,
+            "n_rejected_wide": n_wide,
+            "background_radius_px": o["background_radius_px"],
+        }
+    )
+    return out
+
+
+#: a free-sigma fit is redone with the PSF sigma fixed when its sigma leaves
+#: this relative range or its position moves more than MAX_SHIFT_PX from the maximum
+SIGMA_RANGE = (0.7, 1.4)
+MAX_SHIFT_PX = 1.0
+
+
+def _fit_with_fallback(photons, yy, xx, sigma, window, method, fit_sigma, readout_var, name, impl,
+                       origin=(0, 0)):
+    """Fit; spots pulled by a neighbour (sigma out of range, large shift, no convergence) are refitted
+    with sigma fixed (column ``sigma_fixed``): their position and photons come from the refit, their
+    ``sigma`` (and ``crlb_sigma``) stay the free fit's, so a spot too narrow or too wide for the PSF
+    still shows it.  Output positions are ``origin`` + image px."""
+    from .localize import fit_spots
+
+    kw = dict(psf_sigma_px=sigma, window=window, method=method, readout_var=readout_var, backend=name,
+              impl=impl, origin=origin)
+    df = fit_spots(photons, yy, xx, fit_sigma=fit_sigma, **kw)
+    df["sigma_fixed"] = not fit_sigma
+    if fit_sigma and len(df):
+        rel = df["sigma"].to_numpy() / sigma
+        shift = np.hypot(df["y"].to_numpy() - (yy + origin[0]), df["x"].to_numpy() - (xx + origin[1]))
+        bad = (rel < SIGMA_RANGE[0]) | (rel > SIGMA_RANGE[1]) | (shift > MAX_SHIFT_PX) | (df["fit_status"].to_numpy() != 0)
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            re = fit_spots(photons, yy[idx], xx[idx], fit_sigma=False, **kw)
+            re["sigma_fixed"] = True
+            keep_cols = [c for c in re.columns if c not in ("sigma", "crlb_sigma", "fit_status")]
+            re.index = df.index[idx]
+            df.loc[df.index[idx], keep_cols] = re[keep_cols]
+            # a failed free fit takes the refit's status
+            failed = df.loc[df.index[idx], "fit_status"].to_numpy() != 0
+            df.loc[df.index[idx[failed]], "fit_status"] = re["fit_status"].to_numpy()[failed]
+    return df

@@ -1,0 +1,192 @@
+"""Camera and sample artefacts handled before spot detection.
+
+- Non-finite pixels (NaN, inf) are filled with the field's median and
+  masked: detections touching them are flagged (``masked``).
+- Saturated pixels (at or above the saturation level; by default the
+  maximum of an integer dtype) are masked: left out of the noise estimate,
+  and detections within :func:`flag_radius` px of one are flagged
+  (``saturated``).
+- Hot and cold single pixels (sCMOS outliers) are repaired: a pixel that
+  departs from its surroundings by more than ``HOT_SNR`` pixel-noise sigmas
+  while its four neighbours do not follow (less than ``HOT_RATIO`` of the
+  neighbour share an integrated-Gaussian PSF of the field's width would
+  give) cannot be a spot; it takes the median of its 8 neighbours.  The
+  per-pixel rule is local, so tiles give the result of the whole field.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import to_numpy
+from ..errors import ConfigError, ImageError
+
+__all__ = ["saturation_level", "pixel_noise_samples", "hot_pixel_mask", "repair_pixels", "flag_radius",
+           "HOT_SNR", "HOT_RATIO"]
+
+#: a hot pixel departs from its ring by more than this many pixel-noise sigmas ...
+HOT_SNR = 6.0
+#: ... while its brightest 4-neighbour holds less than this share of what a PSF would put there
+HOT_RATIO = 0.35
+
+
+def saturation_level(image, saturation="auto"):
+    """Saturation level (raw units) or None: 'auto' is the dtype maximum of integer images
+    (and None for float ones), None disables, a number is taken as given."""
+    if saturation is None:
+        return None
+    if isinstance(saturation, str):
+        if saturation != "auto":
+            raise ConfigError(f"saturation must be 'auto', None or a number (raw units), got {saturation!r}")
+        dt = np.dtype(getattr(image, "dtype", np.float64))
+        return float(np.iinfo(dt).max) if dt.kind in "ui" else None
+    if isinstance(saturation, bool) or not isinstance(saturation, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"saturation must be 'auto', None or a number (raw units), got {saturation!r}")
+    return float(saturation)
+
+
+def flag_radius(sigma: float) -> int:
+    """Detections whose maximum lies within this many px of a masked pixel are flagged."""
+    return int(math.ceil(2.0 * float(sigma))) + 1
+
+
+def pixel_noise_samples(photons, *, origin=(0, 0), stride=1, core=None, valid=None):
+    """Row-difference samples ``(p[y+1, x] - p[y, x]) / sqrt(2)`` on the global sub-grid (NumPy)."""
+    p = to_numpy(photons)
+    y0, y1, x0, x1 = core if core is not None else (0, p.shape[0], 0, p.shape[1])
+    y1 = min(y1, p.shape[0] - 1)
+    oy, ox = int(origin[0]), int(origin[1])
+    sy = y0 + (-(oy + y0)) % stride
+    sx = x0 + (-(ox + x0)) % stride
+    d = (p[sy + 1:y1 + 1:stride, sx:x1:stride].astype(np.float64) - p[sy:y1:stride, sx:x1:stride]) / math.sqrt(2.0)
+    if valid is not None:
+        v = to_numpy(valid)
+        ok = v[sy:y1:stride, sx:x1:stride] & v[sy + 1:y1 + 1:stride, sx:x1:stride]
+        d = d[ok]
+    return d.ravel()
+
+
+def _neighbour_share(sigma: float) -> float:
+    """Share of the peak pixel's photons in its brightest 4-neighbour, spot centred on the pixel."""
+    from ..synth.tirf import integrated_gaussian
+
+    e = integrated_gaussian(np.array([3.0]), float(sigma), 7)[0]
+    return float(e[4] / e[3])
+
+
+def hot_pixel_mask(photons, sigma, pixel_noise, ndi, *, snr=HOT_SNR, ratio=HOT_RATIO):
+    """Boolean map of hot (+) and cold (-) single-pixel outliers of a 2-D photon image (NumPy)."""
+    p = to_numpy(photons).astype(np.float32, copy=False)
+    if not pixel_noise > 0 or p.shape[0] < 5 or p.shape[1] < 5:
+        return np.zeros(p.shape, bool)
+    ring = np.ones((5, 5), bool)
+    ring[1:4, 1:4] = False
+    base = ndi.median_filter(p, footprint=ring, mode="nearest")
+    cross = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], bool)
+    nb_max = ndi.maximum_filter(p, footprint=cross, mode="nearest")
+    nb_min = ndi.minimum_filter(p, footprint=cross, mode="nearest")
+    e0 = p - base
+    share = ratio * _neighbour_share(sigma)
+    hot = (e0 > snr * pixel_noise) & ((nb_max - base) < share * e0)
+    cold = (e0 < -snr * pixel_noise) & ((nb_min - base) > share * e0)
+    return hot | cold
+
+
+def repair_pixels(photons, mask, ndi):
+    """Copy of ``photons`` with ``mask`` pixels replaced by the median of their 8 neighbours (float32)."""
+    p = np.array(to_numpy(photons), dtype=np.float32, copy=True)
+    if not mask.any():
+        return p
+    fp = np.ones((3, 3), bool)
+    fp[1, 1] = False
+    med = ndi.median_filter(p, footprint=fp, mode="nearest")
+    p[mask] = med[mask]
+    return p
+
+
+# ---- field preparation shared by whole-field and tiled detection
+
+def _photons(image, camera, name):
+    if camera is not None:
+        return camera.to_photons(image)
+    return image.astype(np.float32, copy=False)
+
+
+def _mad(v):
+    v = np.asarray(v, dtype=np.float64)
+    if v.size == 0:
+        return float("nan")
+    med = np.median(v)
+    return float(1.4826 * np.median(np.abs(v - med)))
+
+
+
+def _pass0(raw, camera, name, level, origin, stride, core=None):
+    """Finite, unsaturated photon samples (for the fill value) and pixel-noise samples on the sub-grid."""
+    from .artefacts import pixel_noise_samples
+
+    ph = to_numpy(_photons(to_numpy(raw), camera, "numpy")).astype(np.float32, copy=False)
+    rw = to_numpy(raw)
+    valid = np.isfinite(ph)
+    if level is not None:
+        valid &= ~(rw >= level)
+    y0, y1, x0, x1 = core if core is not None else (0, ph.shape[0], 0, ph.shape[1])
+    sy, sx = y0 + (-(origin[0] + y0)) % stride, x0 + (-(origin[1] + x0)) % stride
+    v = ph[sy:y1:stride, sx:x1:stride][valid[sy:y1:stride, sx:x1:stride]]
+    d = pixel_noise_samples(ph, origin=origin, stride=stride, core=core, valid=valid)
+    return v.astype(np.float64), d
+
+
+def _field_scalars(parts, shape):
+    vals = np.concatenate([p[0] for p in parts])
+    if vals.size == 0:
+        raise ImageError(f"image of {shape} px has no finite, unsaturated pixel: nothing to detect")
+    d = np.concatenate([p[1] for p in parts])
+    return float(np.median(vals)), _mad(d) if d.size else 0.0
+
+
+def _prepare(raw, camera, name, level, fill, pixel_noise, hot_sigma, hot_pixels):
+    """Photons with non-finite pixels filled and hot/cold pixels repaired; saturated, non-finite, hot masks."""
+    import scipy.ndimage as sndi
+
+    from .artefacts import hot_pixel_mask, repair_pixels
+
+    rw = to_numpy(raw)
+    ph = np.array(to_numpy(_photons(rw, camera, "numpy")), dtype=np.float32, copy=True)
+    finite = np.isfinite(ph)
+    sat = (rw >= level) if level is not None else np.zeros(ph.shape, bool)
+    sat = np.asarray(sat & finite)
+    if not finite.all():
+        ph[~finite] = np.float32(fill)
+    hot = np.zeros(ph.shape, bool)
+    if hot_pixels == "repair":
+        hot = hot_pixel_mask(ph, hot_sigma, pixel_noise, sndi) & finite & ~sat
+        ph = repair_pixels(ph, hot, sndi)
+    if name == "cupy":
+        import cupy
+
+        ph = cupy.asarray(ph)
+    return ph, sat, ~finite, hot
+
+
+def _valid_for_noise(sat, invalid, sigma):
+    import scipy.ndimage as sndi
+
+    from .noise import mask_radius
+
+    bad = sat | invalid
+    if not bad.any():
+        return None
+    r = mask_radius(sigma)
+    return ~sndi.binary_dilation(bad, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
+
+
+def _near(mask, yy, xx, radius):
+    if not mask.any() or not len(yy):
+        return np.zeros(len(yy), bool)
+    import scipy.ndimage as sndi
+
+    d = sndi.maximum_filter(mask.astype(np.uint8), size=2 * int(radius) + 1, mode="constant")
+    return d[yy, xx].astype(bool)

@@ -1,0 +1,304 @@
+"""Noise of the detection filter's response and the data-driven detection threshold.
+
+Everything here is built from *samples* that a field or any tile of it (with a
+halo) gives identically, so a tiled run reaches the numbers of the whole field:
+
+- noise samples: the filter response ``v`` on the global sub-grid, with ``m``
+  the largest response within :func:`mask_radius` px (a maximum filter).  The
+  noise is ``1.4826 * MAD`` of the samples with ``m < clip * noise``, iterated
+  from the plain MAD (:func:`robust_noise`): pixels near spots (their peak and
+  the negative ring of the filter) are left out, so spots cannot inflate the
+  noise of a small or dense field.
+- a local noise model (:func:`fit_noise_model`): the same estimate per block
+  of ``block_px`` (aligned to the field) against the block's background
+  level (an opening that removes the spots), fitted as ``noise^2 = a + c *
+  background``; the map (:func:`noise_from_model`) follows the local
+  background at the scale of a few PSFs, so the threshold rises over a bright
+  nucleus or a diffuse blob and falls in dim corners.
+- the threshold (:func:`choose_threshold`): extrema of the response in SNR units.
+  Minima of the response in spot-free regions are the empirical null of the
+  maxima (pure noise is symmetric, spots are not): the expected number of false
+  maxima above ``t`` is the number of such minima below ``-t``, scaled by the
+  share of the field they were counted in, corrected for the skew of Poisson
+  noise and never below the Gaussian expectation.  The threshold maximises
+  the estimated F1 within ``[t_min, t_max]``; a field too small to calibrate
+  the null (fewer than ``MIN_NULL`` minima) keeps ``t_max``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+__all__ = ["mask_radius", "noise_samples", "robust_noise", "background_level", "fit_noise_model", "noise_from_model", "extrema", "choose_threshold",
+           "NOISE_CLIP", "NOISE_ITERATIONS", "T_MIN"]
+
+#: samples within mask_radius of a response above NOISE_CLIP * noise are left out
+NOISE_CLIP = 3.0
+NOISE_ITERATIONS = 6
+#: lowest automatic threshold (noise sigmas)
+T_MIN = 3.0
+#: weight of the Poisson uncertainty sqrt(FP) of the false-positive count in the threshold score
+FP_UNCERTAINTY = 2.0
+#: the threshold is lowered below t_max only when at least this many minima calibrate the null
+MIN_NULL = 20
+
+
+def mask_radius(sigma: float) -> int:
+    """Radius (px) around a candidate spot left out of the noise estimate (peak and most of the ring)."""
+    return int(math.ceil(3.0 * float(sigma))) + 1
+
+
+def _mad(v):
+    v = np.asarray(v, dtype=np.float64)
+    if v.size == 0:
+        return float("nan")
+    med = np.median(v)
+    return float(1.4826 * np.median(np.abs(v - med)))
+
+
+def noise_samples(response, sigma, ndi, *, origin=(0, 0), stride=1, core=None, valid=None, background=None):
+    """(gy, gx, v, m, b) on the global sub-grid of ``response`` (within ``core``, tile coordinates).
+
+    ``valid`` (bool, the response's shape) leaves out pixels (saturated or
+    non-finite neighbourhoods).  NumPy arrays.
+    """
+    from ..backend import to_numpy
+
+    r = int(mask_radius(sigma))
+    mx = ndi.maximum_filter(response, size=2 * r + 1, mode="nearest")
+    y0, y1, x0, x1 = core if core is not None else (0, response.shape[0], 0, response.shape[1])
+    oy, ox = int(origin[0]), int(origin[1])
+    sy = y0 + (-(oy + y0)) % stride
+    sx = x0 + (-(ox + x0)) % stride
+    v = to_numpy(response[sy:y1:stride, sx:x1:stride])
+    m = to_numpy(mx[sy:y1:stride, sx:x1:stride])
+    gy, gx = np.meshgrid(np.arange(sy, y1, stride) + oy, np.arange(sx, x1, stride) + ox, indexing="ij")
+    keep = np.ones(v.shape, bool) if valid is None else to_numpy(valid[sy:y1:stride, sx:x1:stride]).astype(bool)
+    b = (to_numpy(background[sy:y1:stride, sx:x1:stride]) if background is not None else np.zeros(v.shape))
+    return gy[keep], gx[keep], v[keep].astype(np.float64), m[keep].astype(np.float64), b[keep].astype(np.float64)
+
+
+def robust_noise(v, m, *, clip=NOISE_CLIP, iterations=NOISE_ITERATIONS, fallback=None) -> float:
+    """1.4826 * MAD of ``v`` over samples away from candidates (``m < clip * noise``), iterated.
+
+    Stops when fewer than 50 samples (or 5 % of them) would remain: the
+    previous estimate is kept, or, when that happens at once (spots cover a
+    small or dense field), ``fallback`` (e.g. :func:`propagated_noise`).
+    """
+    v = np.asarray(v, np.float64)
+    m = np.asarray(m, np.float64)
+    s = _mad(v)
+    if not s > 0:
+        return s
+    for it in range(iterations):
+        keep = m < clip * s
+        if keep.sum() < max(50, 0.05 * v.size):
+            if it == 0 and fallback is not None:  # spots cover the field: the white-noise propagation
+                return float(fallback)
+            break
+        s_new = _mad(v[keep])
+        if not s_new > 0:
+            break
+        done = abs(s_new - s) <= 1e-4 * s
+        s = s_new
+        if done:
+            break
+    return s
+
+
+def background_level(photons, sigma, ndi):
+    """Local background (photons/px) that the noise model follows: an opening (spots removed) of radius
+    ``ceil(2.5 sigma)`` of the lightly smoothed image, box-averaged (float32, same backend)."""
+    from .background import background_map
+
+    return background_map(photons, background_radius(sigma), smooth_px=1.0)
+
+
+def background_radius(sigma: float) -> int:
+    return int(math.ceil(2.5 * float(sigma)))
+
+
+def fit_noise_model(gy, gx, v, m, b, block_px, global_noise):
+    """Variance model ``noise^2 = a + c * background`` of the filter response, fitted over blocks.
+
+    Each block of ``block_px`` (aligned to the field) gives its robust noise
+    and median background; ``a`` and ``c`` (>= 0) are a least-squares fit of
+    the squared noise on the background, refitted without blocks more than
+    3 MADs off.  Returns ``(a, c)``, or None when the background varies too
+    little (its range, a tenth of its median) or fewer than 4 blocks have 64 samples:
+    then the field's noise holds everywhere.
+    """
+    gy, gx, v, m, b = (np.asarray(a) for a in (gy, gx, v, m, b))
+    key = (gy // block_px) * (1 << 20) + gx // block_px
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    nb, sb, keys = [], [], []
+    for idx in np.split(order, bounds):
+        if len(idx) < 64:
+            continue
+        s = robust_noise(v[idx], m[idx])  # candidates masked with the block's own noise
+        keep = m[idx] < NOISE_CLIP * s
+        if s > 0 and keep.sum() >= 32:
+            nb.append(float(np.median(b[idx][keep])))
+            sb.append(s)
+            keys.append(int(key[idx[0]]))
+    if len(nb) < 4:
+        return None
+    nb, var = np.asarray(nb), np.asarray(sb) ** 2
+    if not nb.max() - nb.min() > 0.1 * max(abs(float(np.median(nb))), 1e-12):
+        return None
+    keep = np.ones(len(nb), bool)
+    for _ in range(3):
+        A = np.column_stack([np.ones(keep.sum()), nb[keep]])
+        (a, c), *_ = np.linalg.lstsq(A, var[keep], rcond=None)
+        res = var - (a + c * nb)
+        mad = 1.4826 * np.median(np.abs(res[keep] - np.median(res[keep])))
+        new = np.abs(res) <= 3 * mad if mad > 0 else keep
+        if new.sum() < 4 or (new == keep).all():
+            break
+        keep = new
+    if not c > 0:
+        return None
+    # blocks whose noise exceeds the model by more than EXCESS (structure: cell edges, texture) keep their own
+    pred = np.sqrt(np.maximum(a + c * nb, (0.5 * global_noise) ** 2))
+    sb = np.asarray(sb)
+    excess = {k: float(v) for k, v, p in zip(keys, sb, pred) if v > EXCESS * p}
+    return float(a), float(c), excess
+
+
+def noise_from_model(model, background, global_noise, xp=np, *, origin=(0, 0), block_px=32):
+    """Noise map of the variance model at a background map (never below half the field's noise), raised
+    to the block's own noise in blocks where that exceeds the model (``origin``: global (y, x) of the map)."""
+    a, c, excess = model
+    floor = (0.5 * global_noise) ** 2
+    out = xp.sqrt(xp.maximum(np.float32(a) + np.float32(c) * background, np.float32(floor))).astype(np.float32)
+    if excess:
+        h, w = background.shape
+        by = (np.arange(h) + int(origin[0])) // block_px
+        bx = (np.arange(w) + int(origin[1])) // block_px
+        keys = by[:, None] * (1 << 20) + bx[None, :]
+        ex = np.zeros((h, w), np.float32)
+        for k, v in excess.items():
+            ex[keys == k] = v
+        out = xp.maximum(out, xp.asarray(ex))
+    return out
+
+
+#: a block keeps its own noise where it exceeds the variance model by this factor
+EXCESS = 1.15
+#: minima are collected from this share of ``t_low`` (the skew correction compares maxima with shallower minima)
+MIN_DEPTH_SHARE = 0.6
+
+
+def extrema(snr, radius, ndi, *, core=None, t_low=T_MIN, ring_radius=None):
+    """SNR of the local maxima >= t_low and of the minima <= -t_low of ``snr`` (within ``core``).
+
+    A minimum within ``ring_radius`` of a maximum whose negative ring could
+    explain it (``0.15 * max >= -min``) is left out of the null.  Returns
+    (maxima, minima as positive numbers, number of pixels counted in).
+    """
+    from ..backend import to_numpy
+
+    size = 2 * int(radius) + 1
+    s = snr
+    mx = ndi.maximum_filter(s, size=size, mode="nearest")
+    mn = ndi.minimum_filter(s, size=size, mode="nearest")
+    rr = int(ring_radius) if ring_radius else 3 * size
+    near = ndi.maximum_filter(s, size=2 * rr + 1, mode="nearest")
+    y0, y1, x0, x1 = core if core is not None else (0, s.shape[0], 0, s.shape[1])
+    sl = (slice(y0, y1), slice(x0, x1))
+    sc, mxc, mnc, nc = (to_numpy(a[sl]) for a in (s, mx, mn, near))
+    maxima = sc[(sc == mxc) & (sc >= t_low)].astype(np.float64)
+    is_min = (sc == mnc) & (sc <= -MIN_DEPTH_SHARE * t_low) & (0.15 * nc < -sc)
+    minima = -sc[is_min].astype(np.float64)
+    return maxima, minima, int(sc.size)
+
+
+def response_skewness(sigma: float, pixel_noise: float, background: float) -> float:
+    """Skewness of the detection filter's response to Poisson noise.
+
+    ``K / sqrt(n)`` with ``K = sum(w^3) / sum(w^2)^1.5`` of the filter's
+    weights and ``n`` the photons per pixel, taken as the smaller of the pixel
+    variance and ``background^2 / variance`` (photons: both are the mean;
+    read noise or a gain make one of them smaller, so the correction errs on
+    the safe side).  0 when unknown.
+    """
+    v = float(pixel_noise) ** 2
+    if not v > 0:
+        return 0.0
+    n = min(v, float(background) ** 2 / v) if background > 0 else v
+    return _kernel_skew(float(sigma)) / math.sqrt(max(n, 0.25))
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_skew(sigma):
+    w = _kernel(sigma)
+    return float(np.sum(w**3) / np.sum(w**2) ** 1.5)
+
+
+def propagated_noise(sigma: float, pixel_noise: float) -> float:
+    """Response noise of white pixel noise ``pixel_noise``: ``pixel_noise * sqrt(sum(w^2))``."""
+    return float(pixel_noise) * _kernel_norm(float(sigma))
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_norm(sigma):
+    return float(np.sqrt(np.sum(_kernel(sigma) ** 2)))
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel(sigma):
+    from .detect import dog_filter
+
+    n = 2 * int(math.ceil(4 * 3.0 * sigma)) + 11
+    d = np.zeros((n, n), np.float64)
+    d[n // 2, n // 2] = 1.0
+    return np.asarray(dog_filter(d, sigma, impl="numpy"), np.float64)
+
+
+def _mirror(ts, skew):
+    """Depth on the negative side with the tail probability of ``ts`` on the positive side (Cornish-Fisher)."""
+    g = skew / 6.0
+    if g <= 1e-9:
+        return ts
+    w = (-1.0 + np.sqrt(1.0 + 4.0 * g * (ts + g))) / (2.0 * g)
+    return w - g * (w * w - 1.0)
+
+
+def choose_threshold(maxima, minima, *, t_min=T_MIN, t_max=5.0, step=0.05, skew=0.0, n_pixels=0) -> float:
+    """The SNR threshold that minimises estimated false positives plus missed spots.
+
+    ``maxima``: SNR of the candidate maxima; ``minima``: depths of the null
+    minima (the same field).  ``t`` maximises ``D(t) - 2 FP(t)`` (D: maxima
+    >= t, FP: minima >= t, counted as ``FP + sqrt(FP)`` for its Poisson
+    uncertainty); ties take the highest ``t``.  ``skew`` (of the noise,
+    :func:`response_skewness`): a maximum at ``t`` is matched with minima at
+    the depth of equal tail probability (Poisson noise has the longer tail
+    on the bright side).
+    """
+    if t_max <= t_min:
+        return float(t_max)
+    ts = np.arange(t_min, t_max + 1e-9, step)
+    mx = np.sort(np.asarray(maxima, np.float64))
+    mn = np.sort(np.asarray(minima, np.float64))
+    d = mx.size - np.searchsorted(mx, ts, side="left")
+    fp = (mn.size - np.searchsorted(mn, _mirror(ts, skew), side="left")).astype(np.float64)
+    if fp[0] < MIN_NULL:  # too few null minima to tell noise from dim spots (a small field): stay at t_max
+        return float(t_max)
+    if d[0] <= fp[0]:  # no more maxima than the null gives: nothing to gain below t_max
+        return float(t_max)
+    if n_pixels:  # never fewer than Gaussian noise would give (a floor where the minima are too few to tell)
+        from scipy.special import ndtr
+
+        g = skew / 6.0
+        w = ts if g <= 1e-9 else (-1.0 + np.sqrt(1.0 + 4.0 * g * (ts + g))) / (2.0 * g)
+        fp = np.maximum(fp, n_pixels * ndtr(-w))
+    # false positives counted with their uncertainty: noise alone must not pull the threshold down
+    fp = fp + FP_UNCERTAINTY * np.sqrt(fp)
+    tp = np.maximum(d - fp, 0.0)
+    score = 2.0 * tp / np.maximum(d + tp.max(), 1.0)
+    best = np.flatnonzero(score == score.max())
+    return round(float(ts[best[-1]]), 6)
