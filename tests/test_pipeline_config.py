@@ -217,3 +217,42 @@ def test_schema_table_defaults_and_types():
     bad = {"samples": [{"name": "s", "images": ["f.tif"]}], "imaging": {"channels": ["CD9"], "psf_sigma_px": "wide"}}
     with pytest.raises(ConfigError, match=r"'imaging.psf_sigma_px' must be a PSF sigma \(px\), found 'wide'"):
         validate_experiment(bad, check_files=False)
+
+
+def test_imaging_detection_keys(tmp_path):
+    import tifffile
+
+    from evflow.pipeline.imaging import _detect_kwargs, _flats, _saturation_photons
+
+    img = tmp_path / "f0.tif"
+    tifffile.imwrite(img, np.ones((2, 32, 32), np.uint16))
+    tifffile.imwrite(tmp_path / "flat.tif", np.ones((32, 32), np.float32))
+    base = """
+[imaging]
+channels = ["CD9", "CD63"]
+camera_offset = 100.0
+camera_gain = 2.0
+{keys}
+[[samples]]
+name = "s"
+images = ["f0.tif"]
+"""
+    good = ('hot_pixels = "keep"\nnoise_model = "global"\nthreshold_rule = "false_positives"\n'
+            'background_radius_px = 6\nsaturation_adu = 4095\nflat_field = "flat.tif"')
+    exp = load_experiment(_write(tmp_path, base.format(keys=good)))
+    img_s = exp.imaging
+    kw = _detect_kwargs(img_s, "numpy")
+    assert (kw["hot_pixels"], kw["noise"], kw["threshold_rule"], kw["background_radius_px"]) == (
+        "keep", "global", "false_positives", 6)
+    assert _saturation_photons(img, img_s) == pytest.approx((4095 - 100) / 2.0)
+    assert _flats(img_s).shape == (32, 32)
+    del img_s["saturation_adu"]
+    assert _saturation_photons(img, img_s) == pytest.approx((65535 - 100) / 2.0)  # the TIFF's dtype maximum
+    bad = ('hot_pixels = "drop"\nnoise_model = "map"\nthreshold_rule = "fdr"\nbackground_radius_px = "big"\n'
+           'flat_field = "missing.tif"')
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(_write(tmp_path, base.format(keys=bad)))
+    msg = str(exc.value)
+    for e in ("'imaging.hot_pixels' is 'drop'", "'imaging.noise_model' is 'map'", "'imaging.threshold_rule' is 'fdr'",
+              "'imaging.background_radius_px' is 'big'", "'imaging.flat_field' file 'missing.tif' not found"):
+        assert e in msg, f"missing {e!r} in:\n{msg}"

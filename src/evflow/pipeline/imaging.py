@@ -54,7 +54,37 @@ def _detect_kwargs(img_s, backend):
         kw["threshold"] = float(img_s["detection_threshold_photons"])
     if backend == "cupy":
         kw["backend"] = "cupy"
+    for key, kwarg in (("hot_pixels", "hot_pixels"), ("noise_model", "noise"), ("threshold_rule", "threshold_rule")):
+        if img_s.get(key) is not None:
+            kw[kwarg] = img_s[key]
+    br = img_s.get("background_radius_px")
+    if br is not None:
+        kw["background_radius_px"] = None if br == "none" else br
     return kw
+
+
+def _saturation_photons(path, img_s):
+    """Saturation level in photons: ``saturation_adu`` or the TIFF's integer dtype maximum (None for floats)."""
+    import tifffile
+
+    level = img_s.get("saturation_adu")
+    if level is None:
+        with tifffile.TiffFile(str(path)) as tf:
+            dt = np.dtype(tf.series[0].dtype)
+        if dt.kind not in "ui":
+            return None
+        level = np.iinfo(dt).max
+    return float(camera_of(img_s).to_photons(np.array([float(level)]))[0])
+
+
+def _flats(img_s):
+    """``flats=`` of :func:`~evflow.imaging.count.count_vesicles` from ``flat_field``."""
+    ff = img_s.get("flat_field")
+    if ff is None or ff == "estimate":
+        return ff
+    import tifffile
+
+    return np.asarray(tifffile.imread(ff), np.float64)
 
 
 def registration_from_beads(path, img_s) -> dict:
@@ -81,7 +111,9 @@ def _count(path, img_s, registration, thresholds, backend, sample):
     ds, spots = count_vesicles(im, markers=chans, sample=sample, registration=_registration(registration, chans),
                                thresholds=thresholds, psf_sigma_px=float(img_s.get("psf_sigma_px", 1.3)),
                                merge_radius_px=float(img_s.get("match_radius_px", 1.5)),
-                               detect_kwargs=_detect_kwargs(img_s, backend))
+                               detect_kwargs=dict(_detect_kwargs(img_s, backend),
+                                                  saturation=_saturation_photons(path, img_s)),
+                               flats=_flats(img_s))
     if ds.attrs.get("failed_fields"):
         raise ImageError("; ".join(ds.attrs["failed_fields"]))
     return im, ds, spots
