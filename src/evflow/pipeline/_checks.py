@@ -82,3 +82,32 @@ def _path_resolver(base: Path, outside_ok: bool, problems: list, src: str):
         return base / p
 
     return resolve
+
+
+#: spot-detection keys of ``[imaging]``: name -> (type, default, unit, what is expected), made Keys in config.SCHEMA
+DETECTION_KEYS = {
+    "saturation_adu": (_NUM, None, "ADU", "the raw level at which pixels saturate (default: the TIFF's dtype maximum)"),
+    "hot_pixels": (str, "repair", "", "repair or keep (single hot/cold pixels)"),
+    "noise_model": (str, "local", "", "local or global (noise of the detection filter)"),
+    "threshold_rule": (str, "adaptive", "", "adaptive or false_positives (automatic detection threshold)"),
+    "background_radius_px": ((int, str), "auto", "px", "a radius (px), 'auto' or 'none'"),
+    "flat_field": (str, None, "", "'estimate' or a TIFF file of the flat, (y, x) or (channel, y, x)"),
+}
+
+
+def _check_detection(img_s, src, resolve, check_files, problems):
+    """The spot-detection keys of ``[imaging]``; a relative ``flat_field`` file is resolved in place."""
+    for key, choices in (("hot_pixels", ("repair", "keep")), ("noise_model", ("local", "global")),
+                         ("threshold_rule", ("adaptive", "false_positives"))):
+        if isinstance(img_s.get(key), str) and img_s[key] not in choices:
+            problems.append(f"{src}: 'imaging.{key}' is {img_s[key]!r}, expected one of {', '.join(choices)}")
+    br = img_s.get("background_radius_px")
+    if (isinstance(br, str) and br not in ("auto", "none")) or (isinstance(br, int) and not isinstance(br, bool)
+                                                                and br < 1):
+        problems.append(f"{src}: 'imaging.background_radius_px' is {br!r}, expected an integer >= 1 (px), "
+                        "'auto' or 'none'")
+    ff = img_s.get("flat_field")
+    if isinstance(ff, str) and ff != "estimate":
+        if check_files and not resolve(ff).is_file():
+            problems.append(f"{src}: 'imaging.flat_field' file {ff!r} not found (looked at {resolve(ff)})")
+        img_s["flat_field"] = str(resolve(ff))  # read by the imaging stage, wherever it runs

@@ -67,12 +67,6 @@ Layout (all sections but ``[[samples]]`` optional)::
     false_positives = 0.1            # expected noise detections per field and channel
     detection_threshold_photons = 60 # manual detection threshold (default: automatic)
     match_radius_px = 2.0            # detections of different channels closer than this are one vesicle
-    saturation_adu = 65535           # raw level of saturated pixels (default: the TIFF's dtype maximum)
-    hot_pixels = "repair"            # single hot/cold pixels: repair | keep
-    noise_model = "local"            # noise of the detection filter: local | global
-    threshold_rule = "adaptive"      # automatic detection threshold: adaptive | false_positives
-    background_radius_px = "auto"    # background subtraction before detection: px, "auto" or "none"
-    flat_field = "estimate"          # flat-field correction: "estimate" or a TIFF file of the flat
     registration_beads = "images/beads.tif"
 
     [imaging.thresholds]             # positivity of each marker in a vesicle
@@ -103,10 +97,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
-from ._checks import _check_numbers, _check_size, _path_resolver
-from .inputs import check_channels as _check_channels
-from .inputs import fcs_metadata as _meta
-from .inputs import tiff_channels as _tiff_channels
+from ._checks import DETECTION_KEYS, _check_detection, _check_numbers, _check_size, _path_resolver
+from .inputs import check_channels as _check_channels, fcs_metadata as _meta, tiff_channels as _tiff_channels
 
 __all__ = ["Experiment", "Sample", "load_experiment", "validate_experiment", "default", "schema_table", "ROLES",
            "SCHEMA"]
@@ -196,12 +188,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "detection_threshold_photons": Key(_NUM, None, "photons", "a detection threshold (photons)"),  # automatic
         "match_radius_px": Key(_NUM, 1.5, "px", "a distance (px)"),
         "registration_beads": Key(str, None, "", "a TIFF file"),
-        "saturation_adu": Key(_NUM, None, "ADU", "the raw level at which pixels saturate"),  # dtype maximum
-        "hot_pixels": Key(str, "repair", "", "repair or keep (single hot/cold pixels)"),
-        "noise_model": Key(str, "local", "", "local or global (noise of the detection filter)"),
-        "threshold_rule": Key(str, "adaptive", "", "adaptive or false_positives (automatic detection threshold)"),
-        "background_radius_px": Key((int, str), "auto", "px", "a radius (px), 'auto' or 'none'"),
-        "flat_field": Key(str, None, "", "'estimate' or a TIFF file of the flat, (y, x) or (channel, y, x)"),
+        **{k: Key(*v) for k, v in DETECTION_KEYS.items()},  # saturation_adu, hot_pixels, ... flat_field
     },
     "imaging.thresholds": {
         "rule": Key(str, "detected", "", "detected, fixed, a control rule such as 'percentile 99.5 of isotype', or control_quantile"),
@@ -659,19 +646,7 @@ def _check_imaging(img_s, samples, src, problems, resolve, check_files):
         v = img_s.get(key)
         if isinstance(v, _NUM) and not v > 0:
             problems.append(f"{src}: 'imaging.{key}' is {v}, expected a number > 0")
-    for key, choices in (("hot_pixels", ("repair", "keep")), ("noise_model", ("local", "global")),
-                         ("threshold_rule", ("adaptive", "false_positives"))):
-        if isinstance(img_s.get(key), str) and img_s[key] not in choices:
-            problems.append(f"{src}: 'imaging.{key}' is {img_s[key]!r}, expected one of {', '.join(choices)}")
-    br = img_s.get("background_radius_px")
-    if (isinstance(br, str) and br not in ("auto", "none")) or (isinstance(br, int) and not isinstance(br, bool) and br < 1):
-        problems.append(f"{src}: 'imaging.background_radius_px' is {br!r}, expected an integer >= 1 (px), "
-                        "'auto' or 'none'")
-    ff = img_s.get("flat_field")
-    if isinstance(ff, str) and ff != "estimate":
-        if check_files and not resolve(ff).is_file():
-            problems.append(f"{src}: 'imaging.flat_field' file {ff!r} not found (looked at {resolve(ff)})")
-        img_s["flat_field"] = str(resolve(ff))  # read by the imaging stage, wherever it runs
+    _check_detection(img_s, src, resolve, check_files, problems)
     if isinstance(img_s.get("camera_em_gain"), _NUM) and not img_s["camera_em_gain"] >= 1:
         problems.append(f"{src}: 'imaging.camera_em_gain' is {img_s['camera_em_gain']}, expected a number >= 1")
     it = img_s.get("thresholds", {}) if isinstance(img_s.get("thresholds"), Mapping) else {}
