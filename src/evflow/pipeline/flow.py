@@ -65,25 +65,17 @@ def size_item(path, cal_s) -> dict:
     cal = calibrate_scatter(str(path), cal_s["channel"], cal_s["diameters_nm"], bead_model=bead, particle=ev,
                             wavelength_nm=_size(cal_s, "wavelength_nm"),
                             medium_index=_size(cal_s, "medium_index"))
-    return {"gain": float(cal.gain), "r2": float(cal.r2), "bead_scatter": np.asarray(cal.bead_scatter, float),
-            "bead_diameters_nm": np.asarray(cal.bead_diameters_nm, float),
-            "residuals": np.asarray(cal.residuals, float),
-            "unique_range_nm": list(cal.unique_range_nm)}
-
-
-def _rebuild_scatter(item, cal_s):
-    """The scatter calibration of a stored ``size`` item (refitted from its bead medians)."""
-    from ..flow.calibration import fit_scatter_gain
-
-    bead, ev = _particle(cal_s)
-    return fit_scatter_gain(item["bead_scatter"], item["bead_diameters_nm"], bead_model=bead, particle=ev,
-                            channel=cal_s["channel"], wavelength_nm=_size(cal_s, "wavelength_nm"),
-                            medium_index=_size(cal_s, "medium_index"))
+    return cal.to_dict()  # the whole calibration: rebuilt without a refit by scatter_calibration()
 
 
 def scatter_calibration(items: dict, cal_s: dict):
     """The scatter calibration from the calibration stage's items (None without a size calibration)."""
-    return _rebuild_scatter(items["size"], cal_s["size"]) if "size" in items else None
+    from ..flow.calibration import ScatterCalibration
+
+    if "size" not in items:
+        return None
+    stored = {k: v for k, v in items["size"].items() if k != "seconds"}
+    return ScatterCalibration.from_dict(stored)
 
 
 # =========================================================================== gates and plots

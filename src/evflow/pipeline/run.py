@@ -38,7 +38,7 @@ from .store import ResultStore, file_fingerprint
 __all__ = ["run", "PIPELINE_VERSION"]
 
 #: bump when a change in the pipeline changes stored items
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"  # 3: size calibration items hold ScatterCalibration.to_dict()
 
 
 def _fov(key) -> str:
