@@ -1,0 +1,78 @@
+"""Chunked reader and writer for Flow Cytometry Standard (FCS 2.0, 3.0, 3.1, 3.2) files.
+
+:func:`read_fcs` parses the HEADER and TEXT segments itself and exposes the
+DATA segment as a dask array (events x channels) built from row-chunked reads
+of the file, so a file larger than memory can be streamed.  :func:`write_fcs`
+writes FCS 3.1 list-mode float32 files.
+
+Reading is defensive: offsets, sizes and keywords are checked against each
+other and against the file size before anything is allocated, and every
+problem raises an :class:`evflow.FCSError` subclass naming the file, the
+keyword or byte offset, what was found and what was expected.  Departures from
+the standard that real instruments produce (off-by-one ``$ENDDATA``, HEADER
+and TEXT offsets that disagree, odd trailing delimiters) are worked around and
+reported as :class:`evflow.errors.FCSWarning`.
+
+What the channel keywords mean (``$PnR``, ``$PnB``, ``$PnE``, ``$PnG``,
+``$TIMESTEP``, ``$VOL``) is answered in one place: the methods of
+:class:`FCSSample` (``channel_range``, ``channel_bits``, ``channel_log``,
+``channel_gain``, ``channel_limits``, ``channel_units``, ``channel_scale``,
+``timestep``, ``volume_nl``, ``acquisition_seconds``), built on the functions
+of :mod:`evflow.io.fcs.text`.
+
+Modules: :mod:`.header` (HEADER), :mod:`.text` (TEXT, supplemental TEXT,
+keywords, spillover), :mod:`.data` (DATA decoding of every ``$DATATYPE``),
+:mod:`.sample` (:class:`FCSSample`, :func:`read_fcs`, :func:`as_sample`),
+:mod:`.write` (:func:`write_fcs`).
+"""
+
+from __future__ import annotations
+
+from .data import (
+    DEFAULT_CHUNK_BYTES,
+    _apply_masks,
+    _byte_order,
+    _data_offsets,
+    _DataSegment,
+    _decode_ascii_fixed,
+    _is_number,
+    _decode_rows,
+    _default_chunk_events,
+    _Layout,
+    _layout,
+    _read_delimited_ascii,
+    _scale_block,
+    _scale_params,
+)
+from .header import HEADER_SIZE, _Header, _open_checked, _read_header, _VERSION_RE
+from .sample import FCSSample, _wrap_in_memory, as_sample, count_data_sets, read_fcs, read_fcs_metadata
+from .text import (
+    _MAX_PAR,
+    _TIME_NAMES,
+    NOMINAL_RANGE,
+    _channel_names,
+    _data_set_infos,
+    _DataSetInfo,
+    _decode,
+    _float_kw,
+    _int_kw,
+    _parse_text,
+    _read_data_set_info,
+    _walk_data_sets,
+    chain_cache,
+    channel_keyword,
+    parse_spillover,
+)
+from .write import _STRUCTURAL, _escape, write_fcs
+
+__all__ = [
+    "read_fcs",
+    "write_fcs",
+    "read_fcs_metadata",
+    "count_data_sets",
+    "FCSSample",
+    "parse_spillover",
+    "as_sample",
+    "channel_keyword",
+    "NOMINAL_RANGE",
+]

@@ -1,0 +1,494 @@
+"""The sample: :class:`FCSSample`, :func:`read_fcs`, :func:`read_fcs_metadata`,
+:func:`count_data_sets`, and :func:`as_sample`, the one way a path, a sample or an
+``(events, channels)`` pair becomes a sample.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import FCSError, FCSTextError
+from . import text as _text
+from .data import (
+    _DataSegment,
+    _data_offsets,
+    _default_chunk_events,
+    _layout,
+    _read_delimited_ascii,
+    _scale_block,
+    _scale_params,
+)
+from .header import _open_checked
+from .text import _MAX_PAR, _channel_names, _data_set_infos, _int_kw, parse_spillover
+
+
+def _linear_value(v: float, decades: float, log0: float, rng: float, gain: float, step: float) -> float:
+    """One raw value on the linear scale, as :func:`~evflow.io.fcs.data._scale_block` computes a column."""
+    if step != 1.0:
+        v = v * step
+    if decades > 0:
+        v = log0 * 10.0 ** (decades if v == rng else decades * v / rng)
+    if gain != 1.0 and gain != 0.0:
+        v = v / gain
+    return float(v)
+
+
+@dataclass
+class FCSSample:
+    """One data set of an FCS file: keywords and (lazily read) events.
+
+    Attributes
+    ----------
+    path : str
+        The file.
+    version : str
+        ``"FCS3.1"`` etc., from the HEADER.
+    data_set : int
+        Index of the data set in the file (``$NEXTDATA`` chain).
+    meta : dict
+        All TEXT (and supplemental TEXT) keywords, keys upper-case (``"$TOT"``).
+    channels : list of str
+        ``$PnN`` short names.
+    markers : list of str or None
+        ``$PnS`` names (the stain or marker), None where absent.
+    events : dask.array.Array
+        ``(n_events, n_channels)``, chunked by rows; raw stored values, or
+        linear-scale float64 when read with ``scale=True``.
+    scaled : bool
+        Whether ``events`` are on the linear scale (``$PnE``, ``$PnG``, ``$TIMESTEP`` applied).
+    """
+
+    path: str
+    version: str
+    data_set: int
+    meta: dict
+    channels: list
+    markers: list
+    events: object = field(repr=False)
+    scaled: bool = False
+    _segment: _DataSegment | None = field(default=None, repr=False)
+
+    @property
+    def n_events(self) -> int:
+        return int(self.events.shape[0])
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def name(self) -> str:
+        """A short sample name: ``$FIL`` if present, else the file stem."""
+        return Path(self.path).stem
+
+    @property
+    def spillover(self):
+        """The spillover matrix from ``$SPILLOVER``/``$SPILL``/``SPILL``, or None."""
+        for key in ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER", "$COMP"):
+            if key in self.meta and str(self.meta[key]).strip():
+                return parse_spillover(self.meta[key], self.path, key)
+        return None
+
+    @property
+    def time_channel(self) -> str | None:
+        """Name of the time channel, or None."""
+        for c in self.channels:
+            if _text.is_time_name(c):
+                return c
+        return None
+
+    def channel_index(self, name: str) -> int:
+        """Column of ``name``, given as ``$PnN`` or, if unambiguous, ``$PnS``.
+
+        Raises
+        ------
+        FCSError
+            If no channel (or more than one marker) has that name.
+        """
+        if name in self.channels:
+            return self.channels.index(name)
+        hits = [i for i, m in enumerate(self.markers) if m is not None and m == name]
+        if len(hits) == 1:
+            return hits[0]
+        lower = [c.lower() for c in self.channels]
+        if lower.count(str(name).lower()) == 1:
+            return lower.index(str(name).lower())
+        if len(hits) > 1:
+            raise FCSError(f"marker {name!r} names several channels ({[self.channels[i] for i in hits]})", self.path)
+        raise FCSError(
+            f"no channel {name!r}; channels ($PnN) are {self.channels}, markers ($PnS) are "
+            f"{[m for m in self.markers if m]}",
+            self.path,
+        )
+
+    def linear_events(self):
+        """Events on the linear scale as a lazy float64 dask array.
+
+        ``$PnE`` log decoding (``f2 * 10**(f1 * x / $PnR)``), division by the
+        ``$PnG`` gain and ``$TIMESTEP`` on the time channel, as with
+        ``read_fcs(..., scale=True)``; returns ``events`` unchanged when the
+        sample was read that way.
+        """
+        if self.scaled:
+            return self.events
+        params = _scale_params(self.meta, self.channels, self.path)
+        n = self.n_channels
+        return self.events.map_blocks(_scale_block, params, dtype=np.float64, meta=np.empty((0, n), np.float64))
+
+    def to_numpy(self) -> np.ndarray:
+        """All events as a NumPy array (reads the file once, in one pass)."""
+        if self._segment is not None and not self.scaled:
+            return self._segment.read_rows(0, self.n_events)
+        return np.asarray(self.events.compute())
+
+    def to_xarray(self):
+        """Events as an ``xarray.DataArray`` (dims ``event``, ``channel``), still lazy.
+
+        The ``channel`` coordinate holds ``$PnN``; ``marker`` holds ``$PnS`` ('' where absent).
+        """
+        import xarray as xr
+
+        return xr.DataArray(
+            self.events,
+            dims=("event", "channel"),
+            coords={
+                "channel": list(self.channels),
+                "marker": ("channel", [m or "" for m in self.markers]),
+            },
+            name=self.name,
+            attrs={"path": self.path, "version": self.version, "data_set": self.data_set, "scaled": self.scaled},
+        )
+
+    # ------------------------------------------------------------------ channel semantics
+    #
+    # The one place, with evflow.io.fcs.text, that says what $PnR, $PnB, $PnE, $PnG,
+    # $TIMESTEP and $VOL mean.  ``channel`` is a $PnN/$PnS name or a 0-based column.
+
+    def _column(self, channel) -> int:
+        if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+            i = int(channel)
+            if not 0 <= i < self.n_channels:
+                raise FCSError(f"channel index {i} out of range: the sample has {self.n_channels} channels", self.path)
+            return i
+        return self.channel_index(channel)
+
+    def channel_keyword(self, channel, letter: str) -> str | None:
+        """The raw ``$Pn<letter>`` value of a channel (``letter`` in N, S, B, E, R, G, V, ...), stripped; None if absent."""
+        return _text.channel_keyword(self.meta, self._column(channel), letter)
+
+    def channel_range(self, channel, *, default=_text.NOMINAL) -> float | None:
+        """``$PnR``: the number of values the stored (raw) channel spans.
+
+        Parameters
+        ----------
+        default : float or None, optional
+            Returned when ``$PnR`` is absent or not a number.  Not given: the nominal range,
+            ``2**$PnB`` for integer data, else 262144.
+        """
+        return _text.channel_range(self.meta, self._column(channel), default=default)
+
+    def channel_bits(self, channel) -> int | None:
+        """``$PnB``: bits per stored value; None when absent or ``*`` (delimited ASCII)."""
+        return _text.channel_bits(self.meta, self._column(channel))
+
+    def channel_log(self, channel, *, strict: bool = True) -> tuple[float, float]:
+        """``$PnE`` as ``(f1, f2)``: log amplification over ``f1`` decades from ``f2``; ``(0.0, 0.0)`` if linear.
+
+        ``strict=False`` reads a malformed ``$PnE`` as linear instead of raising :class:`FCSTextError`.
+        """
+        return _text.channel_log(self.meta, self._column(channel), self.path, strict=strict)
+
+    def channel_gain(self, channel, *, strict: bool = True) -> float:
+        """``$PnG``: the amplifier gain (1.0 when absent, 0 or, with a warning if ``strict``, malformed).
+
+        The linear scale divides by it, except on the time channel.
+        """
+        return _text.channel_gain(self.meta, self._column(channel), self.path, strict=strict)
+
+    @property
+    def timestep(self) -> float:
+        """``$TIMESTEP``: seconds per unit of the time channel (1.0 when absent or unusable)."""
+        return _text.timestep(self.meta, self.path, strict=False)
+
+    def channel_limits(self, channel, *, scaled: bool = True, top: str = "range", default=_text.NOMINAL,
+                       strict: bool = True) -> tuple[float, float] | None:
+        """(low, high) a channel's values can take.
+
+        Parameters
+        ----------
+        scaled : bool
+            True: on the linear scale of :meth:`linear_events` (``$PnE`` decoding, division
+            by ``$PnG``, ``$TIMESTEP`` on the time channel); False: raw stored values, ``(0, top)``.
+        top : {"range", "last"}
+            The raw value the high end stands for: ``"range"``, ``$PnR`` itself (the edge of the
+            scale: density maps, display transforms); ``"last"``, ``$PnR - 1`` (the largest value an
+            integer channel stores: saturation limits in calibration).
+        default : float or None, optional
+            ``$PnR`` to use when it is absent or not a number (None: return None); as in
+            :meth:`channel_range`.
+        strict : bool
+            As in :meth:`channel_log` and :meth:`channel_gain`.
+
+        Returns
+        -------
+        (float, float), or None when ``$PnR`` is unusable and ``default`` is None.
+        """
+        i = self._column(channel)
+        rng = _text.channel_range(self.meta, i, default=default)
+        if rng is None:
+            return None
+        if top not in ("range", "last"):
+            raise FCSError(f"top={top!r}, expected 'range' or 'last'", self.path)
+        hi = rng if top == "range" else rng - 1.0
+        if not scaled:
+            return 0.0, hi
+        decades, log0 = _text.channel_log(self.meta, i, self.path, strict=strict)
+        if decades > 0 and not rng > 0:
+            raise FCSTextError(f"channel {self.channels[i]!r}: log decoding ($PnE) needs a positive $PnR, got {rng!r}",
+                               self.path)
+        if _text.is_time_name(self.channels[i]):
+            gain, step = 1.0, self.timestep
+        else:
+            gain, step = _text.channel_gain(self.meta, i, self.path, strict=strict), 1.0
+        return (_linear_value(0.0, decades, log0, rng, gain, step),
+                _linear_value(hi, decades, log0, rng, gain, step))
+
+    def channel_units(self, channel) -> str:
+        """Units of the channel's linear-scale values: ``"s"`` for the time channel when ``$TIMESTEP``
+        is given (else ``"ticks"``), the unit of ``$PnCALIBRATION`` when given, else ``"a.u."``."""
+        i = self._column(channel)
+        if _text.is_time_name(self.channels[i]):
+            return "s" if "$TIMESTEP" in self.meta and str(self.meta["$TIMESTEP"]).strip() else "ticks"
+        cal = _text.channel_keyword(self.meta, i, "CALIBRATION")
+        if cal and "," in cal and cal.split(",", 1)[1].strip():
+            return cal.split(",", 1)[1].strip()
+        return "a.u."
+
+    def channel_scale(self, channel) -> str:
+        """How stored values become linear-scale values, in words (e.g. ``"log: 4 decades from 1"``)."""
+        i = self._column(channel)
+        if _text.is_time_name(self.channels[i]):
+            return f"time: x {self.timestep:g} s ($TIMESTEP)" if self.timestep != 1.0 else "time"
+        decades, log0 = _text.channel_log(self.meta, i, self.path, strict=False)
+        gain = _text.channel_gain(self.meta, i, self.path, strict=False)
+        out = f"log: {decades:g} decades from {log0:g}" if decades > 0 else "linear"
+        return out + (f", / gain {gain:g}" if gain != 1.0 else "")
+
+    def volume_nl(self) -> float | None:
+        """``$VOL``: the analysed volume in nanolitres; None when the file does not say.
+
+        Raises
+        ------
+        FCSTextError
+            When ``$VOL`` is there but not a positive number (``$VOL`` is 0, or not a number).
+        """
+        return _text.volume_nl(self.meta, self.path)
+
+    def acquisition_seconds(self, time_channel=None) -> tuple[float, str] | None:
+        """Acquisition time in seconds and where it came from, or None.
+
+        The span of the time channel's linear-scale values (``time_channel``, default
+        :attr:`time_channel`; this reads that column), else ``$ETIM - $BTIM``.
+        """
+        from ...backend import to_numpy
+
+        name = time_channel or self.time_channel
+        if name is not None:
+            i = self.channel_index(name)
+            t = to_numpy(self.linear_events()[:, i]).astype(float)
+            if t.size > 1 and np.nanmax(t) > np.nanmin(t):
+                return float(np.nanmax(t) - np.nanmin(t)), f"Time channel {name!r}"
+        dt = _text.clock_seconds(self.meta)
+        return None if dt is None else (dt, "$BTIM/$ETIM")
+
+    def __repr__(self) -> str:
+        return (
+            f"FCSSample({self.path!r}, version={self.version!r}, data_set={self.data_set}, "
+            f"n_events={self.n_events}, channels={self.channels})"
+        )
+
+
+def count_data_sets(path) -> int:
+    """Number of data sets in an FCS file (following ``$NEXTDATA``)."""
+    path, size = _open_checked(path)
+    with open(path, "rb") as f:
+        return len(_data_set_infos(f, path, size))
+
+
+def read_fcs_metadata(path, data_set: int = 0) -> dict:
+    """Only the TEXT keywords of one data set (no DATA segment is touched)."""
+    path, size = _open_checked(path)
+    with open(path, "rb") as f:
+        infos = _data_set_infos(f, path, size, upto=data_set)
+    if data_set >= len(infos):
+        raise FCSError(f"data_set={data_set} asked for, but the file holds {len(infos)} data set(s)", path)
+    return dict(infos[data_set].meta)
+
+
+def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bool = False) -> FCSSample:
+    """Read an FCS file lazily.
+
+    Parameters
+    ----------
+    path : str or Path
+        The FCS file (2.0, 3.0, 3.1 or 3.2).
+    data_set : int
+        Which data set to read when the file holds several (``$NEXTDATA``).
+    chunk_events : int, optional
+        Events per dask chunk; default: about 64 MiB of raw data per chunk.
+    scale : bool
+        If True, return linear-scale float64 values: ``$PnE`` log decoding
+        (``f2 * 10**(f1 * x / $PnR)``), division by ``$PnG`` gain, and the time
+        channel multiplied by ``$TIMESTEP``.  Default: raw values as stored
+        (integers after the ``$PnR`` bit mask, floats as floats).
+
+    Returns
+    -------
+    FCSSample
+        Only the HEADER and TEXT are read here; DATA is read when the events are
+        computed, so ``read_fcs(path)`` is also the way to ask a file's keywords
+        (:meth:`FCSSample.channel_range`, :meth:`FCSSample.volume_nl`, ...) cheaply.
+
+    Raises
+    ------
+    FCSError
+        For any file that cannot be read as asked; the message names the file
+        and the keyword or byte offset at fault.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    path, size = _open_checked(path)
+    if not isinstance(data_set, (int, np.integer)) or data_set < 0:
+        raise FCSError(f"data_set must be a non-negative integer, got {data_set!r}", path)
+    if chunk_events is not None and (not isinstance(chunk_events, (int, np.integer)) or chunk_events < 1):
+        raise FCSError(f"chunk_events must be a positive integer, got {chunk_events!r}", path)
+    with open(path, "rb") as f:
+        infos = _data_set_infos(f, path, size, upto=data_set)
+    if data_set >= len(infos):
+        raise FCSError(f"data_set={data_set} asked for, but the file holds {len(infos)} data set(s)", path)
+    info = infos[data_set]
+    meta = info.meta
+    n_par = _int_kw(meta, "$PAR", path, minimum=1)
+    if n_par > _MAX_PAR:
+        raise FCSTextError(f"keyword $PAR is {n_par}; expected at most {_MAX_PAR} parameters", path)
+    n_tot = _int_kw(meta, "$TOT", path, required=not info.header.version.startswith("FCS2"), default=None, minimum=0)
+    layout = _layout(meta, n_par, path)
+    channels, markers = _channel_names(meta, n_par, path)
+    offset, n_events = _data_offsets(info, layout, n_tot, path, size)
+    if layout.delimited_ascii:
+        events_np = _read_delimited_ascii(path, offset, size, n_events if n_tot is not None else None, n_par, info)
+        arr = da.from_array(events_np, chunks=(chunk_events or _default_chunk_events(8 * n_par), n_par))
+        segment = None
+    else:
+        segment = _DataSegment(path, offset, n_events, layout)
+        ce = chunk_events or _default_chunk_events(layout.row_bytes)
+        stat = os.stat(path)
+        name = "fcs-" + tokenize(path, stat.st_mtime_ns, stat.st_size, data_set, offset, n_events, layout, ce)
+        arr = da.from_array(
+            segment,
+            chunks=(min(ce, max(n_events, 1)), n_par),
+            name=name,
+            asarray=False,
+            fancy=False,
+            meta=np.empty((0, n_par), dtype=layout.dtype),
+        )
+    sample = FCSSample(
+        path=path,
+        version=info.header.version,
+        data_set=int(data_set),
+        meta=meta,
+        channels=channels,
+        markers=markers,
+        events=arr,
+        scaled=False,
+        _segment=segment,
+    )
+    if scale:
+        sample.events = sample.linear_events()
+        sample.scaled = True
+    return sample
+
+
+# --------------------------------------------------------------------------- path, sample or arrays -> sample
+
+
+def _wrap_in_memory(events, rows=1 << 24):
+    """A dask array over in-memory (NumPy/CuPy) events whose chunks are row slices (views) of them.
+
+    Unlike ``dask.array.from_array`` this neither copies the events (``from_array`` copies every array:
+    20 ms for 10M x 2 float64) nor hashes them (a random graph name); large chunks, as each kernel
+    launch is parallel over Numba's threads.  The events are not copied: do not modify them while a
+    lazy result (``compute=False``) that reads them is pending.
+    """
+    import uuid
+
+    import dask.array as da
+
+    n, k = events.shape
+    step = max(1, min(n, rows))
+    starts = list(range(0, n, step)) or [0]
+    name = f"events-{uuid.uuid4().hex}"
+    dsk = {(name, i, 0): events[a:min(a + step, n)] for i, a in enumerate(starts)}
+    chunks = (tuple(min(a + step, n) - a for a in starts), (k,))
+    return da.Array(dsk, name, chunks, meta=events[:0])
+
+
+def _is_events_pair(obj) -> bool:
+    return (
+        isinstance(obj, tuple)
+        and len(obj) == 2
+        and hasattr(obj[0], "shape")
+        and not isinstance(obj[1], (str, bytes))
+        and hasattr(obj[1], "__iter__")
+    )
+
+
+def _array_sample(events, channels, name, error):
+    """An in-memory FCSSample of linear-scale events (NumPy, CuPy or dask array)."""
+    import dask.array as da
+
+    channels = [str(c) for c in channels]
+    if getattr(events, "ndim", 0) != 2 or events.shape[1] != len(channels):
+        raise error(
+            f"sample {name!r}: events have shape {tuple(getattr(events, 'shape', ()))} but {len(channels)} channel names"
+        )
+    if isinstance(events, np.ndarray) or type(events).__module__.split(".")[0] == "cupy":
+        events = _wrap_in_memory(events)
+    elif not isinstance(events, da.Array):  # other array-likes: dask's own wrapping (a copy, random name)
+        events = da.from_array(events, chunks=(max(1, min(events.shape[0], 1 << 24)), -1), asarray=False, name=False)
+    return FCSSample(path=str(name), version="", data_set=0, meta={}, channels=channels,
+                     markers=[None] * len(channels), events=events, scaled=True)
+
+
+def as_sample(obj, *, what: str = "sample", name: str | None = None, scale: bool = True, error=FCSError) -> FCSSample:
+    """The :class:`FCSSample` for a path, a sample, or an ``(events, channels)`` pair.
+
+    Parameters
+    ----------
+    obj : str, os.PathLike, FCSSample or (array, sequence of str)
+        A path is read with ``read_fcs(path, scale=scale)`` (lazily: only HEADER and TEXT);
+        an FCSSample (or any object with ``events``, ``channels`` and ``meta``) is returned
+        as is; ``(events, channels)`` becomes an in-memory sample of linear-scale events
+        (NumPy and CuPy arrays are wrapped as dask row views, not copied).
+    what : str
+        What the caller calls the object, for the error message (e.g. ``"beads"``).
+    name : str, optional
+        Name (``path``) of a sample built from arrays; default ``"events"``.
+    scale : bool
+        ``scale=`` of :func:`read_fcs` for a path.
+    error : type
+        The :class:`evflow.EvflowError` subclass raised for anything else (the caller's own:
+        ``GatingError``, ``CalibrationError``).
+    """
+    if isinstance(obj, (str, os.PathLike)):
+        return read_fcs(obj, scale=scale)
+    if isinstance(obj, FCSSample) or all(hasattr(obj, a) for a in ("events", "channels", "meta")):
+        return obj
+    if _is_events_pair(obj):
+        return _array_sample(obj[0], obj[1], name or "events", error)
+    raise error(f"{what}: expected an FCSSample, a path or (events, channels), got {type(obj).__name__}")

@@ -1,0 +1,425 @@
+"""TEXT and supplemental TEXT segments: keyword parsing, the ``$NEXTDATA`` chain, spillover,
+and the meaning of the channel keywords.
+
+The functions at the end (:func:`channel_keyword`, :func:`channel_range`, :func:`channel_bits`,
+:func:`channel_log`, :func:`channel_gain`, :func:`timestep`, :func:`volume_nl`,
+:func:`clock_seconds`) are the one place that reads ``$PnR``, ``$PnB``, ``$PnE``, ``$PnG``,
+``$TIMESTEP``, ``$VOL`` and ``$BTIM``/``$ETIM``; :class:`~evflow.io.fcs.FCSSample` answers
+through them and the DATA decoding uses them.  ``i`` is always the 0-based column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import FCSHeaderError, FCSTextError, FCSWarning
+from .header import HEADER_SIZE, _Header, _read_header
+
+_MAX_PAR = 100_000
+_TIME_NAMES = ("time", "hdr-t")
+
+
+def _decode(b: bytes) -> str:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return b.decode("latin-1")
+
+
+def _parse_text(raw: bytes, path, where: str) -> dict[str, str]:
+    """Parse a TEXT (or supplemental TEXT) segment into an ordered dict of keywords.
+
+    The first byte is the delimiter; a doubled delimiter inside a keyword or
+    value stands for one literal delimiter.  Keys are upper-cased (the standard
+    makes them case-insensitive).
+    """
+    if len(raw) < 2:
+        raise FCSTextError(f"{where} segment is {len(raw)} bytes long; expected a delimiter and keyword pairs", path)
+    delim = raw[:1]
+    if delim.isalnum():
+        raise FCSTextError(
+            f"{where} segment starts with {delim!r}; expected a delimiter character (not a letter or digit)", path
+        )
+    tokens: list[bytes] = []
+    cur = bytearray()
+    i, n = 1, len(raw)
+    d = delim[0]
+    while i < n:
+        j = raw.find(delim, i)
+        if j < 0:
+            cur += raw[i:]
+            i = n
+            break
+        cur += raw[i:j]
+        if j + 1 < n and raw[j + 1] == d:
+            cur += delim  # escaped (doubled) delimiter
+            i = j + 2
+            continue
+        tokens.append(bytes(cur))
+        cur = bytearray()
+        i = j + 1
+    tail = bytes(cur)
+    if tail.strip(b" \x00\r\n\t"):
+        # The segment did not end with a delimiter: keep the last value anyway.
+        tokens.append(tail)
+    if len(tokens) % 2 and raw.rstrip(b" \x00\r\n\t").endswith(delim * 2) and tokens[-1].endswith(delim):
+        # 'KEY//' at the very end: an empty last value followed by the final
+        # delimiter, not an escaped delimiter (seen in real FCS 2.0 files).
+        tokens[-1] = tokens[-1][:-1]
+        tokens.append(b"")
+    if len(tokens) % 2:
+        last = tokens[-1]
+        if not last.strip(b" \x00\r\n\t"):
+            tokens.pop()
+        else:
+            warnings.warn(
+                f"{path}: {where} segment has an odd number of fields ({len(tokens)}); "
+                f"ignoring the last one ({_decode(last)[:40]!r})",
+                FCSWarning,
+                stacklevel=4,
+            )
+            tokens.pop()
+    out: dict[str, str] = {}
+    for k, v in zip(tokens[::2], tokens[1::2]):
+        key = _decode(k).strip().upper()
+        if not key:
+            continue
+        if key not in out:
+            out[key] = _decode(v)
+    return out
+
+
+def _int_kw(meta: Mapping[str, str], key: str, path, *, required=True, default=None, minimum=None):
+    val = meta.get(key)
+    if val is None or not str(val).strip():
+        if required:
+            raise FCSTextError(f"required keyword {key} is missing", path)
+        return default
+    s = str(val).strip()
+    try:
+        out = int(s)
+    except ValueError:
+        try:
+            f = float(s)
+        except ValueError:
+            raise FCSTextError(f"keyword {key} is {val!r}, expected an integer", path) from None
+        if not math.isfinite(f) or f != int(f):
+            raise FCSTextError(f"keyword {key} is {val!r}, expected an integer", path) from None
+        out = int(f)
+    if minimum is not None and out < minimum:
+        raise FCSTextError(f"keyword {key} is {out}, expected an integer >= {minimum}", path)
+    return out
+
+
+def _float_kw(meta, key, path, default=None):
+    val = meta.get(key)
+    if val is None or not str(val).strip():
+        return default
+    try:
+        return float(str(val).strip())
+    except ValueError:
+        warnings.warn(f"{path}: keyword {key} is {val!r}, not a number; using {default}", FCSWarning, stacklevel=4)
+        return default
+
+
+def parse_spillover(value: str, path=None, key: str = "$SPILLOVER"):
+    """Parse a ``$SPILLOVER``/``$SPILL``/``SPILL`` keyword value.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``n x n`` spillover matrix with dims ``("source", "detector")``, both
+        labelled with the channel names listed in the keyword: row ``i`` is
+        the fraction of fluorochrome ``i``'s signal seen in each detector.
+        Compensated events are ``events @ inv(matrix)``.
+    """
+    import xarray as xr
+
+    parts = [p.strip() for p in str(value).split(",")]
+    try:
+        n = int(float(parts[0]))
+    except (ValueError, IndexError, OverflowError):
+        raise FCSTextError(f"keyword {key} starts with {parts[:1]}, expected the number of channels", path) from None
+    if n < 1 or len(parts) != 1 + n + n * n:
+        raise FCSTextError(
+            f"keyword {key} lists {len(parts)} fields for n={n}; expected 1 + n + n*n = {1 + n + n * n}", path
+        )
+    names = parts[1 : 1 + n]
+    try:
+        vals = np.array([float(x) for x in parts[1 + n :]], dtype=np.float64).reshape(n, n)
+    except ValueError:
+        raise FCSTextError(f"keyword {key} has non-numeric matrix entries", path) from None
+    if not np.all(np.isfinite(vals)):
+        raise FCSTextError(f"keyword {key} has non-finite matrix entries", path)
+    return xr.DataArray(
+        vals,
+        dims=("source", "detector"),
+        coords={"source": names, "detector": names},
+        attrs={"keyword": key},
+    )
+
+
+# --------------------------------------------------------------------------- data sets
+
+
+@dataclass
+class _DataSetInfo:
+    header: _Header
+    base: int
+    meta: dict
+    next_offset: int
+
+
+def _read_data_set_info(f, path, size: int, base: int) -> _DataSetInfo:
+    f.seek(base)
+    header = _read_header(f.read(HEADER_SIZE), path, base)
+    tb, te = header.text
+    if tb < HEADER_SIZE or te < tb:
+        raise FCSHeaderError(
+            f"HEADER gives TEXT at bytes {tb}-{te}; expected {HEADER_SIZE} <= begin <= end", path
+        )
+    if base + te >= size:
+        raise FCSHeaderError(
+            f"HEADER gives TEXT ending at byte {base + te}, but the file has only {size} bytes (truncated?)", path
+        )
+    f.seek(base + tb)
+    meta = _parse_text(f.read(te - tb + 1), path, "TEXT")
+    # supplemental TEXT (FCS 3.x)
+    try:
+        sb = _int_kw(meta, "$BEGINSTEXT", path, required=False, default=0)
+        se = _int_kw(meta, "$ENDSTEXT", path, required=False, default=0)
+    except FCSTextError as exc:
+        warnings.warn(f"{exc}; ignoring the supplemental TEXT", FCSWarning, stacklevel=3)
+        sb = se = 0
+    if HEADER_SIZE <= sb < se and base + se < size and (sb, se) != (tb, te):
+        f.seek(base + sb)
+        try:
+            extra = _parse_text(f.read(se - sb + 1), path, "supplemental TEXT")
+        except FCSTextError as exc:
+            warnings.warn(f"{exc}; ignoring the supplemental TEXT", FCSWarning, stacklevel=3)
+            extra = {}
+        for k, v in extra.items():
+            meta.setdefault(k, v)
+    nxt = _int_kw(meta, "$NEXTDATA", path, required=False, default=0, minimum=0)
+    return _DataSetInfo(header, base, meta, nxt)
+
+
+_CHAIN_CACHE: dict | None = None  # {(path, size): infos} inside chain_cache()
+
+
+@contextlib.contextmanager
+def chain_cache():
+    """Within this context each file's ``$NEXTDATA`` chain is walked once (reading data set k of n is then
+    not a walk of k data sets each time: ``evflow info`` on a long chain stays linear)."""
+    global _CHAIN_CACHE
+    prev, _CHAIN_CACHE = _CHAIN_CACHE, {}
+    try:
+        yield
+    finally:
+        _CHAIN_CACHE = prev
+
+
+def _data_set_infos(f, path, size: int, upto: int | None = None) -> list[_DataSetInfo]:
+    if _CHAIN_CACHE is not None:
+        key = (str(path), size)
+        if key not in _CHAIN_CACHE:
+            _CHAIN_CACHE[key] = _walk_data_sets(f, path, size, None)
+        return _CHAIN_CACHE[key]
+    return _walk_data_sets(f, path, size, upto)
+
+
+def _walk_data_sets(f, path, size: int, upto: int | None) -> list[_DataSetInfo]:
+    infos = [_read_data_set_info(f, path, size, 0)]
+    seen = {0}
+    while infos[-1].next_offset and (upto is None or len(infos) <= upto):
+        base = infos[-1].base + infos[-1].next_offset
+        if base in seen or base + HEADER_SIZE > size:
+            warnings.warn(
+                f"{path}: $NEXTDATA of data set {len(infos) - 1} points to byte {base}, "
+                f"{'already visited' if base in seen else 'beyond the end of the file'}; ignoring it",
+                FCSWarning,
+                stacklevel=3,
+            )
+            break
+        seen.add(base)
+        try:
+            infos.append(_read_data_set_info(f, path, size, base))
+        except FCSHeaderError as exc:
+            warnings.warn(f"{exc}; ignoring $NEXTDATA of data set {len(infos) - 1}", FCSWarning, stacklevel=3)
+            break
+    return infos
+
+
+def _channel_names(meta, n_par, path):
+    channels, markers = [], []
+    for i in range(1, n_par + 1):
+        pnn = meta.get(f"$P{i}N")
+        if pnn is None or not str(pnn).strip():
+            warnings.warn(f"{path}: required keyword $P{i}N is missing; naming the channel 'P{i}'", FCSWarning, stacklevel=3)
+            pnn = f"P{i}"
+        channels.append(str(pnn).strip())
+        pns = meta.get(f"$P{i}S")
+        markers.append(str(pns).strip() if pns is not None and str(pns).strip() else None)
+    return channels, markers
+
+
+# --------------------------------------------------------------------------- channel keywords
+
+#: Range assumed for a channel without a usable ``$PnR`` when its values are not integers
+#: (2**18, the range of most digital cytometers, and what :func:`write_fcs` writes for a
+#: channel without finite values).  Integer channels fall back to ``2**$PnB``.
+NOMINAL_RANGE = 262144.0
+
+
+class _Nominal:
+    """Marker default of :func:`channel_range`: fall back to the nominal range."""
+
+    def __repr__(self):
+        return "NOMINAL"
+
+
+NOMINAL = _Nominal()
+
+
+def is_time_name(name) -> bool:
+    """Whether a ``$PnN`` names the time channel (``Time``, ``HDR-T``, any case)."""
+    return str(name).strip().lower() in _TIME_NAMES
+
+
+def channel_keyword(meta: Mapping, i: int, letter: str) -> str | None:
+    """The raw value of ``$P<i+1><letter>`` (e.g. ``letter="R"``), stripped; None when absent or blank."""
+    val = meta.get(f"$P{i + 1}{letter.upper()}")
+    if val is None:
+        return None
+    s = str(val).strip()
+    return s or None
+
+
+def _number(raw) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def channel_bits(meta: Mapping, i: int) -> int | None:
+    """``$PnB`` as an int; None when absent, ``*`` (delimited ASCII) or not an integer."""
+    v = _number(channel_keyword(meta, i, "B"))
+    if v is None or not math.isfinite(v) or v != int(v):
+        return None
+    return int(v)
+
+
+def nominal_range(meta: Mapping, i: int) -> float:
+    """The range of a channel without a usable ``$PnR``: ``2**$PnB`` for integer data, else :data:`NOMINAL_RANGE`."""
+    if str(meta.get("$DATATYPE", "")).strip().upper() == "I":
+        bits = channel_bits(meta, i)
+        if bits is not None and 1 <= bits <= 64:
+            return float(2**bits)
+    return NOMINAL_RANGE
+
+
+def channel_range(meta: Mapping, i: int, *, default=NOMINAL) -> float | None:
+    """``$PnR`` as a float.
+
+    When it is absent or not a number: ``default`` if one is given (None included),
+    else :func:`nominal_range`.
+    """
+    r = _number(channel_keyword(meta, i, "R"))
+    if r is not None:
+        return r
+    if default is not NOMINAL:
+        return default
+    return nominal_range(meta, i)
+
+
+def channel_log(meta: Mapping, i: int, path=None, *, strict: bool = True) -> tuple[float, float]:
+    """``$PnE`` as ``(f1, f2)``: ``f1`` decades from ``f2``; ``(0.0, 0.0)`` for linear or absent.
+
+    An ``f2`` of 0 on a log channel is read as 1 (the standard's rule).  A value that is not
+    ``f1,f2`` raises :class:`FCSTextError` if ``strict``, else counts as linear.
+    """
+    raw = meta.get(f"$P{i + 1}E")
+    if raw is None or not str(raw).strip():
+        return 0.0, 0.0
+    try:
+        f1, f2 = (float(x) for x in str(raw).split(","))
+    except ValueError:
+        if strict:
+            raise FCSTextError(
+                f"keyword $P{i + 1}E is {raw!r}, expected 'f1,f2' (e.g. '4.0,1.0' or '0,0')", path
+            ) from None
+        return 0.0, 0.0
+    if f1 > 0 and f2 == 0:
+        f2 = 1.0
+    return f1, f2
+
+
+def channel_gain(meta: Mapping, i: int, path=None, *, strict: bool = True) -> float:
+    """``$PnG`` as a float; 1.0 when absent, blank or 0.
+
+    A value that is not a number counts as 1.0, with an :class:`FCSWarning` if ``strict``.
+    """
+    key = f"$P{i + 1}G"
+    if strict:
+        return _float_kw(meta, key, path, default=1.0) or 1.0
+    return _number(channel_keyword(meta, i, "G")) or 1.0
+
+
+def timestep(meta: Mapping, path=None, *, strict: bool = True) -> float:
+    """``$TIMESTEP`` (seconds per time-channel unit); 1.0 when absent, blank, 0 or not a number
+    (with an :class:`FCSWarning` if ``strict``)."""
+    if strict:
+        return _float_kw(meta, "$TIMESTEP", path, default=1.0) or 1.0
+    raw = meta.get("$TIMESTEP")
+    return _number(None if raw is None else str(raw)) or 1.0
+
+
+def volume_nl(meta: Mapping, path=None) -> float | None:
+    """``$VOL`` in nanolitres; None when the keyword is absent or blank.
+
+    Raises
+    ------
+    FCSTextError
+        When ``$VOL`` is there but not a positive number (e.g. ``$VOL`` is 0).
+    """
+    raw = meta.get("$VOL")
+    if raw is None or not str(raw).strip():
+        return None
+    v = _number(str(raw).strip())
+    if v is None:
+        raise FCSTextError(f"keyword $VOL is {raw!r}, expected a number of nanolitres", path)
+    if not (math.isfinite(v) and v > 0):
+        raise FCSTextError(
+            f"keyword $VOL is {str(raw).strip()!r}: the analysed volume must be a positive number of nanolitres", path
+        )
+    return v
+
+
+def clock_seconds(meta: Mapping) -> float | None:
+    """Seconds from ``$BTIM`` to ``$ETIM`` (``hh:mm:ss[.cc]``, across midnight); None if unusable."""
+    bt, et = str(meta.get("$BTIM", "") or ""), str(meta.get("$ETIM", "") or "")
+    if not (bt and et):
+        return None
+
+    def secs(s):
+        parts = s.strip().replace(".", ":").split(":")
+        h, m, sec = (float(x) for x in parts[:3])
+        frac = float("0." + parts[3]) if len(parts) > 3 and parts[3] else 0.0
+        return h * 3600 + m * 60 + sec + frac
+
+    try:
+        dt = secs(et) - secs(bt)
+    except ValueError:
+        return None
+    if dt < 0:
+        dt += 86400
+    return dt if dt > 0 else None
