@@ -11,6 +11,8 @@ from .errors import EvflowError
 
 
 def _print_sample(path, k, n_sets, meta, channels, markers, n_events, version, note=None, spill=None):
+    from .io.fcs import channel_keyword
+
     head = f"{path}" + (f"  [data set {k + 1} of {n_sets}]" if n_sets > 1 else "")
     print(head)
     print(f"  version     {version}")
@@ -25,9 +27,10 @@ def _print_sample(path, k, n_sets, meta, channels, markers, n_events, version, n
           f"$BYTEORD {meta.get('$BYTEORD', '?').strip()})")
     width = max((len(c) for c in channels), default=4)
     for j, (c, m) in enumerate(zip(channels, markers), start=1):
-        rng = meta.get(f"$P{j}R", "").strip()
-        bits = meta.get(f"$P{j}B", "").strip()
-        amp = meta.get(f"$P{j}E", "").strip()
+        # the keywords as the file writes them (also for a data set whose events cannot be read)
+        rng = channel_keyword(meta, j - 1, "R") or ""
+        bits = channel_keyword(meta, j - 1, "B") or ""
+        amp = channel_keyword(meta, j - 1, "E") or ""
         print(f"    {j:>3}  {c:<{width}}  {m or '':<20} bits {bits:<3} range {rng:<10} $PnE {amp}")
     if spill is not None:
         print(f"  spillover   {spill}")

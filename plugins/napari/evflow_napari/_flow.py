@@ -56,25 +56,16 @@ def open_sample(path):
 
 
 def channel_top(sample, channel) -> float:
-    """Top of the linear scale of a channel (``$PnR`` after ``$PnE`` decoding and ``$PnG`` gain)."""
-    i = sample.channel_index(channel)
-    meta = sample.meta
-    n = i + 1
-    try:
-        r = float(meta[f"$P{n}R"])
-    except (KeyError, ValueError):
-        r = 262144.0
-    try:
-        f1, f2 = (float(v) for v in str(meta.get(f"$P{n}E", "0,0")).split(",")[:2])
-    except ValueError:
-        f1, f2 = 0.0, 0.0
-    if f1 > 0:
-        return (f2 if f2 > 0 else 1.0) * 10.0**f1
-    try:
-        g = float(meta.get(f"$P{n}G", 1.0) or 1.0)
-    except ValueError:
-        g = 1.0
-    return max(r / (g if g > 0 else 1.0), 1.0)
+    """Top of the linear scale of a channel (``$PnR`` after ``$PnE`` decoding and ``$PnG`` gain).
+
+    The sample's :meth:`~evflow.FCSSample.channel_limits`, read leniently (a malformed ``$PnE``
+    is linear, a malformed ``$PnG`` is 1), 262144 without a usable ``$PnR``; at least 1 on a
+    linear channel.
+    """
+    _, top = sample.channel_limits(channel, default=262144.0, strict=False)
+    if sample.channel_log(channel, strict=False)[0] > 0:
+        return top
+    return max(top, 1.0)
 
 
 def make_transform(kind: str, top: float):

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import GatingError
+from ..io.fcs.sample import _wrap_in_memory  # noqa: F401  (the in-memory wrapper lives with as_sample)
 from ..kernels._registry import renamed_impl
 
 # ============================================================================ samples
@@ -30,58 +31,15 @@ def _is_array_pair(s):
     )
 
 
-def _wrap_in_memory(events, rows=1 << 24):
-    """A dask array over in-memory (NumPy/CuPy) events whose chunks are row slices (views) of them.
-
-    Unlike ``dask.array.from_array`` this neither copies the events (``from_array`` copies every array:
-    20 ms for 10M x 2 float64) nor hashes them (a random graph name); large chunks, as each kernel
-    launch is parallel over Numba's threads.  The events are not copied: do not modify them while a
-    lazy result (``compute=False``) that reads them is pending.
-    """
-    import uuid
-
-    import dask.array as da
-
-    n, k = events.shape
-    step = max(1, min(n, rows))
-    starts = list(range(0, n, step)) or [0]
-    name = f"events-{uuid.uuid4().hex}"
-    dsk = {(name, i, 0): events[a:min(a + step, n)] for i, a in enumerate(starts)}
-    chunks = (tuple(min(a + step, n) - a for a in starts), (k,))
-    return da.Array(dsk, name, chunks, meta=events[:0])
-
-
 def _array_sample(events, channels, name):
     """An in-memory FCSSample of linear-scale events (NumPy, CuPy or dask array)."""
-    import dask.array as da
-
-    from ..io.fcs import FCSSample
-
-    channels = [str(c) for c in channels]
-    if getattr(events, "ndim", 0) != 2 or events.shape[1] != len(channels):
-        raise GatingError(
-            f"sample {name!r}: events have shape {tuple(getattr(events, 'shape', ()))} but {len(channels)} channel names"
-        )
-    if isinstance(events, np.ndarray) or type(events).__module__.split(".")[0] == "cupy":
-        events = _wrap_in_memory(events)
-    elif not isinstance(events, da.Array):  # other array-likes: dask's own wrapping (a copy, random name)
-        events = da.from_array(events, chunks=(max(1, min(events.shape[0], 1 << 24)), -1), asarray=False, name=False)
-    return FCSSample(path=str(name), version="", data_set=0, meta={}, channels=channels,
-                     markers=[None] * len(channels), events=events, scaled=True)
+    return _as_sample((events, list(channels)), name)
 
 
 def _as_sample(s, name_hint=None):
-    from ..io.fcs import FCSSample, read_fcs
+    from ..io.fcs import as_sample
 
-    if isinstance(s, (str, os.PathLike)):
-        return read_fcs(s, scale=True)
-    if _is_array_pair(s):
-        return _array_sample(s[0], s[1], name_hint or "events")
-    if isinstance(s, FCSSample) or all(hasattr(s, a) for a in ("events", "channels", "meta")):
-        return s
-    raise GatingError(
-        f"sample {name_hint!r}: expected an FCSSample, a path or (events, channels), got {type(s).__name__}"
-    )
+    return as_sample(s, what=f"sample {name_hint!r}", name=name_hint or "events", error=GatingError)
 
 
 def _samples(sample_or_samples):

@@ -35,23 +35,24 @@ def _axis(t, name):
 
 
 def _default_range(sample, channel, transform):
+    """(0, top) of a channel for density2d without range=: the sample's ``$PnR`` (on the linear
+    scale, after ``$PnG``, when the events are)."""
+    from ..errors import FCSError
+
     if transform is not None:
         return (0.0, 1.0)
-    i = sample.channel_index(channel)
-    meta = sample.meta
-    n = i + 1
+    sample.channel_index(channel)  # an unknown channel is an FCSError, as before
+    scaled = bool(getattr(sample, "scaled", False))
     try:
-        r = float(meta[f"$P{n}R"])
-        e = str(meta.get(f"$P{n}E", "0,0")).split(",")
-        f1 = float(e[0]) if e and e[0].strip() else 0.0
-        g = float(meta.get(f"$P{n}G", 1.0) or 1.0)
-    except (KeyError, ValueError):
-        raise GatingError(f"density2d: no range= given and channel {channel!r} has no usable $P{n}R") from None
-    if f1 != 0 and getattr(sample, "scaled", False):
+        limits = sample.channel_limits(channel, scaled=scaled, default=None)
+        f1 = sample.channel_log(channel)[0] if limits is not None else 0.0
+    except FCSError:
+        limits = None
+    if limits is None:
+        raise GatingError(f"density2d: no range= given and channel {channel!r} has no usable range ($PnR)") from None
+    if f1 != 0 and scaled:
         raise GatingError(f"density2d: channel {channel!r} is log-amplified; pass range= or a transform")
-    if not getattr(sample, "scaled", False):
-        g = 1.0
-    return (0.0, r / g)
+    return (0.0, limits[1])
 
 
 @_renamed_kernel

@@ -98,7 +98,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
 from ._checks import DETECTION_KEYS, _check_detection, _check_numbers, _check_size, _path_resolver
-from .inputs import check_channels as _check_channels, fcs_metadata as _meta, tiff_channels as _tiff_channels
+from .inputs import check_channels as _check_channels, fcs_without_volume as _no_volume, tiff_channels as _tiff_channels
 
 __all__ = ["Experiment", "Sample", "load_experiment", "validate_experiment", "default", "schema_table", "ROLES",
            "SCHEMA"]
@@ -583,8 +583,7 @@ def _check_flow_files(flow_s, samples, flow_samples, needed_channels, src, probl
     if flow_samples and "flow_rate_ul_per_min" not in flow_s:
         for i, s in enumerate(samples):
             if s.flow is not None and s.volume_ul is None and s.flow.is_file() and s.role != "beads":
-                meta = _meta(s.flow)
-                if meta is not None and not str(meta.get("$VOL", "")).strip():
+                if _no_volume(s.flow):
                     problems.append(
                         f"{src}: 'samples[{i}]' ({s.name}): no analysed volume: give 'volume_ul', "
                         "'flow.flow_rate_ul_per_min', or a file with $VOL"

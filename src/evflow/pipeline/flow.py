@@ -120,15 +120,12 @@ def gating(exp, size_cal):
 
 
 def _channel_top(path, channel):
-    from ..io.fcs import read_fcs, read_fcs_metadata
+    """``$PnR`` of a channel and its ``$PnN``, as the sample answers (its nominal range without ``$PnR``)."""
+    from ..io.fcs import read_fcs
 
-    s = read_fcs(path)
+    s = read_fcs(path)  # HEADER and TEXT only
     i = s.channel_index(channel)
-    meta = read_fcs_metadata(path)
-    try:
-        return float(meta.get(f"$P{i + 1}R", 1e5)), s.channels[i]
-    except ValueError:
-        return 1e5, s.channels[i]
+    return s.channel_range(i), s.channels[i]
 
 
 def density_spec(flow_samples, markers, flow_s):

@@ -6,23 +6,37 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["fcs_metadata", "check_channels", "tiff_channels"]
+__all__ = ["fcs_sample", "fcs_without_volume", "check_channels", "tiff_channels"]
 
-_META_CACHE: dict = {}
+_SAMPLE_CACHE: dict = {}
 
 
-def fcs_metadata(path: Path):
-    """The TEXT segment of an FCS file (cached by path, mtime and size), or None when unreadable."""
+def fcs_sample(path: Path):
+    """The FCSSample of ``path``, HEADER and TEXT only (cached by path, mtime and size), or None when unreadable."""
     try:
         st = os.stat(path)
         key = (str(path), st.st_mtime_ns, st.st_size)
-        if key not in _META_CACHE:
-            from ..io.fcs import read_fcs_metadata
+        if key not in _SAMPLE_CACHE:
+            from ..io.fcs import read_fcs
 
-            _META_CACHE[key] = read_fcs_metadata(path)
-        return _META_CACHE[key]
+            _SAMPLE_CACHE[key] = read_fcs(path)
+        return _SAMPLE_CACHE[key]
     except Exception:
         return None
+
+
+def fcs_without_volume(path: Path) -> bool:
+    """True when ``path`` reads as FCS and has no ``$VOL``.  A ``$VOL`` that is there but unusable
+    (0, not a number) is not flagged here: running the sample reports it."""
+    from ..errors import FCSError
+
+    fcs = fcs_sample(path)
+    if fcs is None:
+        return False
+    try:
+        return fcs.volume_nl() is None
+    except FCSError:
+        return False
 
 
 def check_channels(path: Path, needed: Mapping[str, str], problems: list, src: str, sample_key=None):

@@ -3,9 +3,9 @@ and elementwise conversion that keeps the input's array type (NumPy, CuPy, dask,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -26,30 +26,17 @@ class _Table:
     source: str
 
 
-def _channel_range(meta: dict, i: int) -> tuple[float, float] | None:
-    """(low, high) linear-scale range of column ``i`` (0-based) from $PnR/$PnE/$PnG, or None."""
-    n = i + 1
-    try:
-        rng = float(meta[f"$P{n}R"])
-    except (KeyError, ValueError, TypeError):
+def _channel_range(sample, i: int) -> tuple[float, float] | None:
+    """(low, high) linear-scale range of column ``i`` (0-based), or None without a usable ``$PnR``.
+
+    The sample's answer with calibration's lenient reading: the high end is the largest stored
+    value, ``$PnR - 1``, after ``$PnE``/``$PnG``; a malformed ``$PnE`` counts as linear and a
+    malformed ``$PnG`` as 1, silently.
+    """
+    limits = getattr(sample, "channel_limits", None)
+    if limits is None:
         return None
-    decades, log0 = 0.0, 0.0
-    pne = str(meta.get(f"$P{n}E", "") or "").strip()
-    if pne:
-        try:
-            decades, log0 = (float(x) for x in pne.split(","))
-        except ValueError:
-            decades, log0 = 0.0, 0.0
-    try:
-        gain = float(meta.get(f"$P{n}G", 1.0) or 1.0)
-    except ValueError:
-        gain = 1.0
-    if gain == 0:
-        gain = 1.0
-    if decades > 0:
-        log0 = log0 or 1.0
-        return log0 / gain, log0 * 10.0 ** (decades * (rng - 1.0) / rng) / gain
-    return 0.0, (rng - 1.0) / gain
+    return limits(i, top="last", default=None, strict=False)
 
 
 def _as_table(sample, channels: Sequence[str], what: str = "beads") -> _Table:
@@ -61,16 +48,16 @@ def _as_table(sample, channels: Sequence[str], what: str = "beads") -> _Table:
     from ...backend import to_numpy
 
     channels = list(channels)
-    if isinstance(sample, (str, Path)):
-        from ...io.fcs import read_fcs
+    if isinstance(sample, (str, os.PathLike, tuple)):
+        from ...io.fcs import as_sample
 
-        sample = read_fcs(sample, scale=True)
+        sample = as_sample(sample, what=what, error=CalibrationError)
     if hasattr(sample, "channel_index") and hasattr(sample, "events"):
         idx = [sample.channel_index(c) for c in channels]
         data = to_numpy(sample.linear_events()[:, idx]).astype(np.float64)
         ranges = []
         for j, i in enumerate(idx):
-            r = _channel_range(sample.meta, i)
+            r = _channel_range(sample, i)
             col = data[:, j]
             ranges.append(r if r is not None else (float(np.nanmin(col)), float(np.nanmax(col))))
         return _Table(data, [sample.channels[i] for i in idx], np.asarray(ranges, float), str(sample.path))
@@ -105,12 +92,10 @@ def _as_table(sample, channels: Sequence[str], what: str = "beads") -> _Table:
 
 
 def _channel_names(beads) -> list:
-    if isinstance(beads, (str, Path)):
-        from ...io.fcs import read_fcs_metadata
+    if isinstance(beads, (str, os.PathLike)):
+        from ...io.fcs import as_sample
 
-        meta = read_fcs_metadata(beads)
-        n = int(meta.get("$PAR", 0))
-        return [str(meta.get(f"$P{i}N", "")).strip() for i in range(1, n + 1)]
+        return list(as_sample(beads, what="beads", scale=False, error=CalibrationError).channels)
     if hasattr(beads, "channels") and not hasattr(beads, "dims"):
         return list(beads.channels)
     if hasattr(beads, "columns"):

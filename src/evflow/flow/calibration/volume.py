@@ -27,23 +27,24 @@ def analysed_volume_ul(sample=None, *, volume_ul=None, flow_rate_ul_per_min=None
     Raises
     ------
     CalibrationError
-        If none of these is available.
+        If none of these is available, or (without ``flow_rate_ul_per_min``) ``$VOL``
+        is there but is 0 or not a number.
     """
     if volume_ul is not None:
         v = float(volume_ul)
         if not v > 0:
             raise CalibrationError(f"volume_ul must be > 0, got {volume_ul}")
         return {"volume_ul": v, "method": "user"}
-    meta = getattr(sample, "meta", {}) or {}
+    from ...errors import FCSError
+
     src = getattr(sample, "path", "sample")
-    vol = str(meta.get("$VOL", "") or "").strip()
-    if vol and flow_rate_ul_per_min is None:
+    if flow_rate_ul_per_min is None and hasattr(sample, "volume_nl"):
         try:
-            v = float(vol) / 1000.0
-        except ValueError:
-            raise CalibrationError(f"{src}: $VOL is {vol!r}, expected a number of nanolitres") from None
-        if v > 0:
-            return {"volume_ul": v, "method": "$VOL", "$VOL_nl": float(vol)}
+            vol_nl = sample.volume_nl()  # None: no $VOL; raises: $VOL is 0 or not a number
+        except FCSError as exc:
+            raise CalibrationError(str(exc)) from None
+        if vol_nl is not None:
+            return {"volume_ul": vol_nl / 1000.0, "method": "$VOL", "$VOL_nl": vol_nl}
     if flow_rate_ul_per_min is not None:
         rate = float(flow_rate_ul_per_min)
         if not rate > 0:
@@ -62,35 +63,12 @@ def analysed_volume_ul(sample=None, *, volume_ul=None, flow_rate_ul_per_min=None
 
 
 def _acquisition_seconds(sample, time_channel=None):
-    from ...backend import to_numpy
-
-    meta = getattr(sample, "meta", {}) or {}
+    """The sample's acquisition time (time channel span, else $ETIM - $BTIM), or CalibrationError."""
     src = getattr(sample, "path", "sample")
-    name = time_channel or getattr(sample, "time_channel", None)
-    if name is not None and hasattr(sample, "channel_index"):
-        i = sample.channel_index(name)
-        # linear_events applies $TIMESTEP to the time channel (FCSSample); other samples are taken as is
-        events = sample.linear_events() if hasattr(sample, "linear_events") else sample.events
-        t = to_numpy(events[:, i]).astype(float)
-        if t.size > 1 and np.nanmax(t) > np.nanmin(t):
-            return float(np.nanmax(t) - np.nanmin(t)), f"Time channel {name!r}"
-    bt, et = str(meta.get("$BTIM", "") or ""), str(meta.get("$ETIM", "") or "")
-    if bt and et:
-        def secs(s):
-            parts = s.strip().replace(".", ":").split(":")
-            h, m, sec = (float(x) for x in parts[:3])
-            frac = float("0." + parts[3]) if len(parts) > 3 and parts[3] else 0.0
-            return h * 3600 + m * 60 + sec + frac
-
-        try:
-            dt = secs(et) - secs(bt)
-        except ValueError:
-            dt = -1
-        if dt < 0:
-            dt += 86400
-        if dt > 0:
-            return dt, "$BTIM/$ETIM"
-    raise CalibrationError(f"{src}: no usable Time channel or $BTIM/$ETIM to measure the acquisition time")
+    got = sample.acquisition_seconds(time_channel) if hasattr(sample, "acquisition_seconds") else None
+    if got is None:
+        raise CalibrationError(f"{src}: no usable Time channel or $BTIM/$ETIM to measure the acquisition time")
+    return got
 
 
 def concentration_per_ml(n_events, volume_ul, dilution_factor: float = 1.0):

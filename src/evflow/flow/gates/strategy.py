@@ -442,13 +442,9 @@ def _chunk_masks(block, strategy, channels, ids, fcs):
 
 def _sample_events(sample):
     """(events (dask/array), channels, spillover, name) of an FCSSample or (events, channels)."""
-    if isinstance(sample, tuple) and len(sample) == 2:
-        events, channels = sample
-        return events, [str(c) for c in channels], None, "<array>"
-    if not all(hasattr(sample, a) for a in ("events", "channels", "meta")):
-        raise GatingError(
-            f"apply() expects an FCSSample (evflow.read_fcs) or (events, channels), got {type(sample).__name__}"
-        )
+    from ...io.fcs import as_sample
+
+    sample = as_sample(sample, what="apply()", name="<array>", error=GatingError)
     events = sample.linear_events()
     try:
         spill = sample.spillover
