@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import ImageError
 from .config import default
 
-__all__ = ["camera_of", "read_field", "registration_from_beads", "control_spots", "analyse_field",
+__all__ = ["camera_of", "read_field", "field_array", "registration_from_beads", "control_spots", "analyse_field",
+           "analyse_photons",
            "image_thresholds", "spots_table", "control_item", "field_item", "SPOT_ARRAYS"]
 
 #: per-vesicle arrays stored with each field item (k = number of markers)
@@ -46,6 +47,22 @@ def read_field(path, img_s):
     if im.sizes["fov"] != 1:
         raise ImageError(f"{path}: holds {im.sizes['fov']} fields; the experiment expects one field per file")
     return im.load()
+
+
+def field_array(photons, img_s, *, where="field"):
+    """A (channel, y, x) photon array as the one-field ``xarray.DataArray`` that :func:`read_field` returns."""
+    import xarray as xr
+
+    ph = np.asarray(photons)
+    chans = list(img_s["channels"])
+    if ph.ndim != 3 or ph.shape[0] != len(chans):
+        raise ImageError(f"{where}: field must be (channel, y, x) with {len(chans)} channels {chans}, "
+                         f"got shape {ph.shape}")
+    px = img_s.get("pixel_size_nm")
+    return xr.DataArray(ph[None], dims=("fov", "channel", "y", "x"),
+                        coords={"fov": [0], "channel": chans, "file": ("fov", [str(where)])},
+                        attrs={"pixel_size_nm": None if px is None else float(px), "units": "photons",
+                               "camera": camera_of(img_s).to_dict(), "failed": []})
 
 
 def _detect_kwargs(img_s, backend):
@@ -104,10 +121,13 @@ def _registration(reg_dict, chans):
 
 
 def _count(path, img_s, registration, thresholds, backend, sample):
+    return _count_image(read_field(path, img_s), img_s, registration, thresholds, backend, sample)
+
+
+def _count_image(im, img_s, registration, thresholds, backend, sample):
     from ..imaging.count import count_vesicles
 
     chans = list(img_s["channels"])
-    im = read_field(path, img_s)
     ds, spots = count_vesicles(im, markers=chans, sample=sample, registration=_registration(registration, chans),
                                thresholds=thresholds, psf_sigma_px=float(img_s.get("psf_sigma_px", 1.3)),
                                merge_radius_px=float(img_s.get("match_radius_px", 1.5)),
@@ -210,10 +230,20 @@ def analyse_field(path, img_s, registration=None, thresholds=None, backend="nump
     brightest channel; ``photons_marker`` etc. (n, k)), a thumbnail and the
     field shape.
     """
+    return analyse_photons(read_field(path, img_s), img_s, registration, thresholds=thresholds, backend=backend)
+
+
+def analyse_photons(field, img_s, registration=None, thresholds=None, backend="numpy") -> dict:
+    """:func:`analyse_field` of a field already in memory: the computation of the pipeline's field stage.
+
+    ``field`` is the one-field DataArray of :func:`read_field` or a (channel, y, x)
+    array in photons (see :func:`field_array`); the napari plugin calls this too.
+    """
     from ..imaging.localize import fit_spots
 
     chans = list(img_s["channels"])
-    im, ds, spots = _count(path, img_s, registration, thresholds, backend, "field")
+    im = field if hasattr(field, "dims") else field_array(field, img_s)
+    im, ds, spots = _count_image(im, img_s, registration, thresholds, backend, "field")
     ph = np.asarray(im.values[0])
     n, k = len(spots), len(chans)
     pm = np.stack([spots[f"photons_{m}"].to_numpy(np.float64) for m in chans], axis=1) if n else np.zeros((0, k))
