@@ -278,11 +278,14 @@ def test_transform_change_recomputes_density(make_napari_viewer, qtbot, demo):
 
 def test_detection_widget_gives_library_spots_and_screenshot(make_napari_viewer, qtbot, demo, tmp_path):
     import tifffile
+    import xarray as xr
 
-    from evflow.imaging.count import phenotype_field
+    from evflow.imaging.register import ChannelRegistration
+    from evflow.pipeline.config import load_experiment
+    from evflow.pipeline.imaging import analyse_field, registration_from_beads
     from evflow_napari._qt import VesicleDetectionWidget
 
-    _, data = demo
+    out, data = demo
     p = data / "images" / "S2_fov0.tif"
     viewer = make_napari_viewer(show=True)  # a shown window renders (under Xvfb in CI)
     viewer.open(str(p), plugin="evflow")
@@ -290,17 +293,33 @@ def test_detection_widget_gives_library_spots_and_screenshot(make_napari_viewer,
     qtbot.addWidget(w)
     # defaults from the experiment file next to the images
     assert w.sigma.value() == pytest.approx(1.3) and w.offset.value() == pytest.approx(100.0)
+    assert w.radius.value() == pytest.approx(2.0)
+    assert w.registration_box.currentText() == "experiment beads"
     with qtbot.waitSignal(w.detected, timeout=60000):
         w.run()
     assert w.error is None
+    # the pipeline's field computation: registration from the experiment's beads, thresholds of its rule
+    exp = load_experiment(data / "experiment.toml", check_files=False)
+    img_s = exp.imaging
+    reg = registration_from_beads(exp.resolve(img_s["registration_beads"]), img_s)
+    assert max(abs(np.asarray(reg["transforms"]["CD81"])[:, 2]).max(), 0) > 0.5  # the demo's channels are shifted
+    ds = xr.open_zarr(out / "results.zarr")
+    thr = dict(zip(ds["image_marker"].values.tolist(), ds["image_threshold"].sel(image_sample="S2").values.tolist()))
+    assert w.thresholds == pytest.approx(thr)
+    item = analyse_field(p, img_s, reg, thresholds=w.thresholds)
     field = tifffile.imread(p)
-    ref = phenotype_field(field, ["CD9", "CD63", "CD81"], psf_sigma_px=1.3, camera={"offset": 100.0, "gain": 2.0},
-                          merge_radius_px=2.0,
-                          detect_kwargs={"false_positives": 0.1, "threshold": None, "exclude_border_px": 2})
-    assert len(ref) > 5
+    assert len(item["y"]) > 5
     pts = w.points_layer
-    np.testing.assert_allclose(pts.data, ref[["y", "x"]].to_numpy(), atol=1e-9)
-    np.testing.assert_array_equal(pts.features["bitmask"].to_numpy(), ref["bitmask"].to_numpy())
+    np.testing.assert_allclose(pts.data, np.column_stack([item["y"], item["x"]]), atol=1e-9)
+    np.testing.assert_array_equal(pts.features["bitmask"].to_numpy(), item["bitmask"])
+    # and the counts per phenotype equal evflow run's for this field
+    want = ds["image_count"].sel(image_sample="S2", fov=0).values.tolist()
+    assert [w.counts[str(lab)] for lab in ds["image_phenotype"].values] == want
+    # channel layers carry the registration: a vesicle's position in a channel's pixels maps onto the point
+    ch = {ly.name: ly for ly in viewer.layers if ly._type_string == "image"}
+    A = ChannelRegistration.from_dict(reg)
+    yx_c = A.to_channel("CD81", pts.data[:3])
+    np.testing.assert_allclose([ch["CD81"].data_to_world(q) for q in yx_c], pts.data[:3], atol=1e-6)
     for m in ("CD9", "CD63", "CD81"):
         spots = evflow.detect_spots((field[["CD9", "CD63", "CD81"].index(m)] - 100.0) / 2.0, psf_sigma_px=1.3,
                                     exclude_border_px=2)
@@ -308,7 +327,7 @@ def test_detection_widget_gives_library_spots_and_screenshot(make_napari_viewer,
     assert {"photons", "sigma", "phenotype"} <= set(pts.features.columns)
     assert np.all(pts.features["photons"] > 0)
     counts = [int(w.table.item(i, 1).text()) for i in range(w.table.rowCount())]
-    assert sum(counts) == len(ref)
+    assert sum(counts) == len(item["y"])
     assert "vesicles/um^2" in w.density_text
     # screenshot: non-blank, and the points are drawn where the vesicles are
     for ly in viewer.layers:
@@ -396,3 +415,45 @@ def test_reader_rejects_other_files(tmp_path):
     assert get_reader(str(tmp_path / "results.zarr")) is read_results_layers
     assert get_reader([str(tmp_path / "results.zarr")] * 2) is None
     assert get_reader([]) is None
+
+
+def test_detect_field_equals_evflow_run(demo):
+    """``evflow_napari.detect_field`` with the experiment's settings gives ``evflow run``'s phenotype table."""
+    import tifffile
+    import xarray as xr
+
+    from evflow.errors import ConfigError
+    from evflow.pipeline.config import load_experiment
+    from evflow_napari import detect_field
+    from evflow_napari._detection import DetectionParameters, experiment_thresholds, resolve_registration
+
+    out, data = demo
+    exp = load_experiment(data / "experiment.toml", check_files=False)
+    img_s = exp.imaging
+    reg = resolve_registration(exp.resolve(img_s["registration_beads"]), img_s)
+    thr, desc = experiment_thresholds(exp, img_s, reg)
+    assert thr["CD9"] == 300.0 and "isotype" in desc
+    ds = xr.open_zarr(out / "results.zarr")
+    labels = [str(p) for p in ds["image_phenotype"].values]
+    n = 0
+    for s in exp.samples:
+        for f, path in enumerate(s.images):
+            t = detect_field(tifffile.imread(path), img_s["channels"], DetectionParameters.from_experiment(img_s),
+                             registration=reg, thresholds=thr)
+            got = t["phenotype"].value_counts()
+            assert [int(got.get(lab, 0)) for lab in labels] == ds["image_count"].sel(image_sample=s.name, fov=f
+                                                                                     ).values.tolist()
+            n += len(t)
+    assert n > 20
+    # without registration the table differs (the demo's channels are shifted): registration matters
+    field = tifffile.imread(exp.samples[0].images[0]) if exp.samples[0].images else tifffile.imread(
+        data / "images" / "S2_fov0.tif")
+    a = detect_field(field, img_s["channels"], img_s, registration=reg, thresholds=thr)
+    b = detect_field(field, img_s["channels"], img_s, registration=None, thresholds=thr)
+    cols = ["y", "x", "photons_CD81"]
+    assert len(a) != len(b) or not np.allclose(a[cols].to_numpy(), b[cols].to_numpy(), atol=0.05)
+    assert list(a.columns[:6]) == ["y", "x", "photons", "sigma", "phenotype", "bitmask"]
+    with pytest.raises(ConfigError, match="thresholds have no value"):
+        detect_field(field, img_s["channels"], img_s, thresholds={"CD9": 1.0})
+    with pytest.raises(ConfigError, match="bead field"):
+        detect_field(field, img_s["channels"], img_s, registration=str(data / "nope.tif"))

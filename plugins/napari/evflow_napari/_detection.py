@@ -122,7 +122,11 @@ def experiment_thresholds(experiment, img_s, registration=None, backend="numpy")
     rule = experiment_rule(img_s.get("thresholds", {}), "imaging.thresholds", default="detected",
                            keywords=("detected", "fixed"))
     items = {}
-    if isinstance(rule, ThresholdRule) and exp is not None:
+    if isinstance(rule, ThresholdRule) and exp is None:
+        raise ConfigError(f"[imaging.thresholds] rule {rule.text if hasattr(rule, 'text') else rule!r} needs the "
+                          f"experiment's {rule.control!r} fields: open the images of an experiment, or choose "
+                          f"'detected in the channel'")
+    if isinstance(rule, ThresholdRule):
         for s in exp.by_role(rule.control):
             for f, p in enumerate(s.images):
                 items[(s.name, f)] = control_spots(p, img_s, registration, backend=backend)

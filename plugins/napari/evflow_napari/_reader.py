@@ -137,6 +137,17 @@ def image_layers(images, source, extra_meta=None):
     return out
 
 
+def layer_affine(A, ndim):
+    """napari affine ((ndim+1) x (ndim+1)) of a channel layer from a (2, 3) map channel px -> reference px
+    (y, x); leading axes (fields) are left as they are; None gives the identity."""
+    M = np.eye(ndim + 1)
+    if A is not None:
+        A = np.asarray(A, np.float64).reshape(2, 3)
+        M[ndim - 2:ndim, ndim - 2:ndim] = A[:, :2]
+        M[ndim - 2:ndim, ndim] = A[:, 2]
+    return M
+
+
 def read_tiff_layers(path, markers=None):
     """TIFF / OME-TIFF fields opened lazily with ``evflow.read_images``; one layer per channel (fov, y, x)."""
     import evflow

@@ -18,7 +18,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._detection import DetectionParameters, detect_field, export_parameters
+from .._detection import DetectionParameters, detect_field, experiment_thresholds, export_parameters
+
+REGISTRATION_CHOICES = ("experiment beads", "bead field…", "fit on this field", "none")
+POSITIVITY_CHOICES = ("experiment rule", "detected in the channel")
 
 __all__ = ["VesicleDetectionWidget"]
 
@@ -39,11 +42,15 @@ def _spin(lo, hi, val, step, dec=3):
 class VesicleDetectionWidget(QWidget):
     """Detect vesicles in the current field of an evflow image stack (all its channels).
 
-    Runs :func:`evflow.detect_spots` per channel (on the GPU when one is
-    available) in a worker thread with napari's progress bar, merges the
-    channels into vesicles with a phenotype, and shows them as a Points layer
-    (properties: photons, sigma, phenotype) with the counts per phenotype and
-    the density (per um^2 when the pixel size is known).
+    Runs :func:`evflow_napari.detect_field`, the computation of ``evflow run``'s
+    image stage (detection per channel, channel registration, merge, photons
+    per marker, thresholds), on the GPU when one is available, in a worker
+    thread with napari's progress bar.  The registration comes from the
+    experiment's registration beads, a chosen bead field, a fit on the field
+    itself, or none; positivity from the experiment's ``[imaging.thresholds]``
+    rule or detection.  Vesicles are shown as a Points layer (reference-channel
+    frame; the channel layers get the registration as their affine) with the
+    counts per phenotype and the density (per um^2 when the pixel size is known).
     """
 
     detected = Signal(object)
@@ -57,6 +64,9 @@ class VesicleDetectionWidget(QWidget):
         self.tables = None
         self.error = None
         self.experiment_file = None
+        self.experiment_imaging = {}
+        self.registration = None
+        self.thresholds = None
         self._workers = set()
         lay = QVBoxLayout(self)
         form = QFormLayout()
@@ -71,7 +81,16 @@ class VesicleDetectionWidget(QWidget):
         self.auto.toggled.connect(lambda on: self.thr.setEnabled(not on))
         self.offset = _spin(0.0, 1e5, 0.0, 1.0, 2)
         self.gain = _spin(1e-3, 1e4, 1.0, 0.1)
-        self.radius = _spin(0.1, 20.0, 2.0, 0.5, 2)
+        d = DetectionParameters()
+        self.sigma.setValue(d.psf_sigma_px)
+        self.fp.setValue(d.false_positives)
+        self.radius = _spin(0.1, 20.0, d.match_radius_px, 0.5, 2)
+        self.registration_box = QComboBox()
+        self.registration_box.addItems(REGISTRATION_CHOICES)
+        self.registration_box.activated.connect(self._registration_chosen)
+        self.bead_file = None
+        self.positivity_box = QComboBox()
+        self.positivity_box.addItems(POSITIVITY_CHOICES)
         form.addRow("PSF sigma (px)", self.sigma)
         form.addRow("False positives / field", self.fp)
         form.addRow("Threshold", self.auto)
@@ -79,6 +98,8 @@ class VesicleDetectionWidget(QWidget):
         form.addRow("Camera offset (ADU)", self.offset)
         form.addRow("Camera gain (ADU/e-)", self.gain)
         form.addRow("Channel match radius (px)", self.radius)
+        form.addRow("Channel registration", self.registration_box)
+        form.addRow("Positive when", self.positivity_box)
         lay.addLayout(form)
         self.run_btn = QPushButton("Detect in current field")
         self.run_btn.clicked.connect(self.run)
@@ -86,8 +107,8 @@ class VesicleDetectionWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
-        self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(["phenotype", "vesicles"])
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["phenotype", "vesicles", "fraction"])
         lay.addWidget(self.table)
         exp_btn = QPushButton("Export parameters to experiment file…")
         exp_btn.clicked.connect(self._export_dialog)
@@ -132,6 +153,7 @@ class VesicleDetectionWidget(QWidget):
             img = load_experiment(exp, check_files=False).imaging
         except Exception:  # noqa: BLE001 - keep the current values
             return
+        self.experiment_imaging = dict(img)
         p = DetectionParameters.from_experiment(img)
         self.set_parameters(p)
 
@@ -153,7 +175,37 @@ class VesicleDetectionWidget(QWidget):
         return DetectionParameters(
             psf_sigma_px=self.sigma.value(), false_positives=self.fp.value(),
             detection_threshold_photons=None if self.auto.isChecked() else self.thr.value(),
-            camera_offset=self.offset.value(), camera_gain=self.gain.value(), match_radius_px=self.radius.value())
+            camera_offset=self.offset.value(), camera_gain=self.gain.value(), match_radius_px=self.radius.value(),
+            base=self.experiment_imaging)
+
+    def _registration_chosen(self, *_):
+        if self.registration_box.currentText() == "bead field…":
+            path, _ = QFileDialog.getOpenFileName(self, "Registration-bead field", str(self.experiment_file or ""),
+                                                  "TIFF (*.tif *.tiff)")
+            if path:
+                self.set_registration_source(path)
+
+    def set_registration_source(self, source):
+        """``"experiment beads"``, ``"fit on this field"``, ``"none"`` or the path of a bead field."""
+        if source in REGISTRATION_CHOICES:
+            self.registration_box.setCurrentText(source)
+        else:
+            self.bead_file = str(source)
+            self.registration_box.setCurrentText("bead field…")
+
+    def _registration_spec(self):
+        """What :func:`detect_field` takes as ``registration`` for the current choice."""
+        choice = self.registration_box.currentText()
+        if choice == "experiment beads":
+            beads = self.experiment_imaging.get("registration_beads")
+            if beads and self.experiment_file is not None:
+                from evflow.pipeline.config import load_experiment
+
+                return str(load_experiment(self.experiment_file, check_files=False).resolve(beads))
+            return None
+        if choice == "bead field…":
+            return self.bead_file
+        return "fit" if choice == "fit on this field" else None
 
     def set_parameters(self, p: DetectionParameters):
         self.sigma.setValue(p.psf_sigma_px)
@@ -199,11 +251,23 @@ class VesicleDetectionWidget(QWidget):
         # The progress bar is a Qt object: it is created, advanced and closed in the GUI
         # thread only (touching it from the worker thread crashes Qt); the worker reports
         # each finished channel through a queued signal.
-        pbar = progress(total=len(markers), desc="evflow: detecting vesicles")
+        pbar = progress(total=3, desc="evflow: detecting vesicles")
         self._channel_done.connect(lambda i: pbar.update(1))
+        reg_spec = self._registration_spec()
+        use_rule = self.positivity_box.currentText() == "experiment rule"
+        exp_file = self.experiment_file
+        img_s = params.imaging_settings(markers)
 
         def work():
-            return detect_field(field, markers, params, backend=backend,
+            from evflow.imaging.camera import as_camera
+            from evflow.pipeline.imaging import camera_of
+
+            from .._detection import resolve_registration
+
+            photons = as_camera(camera_of(img_s)).to_photons(field) if reg_spec == "fit" else None
+            reg = resolve_registration(reg_spec, img_s, photons)
+            thr = experiment_thresholds(exp_file, img_s, reg, backend=backend)[0] if use_rule else None
+            return detect_field(field, markers, params, registration=reg, thresholds=thr, backend=backend,
                                 progress=self._channel_done.emit), field.shape
 
         w = create_worker(work, _start_thread=False)
@@ -225,9 +289,12 @@ class VesicleDetectionWidget(QWidget):
     def _done(self, res, field_idx, params, backend):
         from .._reader import points_layer
 
-        (ves, tables), shape = res
+        ves, shape = res
+        markers = list(ves.attrs["markers"])
+        tables = {m: ves[ves[f"detected_{m}"].to_numpy(bool)] for m in markers}
         self.vesicles, self.tables, self.error = ves, tables, None
-        markers = list(tables)
+        self.registration, self.thresholds = ves.attrs.get("registration"), ves.attrs.get("thresholds")
+        self._register_layers()
         from evflow.schema import phenotype_labels
 
         labels = phenotype_labels(markers)
@@ -236,6 +303,7 @@ class VesicleDetectionWidget(QWidget):
         if field_idx is not None:
             df["field"] = field_idx
             ndim = 3
+        df.attrs = {}
         coords, kw, _ = points_layer(df, name="vesicles (detected)", labels=labels, ndim=ndim,
                                      extra_meta={"parameters": params.as_dict(), "backend": backend})
         kw.pop("ndim", None)
@@ -246,9 +314,12 @@ class VesicleDetectionWidget(QWidget):
         counts = np.bincount(ves["bitmask"].to_numpy(np.int64), minlength=len(labels)) if len(ves) else np.zeros(
             len(labels), int)
         self.table.setRowCount(len(labels))
+        total = max(int(counts.sum()), 1)
         for i, lab in enumerate(labels):
             self.table.setItem(i, 0, QTableWidgetItem(lab))
             self.table.setItem(i, 1, QTableWidgetItem(str(int(counts[i]))))
+            self.table.setItem(i, 2, QTableWidgetItem(f"{counts[i] / total:.3f}"))
+        self.counts = dict(zip(labels, counts.tolist()))
         px = _meta(self.current_layer()).get("pixel_size_nm")
         if px is None and self.experiment_file is not None:
             try:
@@ -266,6 +337,19 @@ class VesicleDetectionWidget(QWidget):
         self.density_text = dens
         self.status.setText(f"{len(ves)} vesicles ({backend}); {dens}")
         self.detected.emit(ves)
+
+    def _register_layers(self):
+        """Give each channel layer the registration (channel px -> reference px) as its affine."""
+        from .._reader import layer_affine
+
+        for ly in self.channel_layers():
+            m = _meta(ly)
+            marker = (m.get("markers") or [ly.name])[m.get("channel", 0)]
+            A = None
+            if self.registration is not None:
+                A = self.registration["transforms"].get(marker)
+            ly.affine = layer_affine(A, ly.ndim)
+            ly.metadata["evflow"]["registered"] = self.registration is not None
 
     # ------------------------------------------------------------ export
     def _export_dialog(self):
