@@ -457,3 +457,80 @@ def test_detect_field_equals_evflow_run(demo):
         detect_field(field, img_s["channels"], img_s, thresholds={"CD9": 1.0})
     with pytest.raises(ConfigError, match="bead field"):
         detect_field(field, img_s["channels"], img_s, registration=str(data / "nope.tif"))
+
+
+def test_open_experiment_registered_layers_and_points(make_napari_viewer, demo):
+    """An experiment file opens as registered channel layers (an affine each) and the run's vesicles as points
+    in the reference frame; results.zarr layers are registered the same way; colours from evflow.palette."""
+    import xarray as xr
+
+    from evflow.imaging.register import ChannelRegistration
+    from evflow.palette import channel_colormap, phenotype_colour
+    from evflow.pipeline.config import load_experiment
+    from evflow.pipeline.imaging import registration_from_beads
+
+    out, data = demo
+    exp = load_experiment(data / "experiment.toml", check_files=False)
+    reg = registration_from_beads(exp.resolve(exp.imaging["registration_beads"]), exp.imaging)
+    A = ChannelRegistration.from_dict(reg)
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(data / "experiment.toml"), plugin="evflow")
+    assert [ly.name for ly in layers] == ["CD9", "CD63", "CD81", "vesicles"]
+    n_fields = sum(len(s.images) for s in exp.samples)
+    assert layers[0].data.shape == (n_fields, 128, 128)
+    meta = layers[0].metadata["evflow"]
+    assert [s["name"] for s in meta["summary"]["samples"]] == [s.name for s in exp.samples]
+    assert meta["fields"][0] == [exp.samples[[bool(s.images) for s in exp.samples].index(True)].name, 0]
+    for c, ly in enumerate(layers[:3]):
+        assert ly.colormap.name == channel_colormap(c)
+        lo, hi = ly.contrast_limits
+        plane = np.asarray(ly.data[0])
+        assert lo == pytest.approx(np.percentile(plane, 50)) and hi == pytest.approx(np.percentile(plane, 99.8))
+    pts = layers[3]
+    yx = pts.data[:, 1:]
+    for m, ly in zip(("CD9", "CD63", "CD81"), layers[:3]):
+        in_channel = A.to_channel(m, yx[:5])
+        world = [ly.data_to_world(np.r_[f, q])[1:] for f, q in zip(pts.data[:5, 0], in_channel)]
+        np.testing.assert_allclose(world, yx[:5], atol=1e-6)
+    shift = np.abs(np.asarray(reg["transforms"]["CD81"])[:, 2]).max()
+    assert shift > 0.5 and not np.allclose(layers[2].affine.affine_matrix, np.eye(4))
+    # points: the run's vesicles, all of them, coloured by phenotype with the shared palette
+    ds = xr.open_zarr(out / "results.zarr")
+    assert len(pts.data) == int(ds["image_count_all_fov"].sum())
+    cmap = pts.metadata["evflow"]["phenotype_colours"]
+    assert cmap == {str(p): phenotype_colour(b) for p, b in zip(ds["image_phenotype"].values,
+                                                                ds["image_bitmask"].values)}
+    # results.zarr: the same registration on its channel layers
+    res = viewer.open(str(out / "results.zarr"), plugin="evflow")
+    np.testing.assert_allclose(res[2].affine.affine_matrix, layers[2].affine.affine_matrix)
+
+
+def test_one_gates_layer_per_sample_and_few_markers(make_napari_viewer, qtbot, demo, tmp_path):
+    from evflow_napari._flow import default_markers
+    from evflow_napari._qt import FlowGatingWidget
+
+    _, data = demo
+    viewer = make_napari_viewer()
+    w = FlowGatingWidget(viewer)
+    qtbot.addWidget(w)
+    viewer.open(str(data / "flow" / "S2.fcs"), plugin="evflow")
+    qtbot.waitUntil(lambda: w.view is not None, timeout=20000)
+    qtbot.wait(50)
+    gates = [ly for ly in viewer.layers if (ly.metadata.get("evflow") or {}).get("kind") == "gates"]
+    assert len(gates) == 1 and w.gates_layer is gates[0]
+    w.open_sample(str(data / "flow" / "S3.fcs"))
+    qtbot.wait(50)
+    gates = [ly for ly in viewer.layers if (ly.metadata.get("evflow") or {}).get("kind") == "gates"]
+    assert [ly.name for ly in gates] == ["S2 gates", "S3 gates"] and w.gates_layer is gates[1]
+    # a 13-marker file: phenotypes of a handful of markers by default, not 2**13
+    ev = np.random.default_rng(0).lognormal(3, 1, (500, 15)).astype(np.float32)
+    names = ["FSC-H", "SSC-H"] + [f"FL{i}-H" for i in range(1, 14)]
+    p = tmp_path / "many.fcs"
+    evflow.write_fcs(p, ev, names)
+    s = evflow.read_fcs(p)
+    assert len(default_markers(s)) == 13 and list(default_markers(s, max_markers=6)) == names[2:8]
+    w.open_sample(str(p))
+    qtbot.wait(50)
+    assert list(w.markers) == names[2:8]
+    _wait_counts(qtbot, w)
+    assert w.table.rowCount() == 2 ** 6

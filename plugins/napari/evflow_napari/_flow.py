@@ -419,8 +419,17 @@ def counts_for(view: FlowView, gate, markers: dict):
     return evflow.count_phenotypes(view.sample, parent=gate, markers=spec)
 
 
-def default_markers(sample, exclude=()):
-    """Marker channels of a sample: the channels with a $PnS name, else all but time and scatter."""
+def default_markers(sample, exclude=(), max_markers=None):
+    """Marker channels of a sample: the channels with a $PnS name, else all but time and scatter.
+
+    ``max_markers`` keeps the first few (phenotypes grow as 2**k)."""
+    out = _default_markers(sample, exclude)
+    if max_markers is not None and len(out) > max_markers:
+        out = dict(list(out.items())[:int(max_markers)])
+    return out
+
+
+def _default_markers(sample, exclude=()):
     time = sample.time_channel
     out = {}
     for i, c in enumerate(sample.channels):

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["get_reader", "read_fcs_layers", "read_tiff_layers", "read_results_layers", "find_experiment"]
+from evflow.palette import CHANNEL_COLORMAPS, PHENOTYPE_COLOURS, channel_colormap, phenotype_colour
 
-CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow", "red", "blue")
-PHENOTYPE_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
-                    "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3"]
+__all__ = ["get_reader", "read_fcs_layers", "read_tiff_layers", "read_results_layers", "read_experiment_layers",
+           "find_experiment", "experiment_registration", "robust_contrast", "CHANNEL_COLORMAPS", "PHENOTYPE_COLOURS"]
 
 
 def _kind(path) -> str | None:
@@ -24,6 +23,8 @@ def _kind(path) -> str | None:
         return "tiff"
     if low.endswith(".zarr") and os.path.isdir(p):
         return "results"
+    if low.endswith(".toml") and os.path.isfile(p):
+        return "experiment"
     return None
 
 
@@ -42,6 +43,8 @@ def get_reader(path):
         return read_tiff_layers
     if kind == "results" and len(paths) == 1:
         return read_results_layers
+    if kind == "experiment" and len(paths) == 1:
+        return read_experiment_layers
     return None
 
 
@@ -120,8 +123,28 @@ def channel_names(paths, n_channels) -> list:
     return names or [f"ch{i}" for i in range(n_channels)]
 
 
-def image_layers(images, source, extra_meta=None):
-    """One napari Image LayerData per channel of a (fov, channel, y, x) DataArray (dask data kept lazy)."""
+def robust_contrast(data, percentiles=(50.0, 99.8)):
+    """Contrast limits from robust percentiles (background median to the brightest spots) of the first field."""
+    plane = data
+    while getattr(plane, "ndim", 0) > 2:
+        plane = plane[0]
+    a = np.asarray(plane.compute() if hasattr(plane, "compute") else plane, np.float64)
+    a = a[np.isfinite(a)]
+    if not a.size:
+        return None
+    lo, hi = np.percentile(a, percentiles)
+    if not hi > lo:
+        lo, hi = float(a.min()), float(a.max())
+    return (float(lo), float(hi)) if hi > lo else None
+
+
+def image_layers(images, source, extra_meta=None, registration=None):
+    """One napari Image LayerData per channel of a (fov, channel, y, x) DataArray (dask data kept lazy).
+
+    Named by marker and coloured by channel (:mod:`evflow.palette`), contrast from robust
+    percentiles; with ``registration`` (``ChannelRegistration.to_dict()``) each layer gets its
+    channel -> reference affine, so all channels (and vesicle points) share the reference frame.
+    """
     out = []
     files = [str(f) for f in images["file"].values]
     names = [str(c) for c in images["channel"].values]
@@ -132,8 +155,14 @@ def image_layers(images, source, extra_meta=None):
             data = data[0]
         meta = {"evflow": {"kind": "image", "source": source, "files": files, "channel": c, "markers": names,
                            "pixel_size_nm": px, "units": images.attrs.get("units"), **(extra_meta or {})}}
-        out.append((data, {"name": m, "colormap": CHANNEL_COLORMAPS[c % len(CHANNEL_COLORMAPS)],
-                           "blending": "additive", "metadata": meta}, "image"))
+        kw = {"name": m, "colormap": channel_colormap(c), "blending": "additive", "metadata": meta}
+        lim = robust_contrast(data)
+        if lim is not None:
+            kw["contrast_limits"] = lim
+        if registration is not None:
+            kw["affine"] = layer_affine(registration["transforms"].get(m), data.ndim)
+            meta["evflow"]["registered"] = True
+        out.append((data, kw, "image"))
     return out
 
 
@@ -262,7 +291,8 @@ def points_layer(df, name="vesicles", labels=None, ndim=None, extra_meta=None):
     import pandas as pd
 
     feats["phenotype"] = pd.Categorical(feats["phenotype"].astype(str), categories=[str(x) for x in labels])
-    cmap = {str(lab): PHENOTYPE_COLOURS[i % len(PHENOTYPE_COLOURS)] for i, lab in enumerate(labels)}
+    # labels are in bitmask order (evflow.schema.phenotype_labels); colours from evflow.palette
+    cmap = {str(lab): phenotype_colour(i) for i, lab in enumerate(labels)}
     kw = {"name": name, "features": feats, "face_color": "transparent", "border_color": "phenotype",
           "border_color_cycle": cmap, "border_width": 0.15, "size": 7, "ndim": coords.shape[1],
           "metadata": {"evflow": {"kind": "vesicles", "phenotype_colours": cmap, **(extra_meta or {})}}}
@@ -288,7 +318,8 @@ def read_results_layers(path):
         files = [str(exp.resolve(by[s].images[f])) for s, f in fields if s in by and f < len(by[s].images)]
         if len(files) == len(fields) and files:
             images = evflow.read_images(files, markers=[str(m) for m in ds["image_marker"].values])
-            layers += image_layers(images, source=path, extra_meta={"fields": [list(f) for f in fields]})
+            layers += image_layers(images, source=path, extra_meta={"fields": [list(f) for f in fields]},
+                                   registration=experiment_registration(exp))
     ndim = 3 if len(fields) > 1 else 2
     if ndim == 2:
         vt = vt.copy()
@@ -302,3 +333,103 @@ def results_summary(path) -> dict:
     ds = open_results(path)
     return {"title": ds.attrs.get("title", ""), "samples": [str(s) for s in ds["sample"].values] if "sample" in ds.dims
             else [], "qc": json.loads(ds.attrs.get("qc", "{}") or "{}")}
+
+
+# ------------------------------------------------------------------ experiment file
+
+_REGISTRATIONS: dict = {}
+
+
+def experiment_registration(exp) -> dict | None:
+    """The channel registration of an experiment (from its ``registration_beads``), as the pipeline fits it;
+    None without beads.  Cached per bead file and settings."""
+    from evflow.pipeline.imaging import registration_from_beads
+
+    img_s = exp.imaging or {}
+    beads = img_s.get("registration_beads")
+    if not beads or not img_s.get("channels"):
+        return None
+    p = Path(exp.resolve(beads))
+    key = (str(p), p.stat().st_mtime_ns if p.is_file() else None, json.dumps(img_s, sort_keys=True, default=str))
+    if key not in _REGISTRATIONS:
+        _REGISTRATIONS[key] = registration_from_beads(p, img_s)
+    return _REGISTRATIONS[key]
+
+
+def experiment_fields(exp) -> list:
+    """(sample, fov, file) of every image field of an experiment, in experiment order."""
+    return [(s.name, f, str(exp.resolve(p))) for s in exp.samples for f, p in enumerate(s.images)]
+
+
+def experiment_summary(path) -> dict:
+    """Browsable contents of an experiment file: samples (name, role, flow file, fields), markers, output."""
+    from evflow.pipeline.config import load_experiment
+
+    exp = load_experiment(path, check_files=False)
+    return {"name": exp.name, "file": str(Path(path).resolve()), "output": str(exp.output),
+            "channels": list((exp.imaging or {}).get("channels", [])), "markers": dict(exp.markers or {}),
+            "samples": [{"name": s.name, "role": s.role, "flow": None if s.flow is None else str(exp.resolve(s.flow)),
+                         "fields": [str(exp.resolve(p)) for p in s.images]} for s in exp.samples]}
+
+
+def experiment_results(exp, path) -> Path | None:
+    """The ``results.zarr`` of a run of this experiment: in its output folder, else one beside the experiment
+    (or one folder up) whose ``experiment_file`` attribute is this file."""
+    own = Path(exp.output) / "results.zarr"
+    if own.is_dir():
+        return own
+    here = Path(path).resolve()
+    for c in (here.parent / "results.zarr", here.parent.parent / "results.zarr"):
+        if c.is_dir():
+            try:
+                ef = open_results(c).attrs.get("experiment_file") or ""
+            except Exception:  # noqa: BLE001 - not a results store
+                continue
+            if ef and Path(ef).resolve() == here:
+                return c
+    return None
+
+
+def read_experiment_layers(path, samples=None):
+    """An experiment file (``experiment.toml``): its image fields as one registered layer per marker (fields
+    stacked in experiment order, lazy), and, when the experiment has been run, the vesicles of its
+    ``results.zarr`` as points in that frame.  ``samples`` limits the fields to some samples.
+
+    Every layer's ``metadata['evflow']`` carries ``experiment`` (the file) and ``summary``
+    (:func:`experiment_summary`: samples, flow files, fields) for the widgets.
+    """
+    import evflow
+    from evflow.pipeline.config import load_experiment
+    from evflow.schema import phenotype_labels
+
+    path = str(Path(path).resolve())
+    exp = load_experiment(path, check_files=False)
+    summary = experiment_summary(path)
+    base = {"experiment": path, "summary": summary}
+    chans = list((exp.imaging or {}).get("channels", []))
+    fields = [f for f in experiment_fields(exp) if samples is None or f[0] in samples]
+    layers = []
+    if chans and fields:
+        images = evflow.read_images([f[2] for f in fields], markers=chans,
+                                    pixel_size_nm=exp.imaging.get("pixel_size_nm"))
+        layers += image_layers(images, source=path, registration=experiment_registration(exp),
+                               extra_meta={**base, "fields": [[s, f] for s, f, _ in fields]})
+        res = experiment_results(exp, path)
+        if res is not None:
+            try:
+                vt = vesicle_table(res)
+            except Exception:  # noqa: BLE001 - a run without imaging results gives images only
+                vt = None
+            if vt is not None and len(vt):
+                index = {(s, f): i for i, (s, f, _) in enumerate(fields)}
+                keep = np.array([(s, int(f)) in index for s, f in zip(vt["sample"], vt["fov"])], bool)
+                vt = vt[keep].reset_index(drop=True)
+                vt["field"] = [index[(s, int(f))] for s, f in zip(vt["sample"], vt["fov"])]
+                ndim = 3 if len(fields) > 1 else 2
+                layers.append(points_layer(vt, name="vesicles", labels=phenotype_labels(chans), ndim=ndim,
+                                           extra_meta={**base, "path": str(res),
+                                                       "fields": [[s, f] for s, f, _ in fields]}))
+    if not layers:
+        layers.append((np.zeros((2, 2), np.uint8), {"name": f"{exp.name} (no image fields)", "visible": False,
+                                                    "metadata": {"evflow": {"kind": "experiment", **base}}}, "image"))
+    return layers

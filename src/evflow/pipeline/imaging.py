@@ -201,11 +201,12 @@ def _thumbnail(ph, size=256):
         H, W = (ph.shape[1] // step) * step, (ph.shape[2] // step) * step
         ph = ph[:, :H, :W].reshape(ph.shape[0], H // step, step, W // step, step).max(axis=(2, 4))
     rgb = np.zeros(ph.shape[1:] + (3,), np.float64)
-    colours = [(0.2, 1.0, 0.2), (1.0, 0.2, 1.0), (0.2, 0.8, 1.0), (1.0, 0.8, 0.2)]
+    from ..palette import channel_rgb
+
     for c in range(ph.shape[0]):
         lo, hi = np.percentile(ph[c], [50, 99.8])
         v = np.clip((ph[c] - lo) / max(hi - lo, 1e-9), 0, 1)
-        rgb += v[..., None] * np.asarray(colours[c % len(colours)])
+        rgb += v[..., None] * np.asarray(channel_rgb(c))
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8), step
 
 

@@ -210,9 +210,12 @@ def _fig_phenotypes(ds, prefix=""):
     keep = [j for j in range(len(labels)) if vals[:, j].max() > 0.002]
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 3), 4))
     bottom = np.zeros(len(names))
-    cmap = plt.get_cmap("tab10")
-    for k, j in enumerate(keep):
-        ax.bar(names, vals[:, j], bottom=bottom, label=labels[j], color=cmap(k % 10))
+    from ..palette import phenotype_colour
+
+    bitname = f"{prefix}bitmask"
+    bits = ds[bitname].values if bitname in ds.coords else np.arange(len(labels))
+    for j in keep:
+        ax.bar(names, vals[:, j], bottom=bottom, label=labels[j], color=phenotype_colour(bits[j]))
         bottom += vals[:, j]
     ax.set_ylabel("fraction of parent")
     ax.set_ylim(0, 1.0)
@@ -266,7 +269,8 @@ def _fig_fields(ds, ctx):
     ncol = min(4, len(keys))
     nrow = int(math.ceil(len(keys) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.4 * nrow), squeeze=False)
-    cmap = plt.get_cmap("tab10")
+    from ..palette import phenotype_colour
+
     for ax, (n, f) in zip(axes.ravel(), keys):
         it = items[(n, f)]
         ax.imshow(it["thumbnail"], interpolation="nearest")
@@ -275,7 +279,7 @@ def _fig_fields(ds, ctx):
         for code in np.unique(b):
             sel = b == code
             ax.scatter(np.asarray(it["x"])[sel] / st, np.asarray(it["y"])[sel] / st, s=14, facecolors="none",
-                       edgecolors=[cmap(int(code) % 10)], linewidths=0.8, label=labels[int(code)])
+                       edgecolors=[phenotype_colour(code)], linewidths=0.8, label=labels[int(code)])
         ax.set_title(f"{n} field {f}: {len(b)} vesicles", fontsize=9)
         ax.axis("off")
     for ax in axes.ravel()[len(keys):]:

@@ -110,6 +110,10 @@ class VesicleDetectionWidget(QWidget):
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["phenotype", "vesicles", "fraction"])
         lay.addWidget(self.table)
+        from ._legend import PhenotypeLegend
+
+        self.legend = PhenotypeLegend()
+        lay.addWidget(self.legend)
         exp_btn = QPushButton("Export parameters to experiment file…")
         exp_btn.clicked.connect(self._export_dialog)
         lay.addWidget(exp_btn)
@@ -320,6 +324,7 @@ class VesicleDetectionWidget(QWidget):
             self.table.setItem(i, 1, QTableWidgetItem(str(int(counts[i]))))
             self.table.setItem(i, 2, QTableWidgetItem(f"{counts[i] / total:.3f}"))
         self.counts = dict(zip(labels, counts.tolist()))
+        self.legend.set_phenotypes(kw["metadata"]["evflow"]["phenotype_colours"], self.counts)
         px = _meta(self.current_layer()).get("pixel_size_nm")
         if px is None and self.experiment_file is not None:
             try:

@@ -23,6 +23,9 @@ from .._flow import (TRANSFORM_KINDS, FlowView, convert_shapes, counts_for, defa
 
 __all__ = ["FlowGatingWidget"]
 
+#: phenotypes are built from at most this many markers by default (2**k rows)
+MAX_DEFAULT_MARKERS = 6
+
 
 def _evflow_meta(layer):
     return (getattr(layer, "metadata", None) or {}).get("evflow") or {}
@@ -99,13 +102,21 @@ class FlowGatingWidget(QWidget):
         self.sample_box.currentIndexChanged.connect(self._sample_chosen)
         for b in (self.x_box, self.y_box, self.tx_box, self.ty_box):
             b.currentIndexChanged.connect(self._axes_changed)
-        self.viewer.layers.events.inserted.connect(self._refresh_samples)
+        # a reader inserts a sample's density layer before its gates layer: look once both are in
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(0)
+        self._refresh_timer.timeout.connect(self._refresh_samples)
+        self.viewer.layers.events.inserted.connect(self._layer_inserted)
         self.viewer.layers.events.removed.connect(self._refresh_samples)
         self._refresh_samples()
 
     # ------------------------------------------------------------ samples
     def _density_layers(self):
         return [ly for ly in self.viewer.layers if _evflow_meta(ly).get("kind") == "flow"]
+
+    def _layer_inserted(self, *_):
+        self._refresh_timer.start()
 
     def _refresh_samples(self, *_):
         names = [ly.name for ly in self._density_layers()]
@@ -178,7 +189,7 @@ class FlowGatingWidget(QWidget):
     def _build_markers(self):
         while self.marker_form.rowCount():
             self.marker_form.removeRow(0)
-        self.markers = default_markers(self.view.sample)
+        self.markers = default_markers(self.view.sample, max_markers=MAX_DEFAULT_MARKERS)
         self.thresholds = {}
         for name in self.markers:
             sp = QDoubleSpinBox()
