@@ -158,6 +158,22 @@ class FlowView:
             self._xy_cache = ((self.x, self.y), cached)
         return cached
 
+    def events_of(self, channels):
+        """(linear-scale events, $PnN names) of some channels, in memory, kept for the next call; None when
+        a channel is not a plain $PnN name of the sample (the caller then reads the sample)."""
+        names = list(dict.fromkeys(str(c) for c in channels))
+        if any(c not in self.sample.channels for c in names):
+            return None
+        cache = getattr(self, "_events_cache", None)
+        if cache is None or not set(names) <= set(cache[1]):
+            have = [] if cache is None else list(cache[1])
+            want = have + [c for c in names if c not in have]
+            cols = [self.sample.channel_index(c) for c in want]
+            arr = np.ascontiguousarray(self.sample.linear_events()[:, cols].compute())
+            cache = (arr, want)
+            self._events_cache = cache
+        return cache
+
     def density(self, parent=None, strategy=None):
         """``evflow.density2d`` of the two channels on [0, 1) x [0, 1) display scales."""
         import evflow
@@ -411,12 +427,20 @@ def convert_shapes(data, shape_types, old_view, new_view, per_edge=32):
 def counts_for(view: FlowView, gate, markers: dict):
     """``evflow.count_phenotypes`` of the view's sample in ``gate`` (None: all events).
 
-    ``markers``: name -> (channel, threshold on the channel's display scale, transform kind).
+    ``markers``: name -> (channel, threshold, transform kind): the threshold is on the channel's
+    display scale of that transform, or in channel units (linear scale) when the kind is None.
+    The events of the gate's and markers' channels are read once and kept in memory
+    (:meth:`FlowView.events_of`), so a recount after an edit only gates and counts.
     """
     import evflow
 
-    spec = {m: (ch, float(thr), view.transform(ch, kind)) for m, (ch, thr, kind) in markers.items()}
-    return evflow.count_phenotypes(view.sample, parent=gate, markers=spec)
+    spec = {m: (ch, float(thr)) if kind is None else (ch, float(thr), view.transform(ch, kind))
+            for m, (ch, thr, kind) in markers.items()}
+    dims = [] if gate is None else list(getattr(gate, "dims", []))
+    plain = gate is None or (getattr(gate, "parent", None) is None and all(
+        type(d).__name__ == "Dimension" and d.compensation is None for d in dims))
+    data = view.events_of([*[d.channel for d in dims], *[ch for ch, *_ in spec.values()]]) if plain else None
+    return evflow.count_phenotypes(view.sample if data is None else data, parent=gate, markers=spec)
 
 
 def default_markers(sample, exclude=(), max_markers=None):
