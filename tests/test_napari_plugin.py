@@ -71,8 +71,9 @@ def test_open_fcs_density_and_gates_layers(make_napari_viewer, demo):
     img, gates = layers
     assert img.name == "S2 density" and gates.name == "S2 gates"
     s = evflow.read_fcs(path)
-    tx = make_transform("logicle", channel_top(s, "SSC-H"))
-    ty = make_transform("logicle", channel_top(s, "FL1-H"))
+    tx = make_transform("linear", channel_top(s, "SSC-H"))  # scatter: linear by default
+    ty = make_transform("logicle", channel_top(s, "FL1-H"))  # fluorescence: logicle
+    assert img.metadata["evflow"]["x_transform"] == "linear" and img.metadata["evflow"]["y_transform"] == "logicle"
     d = evflow.density2d(s, "SSC-H", "FL1-H", bins=512, range=((0, 1), (0, 1)), transforms=(tx, ty))
     np.testing.assert_array_equal(img.metadata["evflow"]["density"], d.values.T)
     np.testing.assert_allclose(img.data, np.log10(1 + d.values.T), rtol=1e-6)
@@ -153,18 +154,29 @@ def test_open_results_zarr_points_by_phenotype(make_napari_viewer, results_copy,
 
 
 def test_gate_edit_updates_counts_to_library_values(make_napari_viewer, qtbot, demo, tmp_path):
+    import xarray as xr
+
     from evflow_napari._flow import channel_top, make_transform
 
+    out, data = demo
     path, w = _gating_widget(make_napari_viewer, qtbot, demo, "S2.fcs")
     _wait_counts(qtbot, w)
     s = evflow.read_fcs(path)
     assert int(w.counts["n_parent"][0]) == s.n_events  # no gate: all events
-    assert set(w.markers) == {"FL1-H", "FL2-H"}
+    # the experiment's markers, and its run's thresholds in channel units
+    assert w.markers == {"CD63": "FL1-H", "EpCAM": "FL2-H"}
+    ds = xr.open_zarr(out / "results.zarr")
+    run_thr = ds["threshold"].sel(sample="S2").values
+    assert w.threshold_values() == pytest.approx(dict(zip(["CD63", "EpCAM"], run_thr)), rel=1e-6)
+    assert "results.zarr" in w.threshold_source.text()
+    tr = make_transform("logicle", channel_top(s, "FL1-H"))
+    assert w.display_labels["CD63"].text() == f"display {float(tr.apply(np.array([w.threshold_values()['CD63']]))[0]):.3f}"
     gates = w.gates_layer
-    tx = make_transform("logicle", channel_top(s, "SSC-H"))
+    tx = make_transform("linear", channel_top(s, "SSC-H"))
     ty = make_transform("logicle", channel_top(s, "FL1-H"))
     dims = [evflow.gates.Dimension("SSC-H", tx), evflow.gates.Dimension("FL1-H", ty)]
-    markers = {m: (m, 0.5, make_transform("logicle", channel_top(s, m))) for m in ("FL1-H", "FL2-H")}
+    thr = w.threshold_values()
+    markers = {"CD63": ("FL1-H", thr["CD63"]), "EpCAM": ("FL2-H", thr["EpCAM"])}
 
     def library(gate, mk=None):
         return evflow.count_phenotypes(s, parent=gate, markers=mk or markers)
@@ -186,12 +198,27 @@ def test_gate_edit_updates_counts_to_library_values(make_napari_viewer, qtbot, d
     assert not np.array_equal(first, ref2["count"].values)
     table = [int(w.table.item(i, 1).text().replace(",", "")) for i in range(w.table.rowCount())]
     assert table == ref2["count"].values[0].tolist()
-    # a threshold change recounts
-    w.set_threshold("FL2-H", 0.3)
+    # a threshold change recounts (typed in channel units)
+    w.set_threshold("EpCAM", 0.5 * thr["EpCAM"])
     _wait_counts(qtbot, w)
-    m2 = {**markers, "FL2-H": ("FL2-H", 0.3, markers["FL2-H"][2])}
+    m2 = {**markers, "EpCAM": ("FL2-H", w.threshold_values()["EpCAM"])}
+    assert m2["EpCAM"][1] == pytest.approx(0.5 * thr["EpCAM"], rel=1e-3)
     ref3 = evflow.count_phenotypes(s, parent=evflow.gates.PolygonGate("g", dims, moved[:, ::-1]), markers=m2)
     np.testing.assert_array_equal(w.counts["count"].values, ref3["count"].values)
+    assert not np.array_equal(ref3["count"].values, ref2["count"].values)
+    # thresholds written back to the experiment file (fixed rule), which still validates
+    exp = tmp_path / "experiment.toml"
+    exp.write_text((data / "experiment.toml").read_text())
+    w.write_thresholds(exp)
+    from evflow.pipeline.config import load_experiment
+
+    th = load_experiment(exp, check_files=False).settings["thresholds"]
+    assert th["rule"] == "fixed" and th["values"] == pytest.approx(w.threshold_values())
+    # the display-scale setter converts through the marker's logicle transform
+    w.set_threshold("CD63", 0.5, scale="display")
+    assert float(ty.apply(np.array([w.threshold_values()["CD63"]]))[0]) == pytest.approx(0.5, abs=1e-3)
+    w.set_threshold("CD63", thr["CD63"])
+    _wait_counts(qtbot, w)
     # rectangle and ellipse gates, saved as Gating-ML 2.0 by the plugin's writer and read back
     gates.add_rectangles([np.array([[0.1, 0.35], [0.7, 0.75]])])
     _wait_counts(qtbot, w)
@@ -252,12 +279,14 @@ def test_transform_change_converts_gates(make_napari_viewer, qtbot, demo):
     # the widget counts the converted (active) gate exactly as count_phenotypes does
     gate = w.gates()[w.active_gate]
     ref = evflow.count_phenotypes(w.view.sample, parent=gate, markers={
-        m: (ch, thr, w.view.transform(ch, kind)) for m, (ch, thr, kind) in w.marker_spec().items()})
+        m: (ch, thr) for m, (ch, thr, kind) in w.marker_spec().items() if kind is None})
+    assert len(ref["marker"]) == len(w.markers) == 2
     np.testing.assert_array_equal(w.counts["count"].values, ref["count"].values)
     assert int(w.counts["n_parent"][0]) == after[w.active_gate]
-    # and back to logicle: close to the original shapes again
+    # and back to the original scales (linear scatter, logicle fluorescence): close to the original shapes again
+    assert (before_view.x_transform, before_view.y_transform) == ("linear", "logicle")
     with qtbot.waitSignal(w.density_updated, timeout=60000):
-        w.set_axes(x, y, "logicle", "logicle")
+        w.set_axes(x, y, before_view.x_transform, before_view.y_transform)
     np.testing.assert_allclose(gates.data[1], rect, atol=1e-5)
 
 
@@ -518,6 +547,21 @@ def test_one_gates_layer_per_sample_and_few_markers(make_napari_viewer, qtbot, d
     qtbot.wait(50)
     gates = [ly for ly in viewer.layers if (ly.metadata.get("evflow") or {}).get("kind") == "gates"]
     assert len(gates) == 1 and w.gates_layer is gates[0]
+    # axes: tick labels in channel units; linear scatter axis ticks at even steps of the display scale
+    from evflow_napari._flow import channel_top
+
+    ax = w.axes_layer
+    xt = ax.features["axis"].to_numpy() == "x"
+    np.testing.assert_allclose(ax.data[xt, 1], [0, 0.25, 0.5, 0.75, 1.0])
+    xl = list(ax.features["label"][xt])
+    assert len(xl) == 5 and xl[0] == "0"
+    assert float(xl[2]) == pytest.approx(channel_top(w.view.sample, "SSC-H") / 2, rel=1e-2)
+    # logicle fluorescence axis: 0 and decades, placed by the transform
+    ty = w.view.transforms[1]
+    yl = list(ax.features["label"][~xt])
+    assert yl[0] == "0" and yl[1] == "1"
+    np.testing.assert_allclose(ax.data[~xt, 0][1:], [float(ty.apply(np.array([10.0 ** k]))[0])
+                                                      for k in range(len(yl) - 1)], atol=1e-9)
     w.open_sample(str(data / "flow" / "S3.fcs"))
     qtbot.wait(50)
     gates = [ly for ly in viewer.layers if (ly.metadata.get("evflow") or {}).get("kind") == "gates"]

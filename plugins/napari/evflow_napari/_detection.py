@@ -212,6 +212,15 @@ def detect_field(field, markers, settings=None, *, registration=None, thresholds
     return out
 
 
+def _toml_value(val) -> str:
+    """A TOML value: JSON for scalars, strings and lists; an inline table for a mapping."""
+    import json
+
+    if isinstance(val, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in val.items()) + " }"
+    return json.dumps(val)
+
+
 def update_toml_section(text: str, section: str, values: dict) -> str:
     """Set (or, for None, remove) ``key = value`` lines in ``[section]`` of a TOML text, keeping the rest as is."""
     import json
@@ -232,7 +241,7 @@ def update_toml_section(text: str, section: str, values: dict) -> str:
                 del lines[idx]
                 end -= 1
             continue
-        new = f"{key} = {json.dumps(val)}"
+        new = f"{key} = {_toml_value(val)}"
         if idx is not None:
             lines[idx] = new
         else:

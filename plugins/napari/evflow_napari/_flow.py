@@ -107,13 +107,14 @@ class FlowView:
     path : path of an FCS file
     x, y : str, optional
         Channels ($PnN or $PnS); default :func:`default_channels`.
-    x_transform, y_transform : str
-        One of :data:`TRANSFORM_KINDS` (top of scale from the channel's $PnR).
+    x_transform, y_transform : str, optional
+        One of :data:`TRANSFORM_KINDS` (top of scale from the channel's $PnR); default
+        :func:`default_transform` (linear for scatter, logicle for fluorescence).
     bins : int
         Density image size (bins per axis).
     """
 
-    def __init__(self, path, x=None, y=None, x_transform="logicle", y_transform="logicle", bins=512):
+    def __init__(self, path, x=None, y=None, x_transform=None, y_transform=None, bins=512):
         self.path = str(Path(path).resolve())
         self.sample = open_sample(self.path)
         dx, dy = default_channels(self.sample)
@@ -121,8 +122,8 @@ class FlowView:
         self.y = y or dy
         for c in (self.x, self.y):
             self.sample.channel_index(c)  # FCSError naming the file and channel
-        self.x_transform = x_transform
-        self.y_transform = y_transform
+        self.x_transform = x_transform or default_transform(self.x)
+        self.y_transform = y_transform or default_transform(self.y)
         self.bins = int(bins)
         self._xy_cache = (None, None)  # ((x, y), linear-scale events of the two channels)
 
@@ -469,6 +470,99 @@ def _default_markers(sample, exclude=()):
                 continue
             out[c] = c
     return out
+
+
+def is_scatter(channel) -> bool:
+    """Forward / side scatter channels (FSC*, SSC*): shown on a linear scale by default."""
+    return str(channel).upper().startswith(("FSC", "SSC"))
+
+
+def default_transform(channel) -> str:
+    """Default display transform: linear for scatter, logicle for fluorescence."""
+    return "linear" if is_scatter(channel) else "logicle"
+
+
+def experiment_gating(path) -> dict | None:
+    """The experiment's gating settings for an FCS file of it (found next to the file or above it).
+
+    Returns None without an experiment file, else a dict: ``experiment`` (file), ``sample`` (the
+    sample whose ``flow`` is this file, or None), ``markers`` (name -> channel, bit order),
+    ``thresholds`` (name -> channel units, linear scale: the run's ``threshold`` from
+    ``results.zarr`` when the experiment has been run, else the ``fixed`` values; None otherwise)
+    and ``source`` (where the thresholds come from).
+    """
+    from ._reader import experiment_results, find_experiment, open_results
+
+    exp_file = find_experiment(path)
+    if exp_file is None or exp_file.suffix.lower() != ".toml":
+        return None
+    try:
+        from evflow.pipeline.config import load_experiment
+
+        exp = load_experiment(exp_file, check_files=False)
+    except Exception:  # noqa: BLE001 - a broken experiment file: the sample is gated on its own
+        return None
+    here = Path(path).resolve()
+    sample = next((s.name for s in exp.samples if s.flow is not None and Path(exp.resolve(s.flow)).resolve() == here),
+                  None)
+    markers = {name: ch for ch, name in (exp.markers or {}).items()}
+    out = {"experiment": str(exp_file), "sample": sample, "markers": markers, "thresholds": None, "source": ""}
+    thr_s = exp.settings.get("thresholds", {})
+    res = experiment_results(exp, exp_file)
+    if res is not None and markers:
+        ds = open_results(res)
+        if "threshold" in ds and "marker" in ds.dims:
+            t = ds["threshold"].transpose("sample", "marker").values
+            rows = [i for i in range(t.shape[0]) if np.isfinite(t[i]).all()]
+            if rows:
+                i = list(ds["sample"].values).index(sample) if sample in ds["sample"].values else rows[0]
+                names = [str(m) for m in ds["marker"].values]
+                if set(names) >= set(markers):
+                    out["thresholds"] = {m: float(t[i, names.index(m)]) for m in markers}
+                    out["source"] = f"{res}: {ds.attrs.get('threshold_rule', 'thresholds of the run')}"
+    if out["thresholds"] is None and thr_s.get("rule") == "fixed" and markers:
+        vals = thr_s.get("values", {})
+        if all(m in vals for m in markers):
+            out["thresholds"] = {m: float(vals[m]) for m in markers}
+            out["source"] = f"{exp_file}: [thresholds] fixed"
+    return out
+
+
+def save_thresholds(experiment_file, thresholds: dict) -> Path:
+    """Write marker thresholds (name -> channel units) into the experiment's ``[thresholds]`` as the
+    ``fixed`` rule; the rest of the file is kept as it is."""
+    from evflow.pipeline.store import atomic_write_bytes
+
+    from ._detection import update_toml_section
+
+    p = Path(experiment_file)
+    text = p.read_text() if p.is_file() else ""
+    text = update_toml_section(text, "thresholds", {"rule": "fixed", "values": {str(k): float(v) for k, v in
+                                                                              thresholds.items()}})
+    atomic_write_bytes(p, text.encode())
+    return p
+
+
+def axis_ticks(transform, top, n_linear=5):
+    """Tick positions on the display scale [0, 1] and their labels in channel units for one axis.
+
+    Linear: ``n_linear`` even steps up to ``top``; logicle / asinh / log: 0 (when shown) and decades.
+    """
+    if type(transform).__name__ == "LinearTransform":
+        vals = np.linspace(0.0, float(top), n_linear)
+    else:
+        vals = [0.0] + [10.0 ** k for k in range(0, int(np.floor(np.log10(max(top, 1.0)))) + 1)]
+    pos, lab = [], []
+    for v in vals:
+        try:
+            d = float(np.asarray(transform.apply(np.array([v], np.float64)))[0])
+        except Exception:  # noqa: BLE001 - outside the transform's domain (log of 0)
+            continue
+        if np.isfinite(d) and -1e-9 <= d <= 1 + 1e-9:
+            pos.append(min(max(d, 0.0), 1.0))
+            lab.append("0" if v == 0 else (f"{v:.3g}" if v < 1e4 else f"1e{int(round(np.log10(v)))}"
+                                            if np.isclose(np.log10(v), round(np.log10(v))) else f"{v:.2g}"))
+    return np.asarray(pos), lab
 
 
 def fspath(p):

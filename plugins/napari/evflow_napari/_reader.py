@@ -51,8 +51,10 @@ def get_reader(path):
 # ------------------------------------------------------------------ FCS
 
 
-def read_fcs_layers(path, x=None, y=None, transforms=("logicle", "logicle"), bins=512):
+def read_fcs_layers(path, x=None, y=None, transforms=(None, None), bins=512):
     """Layers of FCS file(s): a density image of two channels on display scales and an empty gates layer each.
+
+    Display transforms default to linear for scatter channels and logicle for fluorescence.
 
     The sample stays open (cached) for the flow gating widget, which finds it
     through the layers' ``metadata['evflow']``.

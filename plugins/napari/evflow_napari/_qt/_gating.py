@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -11,6 +11,8 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -18,8 +20,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._flow import (TRANSFORM_KINDS, FlowView, convert_shapes, counts_for, default_markers, gates_to_shapes,
-                     shapes_to_gates)
+from .._flow import (TRANSFORM_KINDS, FlowView, axis_ticks, channel_top, convert_shapes, counts_for,
+                     default_markers, experiment_gating, gates_to_shapes, save_thresholds, shapes_to_gates)
 
 __all__ = ["FlowGatingWidget"]
 
@@ -50,6 +52,10 @@ class FlowGatingWidget(QWidget):
         self.gates_layer = None
         self.markers: dict = {}
         self.thresholds: dict = {}
+        self.candidates: dict = {}
+        self.experiment_thresholds: dict = {}
+        self.gating = None
+        self.axes_layer = None
         self.active_gate: int | None = None
         self.counts = None
         self.error: str | None = None
@@ -77,9 +83,20 @@ class FlowGatingWidget(QWidget):
         form.addRow("Y channel", self.y_box)
         form.addRow("Y transform", self.ty_box)
         lay.addLayout(form)
-        lay.addWidget(QLabel("Marker thresholds (display scale, logicle)"))
+        lay.addWidget(QLabel("Markers forming phenotypes (ticked)"))
+        self.marker_list = QListWidget()
+        self.marker_list.setMaximumHeight(110)
+        self.marker_list.itemChanged.connect(self._markers_ticked)
+        lay.addWidget(self.marker_list)
+        lay.addWidget(QLabel("Marker thresholds (channel units; display value on the logicle scale)"))
         self.marker_form = QFormLayout()
         lay.addLayout(self.marker_form)
+        self.threshold_source = QLabel("")
+        self.threshold_source.setWordWrap(True)
+        lay.addWidget(self.threshold_source)
+        self.save_thr_btn = QPushButton("Write thresholds to the experiment file")
+        self.save_thr_btn.clicked.connect(self.write_thresholds)
+        lay.addWidget(self.save_thr_btn)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
@@ -170,7 +187,9 @@ class FlowGatingWidget(QWidget):
             box.blockSignals(True)
             box.setCurrentText(val)
             box.blockSignals(False)
+        self.thresholds = {}
         self._build_markers()
+        self._draw_axes()
         try:
             cam = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera
             cam.orientation2d = ("up", "right")  # y axis of the plot upwards
@@ -187,27 +206,140 @@ class FlowGatingWidget(QWidget):
         return None
 
     def _build_markers(self):
+        """Markers and thresholds: the experiment's (markers, the run's or fixed thresholds) when the file
+        belongs to one, else the first few marker channels with a threshold at mid-scale (logicle 0.5)."""
+        sample = self.view.sample
+        self.gating = experiment_gating(self.view.path)
+        candidates = default_markers(sample)
+        chosen = dict(list(candidates.items())[:MAX_DEFAULT_MARKERS])
+        self.experiment_thresholds = {}
+        if self.gating and self.gating["markers"] and all(c in sample.channels for c in self.gating["markers"].values()):
+            chosen = dict(self.gating["markers"])
+            candidates = {**chosen, **{m: c for m, c in candidates.items() if c not in chosen.values()}}
+            self.experiment_thresholds = dict(self.gating["thresholds"] or {})
+        self.candidates = candidates
+        self.marker_list.blockSignals(True)
+        self.marker_list.clear()
+        for m, c in candidates.items():
+            it = QListWidgetItem(m if m == c else f"{m} ({c})")
+            it.setData(Qt.UserRole, m)
+            it.setFlags(it.flags() | Qt.ItemIsUserCheckable)
+            it.setCheckState(Qt.Checked if m in chosen else Qt.Unchecked)
+            self.marker_list.addItem(it)
+        self.marker_list.blockSignals(False)
+        src = (self.gating or {}).get("source") if self.experiment_thresholds else ""
+        self.threshold_source.setText(f"thresholds from {src}" if src else
+                                      "thresholds: mid-scale defaults (no experiment run or fixed values found)")
+        self.save_thr_btn.setEnabled(bool(self.gating))
+        self._set_markers(chosen)
+
+    def _markers_ticked(self, *_):
+        names = [self.marker_list.item(i).data(Qt.UserRole) for i in range(self.marker_list.count())
+                 if self.marker_list.item(i).checkState() == Qt.Checked]
+        self.set_markers(names)
+
+    def set_markers(self, names):
+        """Choose the markers that form phenotypes (names of the marker list)."""
+        unknown = [n for n in names if n not in self.candidates]
+        if unknown:
+            from evflow.errors import GatingError
+
+            raise GatingError(f"{self.view.path}: unknown marker(s) {unknown}; markers are {list(self.candidates)}")
+        self.marker_list.blockSignals(True)
+        for i in range(self.marker_list.count()):
+            it = self.marker_list.item(i)
+            it.setCheckState(Qt.Checked if it.data(Qt.UserRole) in names else Qt.Unchecked)
+        self.marker_list.blockSignals(False)
+        self._set_markers({n: self.candidates[n] for n in self.candidates if n in names})
+        self.schedule_counts()
+
+    def _set_markers(self, markers):
+        old = {m: sp.value() for m, sp in self.thresholds.items()}
         while self.marker_form.rowCount():
             self.marker_form.removeRow(0)
-        self.markers = default_markers(self.view.sample, max_markers=MAX_DEFAULT_MARKERS)
-        self.thresholds = {}
-        for name in self.markers:
+        self.markers = dict(markers)
+        self.thresholds, self.display_labels = {}, {}
+        for name, ch in self.markers.items():
+            top = channel_top(self.view.sample, ch)
+            tr = self.view.transform(ch, "logicle")
+            if name in old:
+                val = old[name]
+            elif name in self.experiment_thresholds:
+                val = self.experiment_thresholds[name]
+            else:
+                val = float(np.asarray(tr.inverse(np.array([0.5])))[0])
             sp = QDoubleSpinBox()
-            sp.setRange(0.0, 1.0)
-            sp.setDecimals(3)
-            sp.setSingleStep(0.01)
-            sp.setValue(0.5)
+            sp.setRange(-top, top)
+            sp.setDecimals(6)
+            sp.setSingleStep(max(top / 1000.0, 1e-3))
+            sp.setValue(val)
+            lab = QLabel("")
             self.thresholds[name] = sp
-            sp.valueChanged.connect(self.schedule_counts)
-            self.marker_form.addRow(f"{name} ({self.markers[name]})" if name != self.markers[name] else name, sp)
+            self.display_labels[name] = lab
+            sp.valueChanged.connect(lambda v, n=name: self._threshold_changed(n))
+            row = QHBoxLayout()
+            row.addWidget(sp, 1)
+            row.addWidget(lab)
+            self.marker_form.addRow(f"{name} ({ch})" if name != ch else name, row)
+            self._show_display(name)
 
-    def set_threshold(self, marker, value):
-        """Set a marker threshold (display scale of the marker's logicle transform)."""
+    def _show_display(self, name):
+        tr = self.view.transform(self.markers[name], "logicle")
+        d = float(np.asarray(tr.apply(np.array([self.thresholds[name].value()], np.float64)))[0])
+        self.display_labels[name].setText(f"display {d:.3f}")
+
+    def _threshold_changed(self, name):
+        self._show_display(name)
+        self.schedule_counts()
+
+    def set_threshold(self, marker, value, scale="channel"):
+        """Set a marker threshold in channel units (``scale="channel"``) or on the display scale of the
+        marker's logicle transform (``scale="display"``)."""
+        if scale == "display":
+            tr = self.view.transform(self.markers[marker], "logicle")
+            value = float(np.asarray(tr.inverse(np.array([float(value)], np.float64)))[0])
+        elif scale != "channel":
+            from evflow.errors import GatingError
+
+            raise GatingError(f"threshold scale must be 'channel' or 'display', got {scale!r}")
         self.thresholds[marker].setValue(float(value))
 
+    def threshold_values(self) -> dict:
+        """name -> threshold in channel units (linear scale)."""
+        return {m: float(sp.value()) for m, sp in self.thresholds.items()}
+
     def marker_spec(self) -> dict:
-        """name -> (channel, threshold on the display scale, transform kind), as passed to the counts."""
-        return {m: (ch, float(self.thresholds[m].value()), "logicle") for m, ch in self.markers.items()}
+        """name -> (channel, threshold in channel units, None), as passed to :func:`counts_for`."""
+        return {m: (ch, float(self.thresholds[m].value()), None) for m, ch in self.markers.items()}
+
+    def write_thresholds(self, path=None):
+        """Write the thresholds into the experiment file's ``[thresholds]`` (rule ``fixed``)."""
+        path = path or (self.gating or {}).get("experiment")
+        if not path:
+            return None
+        return save_thresholds(path, self.threshold_values())
+
+    def _draw_axes(self):
+        """Tick labels in channel units along the density image's bottom and left edges (a Points layer with text)."""
+        tx, ty = self.view.transforms
+        px, lx = axis_ticks(tx, channel_top(self.view.sample, self.view.x))
+        py, lyl = axis_ticks(ty, channel_top(self.view.sample, self.view.y))
+        pts = np.r_[np.column_stack([np.full(len(px), -0.03), px]), np.column_stack([py, np.full(len(py), -0.06)])]
+        import pandas as pd
+
+        feats = pd.DataFrame({"label": [*lx, *lyl], "axis": ["x"] * len(px) + ["y"] * len(py)})
+        name = f"{self.view.name} axes"
+        ly = next((x for x in self.viewer.layers if x.name == name), None)
+        if ly is None:
+            ly = self.viewer.add_points(pts, features=feats, name=name, size=0.006, face_color="white",
+                                        border_width=0, text={"string": "{label}", "color": "white", "size": 9},
+                                        metadata={"evflow": {"kind": "axes", "path": self.view.path}})
+        else:
+            ly.data = pts
+            ly.features = feats
+            ly.text = {"string": "{label}", "color": "white", "size": 9}
+        self.axes_layer = ly
+        return ly
 
     # ------------------------------------------------------------ axes
     def _axes_changed(self, *_):
@@ -264,6 +396,7 @@ class FlowGatingWidget(QWidget):
         except Exception:  # noqa: BLE001 - axis labels are cosmetic
             pass
         self.gates_layer.metadata = {"evflow": {**self.view.spec(), "kind": "gates"}}
+        self._draw_axes()
         self.density_generation = gen
         self.density_updated.emit(kw["metadata"]["evflow"]["density"])
 
