@@ -410,11 +410,38 @@ def test_results_browser_table_and_open(make_napari_viewer, qtbot, demo):
     ax = w.figure.axes[0]
     tops = [p.get_y() + p.get_height() for p in ax.patches[-ds.sizes["sample"]:]]
     np.testing.assert_allclose(tops, ds["count"].values.sum(axis=1))
+    # one palette: the bars' colours are those of evflow.palette, by bitmask, and the legend shows them
+    from matplotlib.colors import to_hex
+
+    from evflow.palette import phenotype_colour
+
+    for j, b in enumerate(ds["bitmask"].values):
+        assert to_hex(ax.patches[j * ds.sizes["sample"]].get_facecolor()) == phenotype_colour(b)
+    assert w.legend.entries == {str(p): phenotype_colour(b) for p, b in zip(ds["phenotype"].values,
+                                                                             ds["bitmask"].values)}
     layers = w.open_sample("S2")
-    assert [ly.name for ly in layers] == ["S2 density", "S2 gates", "S2 CD9", "S2 CD63", "S2 CD81"]
+    assert [ly.name for ly in layers] == ["S2 density", "S2 gates", "S2 CD9", "S2 CD63", "S2 CD81", "S2 vesicles"]
     assert layers[2].data.shape == (2, 128, 128)
+    assert not np.allclose(layers[4].affine.affine_matrix, np.eye(4))  # registered to the reference channel
+    assert len(layers[5].data) == int(ds["image_count_all_fov"].sel(image_sample="S2").sum())
+    # details: counts, fractions of the parent with 95 % Wilson intervals
+    t = w.details
+    c = ds["count"].sel(sample="S2").values
+    n = int(ds["n_parent"].sel(sample="S2"))
+    np.testing.assert_allclose(t["fraction"], c / n)
+    p_ = c / n
+    z = 1.959963984540054
+    centre = (p_ + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p_ * (1 - p_) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    np.testing.assert_allclose(t["fraction_lo"], centre - half)
+    np.testing.assert_allclose(t["fraction_hi"], centre + half)
+    assert (t["fraction_lo"] <= t["fraction"]).all() and (t["fraction"] <= t["fraction_hi"]).all()
+    assert w.detail.item(0, 3).text() == f"[{t['fraction_lo'][0]:.4f}, {t['fraction_hi'][0]:.4f}]"
     w.modality.setCurrentText("imaging")
     assert w.table.rowCount() == ds.sizes["image_sample"]
+    ti = w.show_details("S2")
+    assert [c for c in ti.columns if c.startswith("fov ")] == ["fov 0", "fov 1"]
+    np.testing.assert_array_equal(ti["fov 0"] + ti["fov 1"], ds["image_count_all_fov"].sel(image_sample="S2").values)
 
 
 def test_sample_data(make_napari_viewer, demo, monkeypatch):

@@ -222,9 +222,9 @@ class FlowGatingWidget(QWidget):
         self.marker_list.clear()
         for m, c in candidates.items():
             it = QListWidgetItem(m if m == c else f"{m} ({c})")
-            it.setData(Qt.UserRole, m)
-            it.setFlags(it.flags() | Qt.ItemIsUserCheckable)
-            it.setCheckState(Qt.Checked if m in chosen else Qt.Unchecked)
+            it.setData(Qt.ItemDataRole.UserRole, m)
+            it.setFlags(it.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            it.setCheckState(Qt.CheckState.Checked if m in chosen else Qt.CheckState.Unchecked)
             self.marker_list.addItem(it)
         self.marker_list.blockSignals(False)
         src = (self.gating or {}).get("source") if self.experiment_thresholds else ""
@@ -234,8 +234,8 @@ class FlowGatingWidget(QWidget):
         self._set_markers(chosen)
 
     def _markers_ticked(self, *_):
-        names = [self.marker_list.item(i).data(Qt.UserRole) for i in range(self.marker_list.count())
-                 if self.marker_list.item(i).checkState() == Qt.Checked]
+        names = [self.marker_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.marker_list.count())
+                 if self.marker_list.item(i).checkState() == Qt.CheckState.Checked]
         self.set_markers(names)
 
     def set_markers(self, names):
@@ -248,7 +248,8 @@ class FlowGatingWidget(QWidget):
         self.marker_list.blockSignals(True)
         for i in range(self.marker_list.count()):
             it = self.marker_list.item(i)
-            it.setCheckState(Qt.Checked if it.data(Qt.UserRole) in names else Qt.Unchecked)
+            on = it.data(Qt.ItemDataRole.UserRole) in names
+            it.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
         self.marker_list.blockSignals(False)
         self._set_markers({n: self.candidates[n] for n in self.candidates if n in names})
         self.schedule_counts()

@@ -45,6 +45,14 @@ class ResultsBrowserWidget(QWidget):
         self.table = QTableWidget(0, 0)
         self.table.cellClicked.connect(lambda r, c: self.open_sample(self.samples[r]))
         lay.addWidget(self.table)
+        from ._legend import PhenotypeLegend
+
+        self.legend = PhenotypeLegend()
+        lay.addWidget(self.legend)
+        self.detail_label = QLabel("")
+        lay.addWidget(self.detail_label)
+        self.detail = QTableWidget(0, 0)
+        lay.addWidget(self.detail)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
@@ -98,19 +106,55 @@ class ResultsBrowserWidget(QWidget):
             self.table.setItem(i, 0, QTableWidgetItem(s))
             for j in range(len(phen)):
                 self.table.setItem(i, j + 1, QTableWidgetItem(f"{int(counts[i, j]):,}"))
+        from evflow.palette import phenotype_colour
+
+        bits = self.bitmasks()
+        self.colours = {p: phenotype_colour(b) for p, b in zip(phen, bits)}
+        self.legend.set_phenotypes(self.colours)
         self.figure.clear()
         ax = self.figure.add_subplot(111)
         bottom = np.zeros(len(samples))
         for j, p in enumerate(phen):
-            ax.bar(np.arange(len(samples)), counts[:, j], bottom=bottom, label=p)
+            ax.bar(np.arange(len(samples)), counts[:, j], bottom=bottom, label=p, color=self.colours[p])
             bottom += counts[:, j]
         ax.set_xticks(np.arange(len(samples)), samples, rotation=60, fontsize=7)
         ax.set_ylabel("count")
         ax.legend(fontsize=6)
         self.canvas.draw_idle()
 
+    def bitmasks(self):
+        """Bitmask of each phenotype of the chosen modality (colours follow it)."""
+        name = "image_bitmask" if self.modality.currentText() == "imaging" else "bitmask"
+        n = len(self.counts()[1])
+        return np.asarray(self.ds[name].values, np.int64) if name in self.ds.coords else np.arange(n)
+
+    def show_details(self, name):
+        """Counts, fractions with 95 % intervals and (imaging) per-field counts of one sample."""
+        from .._results import sample_table
+
+        mod = "imaging" if self.modality.currentText() == "imaging" else "flow"
+        t = sample_table(self.ds, name, mod)
+        self.details = t
+        cols = ["phenotype", "count", "fraction", "95% interval"] + [c for c in t.columns if c.startswith("fov ")]
+        self.detail.clear()
+        self.detail.setRowCount(len(t))
+        self.detail.setColumnCount(len(cols))
+        self.detail.setHorizontalHeaderLabels(cols)
+        for i, r in t.iterrows():
+            ok = np.isfinite(r["fraction"])
+            vals = [r["phenotype"], f"{int(r['count']):,}", f"{r['fraction']:.4f}" if ok else "",
+                    f"[{r['fraction_lo']:.4f}, {r['fraction_hi']:.4f}]" if ok else ""]
+            vals += [f"{int(r[c]):,}" for c in cols[4:]]
+            for j, v in enumerate(vals):
+                self.detail.setItem(i, j, QTableWidgetItem(v))
+        self.detail_label.setText(f"{name} ({mod})")
+        return t
+
     def open_sample(self, name):
-        """Open a sample's FCS file and image fields in the viewer; returns the new layers."""
+        """Open a sample's FCS file and its image fields (registered to the reference channel, with the run's
+        vesicles) in the viewer; returns the new layers."""
+        if self.ds is not None and name in self.samples:
+            self.show_details(name)
         if self.experiment is None:
             return []
         s = next((x for x in self.experiment.samples if x.name == name), None)
@@ -119,11 +163,11 @@ class ResultsBrowserWidget(QWidget):
         layers = []
         if s.flow:
             layers += self.viewer.open(str(self.experiment.resolve(s.flow)), plugin="evflow")
-        if s.images:
-            from .._reader import read_tiff_layers
+        if s.images and self.experiment.path is not None:
+            from .._reader import read_experiment_layers
 
-            markers = list(self.experiment.imaging.get("channels", [])) or None
-            for data, kw, _t in read_tiff_layers([str(self.experiment.resolve(p)) for p in s.images], markers):
+            for data, kw, kind in read_experiment_layers(self.experiment.path, samples=[name]):
                 kw["name"] = f"{name} {kw['name']}"
-                layers.append(self.viewer.add_image(data, **kw))
+                add = self.viewer.add_points if kind == "points" else self.viewer.add_image
+                layers.append(add(data, **kw))
         return layers
