@@ -580,9 +580,13 @@ def test_one_gates_layer_per_sample_and_few_markers(make_napari_viewer, qtbot, d
     ax = w.axes_layer
     xt = ax.features["axis"].to_numpy() == "x"
     np.testing.assert_allclose(ax.data[xt, 1], [0, 0.25, 0.5, 0.75, 1.0])
+    from evflow_napari._flow import tick_label
+
     xl = list(ax.features["label"][xt])
     assert len(xl) == 5 and xl[0] == "0"
-    assert float(xl[2]) == pytest.approx(channel_top(w.view.sample, "SSC-H") / 2, rel=1e-2)
+    assert xl[2] == tick_label(channel_top(w.view.sample, "SSC-H") / 2)
+    assert [tick_label(v) for v in (0, 12, 250, 1000, 65536, 262144, 2.5e6)] == [
+        "0", "12", "250", "1k", "65.5k", "262k", "2.5M"]
     # logicle fluorescence axis: 0 and decades, placed by the transform
     ty = w.view.transforms[1]
     yl = list(ax.features["label"][~xt])

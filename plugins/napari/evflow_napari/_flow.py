@@ -543,6 +543,17 @@ def save_thresholds(experiment_file, thresholds: dict) -> Path:
     return p
 
 
+def tick_label(v) -> str:
+    """Short tick label of a channel value: 0, 10, 250, 1k, 65.5k, 1M, ..."""
+    v = float(v)
+    if v == 0:
+        return "0"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
 def axis_ticks(transform, top, n_linear=5):
     """Tick positions on the display scale [0, 1] and their labels in channel units for one axis.
 
@@ -560,8 +571,7 @@ def axis_ticks(transform, top, n_linear=5):
             continue
         if np.isfinite(d) and -1e-9 <= d <= 1 + 1e-9:
             pos.append(min(max(d, 0.0), 1.0))
-            lab.append("0" if v == 0 else (f"{v:.3g}" if v < 1e4 else f"1e{int(round(np.log10(v)))}"
-                                            if np.isclose(np.log10(v), round(np.log10(v))) else f"{v:.2g}"))
+            lab.append(tick_label(v))
     return np.asarray(pos), lab
 
 
