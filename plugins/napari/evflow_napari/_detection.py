@@ -223,7 +223,6 @@ def _toml_value(val) -> str:
 
 def update_toml_section(text: str, section: str, values: dict) -> str:
     """Set (or, for None, remove) ``key = value`` lines in ``[section]`` of a TOML text, keeping the rest as is."""
-    import json
     import tomllib
 
     lines = text.splitlines()

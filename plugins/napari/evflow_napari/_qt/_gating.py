@@ -20,8 +20,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._experiment import experiment_gating, save_thresholds
 from .._flow import (TRANSFORM_KINDS, FlowView, axis_ticks, channel_top, convert_shapes, counts_for,
-                     default_markers, experiment_gating, gates_to_shapes, save_thresholds, shapes_to_gates)
+                     default_markers, gates_to_shapes, shapes_to_gates)
 
 __all__ = ["FlowGatingWidget"]
 
