@@ -175,7 +175,7 @@ def detect_field(field, markers, settings=None, *, registration=None, thresholds
     ``registration`` (dict or None), ``thresholds``, ``settings``.
     """
     from evflow.imaging.camera import as_camera
-    from evflow.pipeline.imaging import analyse_photons, camera_of, spots_table
+    from evflow.pipeline.imaging import analyse_photons, camera_of, saturation_photons, spots_table
 
     markers = [str(m) for m in markers]
     a = np.asarray(field)
@@ -200,7 +200,8 @@ def detect_field(field, markers, settings=None, *, registration=None, thresholds
             raise ConfigError(f"thresholds have no value for marker(s) {missing}; have {list(thresholds)}")
         thresholds = {m: float(thresholds[m]) for m in markers}
     be = "cupy" if backend == "cupy" else "numpy"
-    item = analyse_photons(photons, img_s, reg, thresholds=thresholds, backend=be)
+    sat = saturation_photons(img_s, a.dtype if units == "ADU" else None)  # as the pipeline, from the raw dtype
+    item = analyse_photons(photons, img_s, reg, thresholds=thresholds, backend=be, saturation=sat)
     if progress is not None:
         progress(2)
     out = spots_table({("field", 0): item}, markers).drop(columns=["sample", "fov"])

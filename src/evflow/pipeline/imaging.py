@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import ImageError
 from .config import default
 
-__all__ = ["camera_of", "read_field", "field_array", "registration_from_beads", "control_spots", "analyse_field",
+__all__ = ["camera_of", "read_field", "field_array", "saturation_photons", "registration_from_beads", "control_spots",
+           "analyse_field",
            "analyse_photons",
            "image_thresholds", "spots_table", "control_item", "field_item", "SPOT_ARRAYS"]
 
@@ -84,11 +85,20 @@ def _saturation_photons(path, img_s):
     """Saturation level in photons: ``saturation_adu`` or the TIFF's integer dtype maximum (None for floats)."""
     import tifffile
 
-    level = img_s.get("saturation_adu")
-    if level is None:
+    dt = None
+    if img_s.get("saturation_adu") is None:
         with tifffile.TiffFile(str(path)) as tf:
             dt = np.dtype(tf.series[0].dtype)
-        if dt.kind not in "ui":
+    return saturation_photons(img_s, dt)
+
+
+def saturation_photons(img_s, dtype=None):
+    """Saturation level in photons of raw fields of ``dtype``: ``saturation_adu`` or the integer dtype's
+    maximum (None for floats or no dtype)."""
+    level = img_s.get("saturation_adu")
+    if level is None:
+        dt = None if dtype is None else np.dtype(dtype)
+        if dt is None or dt.kind not in "ui":
             return None
         level = np.iinfo(dt).max
     return float(camera_of(img_s).to_photons(np.array([float(level)]))[0])
@@ -121,10 +131,11 @@ def _registration(reg_dict, chans):
 
 
 def _count(path, img_s, registration, thresholds, backend, sample):
-    return _count_image(read_field(path, img_s), img_s, registration, thresholds, backend, sample)
+    return _count_image(read_field(path, img_s), img_s, registration, thresholds, backend, sample,
+                        saturation=_saturation_photons(path, img_s))
 
 
-def _count_image(im, img_s, registration, thresholds, backend, sample):
+def _count_image(im, img_s, registration, thresholds, backend, sample, saturation=None):
     from ..imaging.count import count_vesicles
 
     chans = list(img_s["channels"])
@@ -132,7 +143,7 @@ def _count_image(im, img_s, registration, thresholds, backend, sample):
                                thresholds=thresholds, psf_sigma_px=float(img_s.get("psf_sigma_px", 1.3)),
                                merge_radius_px=float(img_s.get("match_radius_px", 1.5)),
                                detect_kwargs=dict(_detect_kwargs(img_s, backend),
-                                                  saturation=_saturation_photons(path, img_s)),
+                                                  saturation=saturation),
                                flats=_flats(img_s))
     if ds.attrs.get("failed_fields"):
         raise ImageError("; ".join(ds.attrs["failed_fields"]))
@@ -231,20 +242,22 @@ def analyse_field(path, img_s, registration=None, thresholds=None, backend="nump
     brightest channel; ``photons_marker`` etc. (n, k)), a thumbnail and the
     field shape.
     """
-    return analyse_photons(read_field(path, img_s), img_s, registration, thresholds=thresholds, backend=backend)
+    return analyse_photons(read_field(path, img_s), img_s, registration, thresholds=thresholds, backend=backend,
+                           saturation=_saturation_photons(path, img_s))
 
 
-def analyse_photons(field, img_s, registration=None, thresholds=None, backend="numpy") -> dict:
+def analyse_photons(field, img_s, registration=None, thresholds=None, backend="numpy", saturation=None) -> dict:
     """:func:`analyse_field` of a field already in memory: the computation of the pipeline's field stage.
 
     ``field`` is the one-field DataArray of :func:`read_field` or a (channel, y, x)
     array in photons (see :func:`field_array`); the napari plugin calls this too.
+    ``saturation``: the saturation level in photons (:func:`saturation_photons` of the raw dtype).
     """
     from ..imaging.localize import fit_spots
 
     chans = list(img_s["channels"])
     im = field if hasattr(field, "dims") else field_array(field, img_s)
-    im, ds, spots = _count_image(im, img_s, registration, thresholds, backend, "field")
+    im, ds, spots = _count_image(im, img_s, registration, thresholds, backend, "field", saturation=saturation)
     ph = np.asarray(im.values[0])
     n, k = len(spots), len(chans)
     pm = np.stack([spots[f"photons_{m}"].to_numpy(np.float64) for m in chans], axis=1) if n else np.zeros((0, k))
