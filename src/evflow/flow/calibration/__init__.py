@@ -37,11 +37,17 @@ from __future__ import annotations
 from ._table import _apply_elementwise, _as_table, _channel_range, _Table  # noqa: F401
 from .clustering import BeadPopulations, _display, bead_populations, density_gate  # noqa: F401
 from .mesf import MESFCalibration, calibrate_mesf, fit_mesf_curve
+from .placement import CalibrationWarning
+from .roles import channel_roles, fluorescence_channels, scatter_pair
 from .scatter import ScatterCalibration, calibrate_scatter, fit_scatter_gain, size_gate, size_gate_limits
 from .volume import _acquisition_seconds, analysed_volume_ul, concentration_per_ml  # noqa: F401
 
 __all__ = [
     "MESFCalibration",
+    "CalibrationWarning",
+    "channel_roles",
+    "scatter_pair",
+    "fluorescence_channels",
     "calibrate_mesf",
     "fit_mesf_curve",
     "density_gate",

@@ -97,43 +97,81 @@ def density_gate(x, y, fraction=0.3, *, bins=1024, sigma=5.0, x_max=None, y_max=
 # --------------------------------------------------------------------------- clustering
 
 
-def _gmm(X: np.ndarray, k: int, *, tol: float = 1e-7, max_iter: int = 500, reg: float = 1e-6):
+def _kmeanspp(X: np.ndarray, k: int, rng) -> np.ndarray:
+    """k-means++ seeds (D^2 sampling) refined by a few Lloyd steps; returns labels."""
+    n = X.shape[0]
+    centres = [X[int(rng.integers(n))]]
+    d2 = ((X - centres[0]) ** 2).sum(axis=1)
+    for _ in range(1, k):
+        p = d2 / d2.sum() if d2.sum() > 0 else None
+        centres.append(X[int(rng.choice(n, p=p))])
+        d2 = np.minimum(d2, ((X - centres[-1]) ** 2).sum(axis=1))
+    C = np.array(centres)
+    for _ in range(20):
+        lab = np.argmin(((X[:, None, :] - C[None]) ** 2).sum(axis=2), axis=1)
+        newC = np.array([X[lab == j].mean(axis=0) if np.any(lab == j) else C[j] for j in range(k)])
+        if np.allclose(newC, C):
+            break
+        C = newC
+    return lab
+
+
+def _gmm(X: np.ndarray, k: int, *, tol: float = 1e-7, max_iter: int = 500, reg: float = 1e-6,
+         max_fit_events: int = 20_000, init: str = "flowcal"):
     """Full-covariance Gaussian mixture by EM, initialised as FlowCal's ``clustering_gmm``.
 
-    Initialisation: events sorted by distance to the per-axis minimum are cut
-    into ``k`` equal groups; the central half of each gives the initial mean
-    and covariance.  Deterministic (labels are the most probable component).
+    Initialisation (``init="flowcal"``): events sorted by distance to the
+    per-axis minimum are cut into ``k`` equal groups; the central half of each
+    gives the initial mean and covariance.  ``init="kmeans++"``: the groups of
+    a k-means++ clustering.  The mixture is fitted on at most
+    ``max_fit_events`` events (an evenly spaced, deterministic subsample) for
+    at most ``max_iter`` EM steps; every event is then labelled with its most
+    probable component.  Deterministic.
 
     Returns (labels, weights, means, covariances, responsibilities).
     """
     from scipy.linalg import cho_factor, solve_triangular
     from scipy.special import logsumexp
 
+    X_all = X
+    if X.shape[0] > max_fit_events:
+        X = X[np.linspace(0, X.shape[0] - 1, max_fit_events).astype(np.int64)]
     n, d = X.shape
-    dist = ((X - X.min(axis=0)) ** 2).sum(axis=1)
-    order = np.argsort(dist, kind="stable")
-    per = n / float(k)
     means = np.empty((k, d))
     covs = np.empty((k, d, d))
-    for i in range(k):
-        lo, hi = int((i + 0.25) * per), int((i + 0.75) * per)
-        part = X[order[lo:max(hi, lo + 2)]]
-        means[i] = part.mean(axis=0)
-        covs[i] = np.atleast_2d(np.cov(part.T)) + np.eye(d) * 1e-3
+    if init == "kmeans++":
+        lab = _kmeanspp(X, k, np.random.default_rng(0))
+        for i in range(k):
+            part = X[lab == i]
+            if part.shape[0] < 2:
+                part = X[np.random.default_rng(i).choice(n, 2)]
+            means[i] = part.mean(axis=0)
+            covs[i] = np.atleast_2d(np.cov(part.T)) + np.eye(d) * 1e-3
+    else:
+        dist = ((X - X.min(axis=0)) ** 2).sum(axis=1)
+        order = np.argsort(dist, kind="stable")
+        per = n / float(k)
+        for i in range(k):
+            lo, hi = int((i + 0.25) * per), int((i + 0.75) * per)
+            part = X[order[lo:max(hi, lo + 2)]]
+            means[i] = part.mean(axis=0)
+            covs[i] = np.atleast_2d(np.cov(part.T)) + np.eye(d) * 1e-3
     weights = np.full(k, 1.0 / k)
-    prev = -np.inf
-    logp = np.empty((n, k))
-    for _ in range(max_iter):
+
+    def log_prob(Y, norm=True):
+        lp = np.empty((Y.shape[0], k))
         for j in range(k):
             c, _low = cho_factor(covs[j], lower=True)
             L = np.tril(c)
-            z = solve_triangular(L, (X - means[j]).T, lower=True)
-            logp[:, j] = (
-                np.log(max(weights[j], 1e-300))
-                - 0.5 * (z * z).sum(axis=0)
-                - np.log(np.diag(L)).sum()
-                - 0.5 * d * np.log(2 * np.pi)
-            )
+            z = solve_triangular(L, (Y - means[j]).T, lower=True)
+            lp[:, j] = np.log(max(weights[j], 1e-300)) - 0.5 * (z * z).sum(axis=0) - np.log(np.diag(L)).sum()
+        if norm:
+            lp -= 0.5 * d * np.log(2 * np.pi)
+        return lp
+
+    prev = -np.inf
+    for _ in range(max_iter):
+        logp = log_prob(X)
         lse = logsumexp(logp, axis=1)
         resp = np.exp(logp - lse[:, None])
         ll = float(lse.mean())
@@ -146,12 +184,8 @@ def _gmm(X: np.ndarray, k: int, *, tol: float = 1e-7, max_iter: int = 500, reg: 
         if abs(ll - prev) < tol:
             break
         prev = ll
-    # final responsibilities with the final parameters
-    for j in range(k):
-        c, _low = cho_factor(covs[j], lower=True)
-        L = np.tril(c)
-        z = solve_triangular(L, (X - means[j]).T, lower=True)
-        logp[:, j] = np.log(max(weights[j], 1e-300)) - 0.5 * (z * z).sum(axis=0) - np.log(np.diag(L)).sum()
+    # final responsibilities of every event with the final parameters
+    logp = log_prob(X_all, norm=False)
     resp = np.exp(logp - logsumexp(logp, axis=1)[:, None])
     return np.argmax(resp, axis=1), weights, means, covs, resp
 
@@ -202,7 +236,8 @@ class BeadPopulations:
     dip: np.ndarray
 
 
-def bead_populations(table_values, n_populations, tops, *, max_iter=500):
+def bead_populations(table_values, n_populations, tops, *, max_iter=500, order_values=None,
+                     max_fit_events=20_000, init="flowcal"):
     """Cluster bead events into ``n_populations`` peaks (Gaussian mixture, log-like scale).
 
     Parameters
@@ -212,20 +247,29 @@ def bead_populations(table_values, n_populations, tops, *, max_iter=500):
     n_populations : int
     tops : sequence of float
         Top of each channel's range (sets the display scale).
+    order_values : array (n_events,), optional
+        Values of the calibrated channel: populations are ordered by their
+        median in it (dimmest first).  Default: by the distance of the
+        linear-scale population mean to the origin (FlowCal's order).
+    max_fit_events, init :
+        See :func:`_gmm`.
 
     Returns
     -------
     labels, weights, means, covariances, dip
-        Sorted so that population 0 is the dimmest (closest to the origin in
-        the linear clustering space, as FlowCal orders them).
+        Sorted so that population 0 is the dimmest.
     """
     X = _display(np.asarray(table_values, float), np.asarray(tops, float)[None, :])
-    labels, w, mu, cov, _resp = _gmm(X, n_populations, max_iter=max_iter)
-    # order by distance of the linear-scale population mean to the origin
-    lin = np.asarray(table_values, float)
-    dist = np.array(
-        [((lin[labels == j].mean(axis=0)) ** 2).sum() if np.any(labels == j) else np.inf for j in range(n_populations)]
-    )
+    labels, w, mu, cov, _resp = _gmm(X, n_populations, max_iter=max_iter, max_fit_events=max_fit_events, init=init)
+    if order_values is not None:
+        ov = np.asarray(order_values, float)
+        dist = np.array([np.median(ov[labels == j]) if np.any(labels == j) else np.inf for j in range(n_populations)])
+    else:
+        lin = np.asarray(table_values, float)
+        dist = np.array(
+            [((lin[labels == j].mean(axis=0)) ** 2).sum() if np.any(labels == j) else np.inf
+             for j in range(n_populations)]
+        )
     order = np.argsort(dist, kind="stable")
     remap = np.empty(n_populations, int)
     remap[order] = np.arange(n_populations)
@@ -252,13 +296,14 @@ def _count_modes(s: np.ndarray, bin_width: float = 0.01, smooth_bins: float = 2.
     return int(peaks.size)
 
 
-def _find_bead_peaks(values, tops, k, min_valley):
+def _find_bead_peaks(values, tops, k, min_valley, order_values=None):
     """Cluster, then list unresolved neighbour pairs (valley too shallow, empty peak, too few 1-D modes)."""
     n_modes = None
     if values.shape[1] == 1:
         n_modes = _count_modes(_display(values[:, 0], tops[0]))
     # too few modes: the answer is 'unresolved' whatever the mixture does, so do not iterate long
-    labels, w, mu, cov, dip = bead_populations(values, k, tops, max_iter=50 if (n_modes or k) < k else 500)
+    labels, w, mu, cov, dip = bead_populations(values, k, tops, max_iter=50 if (n_modes or k) < k else 500,
+                                               order_values=order_values)
     counts = np.bincount(labels, minlength=k)
     bad = [j for j in range(k - 1) if dip[j] >= min_valley or counts[j] == 0 or counts[j + 1] == 0]
     if n_modes is not None:
@@ -266,3 +311,15 @@ def _find_bead_peaks(values, tops, k, min_valley):
             # the mixture split a peak somewhere: flag the pair with the shallowest valley
             bad = [int(np.argmax(dip))]
     return labels, dip, bad, n_modes
+
+
+def count_populations(values, tops) -> int:
+    """Number of bead populations seen in the data: the most 1-D histogram peaks over the given channels.
+
+    ``values`` (n_events, n_channels) on the linear scale, ``tops`` the top of
+    each channel's range.
+    """
+    values = np.asarray(values, float)
+    if values.ndim == 1:
+        values = values[:, None]
+    return max((_count_modes(_display(values[:, j], tops[j])) for j in range(values.shape[1])), default=0)

@@ -12,6 +12,7 @@ of that channel to MESF, lazily.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,8 +20,10 @@ import numpy as np
 
 from ...backend import array_module
 from ...errors import CalibrationError
-from ._table import _apply_elementwise, _as_table, _channel_names
-from .clustering import _count_modes, _display, _find_bead_peaks, density_gate
+from ._table import _apply_elementwise, _as_table
+from .clustering import _count_modes, _display, _find_bead_peaks, count_populations, density_gate
+from .placement import CalibrationWarning, place_values, qc_flags, warn_qc
+from .roles import channel_roles, fluorescence_channels, scatter_pair
 
 __all__ = ["MESFCalibration", "calibrate_mesf", "fit_mesf_curve"]
 
@@ -138,6 +141,11 @@ class MESFCalibration:
         The bead file.
     n_events, n_gated : int
         Events in the file and events in the singlet gate.
+    qc : dict
+        Quality flags (``blank_brighter``, ``non_monotone``, ``large_residuals``,
+        ``ambiguous_placement``; a :class:`CalibrationWarning` was raised for
+        each one set), ``n_populations`` found, ``n_values`` given,
+        ``placement`` (population of each value) and ``placement_rule``.
     """
 
     channel: str
@@ -158,6 +166,7 @@ class MESFCalibration:
     clustering_channels: list = field(default_factory=list)
     scatter_channels: list = field(default_factory=list)
     model: str = "m*log(x) + b = log(mesf_auto + mesf)"
+    qc: dict = field(default_factory=dict)
 
     def to_mesf(self, values):
         """Channel values (linear scale) -> calibrated units (MESF), elementwise.
@@ -190,6 +199,7 @@ class MESFCalibration:
             "n_gated": self.n_gated,
             "clustering_channels": list(self.clustering_channels),
             "scatter_channels": list(self.scatter_channels),
+            "qc": dict(self.qc),
         }
 
     _ARRAYS = {"mesf_values": np.float64, "peaks": np.float64, "peak_medians": np.float64, "peak_events": np.int64,
@@ -223,6 +233,7 @@ class MESFCalibration:
             n_gated=int(self.n_gated),
             clustering_channels=[str(c) for c in self.clustering_channels],
             scatter_channels=[str(c) for c in self.scatter_channels],
+            qc=dict(self.qc),
         )
         for key, dtype in self._ARRAYS.items():
             out[key] = np.array(getattr(self, key), dtype=dtype)
@@ -256,31 +267,19 @@ class MESFCalibration:
             clustering_channels=[str(c) for c in d["clustering_channels"]],
             scatter_channels=[str(c) for c in d["scatter_channels"]],
             model=str(d["model"]),
+            qc=dict(d.get("qc", {}) or {}),
             **arrays,
         )
 
 
 def _default_scatter_channels(names: Sequence[str]) -> list:
-    def pick(prefix):
-        cand = [c for c in names if c.upper() == prefix]
-        cand += [c for c in names if c.upper().startswith(prefix + "-H")]
-        cand += [c for c in names if c.upper().startswith(prefix + "-A")]
-        cand += [c for c in names if c.upper().startswith(prefix) and c not in cand]
-        return cand[0] if cand else None
-
-    fsc, ssc = pick("FSC"), pick("SSC")
-    return [fsc, ssc] if fsc and ssc else []
+    """Two scatter channels of ``names`` for the singlet gate (see :mod:`.roles`), or []."""
+    return scatter_pair(channel_roles(list(names)))
 
 
 def _fluorescence_channels(names: Sequence[str]) -> list:
-    """Channels that are neither scatter nor time (nor FSC/SSC width/area variants)."""
-    out = []
-    for c in names:
-        u = c.upper()
-        if u.startswith(("FSC", "SSC", "TIME", "HDR-T", "EVENT")) or u in ("FS", "SS", "SC"):
-            continue
-        out.append(c)
-    return out
+    """Channels that are neither scatter, width nor time (see :mod:`.roles`)."""
+    return fluorescence_channels(channel_roles(list(names)))
 
 
 def calibrate_mesf(
@@ -298,6 +297,7 @@ def calibrate_mesf(
     min_valley: float = 0.95,
     min_r2: float = 0.99,
     on_unresolved: str = "raise",
+    placement: str = "given",
 ) -> MESFCalibration:
     """Fit a MESF/MEFL standard curve from a multi-peak bead file.
 
@@ -354,6 +354,22 @@ def calibrate_mesf(
         Raise :class:`CalibrationError` for unresolved peaks (default), or
         leave both peaks of an unresolved pair out of the fit and mark them
         ``"unresolved"``.
+    placement : {"given", "best"}
+        ``"given"`` (default): one value per population, dimmest first (NaN
+        for a population without a value); a different number of populations
+        in the data is an error that names both counts.  ``"best"``: when
+        fewer values are given than populations are found, place them by the
+        rule of :mod:`.placement` (blank first when a 0 is given, the other
+        values on the best-fitting run of consecutive unsaturated
+        populations); the placement is in ``cal.qc["placement"]``.
+
+    Channel roles (scatter, fluorescence, width, time) come from ``$PnTYPE``
+    or the channel names (:func:`~evflow.flow.calibration.roles.channel_roles`);
+    clustering never uses scatter or width channels.  Populations are ordered
+    by their median in ``channel``.  Doubtful results (blank brighter than a
+    bead, non-monotone curve, a peak more than 5 % off the curve, an
+    ambiguous placement) raise a :class:`CalibrationWarning` and set a flag
+    in ``cal.qc``.
 
     Returns
     -------
@@ -378,18 +394,40 @@ def calibrate_mesf(
         raise CalibrationError(f"mesf_values must increase from the dimmest peak to the brightest, got {mesf.tolist()}")
     if on_unresolved not in ("raise", "drop"):
         raise CalibrationError(f"on_unresolved={on_unresolved!r}, expected 'raise' or 'drop'")
-    k = mesf.size
-    names = _channel_names(beads)
+    if placement not in ("given", "best"):
+        raise CalibrationError(f"placement={placement!r}, expected 'given' or 'best'")
+    n_values = k = mesf.size
+    roles = channel_roles(beads, scatter_channels)
+    names = list(roles)
+    fluor = fluorescence_channels(roles)
     if clustering_channels is None:
         candidates = [[channel]]
-        extra = [c for c in _fluorescence_channels(names) if c != channel]
+        extra = [c for c in fluor if c != channel]
         if extra:
             candidates.append([channel] + extra)
     else:
-        candidates = [list(clustering_channels)]
-        if not candidates[0]:
+        given = list(clustering_channels)
+        if not given:
             raise CalibrationError("clustering_channels is empty; give at least one channel")
-    scatter = _default_scatter_channels(names) if scatter_channels is None else list(scatter_channels)
+        dropped = [c for c in given if roles.get(c) in ("scatter", "width", "time")]
+        kept = [c for c in given if c not in dropped]
+        if dropped:
+            if not kept:
+                raise CalibrationError(
+                    f"clustering_channels {given} are all scatter, width or time channels "
+                    f"({ {c: roles[c] for c in dropped} }); bead populations are found in fluorescence channels"
+                )
+            warnings.warn(f"clustering_channels: {dropped} are scatter/width/time channels and are not used "
+                          "for clustering", CalibrationWarning, stacklevel=2)
+        candidates = [kept]
+    if scatter_channels is None:
+        scatter = scatter_pair(roles)
+        if not scatter and names:
+            warnings.warn(
+                f"no two scatter channels recognised among {names}; no singlet gate. Pass "
+                "scatter_channels=[forward, side] (or [] to silence this)", CalibrationWarning, stacklevel=2)
+    else:
+        scatter = list(scatter_channels)
     if scatter and len(scatter) != 2:
         raise CalibrationError(f"scatter_channels must name two channels (FSC, SSC), got {scatter}")
     wanted = [channel]
@@ -425,38 +463,63 @@ def calibrate_mesf(
             f"{table.source}: only {n_gated} bead events left after the scatter gate on {scatter}, "
             f"too few to find {k} peaks"
         )
-    # (2) clustering
     gated = data[gate]
     fl = gated[:, col[channel]]
-    for clustering in candidates:
-        c_idx = [col[c] for c in clustering]
-        labels, dip, bad, n_modes = _find_bead_peaks(gated[:, c_idx], table.ranges[c_idx, 1], k, min_valley)
-        if not bad:
-            break
-    # (3) peak statistics and selection
+    all_idx = [col[c] for c in dict.fromkeys(c for cand in candidates for c in cand)]
+    n_found = count_populations(gated[:, all_idx], table.ranges[all_idx, 1])
+    counts_msg = f"found {n_found} bead populations, {n_values} reference values given"
     rlo, rhi = table.ranges[col[channel]]
     s_lo = _display(rlo, rhi) + 0.015 * (_display(rhi, rhi) - _display(rlo, rhi))
     s_hi = _display(rlo, rhi) + 0.985 * (_display(rhi, rhi) - _display(rlo, rhi))
+    place_info = None
+    if placement == "best" and n_found > n_values:
+        if np.any(~np.isfinite(mesf)):
+            raise CalibrationError(f"{table.source}: {counts_msg}; placement='best' takes finite values only "
+                                   f"(got {mesf.tolist()})")
+        k = n_found
+    elif placement == "best" and n_found < n_values:
+        raise CalibrationError(f"{table.source}: {counts_msg}; cannot place more values than populations")
+
+    # (2) clustering
+    for clustering in candidates:
+        c_idx = [col[c] for c in clustering]
+        labels, dip, bad, n_modes = _find_bead_peaks(gated[:, c_idx], table.ranges[c_idx, 1], k, min_valley,
+                                                     order_values=fl)
+        if not bad:
+            break
+    # (3) peak statistics and selection
     medians = np.full(k, np.nan)
     counts = np.zeros(k, np.int64)
-    status = []
+    range_status = []
     for j in range(k):
         pop = fl[labels == j]
         counts[j] = pop.size
         if pop.size == 0:
-            status.append("empty")
+            range_status.append("empty")
             continue
         medians[j] = float(np.median(pop))
         s = _display(pop, rhi)
         m_, sd = float(s.mean()), max(float(s.std(ddof=0)), 0.005)
-        if not np.isfinite(mesf[j]):
+        range_status.append("below range" if m_ - n_std * sd <= s_lo else "saturated" if m_ + n_std * sd >= s_hi
+                            else "used")
+    if k != n_values:
+        if bad and on_unresolved == "raise":
+            raise CalibrationError(
+                f"{table.source}: {counts_msg}, but {k} populations in {clustering} cannot all be resolved "
+                f"(neighbours {[(j, j + 1) for j in bad]}); give one value per population (NaN-padded)"
+            )
+        in_range = np.array([st == "used" for st in range_status])
+        for j in bad:
+            in_range[j] = in_range[j + 1] = False
+        mesf, place_info = place_values(mesf, medians, in_range, source=f"{table.source}: {channel}")
+    status = []
+    for j in range(k):
+        if range_status[j] == "empty":
+            status.append("empty")
+        elif not np.isfinite(mesf[j]):
             status.append("no MESF value")
-        elif m_ - n_std * sd <= s_lo:
-            status.append("below range")
-        elif m_ + n_std * sd >= s_hi:
-            status.append("saturated")
         else:
-            status.append("used")
+            status.append(range_status[j])
     if bad:
         pairs = ", ".join(
             f"peaks {j} and {j + 1} (MESF {mesf[j]:g} and {mesf[j + 1]:g}; valley ratio {dip[j]:.2f}, "
@@ -467,7 +530,7 @@ def calibrate_mesf(
         if on_unresolved == "raise":
             raise CalibrationError(
                 f"{table.source}: bead peaks in {clustering} cannot be resolved: {pairs}{modes}; expected {k} "
-                f"separate populations (one per MESF value). Check the number of MESF values, the "
+                f"separate populations (one per MESF value; {counts_msg}). Check the number of MESF values, the "
                 f"clustering channels, or pass on_unresolved='drop'"
             )
         for j in bad:
@@ -477,8 +540,8 @@ def calibrate_mesf(
     if merged:
         msg = (
             f"{table.source}: population(s) {merged} of {channel} hold more than one peak: the data show more "
-            f"bead peaks than the {k} MESF values given ({mesf.tolist()}); give one value per peak "
-            "(NaN for a peak without a value)"
+            f"bead peaks than the {k} MESF values given ({mesf.tolist()}; {counts_msg}); give one value per peak "
+            "(NaN for a peak without a value) or pass placement='best'"
         )
         if on_unresolved == "raise":
             raise CalibrationError(msg)
@@ -489,25 +552,27 @@ def calibrate_mesf(
     if used.sum() < 3:
         raise CalibrationError(
             f"{table.source}: only {int(used.sum())} usable bead peaks in {channel} (status per peak: "
-            f"{status}); the standard curve needs at least 3"
+            f"{status}; {counts_msg}); the standard curve needs at least 3"
         )
     x_used, y_used = medians[used], mesf[used]
     if np.any(np.diff(x_used) <= 0):
         raise CalibrationError(
             f"{table.source}: bead peak medians in {channel} do not increase with their MESF values "
-            f"(medians {x_used.tolist()} for MESF {y_used.tolist()}); the standard curve would not be monotonic"
+            f"(medians {x_used.tolist()} for MESF {y_used.tolist()}; {counts_msg}); the standard curve would "
+            "not be monotonic"
         )
     # (4) fit
     fit = fit_mesf_curve(x_used, y_used)
     if not fit["m"] > 0:
         raise CalibrationError(
-            f"{table.source}: the fitted standard curve for {channel} has slope m={fit['m']:.4g} <= 0; "
-            "a calibration must increase with fluorescence"
+            f"{table.source}: the fitted standard curve for {channel} has slope m={fit['m']:.4g} <= 0 "
+            f"({counts_msg}); a calibration must increase with fluorescence"
         )
     if not fit["r2"] >= min_r2:
         raise CalibrationError(
             f"{table.source}: the standard curve for {channel} fits poorly (R^2 = {fit['r2']:.4f} < {min_r2}; "
-            f"peaks {x_used.tolist()} for MESF {y_used.tolist()}); check the MESF values and the peaks found"
+            f"peaks {x_used.tolist()} for MESF {y_used.tolist()}; {counts_msg}); check the MESF values and the "
+            "peaks found"
         )
     peaks = np.where(used, medians, np.nan)
     residuals = np.full(k, np.nan)
@@ -515,6 +580,14 @@ def calibrate_mesf(
     rel = np.full(k, np.nan)
     pos = used & (mesf > 0)
     rel[pos] = (_std_curve(medians[pos], fit["m"], fit["b"]) - fit["mesf_auto"]) / mesf[pos] - 1.0
+    qc = qc_flags(mesf, medians, used, residuals, curve_increasing=fit["m"] > 0)
+    qc.update(n_populations=int(n_found), n_values=int(n_values), placement_rule=placement,
+              placement=[int(j) for j in (place_info["placement"] if place_info else np.nonzero(np.isfinite(mesf))[0])],
+              ambiguous_placement=bool(place_info["ambiguous"]) if place_info else False,
+              placement_rms=float(place_info["rms"]) if place_info else None,
+              placement_rms_second=(None if not place_info or place_info["rms_second"] is None
+                                    else float(place_info["rms_second"])))
+    warn_qc(qc, table.source, channel)
     return MESFCalibration(
         channel=table.names[0],
         units=units,
@@ -533,4 +606,5 @@ def calibrate_mesf(
         n_gated=n_gated,
         clustering_channels=list(clustering),
         scatter_channels=scatter,
+        qc=qc,
     )
