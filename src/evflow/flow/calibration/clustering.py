@@ -317,9 +317,16 @@ def count_populations(values, tops) -> int:
     """Number of bead populations seen in the data: the most 1-D histogram peaks over the given channels.
 
     ``values`` (n_events, n_channels) on the linear scale, ``tops`` the top of
-    each channel's range.
+    each channel's range.  Events piled up at or below zero or at the top of
+    the range (clipped by the detector) are left out of each channel's count,
+    so a clipping spike is not counted as a population.
     """
     values = np.asarray(values, float)
     if values.ndim == 1:
         values = values[:, None]
-    return max((_count_modes(_display(values[:, j], tops[j])) for j in range(values.shape[1])), default=0)
+    out = 0
+    for j in range(values.shape[1]):
+        x = values[:, j]
+        x = x[(x > 0) & (x < 0.999 * tops[j])]
+        out = max(out, _count_modes(_display(x, tops[j]), min_prominence=0.05))
+    return out

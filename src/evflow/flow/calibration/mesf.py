@@ -548,6 +548,9 @@ def calibrate_mesf(
         for j in merged:
             if status[j] == "used":
                 status[j] = "several peaks"
+    if not bad and not merged:
+        n_found = max(n_found, k)  # k populations resolved: at least k are there
+        counts_msg = f"found {n_found} bead populations, {n_values} reference values given"
     used = np.array([s == "used" for s in status])
     if used.sum() < 3:
         raise CalibrationError(
