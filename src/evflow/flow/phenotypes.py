@@ -246,7 +246,9 @@ def count_phenotypes(
             "mean_positive": "float64 sum / count; agrees across chunkings and backends to ~1e-12 relative",
             "fused": repr(plans_desc),
         }
-        return counts_dataset(
+        from .intervals import add_count_intervals
+
+        return add_count_intervals(counts_dataset(
             counts,
             names,
             [s for s, _ in samples],
@@ -254,7 +256,7 @@ def count_phenotypes(
             thresholds=thr,
             marker_stats={"n_positive": npos, "median_positive": med, "mean_positive": mean},
             attrs=attrs,
-        )
+        ))
 
     graph = (graphs, thresholds_nodes)
     if not compute:

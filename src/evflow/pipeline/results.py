@@ -51,6 +51,15 @@ def _flow_dataset(ctx):
             conc[i] = concentration_per_ml(counts[i], vol[i], by[n].dilution)
     ds["concentration_per_ml"] = (("sample", "phenotype"), conc,
                                   {"units": "1/mL", "long_name": "particles per mL of the undiluted sample"})
+    from ..flow.intervals import add_count_intervals
+
+    add_count_intervals(ds)
+    per_event = np.array([concentration_per_ml(1, vol[i], by[n].dilution) if np.isfinite(vol[i]) and vol[i] > 0
+                          else np.nan for i, n in enumerate(names)], float)[:, None]
+    for side in ("lo", "hi"):
+        ds[f"concentration_per_ml_{side}"] = (("sample", "phenotype"), per_event * ds[f"count_{side}"].values,
+                                              {"units": "1/mL", "long_name": f"concentration, {side} 95% limit "
+                                                                             "(Poisson on the count)"})
     ds["total_concentration_per_ml"] = ("sample", conc.sum(axis=1),
                                         {"units": "1/mL", "long_name": "parent-gate particles per mL (undiluted)"})
     fl = ctx.fluor
@@ -226,6 +235,22 @@ def assemble(ctx) -> xr.Dataset:
     return ds
 
 
+def _interval_columns(ds, i, j, count=None, n_parent=None) -> dict:
+    """``count_lo/_hi`` (Poisson), ``fraction_of_parent_lo/_hi`` (Wilson), ``concentration_per_ml_lo/_hi``."""
+    from ..flow.intervals import poisson_interval, wilson_interval
+
+    if ds is not None:
+        count, n_parent = int(ds["count"].values[i, j]), int(ds["n_parent"].values[i])
+    clo, chi = poisson_interval(count)
+    flo, fhi = wilson_interval(count, n_parent)
+    out = {"count_lo": float(clo), "count_hi": float(chi), "fraction_of_parent_lo": float(flo),
+           "fraction_of_parent_hi": float(fhi)}
+    for side in ("lo", "hi"):
+        key = f"concentration_per_ml_{side}"
+        out[key] = float(ds[key].values[i, j]) if ds is not None and key in ds else np.nan
+    return out
+
+
 def tidy_tables(ds) -> dict:
     """Tidy DataFrames: ``counts`` (one row per sample x phenotype [x fov]) and ``markers``."""
     rows = []
@@ -240,6 +265,7 @@ def tidy_tables(ds) -> dict:
                     "n_parent": int(ds["n_parent"].values[i]),
                     "concentration_per_ml": float(ds["concentration_per_ml"].values[i, j]),
                     "dilution": float(ds["dilution"].values[i]),
+                    **_interval_columns(ds, i, j),
                 })
     if "image_count" in ds:
         for i, s in enumerate(ds["image_sample"].values):
@@ -254,6 +280,8 @@ def tidy_tables(ds) -> dict:
                         "fraction_of_parent": float(ds["image_fraction_of_parent"].values[i, f, j]),
                         "n_parent": int(ds["image_n_parent"].values[i, f]),
                         "concentration_per_ml": np.nan, "dilution": np.nan,
+                        **_interval_columns(None, 0, 0, int(ds["image_count"].values[i, f, j]),
+                                            int(ds["image_n_parent"].values[i, f])),
                     })
     mrows = []
     if "threshold" in ds:
