@@ -4,6 +4,9 @@ Prints Markdown tables:
 
 1. bead calibration on the real FlowCal bead files: wall time and the largest
    difference in peak medians and in the converted MEFL over the channel range;
+1b. rainbow beads (25,000 events, Apogee- and Aurora-like channel names, 6
+   published values for 8 populations): wall time to fail with the values as
+   given, to succeed with ``placement="best"``, and the error against the truth;
 2. converting N events to MEFL: evflow (NumPy, dask) vs FlowCal's standard curve;
 3. scatter cross-sections: evflow's Mie (collected over a side-scatter cone,
    and total) vs miepython's total scattering efficiency, per diameter.
@@ -44,6 +47,44 @@ def flowcal_calibrate(path, mefl):
         )
 
 
+def rainbow(repeat):
+    """Synthetic 8-peak rainbow beads as an Apogee A60-Micro and a Cytek Aurora write them."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import rainbow_beads as rb
+
+    from evflow.errors import CalibrationError
+    from evflow.flow.calibration import calibrate_mesf
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, names, ch, scale in (("Apogee-like", rb.APOGEE, "638-Red", 1.0),
+                                        ("Aurora-like", rb.AURORA, "R1-A", 0.3)):
+            path = rb.write_rainbow(Path(tmp) / f"{label}.fcs", names, n=25_000)
+
+            def fail():
+                try:
+                    calibrate_mesf(path, ch, rb.PUBLISHED_6)
+                except CalibrationError as e:
+                    return str(e)
+                return "no error"
+
+            t_err, msg = best_of(fail, repeat)
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                t_ok, cal = best_of(lambda: calibrate_mesf(path, ch, rb.PUBLISHED_6, placement="best"), repeat)
+            x = rb.truth_channel(rb.TRUE_MESF[1:6])
+            err = np.max(np.abs(cal.to_mesf(scale * x) / (np.exp(rb.B) * x**rb.M) - 1))
+            flags = [k for k in ("ambiguous_placement", "large_residuals", "blank_brighter") if cal.qc[k]]
+            rows.append([label, f"{t_err:.2f}", "found 8" in msg, f"{t_ok:.2f}", cal.qc["placement"],
+                         f"{err:.2%}", ", ".join(flags) or "-", len({str(x.message) for x in w})])
+    print("### Rainbow beads, 25,000 events, 6 published values for 8 populations\n")
+    print(table(["file", "error s", "error names counts", "placement='best' s", "placement", "max MESF error",
+                 "QC flags", "warnings"], rows))
+    print()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=5_000_000, help="events converted to MEFL")
@@ -74,6 +115,8 @@ def main(argv=None):
         print()
     else:
         print(f"(bead files not found at {DATA}; skipping the FlowCal comparison)\n")
+
+    rainbow(args.repeat)
 
     if cal is not None:
         x = np.random.default_rng(0).lognormal(5, 1.5, args.events)

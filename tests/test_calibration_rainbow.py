@@ -121,3 +121,20 @@ def test_too_many_values_names_counts(apogee):
         calibrate_mesf(apogee, "638-Red", vals)
     with pytest.raises(CalibrationError, match="placement"):
         calibrate_mesf(apogee, "638-Red", rb.PUBLISHED_6, placement="guess")
+
+
+def test_plot(apogee, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cal = calibrate_mesf(apogee, "638-Red", rb.PUBLISHED_6, placement="best")
+    fig = cal.plot()
+    assert len(fig.axes) == 3
+    assert len(fig.axes[0].lines) >= 8  # one histogram per population (+ median lines)
+    assert cal.histogram["counts"].shape[0] == 8
+    assert 0.9 * cal.n_gated < cal.histogram["counts"].sum() <= cal.n_gated
+    fig.savefig(tmp_path / "cal.png")
+    assert (tmp_path / "cal.png").stat().st_size > 1000
+    # a calibration rebuilt from storage has no events: curve and residuals only
+    fig2 = MESFCalibration.from_dict(cal.to_dict()).plot()
+    assert len(fig2.axes) == 3 and len(fig2.axes[0].lines) == 8  # median lines only

@@ -117,7 +117,7 @@ def _kmeanspp(X: np.ndarray, k: int, rng) -> np.ndarray:
 
 
 def _gmm(X: np.ndarray, k: int, *, tol: float = 1e-7, max_iter: int = 500, reg: float = 1e-6,
-         max_fit_events: int = 20_000, init: str = "flowcal"):
+         max_fit_events: int = 10_000, init: str = "flowcal"):
     """Full-covariance Gaussian mixture by EM, initialised as FlowCal's ``clustering_gmm``.
 
     Initialisation (``init="flowcal"``): events sorted by distance to the
@@ -237,7 +237,7 @@ class BeadPopulations:
 
 
 def bead_populations(table_values, n_populations, tops, *, max_iter=500, order_values=None,
-                     max_fit_events=20_000, init="flowcal"):
+                     max_fit_events=10_000, init="flowcal"):
     """Cluster bead events into ``n_populations`` peaks (Gaussian mixture, log-like scale).
 
     Parameters

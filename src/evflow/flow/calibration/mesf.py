@@ -141,6 +141,9 @@ class MESFCalibration:
         The bead file.
     n_events, n_gated : int
         Events in the file and events in the singlet gate.
+    histogram : dict or None
+        ``edges`` (linear scale) and per-population ``counts`` of the gated
+        events in ``channel``, for :meth:`plot` (not stored by :meth:`to_dict`).
     qc : dict
         Quality flags (``blank_brighter``, ``non_monotone``, ``large_residuals``,
         ``ambiguous_placement``; a :class:`CalibrationWarning` was raised for
@@ -167,6 +170,13 @@ class MESFCalibration:
     scatter_channels: list = field(default_factory=list)
     model: str = "m*log(x) + b = log(mesf_auto + mesf)"
     qc: dict = field(default_factory=dict)
+    histogram: dict | None = field(default=None, repr=False, compare=False)
+
+    def plot(self, fig=None):
+        """Diagnostic figure (populations, assigned values, standard curve, residuals); see :mod:`.plot`."""
+        from .plot import plot_calibration
+
+        return plot_calibration(self, fig)
 
     def to_mesf(self, values):
         """Channel values (linear scale) -> calibrated units (MESF), elementwise.
@@ -610,4 +620,15 @@ def calibrate_mesf(
         clustering_channels=list(clustering),
         scatter_channels=scatter,
         qc=qc,
+        histogram=_histogram(fl, labels, k, rlo, rhi),
     )
+
+
+def _histogram(fl, labels, k, rlo, rhi, bins=200):
+    """Per-population histogram of the calibrated channel on log-spaced edges (for the diagnostic plot)."""
+    pos = fl[fl > 0]
+    lo = max(float(pos.min()) if pos.size else 1.0, 1e-3, float(rlo) if rlo > 0 else 1e-3)
+    hi = max(float(rhi), lo * 10)
+    edges = np.geomspace(lo, hi, bins + 1)
+    counts = np.stack([np.histogram(fl[labels == j], bins=edges)[0] for j in range(k)])
+    return {"edges": edges, "counts": counts}
