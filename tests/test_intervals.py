@@ -41,3 +41,20 @@ def test_count_phenotypes_dataset_has_intervals(tmp_path):
     f = ds["fraction_of_parent"].values[0]
     assert np.all(ds["fraction_of_parent_lo"].values[0] < f) and np.all(ds["fraction_of_parent_hi"].values[0] > f)
     assert ds["fraction_of_parent_lo"].values[0, 1] == pytest.approx(wilson_interval(50, 500)[0])
+
+
+def test_tidy_table_has_interval_columns():
+    from evflow.pipeline.results import tidy_tables
+    from evflow.schema import counts_dataset
+
+    ds = counts_dataset(np.array([[90, 10]]), ["CD63"], ["s1"])
+    ds = ds.assign_coords(role=("sample", ["sample"]), dilution=("sample", [1.0]))
+    ds["concentration_per_ml"] = (("sample", "phenotype"), np.array([[9e6, 1e6]]))
+    ds["concentration_per_ml_lo"] = (("sample", "phenotype"), 1e5 * poisson_interval([[90, 10]])[0])
+    ds["concentration_per_ml_hi"] = (("sample", "phenotype"), 1e5 * poisson_interval([[90, 10]])[1])
+    t = tidy_tables(ds)["counts"]
+    row = t[t["count"] == 10].iloc[0]
+    assert row["count_lo"] == pytest.approx(4.795389, rel=1e-5) and row["count_hi"] == pytest.approx(18.39036, rel=1e-5)
+    lo, hi = wilson_interval(10, 100)
+    assert row["fraction_of_parent_lo"] == pytest.approx(lo) and row["fraction_of_parent_hi"] == pytest.approx(hi)
+    assert row["concentration_per_ml_lo"] < row["concentration_per_ml"] < row["concentration_per_ml_hi"]

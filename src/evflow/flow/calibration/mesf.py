@@ -141,9 +141,9 @@ class MESFCalibration:
         The bead file.
     n_events, n_gated : int
         Events in the file and events in the singlet gate.
-    histogram : dict or None
-        ``edges`` (linear scale) and per-population ``counts`` of the gated
-        events in ``channel``, for :meth:`plot` (not stored by :meth:`to_dict`).
+    histogram_edges, histogram_counts : ndarray
+        Log-spaced bin edges (linear scale) and per-population counts of the
+        gated events in ``channel``, for :meth:`plot` (empty when not kept).
     qc : dict
         Quality flags (``blank_brighter``, ``non_monotone``, ``large_residuals``,
         ``ambiguous_placement``; a :class:`CalibrationWarning` was raised for
@@ -170,7 +170,15 @@ class MESFCalibration:
     scatter_channels: list = field(default_factory=list)
     model: str = "m*log(x) + b = log(mesf_auto + mesf)"
     qc: dict = field(default_factory=dict)
-    histogram: dict | None = field(default=None, repr=False, compare=False)
+    histogram_edges: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    histogram_counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64), repr=False)
+
+    @property
+    def histogram(self) -> dict | None:
+        """``{"edges", "counts"}`` of the gated events per population in ``channel`` (None if not kept)."""
+        if self.histogram_edges.size == 0:
+            return None
+        return {"edges": self.histogram_edges, "counts": self.histogram_counts}
 
     def plot(self, fig=None):
         """Diagnostic figure (populations, assigned values, standard curve, residuals); see :mod:`.plot`."""
@@ -213,7 +221,9 @@ class MESFCalibration:
         }
 
     _ARRAYS = {"mesf_values": np.float64, "peaks": np.float64, "peak_medians": np.float64, "peak_events": np.int64,
-               "residuals": np.float64, "relative_error": np.float64, "resolution": np.float64}
+               "residuals": np.float64, "relative_error": np.float64, "resolution": np.float64,
+               "histogram_edges": np.float64, "histogram_counts": np.int64}
+    _OPTIONAL = ("histogram_edges", "histogram_counts")
     _PLAIN = ("channel", "units", "model", "source", "params", "r2", "peak_status", "n_events", "n_gated",
               "clustering_channels", "scatter_channels")
 
@@ -225,7 +235,8 @@ class MESFCalibration:
         dict
             ``"type": "MESFCalibration"``, ``"version": 1``, NumPy arrays for the
             per-peak fields (``mesf_values``, ``peaks``, ``peak_medians``,
-            ``peak_events``, ``residuals``, ``relative_error``, ``resolution``) and
+            ``peak_events``, ``residuals``, ``relative_error``, ``resolution``; ``histogram_edges`` and
+            ``histogram_counts`` flattened to 1-D, population-major) and
             plain JSON values (str, float, int, lists, ``params`` as a dict of
             floats) for the rest.  :meth:`from_dict` of it converts values
             exactly as this calibration does.
@@ -246,7 +257,7 @@ class MESFCalibration:
             qc=dict(self.qc),
         )
         for key, dtype in self._ARRAYS.items():
-            out[key] = np.array(getattr(self, key), dtype=dtype)
+            out[key] = np.array(getattr(self, key), dtype=dtype).ravel()  # histogram_counts: (k * bins,)
         return out
 
     @classmethod
@@ -260,11 +271,13 @@ class MESFCalibration:
         """
         from ._table import _check_stored, _stored_array
 
-        _check_stored(d, "MESFCalibration", tuple(cls._ARRAYS) + cls._PLAIN)
+        _check_stored(d, "MESFCalibration", tuple(k for k in cls._ARRAYS if k not in cls._OPTIONAL) + cls._PLAIN)
         params = d["params"]
         if not hasattr(params, "items") or not {"m", "b"} <= set(params):
             raise CalibrationError(f"MESFCalibration.from_dict: 'params' must hold 'm' and 'b', got {params!r}")
-        arrays = {k: _stored_array(d, k, dtype, "MESFCalibration") for k, dtype in cls._ARRAYS.items()}
+        arrays = {k: _stored_array(d, k, dtype, "MESFCalibration") for k, dtype in cls._ARRAYS.items() if k in d}
+        if "histogram_counts" in arrays and arrays["histogram_counts"].ndim != 2:
+            arrays["histogram_counts"] = arrays["histogram_counts"].reshape(len(arrays["mesf_values"]), -1)
         return cls(
             channel=str(d["channel"]),
             units=str(d["units"]),
@@ -620,7 +633,7 @@ def calibrate_mesf(
         clustering_channels=list(clustering),
         scatter_channels=scatter,
         qc=qc,
-        histogram=_histogram(fl, labels, k, rlo, rhi),
+        **_histogram(fl, labels, k, rlo, rhi),
     )
 
 
@@ -631,4 +644,4 @@ def _histogram(fl, labels, k, rlo, rhi, bins=200):
     hi = max(float(rhi), lo * 10)
     edges = np.geomspace(lo, hi, bins + 1)
     counts = np.stack([np.histogram(fl[labels == j], bins=edges)[0] for j in range(k)])
-    return {"edges": edges, "counts": counts}
+    return {"histogram_edges": edges, "histogram_counts": counts.astype(np.int64)}
