@@ -13,7 +13,26 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ImageError
-from . import detect as D
+from ._core import (
+    DOG_RATIO,
+    _as_array,
+    _background_level,
+    _detection_image,
+    _extrema_region,
+    _field_threshold,
+    _finish_attrs,
+    _min_distance,
+    _noise_info,
+    _noise_sample_scale,
+    _responses,
+    _sigmas,
+    _skew,
+    _stride,
+    _structured,
+    auto_background_radius,
+)
+from ._field import _detect_region, _estimate_sigma
+from .artefacts import _field_scalars, _pass0, _prepare, _valid_for_noise
 
 __all__ = ["detect_tiled"]
 
@@ -24,39 +43,38 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
     H, W = (int(v) for v in image.shape)
     if H < 8 or W < 8:
         raise ImageError(f"image of {(H, W)} px is too small for spot detection (at least 8x8)")
-    stride = D._stride(H * W)
+    stride = _stride(H * W)
     cores = [(y0, min(y0 + tile, H), x0, min(x0 + tile, W)) for y0 in range(0, H, tile) for x0 in range(0, W, tile)]
 
     def raw(y0, y1, x0, x1):
-        return D._as_array(image[y0:y1, x0:x1], kind, name)
+        return _as_array(image[y0:y1, x0:x1], kind, name)
 
     # pass 0: fill value and pixel noise
-    fill, pnoise = D._field_scalars(
-        [D._pass0(raw(*c), o["camera"], name, o["level"], (c[0], c[2]), stride) for c in cores], (H, W))
-    hot_sigma = 1.0 if psf_sigma_px is None else float(D._sigmas(psf_sigma_px).min())
+    fill, pnoise = _field_scalars(
+        [_pass0(raw(*c), o["camera"], name, o["level"], (c[0], c[2]), stride) for c in cores], (H, W))
+    hot_sigma = 1.0 if psf_sigma_px is None else float(_sigmas(psf_sigma_px).min())
 
     def prepared(e):
-        return D._prepare(raw(*e), o["camera"], name, o["level"], fill, pnoise, hot_sigma, o["hot_pixels"])
+        return _prepare(raw(*e), o["camera"], name, o["level"], fill, pnoise, hot_sigma, o["hot_pixels"])
 
     if psf_sigma_px is None:  # estimated on the central tile
         cy, cx, h = H // 2, W // 2, tile // 2
         e = (max(cy - h, 0), min(cy + h, H), max(cx - h, 0), min(cx + h, W))
-        psf_sigma_px = D._estimate_sigma(prepared(e)[0], name, o["camera"], o["impl"])
-    sig = D._sigmas(psf_sigma_px)
-    md = D._min_distance(o["min_distance_px"], sig)
+        psf_sigma_px = _estimate_sigma(prepared(e)[0], name, o["camera"], o["impl"])
+    sig = _sigmas(psf_sigma_px)
+    md = _min_distance(o["min_distance_px"], sig)
     win = int(o["window"]) if o["window"] is not None else max(fit_window_size(float(s)) for s in sig)
     from .background import background_halo
     from .noise import mask_radius
 
-    halo = max(int(4.0 * D.DOG_RATIO * float(s) + 0.5) for s in sig) + 2 * md + win // 2 + 1
-    from .background import background_halo
+    halo = max(int(4.0 * DOG_RATIO * float(s) + 0.5) for s in sig) + 2 * md + win // 2 + 1
     from .noise import background_radius
 
-    halo += int(np.ceil(2 * D.DOG_RATIO * float(sig.max()))) + 2 * mask_radius(float(sig.max())) + 4
+    halo += int(np.ceil(2 * DOG_RATIO * float(sig.max()))) + 2 * mask_radius(float(sig.max())) + 4
     halo += background_halo(background_radius(float(sig.min())))
     radius = o["background_radius_px"]
     if radius == "auto":
-        radius = D.auto_background_radius(sig)
+        radius = auto_background_radius(sig)
     if radius is not None:
         halo += background_halo(radius)
 
@@ -69,8 +87,8 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
     def tile_data(c):
         e = extent(c)
         ph, sat, invalid, hot = prepared(e)
-        resp = D._responses(D._detection_image(ph, o["background_radius_px"], name), sig, name)
-        return e, ph, sat, invalid, hot, resp, D._background_level(ph, sig, o, name)
+        resp = _responses(_detection_image(ph, o["background_radius_px"], name), sig, name)
+        return e, ph, sat, invalid, hot, resp, _background_level(ph, sig, o, name)
 
     # pass 1: noise samples of every core (twice when 'auto' finds a structured field)
     o = dict(o)
@@ -80,27 +98,27 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
         for c in cores:
             e, ph, sat, invalid, hot, resp, bg = tile_data(c)
             lc = local(c, e)
-            valid = D._valid_for_noise(sat, invalid, float(sig.min()))
-            samples.append([D._noise_sample_scale(r, s, name, (e[0], e[2]), stride, lc, valid, bg)
+            valid = _valid_for_noise(sat, invalid, float(sig.min()))
+            samples.append([_noise_sample_scale(r, s, name, (e[0], e[2]), stride, lc, valid, bg)
                             for r, s in zip(resp, sig)])
             n_sat += int(sat[lc[0]:lc[1], lc[2]:lc[3]].sum())
             n_hot += int(hot[lc[0]:lc[1], lc[2]:lc[3]].sum())
-        ninfo = D._noise_info(samples, sig, (H, W), o["noise"], o["block"], pnoise)
-        if auto and not D._structured(ninfo):
+        ninfo = _noise_info(samples, sig, (H, W), o["noise"], o["block"], pnoise)
+        if auto and not _structured(ninfo):
             break
     # pass 2: extrema for the adaptive threshold
     parts = []
     if o["threshold"] is None and o["threshold_rule"] == "adaptive":
         for c in cores:
             e, ph, sat, invalid, hot, resp, bg = tile_data(c)
-            parts.append(D._extrema_region(resp, ninfo, sig, name, bg, local(c, e), o, origin=(e[0], e[2])))
-    o = dict(o, skew=D._skew(sig, pnoise, fill, o))
-    thr_snr = D._field_threshold(parts, H * W, o)
+            parts.append(_extrema_region(resp, ninfo, sig, name, bg, local(c, e), o, origin=(e[0], e[2])))
+    o = dict(o, skew=_skew(sig, pnoise, fill, o))
+    thr_snr = _field_threshold(parts, H * W, o)
     # pass 3: detection and fits per tile, spots of the core only
     out_parts = []
     for c in cores:
         e, ph, sat, invalid, hot, resp, bg = tile_data(c)
-        out_parts.append(D._detect_region(ph, resp, sat, invalid, name, sig, ninfo, thr_snr, o,
+        out_parts.append(_detect_region(ph, resp, sat, invalid, name, sig, ninfo, thr_snr, o,
                                           origin=(e[0], e[2]), field_shape=(H, W), core=local(c, e), bg=bg))
     attrs = dict(out_parts[0].attrs)
     for key in ("n_rejected_narrow", "n_rejected_wide"):
@@ -109,6 +127,6 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
     out = pd.concat(nonempty or out_parts[:1], ignore_index=True)
     out = out.sort_values(["y_peak", "x_peak"], kind="stable").reset_index(drop=True)  # row-major, as a whole field
     out.attrs.update(attrs)
-    D._finish_attrs(out, None, None, H * W, n_sat=n_sat, n_hot=n_hot)
+    _finish_attrs(out, None, None, H * W, n_sat=n_sat, n_hot=n_hot)
     out.attrs.update({"tile": tile, "halo": halo, "n_tiles": len(cores)})
     return out

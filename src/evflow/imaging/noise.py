@@ -251,7 +251,7 @@ def _kernel_norm(sigma):
 
 @functools.lru_cache(maxsize=64)
 def _kernel(sigma):
-    from .detect import dog_filter
+    from .dog import dog_filter
 
     n = 2 * int(math.ceil(4 * 3.0 * sigma)) + 11
     d = np.zeros((n, n), np.float64)

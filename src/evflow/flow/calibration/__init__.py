@@ -39,7 +39,13 @@ from .clustering import BeadPopulations, _display, bead_populations, density_gat
 from .mesf import MESFCalibration, calibrate_mesf, fit_mesf_curve
 from .placement import CalibrationWarning
 from .roles import channel_roles, fluorescence_channels, scatter_pair
-from .scatter import ScatterCalibration, calibrate_scatter, fit_scatter_gain, size_gate, size_gate_limits
+from .scatter import (
+    ScatterCalibration,
+    calibrate_scatter,
+    fit_scatter_gain,
+    size_gate,
+    size_gate_limits,
+)
 from .volume import _acquisition_seconds, analysed_volume_ul, concentration_per_ml  # noqa: F401
 
 __all__ = [

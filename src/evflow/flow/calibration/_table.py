@@ -12,7 +12,6 @@ import numpy as np
 from ...backend import array_module
 from ...errors import CalibrationError
 
-
 # --------------------------------------------------------------------------- event tables
 
 

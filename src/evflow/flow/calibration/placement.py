@@ -57,7 +57,7 @@ def place_values(values, medians, in_range, source=""):
     info : dict with ``placement`` (population of each value), ``rms`` (best
         run), ``rms_second`` (second-best run or None), ``ambiguous`` (bool).
     """
-    from .mesf import fit_mesf_curve
+    from .curve import fit_mesf_curve
 
     values = np.asarray(values, float)
     medians = np.asarray(medians, float)

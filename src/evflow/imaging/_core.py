@@ -1,0 +1,322 @@
+"""Detection primitives shared by :mod:`evflow.imaging.detect` and its field/tile passes
+(filters, noise, thresholds, option checks); imports none of them."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from ..backend import array_backend, to_numpy
+from ..errors import ConfigError, ImageError
+
+NOISE_STRIDE = 4
+from .dog import DOG_RATIO, _dog, _dog_gain, dog_filter  # noqa: F401
+
+#: fields smaller than this (pixels) use every pixel for the noise estimate
+NOISE_FULL_BELOW = 1 << 20
+
+
+
+
+
+
+@functools.lru_cache(maxsize=64)
+
+
+
+
+def noise_level(filtered, *, origin=(0, 0), field_pixels=None) -> float:
+    """Robust noise (1.4826 * MAD) of a filtered image over the global sub-grid.
+
+    Fields of at least ``NOISE_FULL_BELOW`` pixels are sampled on every
+    ``NOISE_STRIDE``-th row and column; ``origin`` is the global (y, x) of
+    ``filtered[0, 0]`` so that tiles sample the same pixels as the whole field.
+    """
+    sub = _noise_sample(filtered, origin, field_pixels)
+    return _mad_sigma(sub)
+
+
+def _noise_sample(filtered, origin, field_pixels=None):
+    n = field_pixels if field_pixels is not None else filtered.shape[0] * filtered.shape[1]
+    stride = NOISE_STRIDE if n >= NOISE_FULL_BELOW else 1
+    oy = (-int(origin[0])) % stride
+    ox = (-int(origin[1])) % stride
+    return to_numpy(filtered[oy::stride, ox::stride]).ravel()
+
+
+def _mad_sigma(values) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan")
+    med = np.median(v)
+    return float(1.4826 * np.median(np.abs(v - med)))
+
+
+#: the automatic threshold is never below this many noise sigmas: real camera
+#: noise has heavier tails than the Gaussian the false-positive rule assumes
+MIN_THRESHOLD_SNR = 5.0
+
+
+def auto_threshold_factor(n_pixels: int, false_positives: float = 0.1) -> float:
+    """k (in noise sigmas) for the automatic threshold.
+
+    The Gaussian tail gives ``false_positives`` pixels of pure noise above
+    ``k`` per field of ``n_pixels`` (conservative: neighbouring filtered
+    pixels are correlated); ``k`` is at least :data:`MIN_THRESHOLD_SNR`.
+    """
+    from scipy.special import ndtri
+
+    if not 0 < false_positives < n_pixels:
+        raise ConfigError(f"false_positives must be in (0, n_pixels), got {false_positives}")
+    return max(float(-ndtri(false_positives / float(n_pixels))), MIN_THRESHOLD_SNR)
+
+
+def local_maxima(response, threshold, min_distance_px, *, backend=None, factor=1.0, impl="auto"):
+    """Integer (y, x) of pixels >= threshold that are the maximum within ``min_distance_px``.
+
+    The score is ``response * factor`` (float32; ``factor`` e.g. 1 / noise
+    turns a response into an SNR without a full-image product).  Equal maxima
+    within the distance keep the first in row-major order.  Returns NumPy
+    arrays y, x and the score there, sorted row-major.  ``impl``: the filter
+    implementation ('auto': Numba for NumPy arrays, ndimage for CuPy ones).
+    """
+    from ..kernels import _registry
+
+    name = backend or array_backend(response)
+    kname = _registry.local_maxima.resolve(impl, response)
+    if kname == "numba" and name != "numpy":  # a CuPy score stays on the device
+        kname = "cupy"
+    yy, xx, val = _registry.local_maxima.get(kname)(response, threshold, int(min_distance_px), factor)
+    if len(yy) > 1:
+        keep = _resolve_ties(yy, xx, val, int(min_distance_px))
+        yy, xx, val = yy[keep], xx[keep], val[keep]
+    return yy, xx, val
+
+
+def _resolve_ties(yy, xx, val, r):
+    """Drop a maximum when an equal one lies within r (Chebyshev) earlier in row-major order."""
+    from scipy.spatial import cKDTree
+
+    keep = np.ones(len(yy), dtype=bool)
+    if r < 1:
+        return keep
+    pts = np.column_stack([yy, xx])
+    pairs = cKDTree(pts).query_pairs(r + 0.5, p=np.inf, output_type="ndarray")
+    if len(pairs) == 0:
+        return keep
+    i, j = pairs[:, 0], pairs[:, 1]
+    tie = val[i] == val[j]
+    later = np.maximum(i, j)[tie]  # indices are in row-major order already
+    keep[later] = False
+    return keep
+
+
+def _field_photons(image, camera, name):
+    if camera is not None:
+        return camera.to_photons(image)
+    return image.astype(np.float32, copy=False)
+
+
+#: flag columns of every spot table (bool): the spot's maximum lies within
+#: :func:`~evflow.imaging.artefacts.flag_radius` px of a saturated or a
+#: non-finite pixel, or closer than half a fit window to the field's edge
+FLAG_COLUMNS = ("saturated", "masked", "border")
+
+
+#: the noise of blocks of this size (px) makes the local noise map
+NOISE_BLOCK_PX = 32
+
+
+NOISE_MODELS = ("local", "global")
+
+
+THRESHOLD_RULES = ("adaptive", "false_positives")
+
+
+HOT_PIXEL_RULES = ("repair", "keep")
+
+
+#: a converged free-sigma fit narrower than this share of the PSF (by two CRLBs) is not a spot
+MIN_SIGMA_RATIO = 0.5
+
+
+#: ... or wider than this share (diffuse structure, not a diffraction-limited vesicle)
+MAX_SIGMA_RATIO = 2.5
+
+
+def _check_choice(value, choices, keyword):
+    if value not in choices:
+        raise ConfigError(f"detect_spots: {keyword} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _stride(n_pixels):
+    return NOISE_STRIDE if n_pixels >= NOISE_FULL_BELOW else 1
+
+
+def _as_array(sub, kind, name):
+    if kind == "dask":
+        sub = sub.compute()
+    if name == "cupy":
+        import cupy
+
+        return cupy.asarray(sub)
+    return to_numpy(sub)
+
+
+def _noise_info(samples, sig, shape, noise_model, block_px, pixel_noise=None):
+    """Per scale: (field noise, block grid or None) from the collected noise samples."""
+    from .noise import fit_noise_model, propagated_noise, robust_noise
+
+    out = []
+    for i, _s in enumerate(sig):
+        gy, gx, v, m, b = (np.concatenate([p[i][j] for p in samples]) for j in range(5))
+        fb = propagated_noise(float(_s), pixel_noise) if pixel_noise else None
+        nz = robust_noise(v, m, fallback=fb) if v.size else float("nan")
+        if not nz > 0:
+            raise ImageError(
+                "the field has no measurable noise (constant, all-zero or saturated image): "
+                f"filtered-image MAD is {nz}"
+            )
+        model = fit_noise_model(gy, gx, v, m, b, block_px, nz) if noise_model == "local" else None
+        out.append((nz, model))
+    return out
+
+
+def _responses(det, sig, name):
+    return [dog_filter(det, float(s), backend=name) for s in sig]
+
+
+def _background_level(ph, sig, o, name):
+    """Background map of the local noise model (None for the global one)."""
+    if o["noise"] != "local":
+        return None
+    from ..backend import get_ndi
+    from .noise import background_level
+
+    return background_level(ph, float(sig.min()), get_ndi(name))
+
+
+def _snr(responses, noise_info, name, bg, origin=(0, 0), block_px=NOISE_BLOCK_PX):
+    """SNR map (best scale), response there and scale index (None for one scale)."""
+    from .noise import noise_from_model
+
+    xp = np if name == "numpy" else __import__("cupy")
+    best = best_r = idx = None
+    for i, (r, (nz, model)) in enumerate(zip(responses, noise_info)):
+        if model is None or bg is None:
+            snr = r * np.float32(1.0 / nz)
+        else:
+            snr = r / noise_from_model(model, bg, nz, xp, origin=origin, block_px=block_px)
+        if best is None:
+            best, best_r = snr, r
+            idx = xp.zeros(r.shape, dtype=xp.int8) if len(responses) > 1 else None
+        else:
+            better = snr > best
+            best = xp.where(better, snr, best)
+            best_r = xp.where(better, r, best_r)
+            idx = xp.where(better, xp.int8(i), idx)
+    return best, best_r, idx
+
+
+def _finish_attrs(out, sat, hot, n_pixels, n_sat=None, n_hot=None):
+    out.attrs["saturated_fraction"] = float((sat.sum() if n_sat is None else n_sat) / n_pixels)
+    out.attrs["n_hot_pixels"] = int(hot.sum() if n_hot is None else n_hot)
+
+
+#: with ``background_radius_px='auto'``, a field with at least this many blocks whose noise exceeds the
+#: variance model (structure: cell edges, stripes, texture) is background-subtracted before detection
+STRUCTURED_BLOCKS = 2
+
+
+def _structured(ninfo):
+    return any(m is not None and len(m[2]) >= STRUCTURED_BLOCKS for _nz, m in ninfo)
+
+
+def auto_background_radius(sig) -> int:
+    """Background radius (px) of ``background_radius_px='auto'`` on a structured field: ceil(3.5 sigma)."""
+    return int(math.ceil(3.5 * float(np.max(sig))))
+
+
+def _detection_image(ph, radius, name):
+    if radius is None:
+        return ph
+    from .background import subtract_image_background
+
+    return subtract_image_background(ph, radius, backend=name)
+
+
+def _noise_sample_scale(r, s, name, origin, stride, core, valid, bg=None):
+    from ..backend import get_ndi
+    from .noise import noise_samples
+
+    return noise_samples(r, float(s), get_ndi(name), origin=origin, stride=stride, core=core, valid=valid,
+                         background=bg)
+
+
+def _extrema_region(resp, ninfo, sig, name, bg, core, o, origin=(0, 0)):
+    """Maxima and null minima (SNR) of one region, for the adaptive threshold (None with a manual threshold)."""
+    if o["threshold"] is not None or o["threshold_rule"] != "adaptive":
+        return None
+    from ..backend import get_ndi
+    from .noise import extrema
+
+    snr, _r, _i = _snr(resp, ninfo, name, bg, origin, o["block"])
+    md = _min_distance(o["min_distance_px"], sig)
+    return extrema(snr, md, get_ndi(name), core=core, ring_radius=int(np.ceil(2 * DOG_RATIO * float(sig.max()))))
+
+
+def _field_threshold(parts, n_pixels, o):
+    """Threshold in noise sigmas for the field (nan with a manual threshold)."""
+    if o["threshold"] is not None:
+        return float("nan")
+    k = auto_threshold_factor(n_pixels, o["false_positives"])
+    if o["threshold_rule"] != "adaptive":
+        return k
+    from .noise import choose_threshold
+
+    maxima = np.concatenate([p[0] for p in parts])
+    minima = np.concatenate([p[1] for p in parts])
+    return choose_threshold(maxima, minima, t_max=k, skew=o.get("skew", 0.0), n_pixels=n_pixels)
+
+
+def _skew(sig, pixel_noise, fill, o):
+    from .noise import response_skewness
+
+    return response_skewness(float(sig.min()), pixel_noise, fill)
+
+
+#: spot columns divided by the flat in a flat-field correction
+FLAT_COLUMNS = ("photons", "background", "crlb_photons", "crlb_background")
+
+
+def _apply_flat(out, flat, photons):
+    if flat is None:
+        return out
+    from .background import estimate_flat, flat_at
+
+    if isinstance(flat, str):  # "estimate"
+        flat = estimate_flat(to_numpy(photons))
+    f = flat_at(flat, out["y"].to_numpy(), out["x"].to_numpy()) if len(out) else np.empty(0)
+    out["flat"] = f
+    for col in FLAT_COLUMNS:
+        if col in out:
+            out[col] = out[col].to_numpy() / f
+    return out
+
+
+#: smallest tile core (px) accepted by ``detect_spots(tile=...)``
+MIN_TILE = 32
+
+
+def _sigmas(psf_sigma_px):
+    s = np.atleast_1d(np.asarray(psf_sigma_px, dtype=np.float64))
+    if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ConfigError(f"psf_sigma_px must be > 0 px, got {psf_sigma_px!r}")
+    return s
+
+
+def _min_distance(min_distance_px, sig):
+    return int(min_distance_px) if min_distance_px is not None else max(2, int(round(1.5 * float(sig.min()))))
