@@ -113,10 +113,10 @@ def run_flowkit(ev, repeat):
 def run_gpu(ev, repeat):
     import cupy
 
-    from evflow.kernels import phenotype as kp
-    from evflow.flow import phenotypes as P
     from evflow.flow import gates as G
+    from evflow.flow import phenotypes as P
     from evflow.flow import transforms as T
+    from evflow.kernels import phenotype as kp
 
     d = cupy.asarray(ev)
     lg = T.LogicleTransform(*LOGICLE)

@@ -41,10 +41,10 @@ def main(argv=None):
 
     import time
 
-    import evflow
     import napari
     from imageio import imwrite
 
+    import evflow
     from evflow.pipeline.demo import build_demo
     from evflow_napari._qt import FlowGatingWidget, ResultsBrowserWidget, VesicleDetectionWidget
 

@@ -37,7 +37,6 @@ import numpy as np
 from . import _registry
 from ._registry import renamed_impl
 from .gaussfit_cupy import fit_cupy, launch_cupy
-from .gaussfit_model import cuda_options
 from .gaussfit_model import (
     _INV_SQRT2PI,
     _LAMBDA0,
@@ -50,6 +49,7 @@ from .gaussfit_model import (
     PARAMS,
     STATUS,
     _check,
+    cuda_options,
     initial_guess,
 )
 from .gaussfit_numba import _nb_erf, _nb_exp, _nb_fit_all, _nb_log, fit_numba

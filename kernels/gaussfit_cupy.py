@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .gaussfit_model import cuda_options  # noqa: F401  (the NVRTC options of gaussfit.cu, kept importable here)
 
 

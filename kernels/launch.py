@@ -79,7 +79,7 @@ class Launch:
         """The argument tuple for a ``cupy.RawKernel`` call (scalars as sized NumPy scalars)."""
         return tuple(v if t.endswith("*") else _SCALARS[t](v) for t, v in self.args)
 
-    def check(self) -> "Launch":
+    def check(self) -> Launch:
         """Raise ``TypeError`` unless the arguments agree with the kernel's signature."""
         params = kernel_signature(self.source(), self.kernel)
         if len(params) != len(self.args):
@@ -115,7 +115,7 @@ def _norm(ctype: str) -> str:
 def kernel_signature(source: str, kernel: str) -> tuple:
     """``((type, name), ...)`` of the ``__global__`` function ``kernel`` (``name<targ>`` for a template)."""
     code = re.sub(r"//[^\n]*|/\*.*?\*/", " ", source, flags=re.S)
-    typedefs = dict((b, " ".join(a.split())) for a, b in re.findall(r"\btypedef\s+([\w\s]+?)\s+(\w+)\s*;", code))
+    typedefs = {b: " ".join(a.split()) for a, b in re.findall(r"\btypedef\s+([\w\s]+?)\s+(\w+)\s*;", code)}
     base, _, targ = kernel.partition("<")
     targ = targ.rstrip(">").strip()
     m = re.search(

@@ -15,7 +15,6 @@ from ._cuda import BoundedCache
 from .launch import CUDA_TYPES as _CUDA_TYPES
 from .launch import phenotype_launch, run_cupy
 from .phenotype_plan import (
-    FINE_NBINS,
     MAX_DIMS,
     MAX_SLOTS,
     FusedPlan,

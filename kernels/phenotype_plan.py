@@ -289,7 +289,7 @@ class Partial:
     pos_sum: np.ndarray  # float64 (k,)
     density: np.ndarray  # int64 (nx, ny) or (0, 0)
 
-    def __add__(self, other: "Partial") -> "Partial":
+    def __add__(self, other: Partial) -> Partial:
         return Partial(
             self.n_events + other.n_events,
             self.counts + other.counts,
@@ -307,7 +307,7 @@ class Partial:
         return self.pos_hist.sum(axis=1)
 
     @classmethod
-    def empty(cls, plan: FusedPlan) -> "Partial":
+    def empty(cls, plan: FusedPlan) -> Partial:
         k = plan.n_markers
         return cls(
             0,

@@ -114,7 +114,7 @@ def build_multi(datasets: list[dict]) -> bytes:
     out = b""
     parts = []
     # first pass: sizes with a placeholder NEXTDATA of fixed width
-    for i, spec in enumerate(blobs):
+    for spec in blobs:
         spec = dict(spec)
         extra = dict(spec.pop("extra", {}) or {})
         extra["$NEXTDATA"] = "0" * 12

@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 #: package name -> source folder (as pyproject.toml's package-dir maps them)
 PACKAGES = {"evflow": ROOT / "src" / "evflow", "evflow.kernels": ROOT / "kernels",

@@ -81,8 +81,9 @@ def test_import_evflow_is_light():
 
 
 def test_kernel_sources_ship_with_the_package():
-    import evflow.kernels as k
     from importlib import resources
+
+    import evflow.kernels as k
 
     cu = [p.name for p in resources.files(k).iterdir() if p.name.endswith(".cu")]
     assert {"phenotype.cu", "gaussfit.cu"} <= set(cu), cu

@@ -32,7 +32,7 @@ def _clean_env(**extra):
 
 
 def _index_files(root: Path) -> set:
-    return {p for p in root.rglob("*.nbi")} if root.is_dir() else set()
+    return set(root.rglob("*.nbi")) if root.is_dir() else set()
 
 
 def test_cache_dir_order(tmp_path, monkeypatch):

@@ -7,10 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import shared_path
 
 import evflow
-
-from conftest import shared_path
 
 
 def _run(*args):

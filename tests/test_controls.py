@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from evflow.errors import ConfigError
+from evflow.flow.calibration import fit_scatter_gain
 from evflow.flow.controls import (
     ControlCheck,
     detergent_check,
@@ -17,7 +18,6 @@ from evflow.flow.controls import (
     subtract_buffer_counts,
     threshold_from_control,
 )
-from evflow.flow.calibration import fit_scatter_gain
 from evflow.synth.flow import synthetic_ev_sample
 
 

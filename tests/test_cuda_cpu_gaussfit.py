@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cuda_cpu import runner
+from test_kernels_gaussfit import _windows
+
 from evflow.kernels import gaussfit as gf
 from evflow.kernels import launch as L
-from test_kernels_gaussfit import _windows
 
 pytestmark = pytest.mark.cuda_cpu
 

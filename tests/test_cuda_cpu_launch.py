@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_cpu import runner
 
 import evflow.kernels
-from cuda_cpu import runner
 from evflow.kernels import gaussfit as gf
 from evflow.kernels import launch as L
 from evflow.kernels import phenotype as ph

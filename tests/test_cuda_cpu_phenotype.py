@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cuda_cpu import runner
+from test_kernels_phenotype import _assert_same, _events, _plan
+
 from evflow.kernels import launch as L
 from evflow.kernels import phenotype as ph
-from test_kernels_phenotype import _assert_same, _events, _plan
 
 pytestmark = pytest.mark.cuda_cpu
 

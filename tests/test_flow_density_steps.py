@@ -12,7 +12,7 @@ from test_flow_density import DENSITY_SELECTOR, density_of, same_density
 
 from evflow.flow import gates as G
 from evflow.flow import transforms as T
-from evflow.flow.phenotypes import _wrap_in_memory, density2d
+from evflow.flow.phenotypes import _wrap_in_memory
 from evflow.kernels import phenotype as K
 
 TOP = 262144.0

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import shared_path
 
 import evflow
-from conftest import shared_path
 from evflow.flow import gates as G
 from evflow.flow import transforms as T
 from evflow.flow.compensation import Compensation
-from evflow.flow.phenotypes import count_phenotypes, density2d, parse_threshold_rule, ThresholdRule
+from evflow.flow.phenotypes import ThresholdRule, count_phenotypes, density2d, parse_threshold_rule
 from evflow.kernels import phenotype as kp
 
 # ----------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_known_phenotype_counts(synth_file):
     np.testing.assert_allclose(ds.fraction_of_total.values[0], want / len(ev))
     np.testing.assert_array_equal(ds.threshold.values[0], list(THR.values()))
     # medians and means of the positive events, against NumPy on the gated events
-    for j, (name, (ch, thr)) in enumerate(MK.items()):
+    for j, (_name, (_ch, thr)) in enumerate(MK.items()):
         col = ev[:, j + 2].astype(np.float64)
         pos = col[(codes >= 0) & (col > thr)]
         assert int(ds.n_positive.values[0, j]) == pos.size
@@ -142,8 +142,8 @@ def test_parent_by_id_with_strategy_chain(synth_file):
 
 
 def test_gatingml_compliance_every_gate():
-    from evflow.flow.gatingml import read_gatingml
     from evflow.flow import phenotypes as P
+    from evflow.flow.gatingml import read_gatingml
 
     st = read_gatingml(shared_path("gatingml", "gml", "gml_all_gates.xml"))
     smp = evflow.read_fcs(shared_path("gatingml", "data1.fcs"), scale=True)

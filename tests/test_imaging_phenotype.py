@@ -1,7 +1,6 @@
 """Registration, multicolour phenotyping, counts dataset, colocalisation, failed fields."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import tifffile
 from conftest import shared_path

@@ -1,6 +1,5 @@
 """Tiles with overlap: the same spots as the whole-field run, each kept once."""
 
-import numpy as np
 import pandas as pd
 import pytest
 

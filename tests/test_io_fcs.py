@@ -9,13 +9,12 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, shared_path
+from fcs_builder import build_fcs, build_multi
 
 import evflow
 from evflow.errors import FCSError, FCSWarning
 from evflow.io.fcs import count_data_sets, read_fcs_metadata
-
-from conftest import SHARED_DATA, shared_path
-from fcs_builder import build_fcs, build_multi
 
 flowio = pytest.importorskip("flowio")
 
@@ -25,7 +24,7 @@ def _manifest():
     if not path.exists():
         return []
     with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f, delimiter="\t")]
+        return list(csv.DictReader(f, delimiter="\t"))
 
 
 MANIFEST = _manifest()

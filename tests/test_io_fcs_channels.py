@@ -6,13 +6,12 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import shared_path
+from fcs_builder import build_fcs
 
 import evflow
 from evflow.errors import CalibrationError, FCSError, FCSTextError, FCSWarning, GatingError
 from evflow.io.fcs import NOMINAL_RANGE, FCSSample, as_sample, read_fcs
-
-from conftest import shared_path
-from fcs_builder import build_fcs
 
 
 def _write(tmp_path, name, values, **kw):

@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import warnings
 
-import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import SHARED_DATA  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import evflow  # noqa: E402
 from evflow.errors import FCSError  # noqa: E402
-
-from conftest import SHARED_DATA  # noqa: E402
 
 SOURCES = [
     "fcs/flowio/data1.fcs",  # FCS 2.0, big-endian 16-bit, backslash delimiter

@@ -11,13 +11,13 @@ import types
 
 import numpy as np
 import pytest
+
+import evflow
+from evflow.errors import BackendError, ImplementationError
 from evflow.kernels import _registry as R
 from evflow.kernels import gaussfit as gf
 from evflow.kernels import phenotype as ph
 from evflow.kernels import phenotype_plan as plan_mod
-
-import evflow
-from evflow.errors import BackendError, ImplementationError
 
 # ----------------------------------------------------------------------------- registry
 
@@ -112,12 +112,11 @@ def test_import_evflow_kernels_never_imports_cupy():
 
 
 def _public_functions():
-    from evflow.kernels import transforms as KT
-
     from evflow.flow import phenotypes as P
     from evflow.flow import transforms as T
     from evflow.imaging import detect as D
     from evflow.imaging import localize as L
+    from evflow.kernels import transforms as KT
 
     return [P.count_phenotypes, P.density2d, T.LogicleTransform.apply, T.HyperlogTransform.apply, KT.forward_fast,
             gf.fit_gaussians, ph.fused, D.detect_spots, D.dog_filter, D.local_maxima, L.fit_spots]
@@ -133,10 +132,9 @@ def test_public_signatures_have_one_selector():
 
 
 def test_old_keywords_warn_and_map_to_impl():
-    from evflow.kernels import transforms as KT
-
     from evflow.flow.phenotypes import count_phenotypes, density2d
     from evflow.flow.transforms import LogicleTransform
+    from evflow.kernels import transforms as KT
 
     rng = np.random.default_rng(0)
     ev = rng.normal(1.0, 1.0, (5000, 2))

@@ -100,12 +100,8 @@ _EXPORTS = {
 # names that worked at the top level before the gates/transforms namespaces:
 # still resolved, but not part of __all__ (use evflow.gates.X / evflow.transforms.X)
 _COMPAT = {
-    **{name: "evflow.gates" for name in (
-        "GatingStrategy", "GatingResults", "Dimension", "RatioDimension", "RectangleGate", "RangeGate",
-        "PolygonGate", "EllipsoidGate", "QuadrantGate", "Quadrant", "BooleanGate")},
-    **{name: "evflow.transforms" for name in (
-        "Compensation", "LinearTransform", "LogTransform", "AsinhTransform", "LogicleTransform",
-        "HyperlogTransform")},
+    **dict.fromkeys(("GatingStrategy", "GatingResults", "Dimension", "RatioDimension", "RectangleGate", "RangeGate", "PolygonGate", "EllipsoidGate", "QuadrantGate", "Quadrant", "BooleanGate"), "evflow.gates"),
+    **dict.fromkeys(("Compensation", "LinearTransform", "LogTransform", "AsinhTransform", "LogicleTransform", "HyperlogTransform"), "evflow.transforms"),
     # deprecated name of subtract_image_background (warns when called)
     "subtract_background": "evflow.imaging.background",
 }

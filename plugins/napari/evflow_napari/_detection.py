@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+
 from evflow.errors import ConfigError
 
 __all__ = ["DetectionParameters", "detect_field", "resolve_registration", "experiment_thresholds", "export_parameters",

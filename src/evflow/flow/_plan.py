@@ -270,7 +270,7 @@ def _compile(sample, sname, chain, mask_gate, strategy, marker_specs, compensati
                 raise GatingError(
                     f"gate {use_mask!r} ({type(chain[-1]).__name__}) is evaluated by the strategy, "
                     "but the strategy holds no such gate object; add it with strategy.add_gate()"
-                )
+                ) from None
             strategy.validate(sample.channels, fcs_comp, [use_mask])
     # compensation of the markers: the gates' own, unless given
     mcomp = comp.comp

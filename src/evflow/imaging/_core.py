@@ -10,9 +10,9 @@ import numpy as np
 
 from ..backend import array_backend, to_numpy
 from ..errors import ConfigError, ImageError
+from .dog import DOG_RATIO, _dog, _dog_gain, dog_filter  # noqa: F401
 
 NOISE_STRIDE = 4
-from .dog import DOG_RATIO, _dog, _dog_gain, dog_filter  # noqa: F401
 
 #: fields smaller than this (pixels) use every pixel for the noise estimate
 NOISE_FULL_BELOW = 1 << 20

@@ -89,7 +89,7 @@ def _per_marker(value, markers, name):
         if missing:
             raise ConfigError(f"{name} has no entry for marker(s) {missing}; has {list(value)}")
         return {m: value[m] for m in markers}
-    return {m: value for m in markers}
+    return dict.fromkeys(markers, value)
 
 
 def _unit_value(u, marker):

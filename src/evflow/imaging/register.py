@@ -73,7 +73,7 @@ class ChannelRegistration:
         }
 
     @classmethod
-    def from_dict(cls, d) -> "ChannelRegistration":
+    def from_dict(cls, d) -> ChannelRegistration:
         return cls(
             reference=d["reference"],
             transforms={k: np.asarray(v, dtype=np.float64).reshape(2, 3) for k, v in d["transforms"].items()},
@@ -82,11 +82,11 @@ class ChannelRegistration:
         )
 
     @classmethod
-    def identity(cls, channels) -> "ChannelRegistration":
+    def identity(cls, channels) -> ChannelRegistration:
         eye = np.hstack([np.eye(2), np.zeros((2, 1))])
         channels = list(channels)
         return cls(reference=channels[0], transforms={c: eye.copy() for c in channels},
-                   residual_rms_px={c: 0.0 for c in channels}, n_matched={c: 0 for c in channels})
+                   residual_rms_px=dict.fromkeys(channels, 0.0), n_matched=dict.fromkeys(channels, 0))
 
 
 def register_points(moving, reference, *, max_shift_px=10.0, radius_px=1.0, n_iter=5, outlier_mad=4.0):
@@ -159,7 +159,7 @@ def register_channels(beads, *, markers=None, reference=0, psf_sigma_px=None, ma
     from .detect import detect_spots
 
     if isinstance(beads, dict):
-        tables = {k: v for k, v in beads.items()}
+        tables = dict(beads.items())
         names = list(markers) if markers is not None else list(tables)
     else:
         arr = beads

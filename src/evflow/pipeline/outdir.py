@@ -99,7 +99,7 @@ class OutputFolder:
             return True
         return name in (self._manifest or {}).get("entries", [])
 
-    def claim(self) -> "OutputFolder":
+    def claim(self) -> OutputFolder:
         """Check that the folder is evflow's (or new, or empty, or ``force``) and mark it as evflow's."""
         p = self.path
         if p.exists() and not p.is_dir():
@@ -139,7 +139,7 @@ class OutputFolder:
             raise OutputError(f"output folder {self.path}: cannot write in it ({_os_reason(exc)})") from None
 
     # ------------------------------------------------------------------ lock
-    def lock(self) -> "OutputFolder":
+    def lock(self) -> OutputFolder:
         """Take the folder's exclusive lock, or raise :class:`OutputError` naming the run that holds it."""
         p = self.state / "lock"
         try:
@@ -265,7 +265,7 @@ class OutputFolder:
             os.replace(tmp, p)
 
     # ------------------------------------------------------------------ context manager
-    def __enter__(self) -> "OutputFolder":
+    def __enter__(self) -> OutputFolder:
         self.claim()
         self.lock()
         try:

@@ -188,7 +188,7 @@ def assemble(ctx) -> xr.Dataset:
     qc = quality_checks(fds, exp)
     if fds is not None:
         flags = []
-        for i, n in enumerate(fds["sample"].values):
+        for i in range(len(fds["sample"])):
             f = []
             if fds["n_parent"].values[i] < 100:
                 f.append("fewer than 100 events in the parent gate")

@@ -82,7 +82,7 @@ class Stage:
     and ``task_seconds`` (sum of the bodies' times of the computed items).
     """
 
-    def __init__(self, runner: "Runner", kind: str, body: Callable, *, name: Callable | None = None,
+    def __init__(self, runner: Runner, kind: str, body: Callable, *, name: Callable | None = None,
                  what: Callable | None = None, shown: Callable | None = None, **params):
         self.runner = runner
         self.kind = kind

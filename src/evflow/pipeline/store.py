@@ -99,7 +99,7 @@ class ResultStore:
         self.root = Path(out) / ".evflow" / "items"
 
     @classmethod
-    def at(cls, root) -> "ResultStore":
+    def at(cls, root) -> ResultStore:
         """A store whose item folder is ``root`` (as passed to tasks)."""
         st = cls.__new__(cls)
         st.root = Path(root)

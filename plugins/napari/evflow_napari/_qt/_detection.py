@@ -241,9 +241,10 @@ class VesicleDetectionWidget(QWidget):
     # ------------------------------------------------------------ run
     def run(self):
         """Detect in the current field in a worker thread (napari progress bar); returns the worker."""
-        from evflow.backend import gpu_available
         from napari.qt.threading import create_worker
         from napari.utils import progress
+
+        from evflow.backend import gpu_available
 
         if self.current_layer() is None:
             self.status.setText("open a TIFF field or a results.zarr first")

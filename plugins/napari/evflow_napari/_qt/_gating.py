@@ -21,8 +21,17 @@ from qtpy.QtWidgets import (
 )
 
 from .._experiment import experiment_gating, save_thresholds
-from .._flow import (TRANSFORM_KINDS, FlowView, axis_ticks, channel_top, convert_shapes, counts_for,
-                     default_markers, gates_to_shapes, shapes_to_gates)
+from .._flow import (
+    TRANSFORM_KINDS,
+    FlowView,
+    axis_ticks,
+    channel_top,
+    convert_shapes,
+    counts_for,
+    default_markers,
+    gates_to_shapes,
+    shapes_to_gates,
+)
 
 __all__ = ["FlowGatingWidget"]
 
@@ -181,7 +190,7 @@ class FlowGatingWidget(QWidget):
         for box, val in ((self.x_box, self.view.x), (self.y_box, self.view.y)):
             box.blockSignals(True)
             box.clear()
-            box.addItems([c for c in self.view.sample.channels])
+            box.addItems(list(self.view.sample.channels))
             box.setCurrentText(val)
             box.blockSignals(False)
         for box, val in ((self.tx_box, self.view.x_transform), (self.ty_box, self.view.y_transform)):

@@ -371,7 +371,7 @@ class GatingStrategy:
                             f"gate {gid!r}: channel {c!r} is not in the sample{via}; channels are {channels}"
                         )
 
-    def apply(self, sample, backend: str | None = None, gate_ids=None) -> "GatingResults":
+    def apply(self, sample, backend: str | None = None, gate_ids=None) -> GatingResults:
         """Apply the strategy to a sample, lazily (one dask graph, one pass over the row chunks).
 
         Parameters

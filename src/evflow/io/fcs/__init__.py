@@ -35,16 +35,16 @@ from .data import (
     _data_offsets,
     _DataSegment,
     _decode_ascii_fixed,
-    _is_number,
     _decode_rows,
     _default_chunk_events,
+    _is_number,
     _Layout,
     _layout,
     _read_delimited_ascii,
     _scale_block,
     _scale_params,
 )
-from .header import HEADER_SIZE, _Header, _open_checked, _read_header, _VERSION_RE
+from .header import _VERSION_RE, HEADER_SIZE, _Header, _open_checked, _read_header
 from .sample import FCSSample, _wrap_in_memory, as_sample, count_data_sets, read_fcs, read_fcs_metadata
 from .text import (
     _MAX_PAR,

@@ -14,8 +14,8 @@ import numpy as np
 from ...errors import FCSError, FCSTextError
 from . import text as _text
 from .data import (
-    _DataSegment,
     _data_offsets,
+    _DataSegment,
     _default_chunk_events,
     _layout,
     _read_delimited_ascii,
