@@ -58,8 +58,7 @@ def run_evflow(ev, chunk, impl, repeat, backend="numpy", warm=True):
     import dask.array as da
 
     import evflow
-    from evflow.flow import gates as G
-    from evflow.flow import transforms as T
+    from evflow.flow import gates as G, transforms as T
     from evflow.io.fcs import FCSSample
 
     if backend == "cupy":
@@ -113,9 +112,7 @@ def run_flowkit(ev, repeat):
 def run_gpu(ev, repeat):
     import cupy
 
-    from evflow.flow import gates as G
-    from evflow.flow import phenotypes as P
-    from evflow.flow import transforms as T
+    from evflow.flow import gates as G, phenotypes as P, transforms as T
     from evflow.kernels import phenotype as kp
 
     d = cupy.asarray(ev)

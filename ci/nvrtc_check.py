@@ -23,8 +23,7 @@ import tempfile
 
 import numpy as np
 
-from evflow.kernels import launch as L
-from evflow.kernels import phenotype as ph
+from evflow.kernels import launch as L, phenotype as ph
 
 
 def _nvrtc(nvidia_dir):

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba import HAVE_NUMBA, LAUNCH_LOCK, get_num_threads, njit
-from ._numba import prange as _prange
+from ._numba import HAVE_NUMBA, LAUNCH_LOCK, get_num_threads, njit, prange as _prange
 
 __all__ = [
     "HAVE_NUMBA",

@@ -6,9 +6,7 @@ import math
 
 import numpy as np
 
-from ._numba import LAUNCH_LOCK, get_num_threads, njit
-from ._numba import numba as _numba
-from ._numba import prange as _prange
+from ._numba import LAUNCH_LOCK, get_num_threads, njit, numba as _numba, prange as _prange
 from .gaussfit_model import (
     _INV_SQRT2PI,
     _LAMBDA0,

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._cuda import BoundedCache
-from .launch import CUDA_TYPES as _CUDA_TYPES
-from .launch import phenotype_launch, run_cupy
+from .launch import CUDA_TYPES as _CUDA_TYPES, phenotype_launch, run_cupy
 from .phenotype_plan import (
     MAX_DIMS,
     MAX_SLOTS,

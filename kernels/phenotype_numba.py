@@ -12,10 +12,7 @@ import math
 
 import numpy as np
 
-from ._numba import LAUNCH_LOCK as _NUMBA_LOCK
-from ._numba import njit as _njit
-from ._numba import numba
-from ._numba import prange as _prange
+from ._numba import LAUNCH_LOCK as _NUMBA_LOCK, njit as _njit, numba, prange as _prange
 from .phenotype_numpy import table_eval
 from .phenotype_plan import (  # noqa: F401
     _D_COMP,

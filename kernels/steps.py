@@ -39,8 +39,7 @@ import math
 
 import numpy as np
 
-from ._numba import HAVE_NUMBA, LAUNCH_LOCK, njit
-from ._numba import prange as _prange
+from ._numba import HAVE_NUMBA, LAUNCH_LOCK, njit, prange as _prange
 
 __all__ = ["changepoints_numpy", "changepoints_numba", "binseg_numpy", "binseg_numba", "changepoints"]
 

@@ -13,8 +13,7 @@ import pytest
 from cuda_cpu import runner
 from test_kernels_gaussfit import _windows
 
-from evflow.kernels import gaussfit as gf
-from evflow.kernels import launch as L
+from evflow.kernels import gaussfit as gf, launch as L
 
 pytestmark = pytest.mark.cuda_cpu
 

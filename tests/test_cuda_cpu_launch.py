@@ -9,9 +9,7 @@ import pytest
 from cuda_cpu import runner
 
 import evflow.kernels
-from evflow.kernels import gaussfit as gf
-from evflow.kernels import launch as L
-from evflow.kernels import phenotype as ph
+from evflow.kernels import gaussfit as gf, launch as L, phenotype as ph
 
 pytestmark = pytest.mark.cuda_cpu
 

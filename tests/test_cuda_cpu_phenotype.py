@@ -13,8 +13,7 @@ import pytest
 from cuda_cpu import runner
 from test_kernels_phenotype import _assert_same, _events, _plan
 
-from evflow.kernels import launch as L
-from evflow.kernels import phenotype as ph
+from evflow.kernels import launch as L, phenotype as ph
 
 pytestmark = pytest.mark.cuda_cpu
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from general_checks import assert_equal, assert_same_across_impls
 
-from evflow.flow import gates as G
-from evflow.flow import transforms as T
+from evflow.flow import gates as G, transforms as T
 from evflow.flow.phenotypes import density2d
 from evflow.kernels import phenotype as K
 

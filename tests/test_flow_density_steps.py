@@ -10,8 +10,7 @@ import pytest
 from general_checks import assert_same_across_impls
 from test_flow_density import DENSITY_SELECTOR, density_of, same_density
 
-from evflow.flow import gates as G
-from evflow.flow import transforms as T
+from evflow.flow import gates as G, transforms as T
 from evflow.flow.phenotypes import _wrap_in_memory
 from evflow.kernels import phenotype as K
 

@@ -7,8 +7,7 @@ import pytest
 from conftest import shared_path
 
 import evflow
-from evflow.flow import gates as G
-from evflow.flow import transforms as T
+from evflow.flow import gates as G, transforms as T
 from evflow.flow.compensation import Compensation
 from evflow.flow.phenotypes import ThresholdRule, count_phenotypes, density2d, parse_threshold_rule
 from evflow.kernels import phenotype as kp

@@ -9,8 +9,12 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 from conftest import SHARED_DATA  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import (  # noqa: E402
+    HealthCheck,
+    given,
+    settings,
+    strategies as st,  # noqa: E402
+)
 
 import evflow  # noqa: E402
 from evflow.errors import FCSError  # noqa: E402

@@ -14,10 +14,7 @@ import pytest
 
 import evflow
 from evflow.errors import BackendError, ImplementationError
-from evflow.kernels import _registry as R
-from evflow.kernels import gaussfit as gf
-from evflow.kernels import phenotype as ph
-from evflow.kernels import phenotype_plan as plan_mod
+from evflow.kernels import _registry as R, gaussfit as gf, phenotype as ph, phenotype_plan as plan_mod
 
 # ----------------------------------------------------------------------------- registry
 
@@ -112,10 +109,8 @@ def test_import_evflow_kernels_never_imports_cupy():
 
 
 def _public_functions():
-    from evflow.flow import phenotypes as P
-    from evflow.flow import transforms as T
-    from evflow.imaging import detect as D
-    from evflow.imaging import localize as L
+    from evflow.flow import phenotypes as P, transforms as T
+    from evflow.imaging import detect as D, localize as L
     from evflow.kernels import transforms as KT
 
     return [P.count_phenotypes, P.density2d, T.LogicleTransform.apply, T.HyperlogTransform.apply, KT.forward_fast,
@@ -232,8 +227,7 @@ def test_phenotype_cu_has_no_hand_written_copies_and_uses_only_generated_names()
 
 
 def test_gaussfit_cu_defaults_agree_with_python():
-    from evflow.kernels import gaussfit_model as M
-    from evflow.kernels import read_source
+    from evflow.kernels import gaussfit_model as M, read_source
 
     src = read_source("gaussfit.cu")
     opts = dict(o[2:].split("=", 1) for o in gf.cuda_options(9))

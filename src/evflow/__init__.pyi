@@ -1,95 +1,55 @@
 """Type stub of evflow's lazily imported public API (see __init__.py); keep in step with _EXPORTS."""
 
-from . import gates as gates
-from . import metrics as metrics
-from . import synth as synth
-from . import synth_bleaching as synth_bleaching
-from . import transforms as transforms
-from .backend import (
-    gpu_available as gpu_available,
+from . import (
+    gates as gates,
+    metrics as metrics,
+    synth as synth,
+    synth_bleaching as synth_bleaching,
+    transforms as transforms,
 )
 from .backend import (
+    gpu_available as gpu_available,
     resolve_backend as resolve_backend,
 )
 from .errors import (
     BackendError as BackendError,
-)
-from .errors import (
     CalibrationError as CalibrationError,
-)
-from .errors import (
     ConfigError as ConfigError,
-)
-from .errors import (
     EvflowError as EvflowError,
-)
-from .errors import (
     FCSError as FCSError,
-)
-from .errors import (
     GatingError as GatingError,
-)
-from .errors import (
     ImageError as ImageError,
 )
 from .flow.calibration import (
     MESFCalibration as MESFCalibration,
-)
-from .flow.calibration import (
     ScatterCalibration as ScatterCalibration,
-)
-from .flow.calibration import (
     analysed_volume_ul as analysed_volume_ul,
-)
-from .flow.calibration import (
     calibrate_mesf as calibrate_mesf,
-)
-from .flow.calibration import (
     calibrate_scatter as calibrate_scatter,
-)
-from .flow.calibration import (
     concentration_per_ml as concentration_per_ml,
-)
-from .flow.calibration import (
     fit_scatter_gain as fit_scatter_gain,
-)
-from .flow.calibration import (
     size_gate as size_gate,
 )
 from .flow.controls import (
     evaluate_controls as evaluate_controls,
-)
-from .flow.controls import (
     miflowcyt_ev_items as miflowcyt_ev_items,
-)
-from .flow.controls import (
     subtract_buffer_counts as subtract_buffer_counts,
-)
-from .flow.controls import (
     threshold_from_control as threshold_from_control,
 )
 from .flow.gatingml import (
     read_gatingml as read_gatingml,
-)
-from .flow.gatingml import (
     write_gatingml as write_gatingml,
 )
 from .flow.phenotypes import (
     count_phenotypes as count_phenotypes,
-)
-from .flow.phenotypes import (
     density2d as density2d,
 )
 from .imaging.background import (
     estimate_flat as estimate_flat,
-)
-from .imaging.background import (
     subtract_image_background as subtract_image_background,
 )
 from .imaging.bleaching import (
     BleachingSteps as BleachingSteps,
-)
-from .imaging.bleaching import (
     count_bleaching_steps as count_bleaching_steps,
 )
 from .imaging.camera import (
@@ -100,23 +60,13 @@ from .imaging.colocalize import (
 )
 from .imaging.copies import (
     UnitBrightness as UnitBrightness,
-)
-from .imaging.copies import (
     copies_per_vesicle as copies_per_vesicle,
-)
-from .imaging.copies import (
     copies_summary as copies_summary,
-)
-from .imaging.copies import (
     fluorophores_from_mesf as fluorophores_from_mesf,
-)
-from .imaging.copies import (
     unit_brightness as unit_brightness,
 )
 from .imaging.count import (
     count_vesicles as count_vesicles,
-)
-from .imaging.count import (
     thresholds_from_control as thresholds_from_control,
 )
 from .imaging.detect import (
@@ -124,8 +74,6 @@ from .imaging.detect import (
 )
 from .imaging.register import (
     ChannelRegistration as ChannelRegistration,
-)
-from .imaging.register import (
     register_channels as register_channels,
 )
 from .imaging.traces import (
@@ -133,11 +81,7 @@ from .imaging.traces import (
 )
 from .io.fcs import (
     FCSSample as FCSSample,
-)
-from .io.fcs import (
     read_fcs as read_fcs,
-)
-from .io.fcs import (
     write_fcs as write_fcs,
 )
 from .io.images import (

@@ -98,9 +98,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
 from ._checks import DETECTION_KEYS, _check_detection, _check_numbers, _check_size, _path_resolver
-from .inputs import check_channels as _check_channels
-from .inputs import fcs_without_volume as _no_volume
-from .inputs import tiff_channels as _tiff_channels
+from .inputs import check_channels as _check_channels, fcs_without_volume as _no_volume, tiff_channels as _tiff_channels
 
 __all__ = ["Experiment", "Sample", "load_experiment", "validate_experiment", "default", "schema_table", "ROLES",
            "SCHEMA"]

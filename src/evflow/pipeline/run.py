@@ -28,8 +28,7 @@ import numpy as np
 
 from ..errors import EvflowError
 from ..flow.thresholds import ThresholdRule, experiment_rule
-from . import flow as fl
-from . import imaging as im
+from . import flow as fl, imaging as im
 from .config import load_experiment
 from .scheduler import split_samples
 from .stage import RunContext, Runner
