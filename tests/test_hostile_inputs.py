@@ -65,7 +65,7 @@ def test_delimited_ascii_without_tot_reads_every_event(tmp_path):
 
 
 def test_info_walks_nextdata_chain_once(tmp_path, monkeypatch, capsys):
-    import evflow.io.fcs as F
+    import evflow.io.fcs.text as F  # where the chain walk looks the reader up
 
     n = 25
     blob = build_multi([{"values": np.full((2, 2), k), "datatype": "I"} for k in range(n)])
