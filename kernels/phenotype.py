@@ -82,7 +82,7 @@ from .phenotype_numpy import (  # noqa: F401
     slot_values,
     table_eval,
 )
-from .phenotype_plan import (  # noqa: F401  (the packed layout)  # noqa: F401
+from .phenotype_plan import (  # noqa: F401  (the packed layout)
     _D_COMP,
     _D_DIM_PARAM,
     _D_ELL_D2,

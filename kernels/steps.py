@@ -62,6 +62,18 @@ def _prepare(traces, noise_var, noise_gain):
     return x, a, g
 
 
+def _launch(batch, traces, noise_var, noise_gain, penalty, min_size, max_cp):
+    """Run a batched Numba kernel ``batch(x, a, g, pen, ms, max_cp, cps, n_cp)`` over every trace."""
+    x, a, g = _prepare(traces, noise_var, noise_gain)
+    n_tr = x.shape[0]
+    cps = np.full((n_tr, max_cp), -1, dtype=np.int64)
+    n_cp = np.zeros(n_tr, dtype=np.int64)
+    if n_tr:
+        with LAUNCH_LOCK:
+            batch(x, a, g, float(penalty), int(min_size), int(max_cp), cps, n_cp)
+    return cps, n_cp
+
+
 def _backtrack(last, n):
     out = []
     t = n
@@ -115,8 +127,9 @@ def changepoints_numpy(traces, noise_var, noise_gain, penalty, min_size=2, max_c
     return cps, n_cp
 
 
-@_njit()
-def _one_trace(x, a, g, pen, ms, max_cp, cps_row, s1, s2, f, last, cand, tots):
+@_njit(inline="always")
+def _centred_sums1(x, s1, s2):
+    """Prefix sums of ``x - mean(x)`` and of its square into ``s1``/``s2`` (n + 1 each); returns the mean."""
     n = x.shape[0]
     c = 0.0
     for j in range(n):
@@ -132,6 +145,30 @@ def _one_trace(x, a, g, pen, ms, max_cp, cps_row, s1, s2, f, last, cand, tots):
         acc2 += d * d
         s1[j + 1] = acc1
         s2[j + 1] = acc2
+    return c
+
+
+@_njit(inline="always")
+def _cost1(s1, s2, c, a, g, s, t):
+    ln = float(t - s)
+    sm = s1[t] - s1[s]
+    m = sm / ln
+    sse = s2[t] - s2[s] - sm * m
+    if sse < 0.0:
+        sse = 0.0
+    mu = m + c
+    if mu < 0.0:
+        mu = 0.0
+    v = a + g * mu
+    if v < _VAR_FLOOR:
+        v = _VAR_FLOOR
+    return sse / v + ln * math.log(v)
+
+
+@_njit()
+def _one_trace(x, a, g, pen, ms, max_cp, cps_row, s1, s2, f, last, cand, tots):
+    n = x.shape[0]
+    c = _centred_sums1(x, s1, s2)
     f[0] = -pen
     n_c = 1
     cand[0] = 0
@@ -143,19 +180,7 @@ def _one_trace(x, a, g, pen, ms, max_cp, cps_row, s1, s2, f, last, cand, tots):
         best_s = 0
         for k in range(n_c):
             s = cand[k]
-            ln = float(t - s)
-            sm = s1[t] - s1[s]
-            m = sm / ln
-            sse = s2[t] - s2[s] - sm * m
-            if sse < 0.0:
-                sse = 0.0
-            mu = m + c
-            if mu < 0.0:
-                mu = 0.0
-            v = a + g * mu
-            if v < _VAR_FLOOR:
-                v = _VAR_FLOOR
-            tot = f[s] + (sse / v + ln * math.log(v)) + pen
+            tot = f[s] + _cost1(s1, s2, c, a, g, s, t) + pen
             tots[k] = tot
             if tot < best:
                 best = tot
@@ -202,14 +227,7 @@ def changepoints_numba(traces, noise_var, noise_gain, penalty, min_size=2, max_c
     """Fast CPU version; same arguments and results as :func:`changepoints_numpy`."""
     if not HAVE_NUMBA:  # pragma: no cover
         return changepoints_numpy(traces, noise_var, noise_gain, penalty, min_size, max_cp)
-    x, a, g = _prepare(traces, noise_var, noise_gain)
-    n_tr = x.shape[0]
-    cps = np.full((n_tr, max_cp), -1, dtype=np.int64)
-    n_cp = np.zeros(n_tr, dtype=np.int64)
-    if n_tr:
-        with LAUNCH_LOCK:
-            _changepoints_batch(x, a, g, float(penalty), int(min_size), int(max_cp), cps, n_cp)
-    return cps, n_cp
+    return _launch(_changepoints_batch, traces, noise_var, noise_gain, penalty, min_size, max_cp)
 
 
 # ---------------------------------------------------------------------------
@@ -289,23 +307,6 @@ def binseg_numpy(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64):
     return cps, n_cp
 
 
-@_njit(inline="always")
-def _cost1(s1, s2, c, a, g, s, t):
-    ln = float(t - s)
-    sm = s1[t] - s1[s]
-    m = sm / ln
-    sse = s2[t] - s2[s] - sm * m
-    if sse < 0.0:
-        sse = 0.0
-    mu = m + c
-    if mu < 0.0:
-        mu = 0.0
-    v = a + g * mu
-    if v < _VAR_FLOOR:
-        v = _VAR_FLOOR
-    return sse / v + ln * math.log(v)
-
-
 @_njit()
 def _best_split1(s1, s2, c, a, g, s, e, ms):
     if e - s < 2 * ms:
@@ -323,20 +324,7 @@ def _best_split1(s1, s2, c, a, g, s, e, ms):
 @_njit()
 def _binseg_one(x, a, g, pen, ms, max_cp, cps_row, s1, s2, seg_s, seg_e, gain, split):
     n = x.shape[0]
-    c = 0.0
-    for j in range(n):
-        c += x[j]
-    c = c / n
-    s1[0] = 0.0
-    s2[0] = 0.0
-    acc1 = 0.0
-    acc2 = 0.0
-    for j in range(n):
-        d = x[j] - c
-        acc1 += d
-        acc2 += d * d
-        s1[j + 1] = acc1
-        s2[j + 1] = acc2
+    c = _centred_sums1(x, s1, s2)
     n_seg = 1
     seg_s[0] = 0
     seg_e[0] = n
@@ -383,13 +371,7 @@ def binseg_numba(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64):
     """Fast CPU binary segmentation; same arguments and results as :func:`binseg_numpy`."""
     if not HAVE_NUMBA:  # pragma: no cover
         return binseg_numpy(traces, noise_var, noise_gain, penalty, min_size, max_cp)
-    x, a, g = _prepare(traces, noise_var, noise_gain)
-    n_tr = x.shape[0]
-    cps = np.full((n_tr, max_cp), -1, dtype=np.int64)
-    n_cp = np.zeros(n_tr, dtype=np.int64)
-    if n_tr:
-        with LAUNCH_LOCK:
-            _binseg_batch(x, a, g, float(penalty), int(min_size), int(max_cp), cps, n_cp)
+    cps, n_cp = _launch(_binseg_batch, traces, noise_var, noise_gain, penalty, min_size, max_cp)
     cps[n_cp < 0] = -1
     return cps, n_cp
 

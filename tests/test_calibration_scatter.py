@@ -223,7 +223,7 @@ def test_size_gate(size_calibration):
     assert inside[near].all() and not inside[far].any()
     with pytest.raises(CalibrationError):
         size_gate_limits(size_calibration, 200.0, 50.0)
-    gates = pytest.importorskip("evflow.flow.gates")
+    import evflow.flow.gates as gates
     gate = size_gate(size_calibration, 50.0, 200.0, gate_id="EV 50-200 nm")
     assert isinstance(gate, gates.RectangleGate)
     np.testing.assert_array_equal(np.asarray(gate.contains(s[:, None])), inside & (s < hi))
@@ -256,7 +256,7 @@ def test_concentration_from_vol_time_and_user(tmp_path):
 
 
 def test_size_gate_as_parent_in_gating_strategy(size_calibration):
-    gates = pytest.importorskip("evflow.flow.gates")
+    import evflow.flow.gates as gates
     ev, truth = synthetic_ev_sample(3000, fraction_positive=0.4, mesf_positive=5000, mesf_cv=0.1, seed=9)
     lo, hi = size_gate_limits(size_calibration, 60.0, 200.0)
     strategy = gates.GatingStrategy([

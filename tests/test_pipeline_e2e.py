@@ -261,25 +261,13 @@ def test_sigkill_then_resume_identical(demo_run, tmp_path):
     _same(again, ref)
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        p = shutil.which(name)
-        if p:
-            return p
-    return None
-
-
-def test_report_in_headless_browser(demo_run, tmp_path):
-    chrome = _chromium()
-    if chrome is None:
-        pytest.skip("no chromium binary found (Debian: apt-get install chromium)")
+def test_report_in_headless_browser(demo_run, tmp_path, headless_chromium):
     out, _ = demo_run
     report = out / "report.html"
     text = report.read_text()
     assert "http://" not in text and "https://" not in text and "<script" not in text.lower()
     assert text.count("data:image/png;base64,") >= 7
-    base = [chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    base = [*headless_chromium, "--enable-logging=stderr", "--v=0"]
     shot = tmp_path / "shot.png"
     r = subprocess.run(base + [f"--screenshot={shot}", "--window-size=1400,5000", report.as_uri()],
                        capture_output=True, text=True, timeout=120)

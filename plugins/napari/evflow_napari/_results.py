@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from evflow.flow.intervals import wilson_interval  # the one Wilson interval of the project (datasets, tables)
+
 __all__ = ["wilson_interval", "sample_table"]
-
-
-def wilson_interval(count, n, z=1.959963984540054):
-    """Wilson score interval (default 95 %) of a fraction ``count / n``; NaN where ``n`` is 0."""
-    k = np.asarray(count, np.float64)
-    n = np.asarray(n, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        den = 1 + z * z / n
-        centre = (p + z * z / (2 * n)) / den
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    lo, hi = centre - half, centre + half
-    bad = ~(n > 0)
-    return np.where(bad, np.nan, np.clip(lo, 0, 1)), np.where(bad, np.nan, np.clip(hi, 0, 1))
 
 
 def sample_table(ds, sample, modality="flow"):

@@ -11,6 +11,7 @@ import numpy as np
 from ..backend import array_backend, to_numpy
 from ..errors import ConfigError, ImageError
 from .dog import DOG_RATIO, _dog, _dog_gain, dog_filter  # noqa: F401
+from .noise import mad_sigma as _mad_sigma
 
 NOISE_STRIDE = 4
 
@@ -44,14 +45,6 @@ def _noise_sample(filtered, origin, field_pixels=None):
     oy = (-int(origin[0])) % stride
     ox = (-int(origin[1])) % stride
     return to_numpy(filtered[oy::stride, ox::stride]).ravel()
-
-
-def _mad_sigma(values) -> float:
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return float("nan")
-    med = np.median(v)
-    return float(1.4826 * np.median(np.abs(v - med)))
 
 
 #: the automatic threshold is never below this many noise sigmas: real camera

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..errors import ConfigError, ImageError
+from .noise import mad_sigma
 
 __all__ = ["saturation_level", "pixel_noise_samples", "hot_pixel_mask", "repair_pixels", "flag_radius",
            "HOT_SNR", "HOT_RATIO"]
@@ -114,14 +115,6 @@ def _photons(image, camera, name):
     return image.astype(np.float32, copy=False)
 
 
-def _mad(v):
-    v = np.asarray(v, dtype=np.float64)
-    if v.size == 0:
-        return float("nan")
-    med = np.median(v)
-    return float(1.4826 * np.median(np.abs(v - med)))
-
-
 
 def _pass0(raw, camera, name, level, origin, stride, core=None):
     """Finite, unsaturated photon samples (for the fill value) and pixel-noise samples on the sub-grid."""
@@ -144,7 +137,7 @@ def _field_scalars(parts, shape):
     if vals.size == 0:
         raise ImageError(f"image of {shape} px has no finite, unsaturated pixel: nothing to detect")
     d = np.concatenate([p[1] for p in parts])
-    return float(np.median(vals)), _mad(d) if d.size else 0.0
+    return float(np.median(vals)), mad_sigma(d) if d.size else 0.0
 
 
 def _prepare(raw, camera, name, level, fill, pixel_noise, hot_sigma, hot_pixels):

@@ -51,8 +51,9 @@ def mask_radius(sigma: float) -> int:
     return int(math.ceil(3.0 * float(sigma))) + 1
 
 
-def _mad(v):
-    v = np.asarray(v, dtype=np.float64)
+def mad_sigma(values) -> float:
+    """Robust standard deviation ``1.4826 * median(|v - median(v)|)`` (NaN for no values)."""
+    v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return float("nan")
     med = np.median(v)
@@ -90,7 +91,7 @@ def robust_noise(v, m, *, clip=NOISE_CLIP, iterations=NOISE_ITERATIONS, fallback
     """
     v = np.asarray(v, np.float64)
     m = np.asarray(m, np.float64)
-    s = _mad(v)
+    s = mad_sigma(v)
     if not s > 0:
         return s
     for it in range(iterations):
@@ -99,7 +100,7 @@ def robust_noise(v, m, *, clip=NOISE_CLIP, iterations=NOISE_ITERATIONS, fallback
             if it == 0 and fallback is not None:  # spots cover the field: the white-noise propagation
                 return float(fallback)
             break
-        s_new = _mad(v[keep])
+        s_new = mad_sigma(v[keep])
         if not s_new > 0:
             break
         done = abs(s_new - s) <= 1e-4 * s
