@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,33 @@ def pytest_collection_modifyitems(config, items):
                 skip = pytest.mark.skip(reason="needs CuPy and a working CUDA device") if not _gpu() else False
             if skip:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def headless_chromium(tmp_path):
+    """Command prefix for headless Chromium with a fresh profile; skips where no Chromium is installed."""
+    chrome = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome")) if p),
+                  None)
+    if chrome is None:
+        pytest.skip("no chromium binary found (Debian: apt-get install chromium)")
+    return [chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}"]
+
+
+_GPU_SKIP = ("CuPy", "CUDA")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (``CI`` set) a skip is a failure, except for want of a GPU: ci/test installs every dependency,
+    the browser and the system libraries, and the shared data is beside the clone, so a test that skips
+    there would pass without having run."""
+    outcome = yield
+    rep = outcome.get_result()
+    if not (rep.skipped and os.environ.get("CI")) or hasattr(rep, "wasxfail"):
+        return
+    reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+    if item.get_closest_marker("gpu") is not None or any(w in reason for w in _GPU_SKIP):
+        return
+    rep.outcome = "failed"
+    rep.longrepr = f"skipped in CI, where nothing should be missing: {reason}"
