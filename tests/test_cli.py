@@ -167,3 +167,21 @@ def test_redirected_log_has_one_line_per_stage(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "[samples] 14 item(s): 0 computed, 14 reused, 0 failed in" in again.stderr
     assert "  flow S1: " not in again.stderr
+
+
+def test_info_on_every_shared_tiff(capsys):
+    """Every TIFF in ../shared/data/images is described without reading pixels; doubtful metadata is flagged."""
+    from evflow.cli import main
+
+    root = shared_path("images")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
+    assert len(paths) >= 10
+    assert main(["info", *map(str, paths)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("  series 0") == len(paths)
+    # ImageJ XResolution of 2147483646/5000 px per um (0.0023 nm): refused with a warning, not reported
+    assert "0.00233 nm, outside 1 nm - 100 um: taken as not stored" in out
+    assert "pixel     0.00" not in out
+    assert "Z=20 x Y=64 x X=64  (uint16)" in out and "pixel     100 nm" in out  # deepstorm: 100 nm pixels
+    # a plain 100-page TIFF that tifffile takes as 100 channels is flagged as doubtful
+    assert "channels  100: (no names stored)  [doubtful: more than 32 channels" in out

@@ -116,3 +116,17 @@ def test_axes_channels_and_pixel_size_errors(tmp_path):
     tifffile.imwrite(r, _data((3, 10, 10)), photometric="minisblack", metadata={"axes": "CYX"})
     with pytest.raises(ImageError, match="small.tif: field shape"):
         evflow.read_images([p, r])
+
+
+def test_implausible_stored_pixel_size_is_not_used():
+    """A real ImageJ file stores 0.0023 nm pixels (XResolution 2147483646/5000 per um): read as unknown, warned."""
+    import evflow
+    from evflow.errors import EvflowWarning
+
+    path = shared_path("images", "airlocalize", "2DsmFISH_humCells.tif")
+    with pytest.warns(EvflowWarning, match="0.00233 nm, outside 1 nm - 100 um"):
+        im = evflow.read_images(path)
+    assert im.attrs["pixel_size_nm"] is None
+    assert evflow.read_images(path, pixel_size_nm=65.0).attrs["pixel_size_nm"] == 65.0
+    assert evflow.read_images(shared_path("images", "deepstorm", "ArtificialDataset_demo1.tif")).attrs[
+        "pixel_size_nm"] == pytest.approx(100.0)

@@ -60,9 +60,37 @@ def _image_info(path) -> None:
     print(format_image_info(path, describe_image(path)))
 
 
-def _info(args) -> int:
+def _fcs_info(path) -> int:
+    """Print every data set of an FCS file; 1 when some data set's events are not readable."""
     from .errors import FCSDataError
-    from .io.fcs import _channel_names, chain_cache, count_data_sets, read_fcs, read_fcs_metadata
+    from .io.fcs import _channel_names, count_data_sets, read_fcs, read_fcs_metadata
+
+    status = 0
+    n_sets = count_data_sets(path)
+    for k in range(n_sets):
+        try:
+            s = read_fcs(path, data_set=k)
+        except FCSDataError as exc:
+            # keywords are readable but the events are not: show what the TEXT says
+            meta = read_fcs_metadata(path, data_set=k)
+            n_par = _par_or_zero(meta)
+            channels, markers = _channel_names(meta, n_par, path)
+            tot = str(meta.get("$TOT", "?")).strip()
+            _print_sample(path, k, n_sets, meta, channels, markers, f"{tot} announced, not readable",
+                          _header_version(path, k), note=f"events not readable: {exc}")
+            status = 1
+            continue
+        try:
+            sp = s.spillover
+            spill = None if sp is None else f"{sp.shape[0]} x {sp.shape[1]} ({sp.attrs['keyword']})"
+        except EvflowError as exc:
+            spill = f"not usable: {exc}"
+        _print_sample(path, k, n_sets, s.meta, s.channels, s.markers, s.n_events, s.version, spill=spill)
+    return status
+
+
+def _info(args) -> int:
+    from .io.fcs import chain_cache
     from .io.image_info import is_tiff
 
     status = 0
@@ -74,27 +102,8 @@ def _info(args) -> int:
             try:
                 if is_tiff(path):
                     _image_info(path)
-                    continue
-                n_sets = count_data_sets(path)
-                for k in range(n_sets):
-                    try:
-                        s = read_fcs(path, data_set=k)
-                    except FCSDataError as exc:
-                        # keywords are readable but the events are not: show what the TEXT says
-                        meta = read_fcs_metadata(path, data_set=k)
-                        n_par = _par_or_zero(meta)
-                        channels, markers = _channel_names(meta, n_par, path)
-                        tot = str(meta.get("$TOT", "?")).strip()
-                        _print_sample(path, k, n_sets, meta, channels, markers, f"{tot} announced, not readable",
-                                      _header_version(path, k), note=f"events not readable: {exc}")
-                        status = max(status, 1)
-                        continue
-                    try:
-                        sp = s.spillover
-                        spill = None if sp is None else f"{sp.shape[0]} x {sp.shape[1]} ({sp.attrs['keyword']})"
-                    except EvflowError as exc:
-                        spill = f"not usable: {exc}"
-                    _print_sample(path, k, n_sets, s.meta, s.channels, s.markers, s.n_events, s.version, spill=spill)
+                else:
+                    status = max(status, _fcs_info(path))
             except EvflowError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 status = 1
@@ -104,7 +113,7 @@ def _info(args) -> int:
                 print(f"error: {path}: unexpected {_one_line(exc)} (run with --debug for the traceback)",
                       file=sys.stderr)
                 status = 1
-        for w in caught:
+        for w in caught:  # FCS quirks and image metadata alike
             print(f"  warning: {w.message}")
     return status
 

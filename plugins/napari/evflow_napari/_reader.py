@@ -87,20 +87,15 @@ def find_experiment(start) -> Path | None:
 def _ome_channel_names(path) -> list | None:
     import tifffile
 
+    from evflow.io.image_info import ome_images
+
     try:
         with tifffile.TiffFile(str(path)) as tf:
             xml = tf.ome_metadata
     except Exception:  # noqa: BLE001 - names are optional; read_images reports unreadable files
         return None
-    if not xml:
-        return None
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    names = [el.get("Name") for el in root.iter() if el.tag.endswith("}Channel") or el.tag == "Channel"]
+    images = ome_images(xml) if xml else []
+    names = images[0]["channels"] if images else []
     return names if names and all(names) else None
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 from ..errors import ImageError
 
-__all__ = ["TIFF_SUFFIXES", "is_tiff", "describe_image", "format_image_info"]
+__all__ = ["TIFF_SUFFIXES", "is_tiff", "describe_image", "format_image_info", "ome_images"]
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf8")
 _MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
@@ -35,35 +34,38 @@ class SeriesInfo:
     position_um: tuple | None = None  # stage (x, y) of the first plane
 
 
-def _ome_images(ome: str) -> list[dict]:
-    """Per OME Image: name, channel names, pixel size (nm), first plane's stage position (um)."""
+_UNIT_NM = {"nm": 1.0, "µm": 1e3, "um": 1e3, "mm": 1e6}
+
+
+def ome_images(ome: str) -> list[dict]:
+    """Per OME ``Image``: ``name``, ``channels`` (each channel's Name, "" where it has none),
+    ``pixel_size_nm`` (y, x) and the first plane's stage ``position_um`` (x, y); [] for unreadable XML."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(ome)
+    except ET.ParseError:
+        return []
+
+    def local(el):
+        return el.tag.rsplit("}", 1)[-1]
+
     out = []
-    for img in re.finditer(r"<(?:\w+:)?Image\b([^>]*)>(.*?)</(?:\w+:)?Image>", ome, re.S):
-        attrs, body = img.group(1), img.group(2)
-        name = re.search(r'\bName="([^"]*)"', attrs)
-        pix = re.search(r"<(?:\w+:)?Pixels\b([^>]*)>", body)
-        info = {"name": name.group(1) if name else "", "channels": [], "pixel_size_nm": None, "position_um": None}
-        if pix:
-            pa = pix.group(1)
+    for img in (el for el in root.iter() if local(el) == "Image"):
+        info = {"name": img.get("Name", ""), "channels": [], "pixel_size_nm": None, "position_um": None}
+        pix = next((el for el in img if local(el) == "Pixels"), None)
+        if pix is not None:
             size = {}
             for ax in "XY":
-                m = re.search(rf'PhysicalSize{ax}="([0-9.eE+-]+)"', pa)
-                u = re.search(rf'PhysicalSize{ax}Unit="([^"]+)"', pa)
-                factor = {"nm": 1.0, "µm": 1e3, "um": 1e3, "mm": 1e6}.get(u.group(1) if u else "µm")
-                if m and factor:
-                    size[ax] = float(m.group(1)) * factor
+                v, factor = pix.get(f"PhysicalSize{ax}"), _UNIT_NM.get(pix.get(f"PhysicalSize{ax}Unit", "µm"))
+                if v is not None and factor:
+                    size[ax] = float(v) * factor
             if size:
                 info["pixel_size_nm"] = (size.get("Y", size.get("X")), size.get("X", size.get("Y")))
-        for ch in re.finditer(r"<(?:\w+:)?Channel\b([^>]*)/?>", body):
-            n = re.search(r'\bName="([^"]*)"', ch.group(1))
-            i = re.search(r'\bID="([^"]*)"', ch.group(1))
-            info["channels"].append(n.group(1) if n else (i.group(1) if i else ""))
-        plane = re.search(r"<(?:\w+:)?Plane\b([^>]*)/?>", body)
-        if plane:
-            px = re.search(r'PositionX="([0-9.eE+-]+)"', plane.group(1))
-            py = re.search(r'PositionY="([0-9.eE+-]+)"', plane.group(1))
-            if px and py:
-                info["position_um"] = (float(px.group(1)), float(py.group(1)))
+            info["channels"] = [ch.get("Name", "") for ch in pix if local(ch) == "Channel"]
+            plane = next((el for el in pix if local(el) == "Plane"), None)
+            if plane is not None and plane.get("PositionX") is not None and plane.get("PositionY") is not None:
+                info["position_um"] = (float(plane.get("PositionX")), float(plane.get("PositionY")))
         out.append(info)
     return out
 
@@ -92,7 +94,7 @@ def describe_image(path) -> list[SeriesInfo]:
         raise ImageError(f"{path}: file not found")
     try:
         with tifffile.TiffFile(path) as tf:
-            ome = _ome_images(tf.ome_metadata) if tf.is_ome and tf.ome_metadata else []
+            ome = ome_images(tf.ome_metadata) if tf.is_ome and tf.ome_metadata else []
             ij = tf.imagej_metadata or {}
             labels = ij.get("Labels") or ij.get("labels") or []
             px = _pixel_size_from_tiff(tf)
@@ -121,6 +123,8 @@ def describe_image(path) -> list[SeriesInfo]:
 
 def format_image_info(path, series: list[SeriesInfo]) -> str:
     """The text ``evflow info`` prints for an image file."""
+    from .images import MAX_CHANNELS
+
     with open(path, "rb") as f:
         kind = "BigTIFF" if f.read(4)[2:4] in (b"+\x00", b"\x00+") else "TIFF"
     lines = [str(path), f"  format      {kind}, {len(series)} series" + (" (positions)" if len(series) > 1 else "")]
@@ -135,7 +139,11 @@ def format_image_info(path, series: list[SeriesInfo]) -> str:
         if ca is not None or s.channels:
             names = ", ".join(c or f"ch{i}" for i, c in enumerate(s.channels)) if s.channels else "(no names stored)"
             n = s.shape[ca] if ca is not None else len(s.channels)
-            lines.append(f"    channels  {n}: {names}")
+            note = ""
+            if n > MAX_CHANNELS:  # tifffile's guess for a plain multi-page TIFF; read_images refuses it
+                note = (f"  [doubtful: more than {MAX_CHANNELS} channels is probably frames or planes, "
+                        "not colours; give read_images axes=, e.g. 'TYX']")
+            lines.append(f"    channels  {n}: {names}{note}")
         if s.pixel_size_nm is not None:
             y, x = s.pixel_size_nm
             lines.append(f"    pixel     {x:g} nm" + ("" if abs(x - y) < 1e-9 else f" (x) x {y:g} nm (y)"))

@@ -58,31 +58,54 @@ def image_axes(axes: str, shape) -> tuple[list[int], int | None, int, int]:
     return fields, (chan[0] if chan else None), axes.index("Y"), axes.index("X")
 
 
-def _pixel_size_from_tiff(tf) -> float | None:
-    """Pixel size in nm from OME (PhysicalSizeX) or ImageJ (XResolution + unit) metadata."""
-    try:
-        if tf.is_ome and tf.ome_metadata:
-            import re
+#: plausible pixel sizes in the sample plane (nm); a stored value outside is taken as not stored
+PIXEL_SIZE_RANGE_NM = (1.0, 1e5)
 
-            m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
-            if m:
-                u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
-                unit = u.group(1) if u else "µm"
-                factor = {"nm": 1.0, "µm": 1e3, "um": 1e3, "mm": 1e6}.get(unit)
-                if factor:
-                    return float(m.group(1)) * factor
-        page = tf.pages[0]
-        ij = tf.imagej_metadata or {}
-        unit = str(ij.get("unit", "")).lower()
-        res = page.tags.get("XResolution")
-        if res is not None and unit in ("micron", "um", "µm", "\\u00b5m", "microns", "nm"):
-            num, den = res.value
-            if num > 0 and den > 0:
-                size = den / num  # units per pixel
-                return size * (1.0 if unit == "nm" else 1e3)
+
+def _stored_pixel_size(tf) -> tuple[float, str] | tuple[None, None]:
+    """(pixel size in nm, the keyword it came from) from OME (PhysicalSizeX) or ImageJ (XResolution + unit)."""
+    if tf.is_ome and tf.ome_metadata:
+        import re
+
+        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
+        if m:
+            u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
+            unit = u.group(1) if u else "µm"
+            factor = {"nm": 1.0, "µm": 1e3, "um": 1e3, "mm": 1e6}.get(unit)
+            if factor:
+                return float(m.group(1)) * factor, "OME PhysicalSizeX"
+    page = tf.pages[0]
+    ij = tf.imagej_metadata or {}
+    unit = str(ij.get("unit", "")).lower()
+    res = page.tags.get("XResolution")
+    if res is not None and unit in ("micron", "um", "µm", "\\u00b5m", "microns", "nm"):
+        num, den = res.value
+        if num > 0 and den > 0:
+            size = den / num  # units per pixel
+            return size * (1.0 if unit == "nm" else 1e3), "ImageJ XResolution"
+    return None, None
+
+
+def _pixel_size_from_tiff(tf) -> float | None:
+    """Pixel size in nm from the file's metadata, or None when none is stored or the stored one is implausible
+    (outside :data:`PIXEL_SIZE_RANGE_NM`; an :class:`~evflow.errors.EvflowWarning` then says so)."""
+    try:
+        size, source = _stored_pixel_size(tf)
     except Exception:  # metadata is best effort
         return None
-    return None
+    if size is None:
+        return None
+    lo, hi = PIXEL_SIZE_RANGE_NM
+    if not lo <= size <= hi:
+        import warnings
+
+        from ..errors import EvflowWarning
+
+        warnings.warn(EvflowWarning(
+            f"{getattr(tf.filehandle, 'path', tf.filename)}: the pixel size stored in {source} is {size:.3g} nm, outside "
+            f"{lo:g} nm - {hi / 1e3:g} um: taken as not stored (give pixel_size_nm)"), stacklevel=3)
+        return None
+    return size
 
 
 def _open_tiff(path, axes_override):
