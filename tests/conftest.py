@@ -67,20 +67,20 @@ def headless_chromium(tmp_path):
             f"--user-data-dir={tmp_path / 'profile'}"]
 
 
-_GPU_SKIP = ("CuPy", "CUDA")
+#: skip reasons that cannot hold in CI: ci/test installs every Python dependency and the browser, and
+#: the shared data is beside the clone (skips for want of a GPU, or of root, stay skips)
+_NOT_IN_CI = ("shared test data", "could not import", "No module named", "chromium")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """In CI (``CI`` set) a skip is a failure, except for want of a GPU: ci/test installs every dependency,
-    the browser and the system libraries, and the shared data is beside the clone, so a test that skips
-    there would pass without having run."""
+    """In CI (``CI`` set) a test skipped for a missing dependency, browser or shared data file fails instead:
+    otherwise it would pass there without having run."""
     outcome = yield
     rep = outcome.get_result()
     if not (rep.skipped and os.environ.get("CI")) or hasattr(rep, "wasxfail"):
         return
     reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
-    if item.get_closest_marker("gpu") is not None or any(w in reason for w in _GPU_SKIP):
-        return
-    rep.outcome = "failed"
-    rep.longrepr = f"skipped in CI, where nothing should be missing: {reason}"
+    if any(w in reason for w in _NOT_IN_CI):
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped in CI, where nothing should be missing: {reason}"
