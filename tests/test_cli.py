@@ -185,3 +185,39 @@ def test_info_on_every_shared_tiff(capsys):
     assert "Z=20 x Y=64 x X=64  (uint16)" in out and "pixel     100 nm" in out  # deepstorm: 100 nm pixels
     # a plain 100-page TIFF that tifffile takes as 100 channels is flagged as doubtful
     assert "channels  100: (no names stored)  [doubtful: more than 32 channels" in out
+
+
+def test_validate_experiment_on_real_files(tmp_path, capsys):
+    """`evflow validate` on FlowCal's real bead and cell files: valid as written, a channel typo caught up front."""
+    from evflow.cli import main
+
+    beads = shared_path("beads", "flowcal", "sample001.fcs")
+    cells = shared_path("beads", "flowcal", "sample006.fcs")
+    toml = f"""
+[experiment]
+name = "real files"
+[flow]
+scatter_channel = "SSC"
+markers = {{ "FL1" = "CD63" }}
+flow_rate_ul_per_min = 3.0
+time_channel = "TIME"
+[flow.calibration.fluorescence]
+file = "{beads}"
+channel = "FL1"
+values = [0, 792, 2079, 6588, 16471, 47497, 137049, 271647]
+[thresholds]
+rule = "fixed"
+values = {{ CD63 = 200.0 }}
+[[samples]]
+name = "cells"
+flow = "{cells}"
+"""
+    good = tmp_path / "real.toml"
+    good.write_text(toml)
+    assert main(["validate", str(good)]) == 0
+    assert "1 flow file(s)" in capsys.readouterr().out
+    bad = tmp_path / "typo.toml"
+    bad.write_text(toml.replace('"FL1" = "CD63"', '"FL1-H" = "CD63"'))
+    assert main(["validate", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "FL1-H" in err and "sample006.fcs" in err

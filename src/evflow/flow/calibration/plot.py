@@ -15,6 +15,7 @@ def plot_calibration(cal, fig=None):
     rebuilt by ``from_dict`` has none and shows only the curve and residuals.  Returns the matplotlib Figure.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     if fig is None:
         fig = plt.figure(figsize=(12, 4))
@@ -55,6 +56,7 @@ def plot_calibration(cal, fig=None):
             ax_r.axhline(lim, color="C3", lw=0.8, ls=":")
         ax_r.plot(x, 100 * np.expm1(cal.residuals[used]), "o", color="k")
         ax_r.set_xscale("log")
+        ax_r.xaxis.set_minor_formatter(NullFormatter())  # a narrow decade: minor labels would overlap
     ax_c.set_xlabel(f"{cal.channel} peak median")
     ax_c.set_ylabel(f"{cal.units} + autofluorescence")
     ax_r.set_xlabel(f"{cal.channel} peak median")
