@@ -21,13 +21,16 @@ from .errors import (
     ImageError as ImageError,
 )
 from .flow.calibration import (
+    BeadKit as BeadKit,
     MESFCalibration as MESFCalibration,
     ScatterCalibration as ScatterCalibration,
     analysed_volume_ul as analysed_volume_ul,
+    bead_kit as bead_kit,
     calibrate_mesf as calibrate_mesf,
     calibrate_scatter as calibrate_scatter,
     concentration_per_ml as concentration_per_ml,
     fit_scatter_gain as fit_scatter_gain,
+    list_bead_kits as list_bead_kits,
     size_gate as size_gate,
 )
 from .flow.controls import (

@@ -98,6 +98,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
 from ._checks import DETECTION_KEYS, _check_detection, _check_numbers, _check_size, _path_resolver
+from ._qc_settings import apply_bead_kits, extend_schema
 from .inputs import check_channels as _check_channels, fcs_without_volume as _no_volume, tiff_channels as _tiff_channels
 
 __all__ = ["Experiment", "Sample", "load_experiment", "validate_experiment", "default", "schema_table", "ROLES",
@@ -208,6 +209,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
 }
 
+extend_schema(SCHEMA, Key)  # [beads], [instrument], time QC and kit keys (pipeline._qc_settings)
 #: sections that describe each table of an array of tables, and how the array itself is described
 _ARRAYS = {"samples": "an array of [[samples]] tables", "flow.gates.range": None}
 
@@ -385,6 +387,7 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
     """Check ``settings`` against the schema and the files; see :func:`load_experiment`."""
     src = str(path) if path else "<settings>"
     problems: list[str] = []
+    apply_bead_kits(settings, path, problems, src)  # kit = "..." -> values / diameters_nm
     _check_table("", settings, _NESTED, problems, src)
     base = Path(path).parent if path else Path.cwd()
 
@@ -562,10 +565,8 @@ def _check_flow(flow_s, markers, flow_samples, src, problems, resolve, check_fil
                 _check_channels(bp, {c["channel"]: f"flow.calibration.{kind}.channel"}, problems, src)
         if kind == "fluorescence" and isinstance(c.get("channel"), str) and isinstance(markers, Mapping):
             if c["channel"] not in markers:
-                problems.append(
-                    f"{src}: 'flow.calibration.fluorescence.channel' {c['channel']!r} is not one of the marker "
-                    f"channels in 'flow.markers' ({list(markers)})"
-                )
+                problems.append(f"{src}: 'flow.calibration.fluorescence.channel' {c['channel']!r} is not one of "
+                                f"the marker channels in 'flow.markers' ({list(markers)})")
         vals = c.get("values") if kind == "fluorescence" else c.get("diameters_nm")
         if isinstance(vals, list) and not all(isinstance(v, _NUM) and not isinstance(v, bool) for v in vals):
             problems.append(f"{src}: 'flow.calibration.{kind}' values must all be numbers, found {vals!r}")
@@ -584,10 +585,8 @@ def _check_flow_files(flow_s, samples, flow_samples, needed_channels, src, probl
         for i, s in enumerate(samples):
             if s.flow is not None and s.volume_ul is None and s.flow.is_file() and s.role != "beads":
                 if _no_volume(s.flow):
-                    problems.append(
-                        f"{src}: 'samples[{i}]' ({s.name}): no analysed volume: give 'volume_ul', "
-                        "'flow.flow_rate_ul_per_min', or a file with $VOL"
-                    )
+                    problems.append(f"{src}: 'samples[{i}]' ({s.name}): no analysed volume: give 'volume_ul', "
+                                    "'flow.flow_rate_ul_per_min', or a file with $VOL")
 
 
 def _check_thresholds(thr_s, markers, samples, flow_samples, roles, src, problems):

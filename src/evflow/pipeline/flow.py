@@ -50,7 +50,8 @@ def fluorescence_item(path, cal_s) -> dict:
 
     cal = calibrate_mesf(str(path), cal_s["channel"], cal_s["values"],
                          clustering_channels=cal_s.get("clustering_channels"),
-                         units=cal_s.get("units", default("flow.calibration.fluorescence", "units")))
+                         units=cal_s.get("units", default("flow.calibration.fluorescence", "units")),
+                         placement="best" if cal_s.get("kit") else "given")  # a kit's short list: placed
     s = cal.summary()
     return {"summary": s, "m": float(cal.params["m"]), "b": float(cal.params["b"]),
             "peaks": np.asarray(cal.peak_medians, float), "mesf_values": np.asarray(cal.mesf_values, float),

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 # private helpers, kept importable from their old place
 from ._table import _apply_elementwise, _as_table, _channel_range, _Table  # noqa: F401
+from .beadkits import BeadKit, bead_kit, list_bead_kits
 from .clustering import BeadPopulations, _display, bead_populations, density_gate  # noqa: F401
 from .mesf import MESFCalibration, calibrate_mesf, fit_mesf_curve
 from .placement import CalibrationWarning
@@ -50,6 +51,9 @@ from .volume import _acquisition_seconds, analysed_volume_ul, concentration_per_
 
 __all__ = [
     "MESFCalibration",
+    "BeadKit",
+    "bead_kit",
+    "list_bead_kits",
     "CalibrationWarning",
     "channel_roles",
     "scatter_pair",

@@ -21,6 +21,7 @@ import numpy as np
 from ...backend import array_module
 from ...errors import CalibrationError
 from ._table import _apply_elementwise, _as_table
+from .beadkits import BeadKit, kit_values
 from .clustering import (
     _count_modes,
     _display,
@@ -254,10 +255,12 @@ def _fluorescence_channels(names: Sequence[str]) -> list:
 def calibrate_mesf(
     beads,
     channel: str,
-    mesf_values,
+    mesf_values=None,
     clustering_channels: Sequence[str] | None = None,
     scatter_channels: Sequence[str] | None = None,
     *,
+    kit=None,
+    lot: str | None = None,
     units: str = "MESF",
     trim_events: tuple[int, int] = (250, 100),
     gate_fraction: float = 0.3,
@@ -291,9 +294,11 @@ def calibrate_mesf(
         (low, high)}``) or else spans 0 to the largest value.
     channel : str
         Channel to calibrate ($PnN or $PnS).
-    mesf_values : sequence of float
+    mesf_values : sequence of float, BeadKit or str
         Manufacturer's value of every bead peak, dimmest (blank: 0) first;
-        NaN for a peak with no value.
+        NaN for a peak with no value.  Or a bead kit
+        (:func:`~evflow.flow.calibration.beadkits.bead_kit`, or its name with
+        ``lot=``), whose values in ``units`` are used.
     clustering_channels : sequence of str, optional
         Channels the peaks are found in.  Default: ``[channel]``, and when
         its peaks are not all resolved there, ``channel`` plus the file's
@@ -304,8 +309,13 @@ def calibrate_mesf(
     scatter_channels : sequence of two str, optional
         FSC and SSC for the singlet gate.  Default: the channels named
         FSC/SSC (FSC-H/SSC-H, ...) when present; pass ``[]`` for no gate.
+    kit, lot : BeadKit or str, str, optional
+        The same as passing the kit as ``mesf_values`` (not both).
     units : str
-        Name of the calibrated unit (``"MEFL"``, ``"MESF"``, ``"MEPE"``...).
+        Name of the calibrated unit (``"MEFL"``, ``"MESF"``, ``"MEPE"``...);
+        with a kit, the kit's values in that unit (a kit with one unit needs
+        none).  A kit list shorter than the kit's populations is placed by
+        the ``"best"`` rule.
     trim_events : (int, int)
         Events dropped at the start and the end of the acquisition (skipped
         when the file has fewer than 4 times as many events).
@@ -351,6 +361,13 @@ def calibrate_mesf(
         fewer than 3 usable peaks, peaks not increasing with their MESF
         values, a fit with a non-positive slope or an R^2 below ``min_r2``.
     """
+    if kit is not None or isinstance(mesf_values, (str, BeadKit)):
+        if kit is not None and mesf_values is not None:
+            raise CalibrationError("give the bead values either as mesf_values or as kit=, not both")
+        mesf_values, units, placement = kit_values(kit if kit is not None else mesf_values, units, placement,
+                                                   lot=lot, units_given=units != "MESF", channel=channel)
+    if mesf_values is None:
+        raise CalibrationError("calibrate_mesf needs the beads' values: mesf_values=[...] or kit=")
     mesf = np.asarray(
         [np.nan if v is None else v for v in np.atleast_1d(np.asarray(mesf_values, dtype=object))], dtype=float
     )
