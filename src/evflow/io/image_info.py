@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import ImageError
+from .images import MAX_CHANNELS, _pixel_size_from_tiff
+from .ome import ome_images
 
 __all__ = ["TIFF_SUFFIXES", "is_tiff", "describe_image", "format_image_info", "ome_images"]
 
@@ -34,42 +36,6 @@ class SeriesInfo:
     position_um: tuple | None = None  # stage (x, y) of the first plane
 
 
-_UNIT_NM = {"nm": 1.0, "µm": 1e3, "um": 1e3, "mm": 1e6}
-
-
-def ome_images(ome: str) -> list[dict]:
-    """Per OME ``Image``: ``name``, ``channels`` (each channel's Name, "" where it has none),
-    ``pixel_size_nm`` (y, x) and the first plane's stage ``position_um`` (x, y); [] for unreadable XML."""
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.fromstring(ome)
-    except ET.ParseError:
-        return []
-
-    def local(el):
-        return el.tag.rsplit("}", 1)[-1]
-
-    out = []
-    for img in (el for el in root.iter() if local(el) == "Image"):
-        info = {"name": img.get("Name", ""), "channels": [], "pixel_size_nm": None, "position_um": None}
-        pix = next((el for el in img if local(el) == "Pixels"), None)
-        if pix is not None:
-            size = {}
-            for ax in "XY":
-                v, factor = pix.get(f"PhysicalSize{ax}"), _UNIT_NM.get(pix.get(f"PhysicalSize{ax}Unit", "µm"))
-                if v is not None and factor:
-                    size[ax] = float(v) * factor
-            if size:
-                info["pixel_size_nm"] = (size.get("Y", size.get("X")), size.get("X", size.get("Y")))
-            info["channels"] = [ch.get("Name", "") for ch in pix if local(ch) == "Channel"]
-            plane = next((el for el in pix if local(el) == "Plane"), None)
-            if plane is not None and plane.get("PositionX") is not None and plane.get("PositionY") is not None:
-                info["position_um"] = (float(plane.get("PositionX")), float(plane.get("PositionY")))
-        out.append(info)
-    return out
-
-
 def _channel_axis(axes: str):
     """Index of the channel axis (C, or S for samples per pixel, as read_images takes them), or None."""
     for a in "CS":
@@ -87,8 +53,6 @@ def describe_image(path) -> list[SeriesInfo]:
         When the file is missing or not a readable TIFF.
     """
     import tifffile
-
-    from .images import _pixel_size_from_tiff
 
     if not os.path.exists(path):
         raise ImageError(f"{path}: file not found")
@@ -123,8 +87,6 @@ def describe_image(path) -> list[SeriesInfo]:
 
 def format_image_info(path, series: list[SeriesInfo]) -> str:
     """The text ``evflow info`` prints for an image file."""
-    from .images import MAX_CHANNELS
-
     with open(path, "rb") as f:
         kind = "BigTIFF" if f.read(4)[2:4] in (b"+\x00", b"\x00+") else "TIFF"
     lines = [str(path), f"  format      {kind}, {len(series)} series" + (" (positions)" if len(series) > 1 else "")]

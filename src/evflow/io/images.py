@@ -16,12 +16,15 @@ import numpy as np
 import xarray as xr
 
 from ..errors import ImageError
+from .ome import ome_images
 
 __all__ = ["read_images", "image_axes"]
 
 _FIELD_AXES = set("TZIQRPMHAEVLB")  # everything that is neither channel nor plane becomes a field
 _CHANNEL_AXES = set("CS")
 MAX_CHANNELS = 32
+#: suffixes read through the optional bioio package (``pip install evflow[bioio]``)
+BIOIO_SUFFIXES = (".nd2", ".czi", ".lif")
 
 
 def _expand(paths_or_pattern) -> list:
@@ -65,15 +68,9 @@ PIXEL_SIZE_RANGE_NM = (1.0, 1e5)
 def _stored_pixel_size(tf) -> tuple[float, str] | tuple[None, None]:
     """(pixel size in nm, the keyword it came from) from OME (PhysicalSizeX) or ImageJ (XResolution + unit)."""
     if tf.is_ome and tf.ome_metadata:
-        import re
-
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
-        if m:
-            u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
-            unit = u.group(1) if u else "µm"
-            factor = {"nm": 1.0, "µm": 1e3, "um": 1e3, "mm": 1e6}.get(unit)
-            if factor:
-                return float(m.group(1)) * factor, "OME PhysicalSizeX"
+        imgs = ome_images(tf.ome_metadata)
+        if imgs and imgs[0]["pixel_size_nm"] is not None:
+            return float(imgs[0]["pixel_size_nm"][1]), "OME PhysicalSizeX"
     page = tf.pages[0]
     ij = tf.imagej_metadata or {}
     unit = str(ij.get("unit", "")).lower()
@@ -162,13 +159,13 @@ def _available_memory() -> int | None:
         return None
 
 
-def _check_decoded_size(path, shape, dtype):
-    """Refuse a TIFF whose declared pixels (plus a float32 working copy) exceed the limit or free memory."""
-    n = 1
-    for d in shape:
-        n *= int(d)
+def _check_decoded_size(path, shape, dtype, field_shape=None):
+    """Refuse a TIFF whose declared pixels exceed the limit, or one field of which (plus a float32 working copy)
+    exceeds free memory (fields are read one at a time)."""
+    n = int(np.prod([int(d) for d in shape], dtype=np.float64))
     raw = n * np.dtype(dtype).itemsize
-    need = raw + 4 * n  # the decoded array and the float32 copy the analysis makes
+    nf = int(np.prod([int(d) for d in (shape if field_shape is None else field_shape)], dtype=np.float64))
+    need = nf * np.dtype(dtype).itemsize + 4 * nf  # one decoded field and the float32 copy the analysis makes
     limit = int(os.environ.get("EVFLOW_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
     gib = 1 << 30
     if raw > limit:
@@ -177,7 +174,8 @@ def _check_decoded_size(path, shape, dtype):
                          "per-field files or raise the limit")
     avail = _available_memory()
     if avail is not None and need > avail:
-        raise ImageError(f"{path}: TIFF declares {tuple(shape)} {np.dtype(dtype)} pixels: reading and analysing it needs "
+        raise ImageError(f"{path}: TIFF declares {tuple(shape)} {np.dtype(dtype)} pixels: reading and analysing "
+                         f"{'it' if field_shape is None else 'one field ' + str(tuple(field_shape))} needs "
                          f"{need / gib:.2f} GiB but only {avail / gib:.2f} GiB of memory is available")
 
 
@@ -194,13 +192,130 @@ def _read_tiff(path, shape=None):
     return arr
 
 
+def _series_list(tf, path, axes_override):
+    """The series that are fields of a TIFF: every series of an OME-TIFF (positions), else the first.
+
+    Each entry is ``(index, shape, dtype, axes)``; an OME series whose shape, dtype or axes differ from the first
+    is an :class:`ImageError` (fields of one experiment are of one size)."""
+    chosen = tf.series if (tf.is_ome and len(tf.series) > 1) else tf.series[:1]
+    size = os.path.getsize(path)
+    out = []
+    for k, s in enumerate(chosen):
+        for page in s.pages:
+            if page is None:
+                continue
+            for o, c in zip(getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())):
+                if o + c > size:
+                    raise ImageError(f"{path}: truncated TIFF: image data at byte {o} + {c} runs past the end of the "
+                                     f"{size}-byte file")
+        entry = (k, tuple(int(n) for n in s.shape), np.dtype(s.dtype), axes_override or s.axes)
+        if out and entry[1:] != out[0][1:]:
+            raise ImageError(f"{path}: series {k} (a position) is {entry[1]} {entry[2]} ({entry[3]}) but series 0 is "
+                             f"{out[0][1]} {out[0][2]} ({out[0][3]}); every field of a file must have one shape")
+        out.append(entry)
+    return out
+
+
+def _read_page(path, ifd, shape, dtype, where):
+    """One page (plane) of a TIFF by its IFD index, read alone: no other page (and no series table) is read."""
+    import tifffile
+
+    if ifd is None:  # a plane the OME metadata declares but no file holds: tifffile's convention, zeros
+        return np.zeros(shape, dtype)
+    try:
+        with tifffile.TiffFile(path, _multifile=False) as tf:
+            a = tf.pages[ifd].asarray()
+    except Exception as exc:
+        raise ImageError(f"{where}: failed to read page {ifd} ({type(exc).__name__}: {exc})") from exc
+    if tuple(a.shape) != tuple(shape):
+        raise ImageError(f"{where}: page {ifd} decodes to {tuple(a.shape)}, but the TIFF declares pages of "
+                         f"{tuple(shape)} (corrupt or inconsistent tags)")
+    return a
+
+
+def _page_refs(series, path):
+    """(file, IFD index) of every page of a tifffile series, in the series' order (None for a missing plane)."""
+    refs = []
+    for page in series.pages:
+        if page is None:
+            refs.append((path, None))
+        else:
+            fh = getattr(page.parent, "filehandle", None)
+            refs.append((str(getattr(fh, "path", path) or path), int(page.index)))
+    return refs
+
+
+def _lazy_series(path, k, shape, dtype, page_shape, refs):
+    """A dask array of series ``k`` with one task per page (a whole-series read when pages do not tile it)."""
+    import dask
+    import dask.array as da
+
+    nd = len(page_shape)
+    grid = shape[: len(shape) - nd]
+    if tuple(shape[len(grid):]) != tuple(page_shape) or int(np.prod(grid)) != len(refs):
+        if k == 0:
+            return da.from_delayed(dask.delayed(_read_tiff)(path, shape), shape=shape, dtype=dtype)
+        raise ImageError(f"{path}: series {k} has pages of {page_shape} that do not tile its shape {shape}")
+    read = dask.delayed(_read_page, pure=True)
+    planes = [da.from_delayed(read(f, i, tuple(page_shape), dtype, f"{path} series {k}"), shape=tuple(page_shape),
+                              dtype=dtype) for f, i in refs]
+    return da.stack(planes).reshape(tuple(grid) + tuple(page_shape))
+
+
+def _open_tiff_fields(path, axes_override, t):
+    """A TIFF as lazy (fields, t, channel, y, x) with what its metadata says of them."""
+    import tifffile
+
+    if not os.path.exists(path):
+        raise ImageError(f"{path}: file not found")
+    try:
+        with tifffile.TiffFile(path) as tf:
+            if not tf.series:
+                raise ImageError(f"{path}: TIFF holds no image series")
+            series = _series_list(tf, path, axes_override)
+            pages = [(tuple(tf.series[k].keyframe.shape), _page_refs(tf.series[k], path)) for k, *_ in series]
+            px = _pixel_size_from_tiff(tf)
+            ome = ome_images(tf.ome_metadata) if tf.is_ome and tf.ome_metadata else []
+            ij = tf.imagej_metadata or {}
+            fi = ome[0]["time_increment_s"] if ome else None
+            if fi is None and ij.get("finterval"):
+                fi = float(ij["finterval"])
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from exc
+    _k, shape, dtype, ax = series[0]
+    fields, _c, iy, ix = image_axes(ax, shape)
+    keep = "T" in ax.upper() and (t is True or (t is None and fi is not None))
+    n_f = int(np.prod([shape[i] for i in fields if not (keep and ax.upper()[i] == "T")]))
+    field_shape = tuple(n for i, n in enumerate(shape) if i not in fields or (keep and ax.upper()[i] == "T"))
+    _check_decoded_size(path, (len(series),) + shape if len(series) > 1 else shape, dtype,
+                        field_shape=field_shape if n_f * len(series) > 1 else None)
+    parts, series_of, pos = [], [], []
+    for (k, shape, dtype, ax), (page_shape, refs) in zip(series, pages):
+        arr = _lazy_series(path, k, shape, dtype, page_shape, refs)
+        parts.append(_to_fields_t(arr, ax, keep))
+        series_of += [k] * parts[-1].shape[0]
+        p = ome[k]["position_um"] if k < len(ome) else None
+        pos += [p if p is not None else (np.nan, np.nan)] * parts[-1].shape[0]
+    import dask.array as da
+
+    block = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
+    names = ome[0]["channels"] if ome else []
+    colors = ome[0]["colors"] if ome else []
+    meta = {"series": series_of, "position_um": pos, "px": px, "interval": fi if keep else None, "axes": ax,
+            "channels": names if len(names) == block.shape[2] else [],
+            "colors": colors if len(colors) == block.shape[2] else []}
+    return block, keep, meta
+
+
 def _open_bioio(path):
     try:
         from bioio import BioImage
     except ImportError as exc:
         raise ImageError(
             f"{path}: reading {Path(path).suffix} files needs the optional package bioio "
-            "(pip install bioio bioio-nd2 / bioio-czi)"
+            "(pip install bioio bioio-nd2 / bioio-czi / bioio-lif)"
         ) from exc
     img = BioImage(path)
     data = img.dask_data  # T C Z Y X
@@ -216,26 +331,6 @@ def _to_fields(arr, axes):
     nf = int(np.prod([arr.shape[i] for i in fields])) if fields else 1
     nc = arr.shape[chan] if chan is not None else 1
     return a.reshape(nf, nc, arr.shape[iy], arr.shape[ix])
-
-
-def _frame_interval_s(path) -> float | None:
-    """Frame interval (s) a TIFF declares: ImageJ ``finterval`` or OME ``TimeIncrement``; None when absent."""
-    import re
-
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tf:
-            if tf.is_ome and tf.ome_metadata:
-                m = re.search(r'TimeIncrement="([0-9.eE+-]+)"', tf.ome_metadata)
-                if m:
-                    return float(m.group(1))
-            ij = tf.imagej_metadata or {}
-            if ij.get("finterval"):
-                return float(ij["finterval"])
-    except Exception:  # metadata is best effort
-        return None
-    return None
 
 
 def _to_fields_t(arr, axes, keep_t):
@@ -321,7 +416,9 @@ def read_images(
     ref = None  # (n_t, n_channels, Y, X)
     px_found = None
     kept_t, interval = [], None
+    series_all, pos_all, chan_names, chan_colors = [], [], None, None
     for item in items:
+        series_of, positions, file_names, file_colors = None, None, [], []
         try:
             if isinstance(item, (list, tuple)):
                 planes = []
@@ -342,20 +439,18 @@ def read_images(
                 where = str(item[0])
             else:
                 p = str(item)
-                if Path(p).suffix.lower() in (".nd2", ".czi"):
+                if Path(p).suffix.lower() in BIOIO_SUFFIXES:
                     data, ax, px = _open_bioio(p)
                     if axes is not None:
                         ax = axes
                     keep = bool(t) and "T" in ax.upper()
                     block = _to_fields_t(data, ax, keep)
                 else:
-                    shape, dtype, ax, px = _open_tiff(p, axes)
-                    fields, chan, iy, ix = image_axes(ax, shape)
-                    arr = da.from_delayed(dask.delayed(_read_tiff)(p, shape), shape=shape, dtype=dtype)
-                    fi = _frame_interval_s(p) if t is not False else None
-                    keep = "T" in ax.upper() and (t is True or (t is None and fi is not None))
-                    interval = interval if interval is not None else (fi if keep else None)
-                    block = _to_fields_t(arr, ax, keep)
+                    block, keep, meta = _open_tiff_fields(p, axes, t)
+                    ax, px = meta["axes"], meta["px"]
+                    interval = interval if interval is not None else meta["interval"]
+                    series_of, positions = meta["series"], meta["position_um"]
+                    file_names, file_colors = meta["channels"], meta["colors"]
                 nc = block.shape[2]
                 if nc > MAX_CHANNELS and (markers is None or len(markers) != nc):
                     raise ImageError(
@@ -373,7 +468,16 @@ def read_images(
                 ref = key
             elif key != ref:
                 raise ImageError(f"{where}: field shape (t, channel, y, x) {key} differs from the first field's {ref}")
+            named = bool(file_names) and all(file_names) and len(set(file_names)) == len(file_names)
+            if markers is None and named:
+                if chan_names is None and not blocks:
+                    chan_names, chan_colors = list(file_names), list(file_colors)
+                elif chan_names is not None and list(file_names) != chan_names:
+                    raise ImageError(f"{where}: OME channel names {list(file_names)} differ from the first file's "
+                                     f"{chan_names}; pass markers= to name the channels")
             blocks.append(block)
+            series_all += series_of if series_of is not None else [0] * block.shape[0]
+            pos_all += positions if positions is not None else [(np.nan, np.nan)] * block.shape[0]
             kept_t.append(keep)
             files.extend([label] * block.shape[0])
         except ImageError as exc:
@@ -382,12 +486,13 @@ def read_images(
             failed.append(str(exc))
     if not blocks:
         raise ImageError("no readable fields: " + "; ".join(failed))
-    data = da.concatenate(blocks, axis=0).rechunk((1,) + blocks[0].shape[1:])
     time_lapse = any(kept_t) or t is True
+    # one chunk per field (all its channels), per time point of a time-lapse: a chunk reads only its pages
+    data = da.concatenate(blocks, axis=0).rechunk((1, 1 if time_lapse else -1) + blocks[0].shape[2:])
     if not time_lapse:
         data = data[:, 0]
     n_ch = data.shape[2 if time_lapse else 1]
-    names = list(markers) if markers is not None else [f"ch{i}" for i in range(n_ch)]
+    names = list(markers) if markers is not None else (chan_names or [f"ch{i}" for i in range(n_ch)])
     if len(set(names)) != len(names):
         raise ImageError(f"marker names must be unique, got {names}")
     px = pixel_size_nm if pixel_size_nm is not None else px_found
@@ -398,7 +503,14 @@ def read_images(
         data = camera.to_photons(data)
         units = "photons"
     dims = ("fov", "t", "channel", "y", "x") if time_lapse else ("fov", "channel", "y", "x")
-    coords = {"fov": np.arange(data.shape[0]), "channel": names, "file": ("fov", files)}
+    coords = {"fov": np.arange(data.shape[0]), "channel": names, "file": ("fov", files),
+              "series": ("fov", np.asarray(series_all, np.int64))}
+    if chan_colors and any(chan_colors):
+        coords["channel_color"] = ("channel", list(chan_colors))
+    pos = np.asarray(pos_all, np.float64).reshape(-1, 2)
+    if np.isfinite(pos).any():
+        coords["stage_x_um"] = ("fov", pos[:, 0])
+        coords["stage_y_um"] = ("fov", pos[:, 1])
     if time_lapse:
         coords["t"] = np.arange(data.shape[1])
     return xr.DataArray(
