@@ -48,7 +48,7 @@ def main(argv=None):
     import evflow
     from evflow.imaging.bleaching import estimate_trace_noise
     from evflow.kernels.steps import binseg_numba
-    from evflow.synth_bleaching import bleaching_traces
+    from evflow.synth import bleaching_traces
 
     per = max(args.traces // 8, 1)
     truth = np.repeat(np.arange(1, 9), per)

@@ -7,7 +7,7 @@ from conftest import shared_path
 import evflow
 from evflow.errors import CalibrationError, ConfigError, EvflowError
 from evflow.kernels.steps import binseg_numba, binseg_numpy, changepoints_numba, changepoints_numpy
-from evflow.synth_bleaching import bleaching_traces
+from evflow.synth import bleaching_traces
 
 # realistic single-molecule TIRF: 200 photons per dye per frame, 300 background photons in the aperture,
 # EMCCD excess noise, 5 photons read noise, 10 % dye-to-dye brightness spread, some blinking

@@ -9,7 +9,7 @@ import tifffile
 import evflow
 from evflow.errors import ConfigError, ImageError
 from evflow.imaging.traces import phase_correlation_shift
-from evflow.synth_bleaching import bleaching_movie
+from evflow.synth import bleaching_movie
 
 
 @pytest.fixture(scope="module")

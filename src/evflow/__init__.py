@@ -96,7 +96,6 @@ _EXPORTS = {
     "gates": "evflow.gates",
     "transforms": "evflow.transforms",
     "synth": "evflow.synth",
-    "synth_bleaching": "evflow.synth_bleaching",
     "metrics": "evflow.metrics",
 }
 

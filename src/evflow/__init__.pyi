@@ -4,7 +4,6 @@ from . import (
     gates as gates,
     metrics as metrics,
     synth as synth,
-    synth_bleaching as synth_bleaching,
     transforms as transforms,
 )
 from .backend import (
@@ -152,6 +151,5 @@ __all__ = [
     "gates",
     "transforms",
     "synth",
-    "synth_bleaching",
     "metrics",
 ]

@@ -344,7 +344,7 @@ def count_bleaching_steps(
 
     Examples
     --------
-    >>> from evflow.synth_bleaching import bleaching_traces
+    >>> from evflow.synth import bleaching_traces
     >>> sim = bleaching_traces([1, 2, 3], seed=0)
     >>> count_bleaching_steps(sim.traces).n_steps.tolist()
     [1, 2, 3]

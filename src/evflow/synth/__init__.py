@@ -6,6 +6,9 @@
 :mod:`evflow.synth.flow`
     Flow cytometry: size beads, MESF beads and EVs of known size
     (:func:`synthetic_ev_sample`, ...), :func:`write_synthetic_fcs`.
+:mod:`evflow.synth.bleaching`
+    Photobleaching: :func:`bleaching_traces` (traces with known step counts),
+    :func:`bleaching_movie` (a drifting TIRF movie of vesicles that bleach).
 
 Every name is re-exported here, so ``evflow.synth.tirf(...)`` and
 ``from evflow.synth import synthetic_ev_sample`` both work.  Note that the
@@ -16,6 +19,7 @@ SyntheticTIRF`` works as usual).
 
 from __future__ import annotations
 
+from .bleaching import SyntheticBleaching, bleaching_movie, bleaching_traces
 from .flow import (
     default_scatter_gain,
     scatter_cross_section,
@@ -40,4 +44,7 @@ __all__ = [
     "synthetic_ev_sample",
     "scatter_cross_section",
     "write_synthetic_fcs",
+    "bleaching_traces",
+    "bleaching_movie",
+    "SyntheticBleaching",
 ]

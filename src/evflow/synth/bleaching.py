@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["bleaching_traces", "bleaching_movie", "SyntheticBleaching"]
 
@@ -174,7 +174,7 @@ def bleaching_movie(
     truth : SyntheticBleaching
         Noise-free signal per vesicle in ``traces`` (total photons per frame).
     """
-    from .synth import integrated_gaussian
+    from .tirf import integrated_gaussian
 
     rng = np.random.default_rng(seed)
     n_fl = np.atleast_1d(np.asarray(n_fluorophores))
