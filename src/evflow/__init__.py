@@ -3,7 +3,7 @@
 The verbs live at the top level::
 
     s = evflow.read_fcs("sample.fcs")                  # also write_fcs, read_images
-    strategy = evflow.read_gatingml("gates.xml")       # also write_gatingml
+    strategy = evflow.read_gatingml("gates.xml")       # also write_gatingml, read_flowjo("x.wsp")
     ds = evflow.count_phenotypes(s, parent="EVs", strategy=strategy, markers=...)
     cal = evflow.calibrate_mesf("beads.fcs", "FL1", mesf_values)   # also calibrate_scatter
     spots = evflow.detect_spots(field, psf_sigma_px=1.3)            # also count_vesicles
@@ -49,6 +49,7 @@ _EXPORTS = {
     "read_images": "evflow.io.images",
     "read_gatingml": "evflow.flow.gatingml",
     "write_gatingml": "evflow.flow.gatingml",
+    "read_flowjo": "evflow.flow.flowjo",
     # the pipeline
     "run": "evflow.pipeline.run",
     "load_experiment": "evflow.pipeline.config",

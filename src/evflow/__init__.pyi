@@ -38,6 +38,9 @@ from .flow.controls import (
     subtract_buffer_counts as subtract_buffer_counts,
     threshold_from_control as threshold_from_control,
 )
+from .flow.flowjo import (
+    read_flowjo as read_flowjo,
+)
 from .flow.gatingml import (
     read_gatingml as read_gatingml,
     write_gatingml as write_gatingml,
@@ -113,6 +116,7 @@ __all__ = [
     "read_images",
     "read_gatingml",
     "write_gatingml",
+    "read_flowjo",
     "run",
     "load_experiment",
     "count_phenotypes",

@@ -157,7 +157,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "flow.gates": {
         "size_nm": Key(list, None, "nm", "[min, max] diameters (nm)"),
-        "gatingml": Key(str, None, "", "a Gating-ML 2.0 file"),
+        "gatingml": Key(str, None, "", "a Gating-ML 2.0 file or a FlowJo workspace (.wsp)"),
         "parent": Key(str, None, "", "a gate id"),
         "range": Key(list, None, "", "a list of {channel, min, max} tables"),
     },
@@ -538,7 +538,7 @@ def _check_flow(flow_s, markers, flow_samples, src, problems, resolve, check_fil
             problems.append(f"{src}: 'flow.gates.gatingml' needs 'flow.gates.parent' (the gate id of the EV population)")
         elif check_files and gp is not None and gp.is_file():
             try:
-                from ..flow.gatingml import read_gatingml
+                from ..flow.flowjo import read_gates_file as read_gatingml
 
                 strat = read_gatingml(gp)
                 ids = strat.gate_ids() if callable(strat.gate_ids) else list(strat.gate_ids)

@@ -89,7 +89,7 @@ def gating(exp, size_cal):
     gates_s = exp.flow.get("gates", {})
     strategy, parent, desc = None, None, []
     if "gatingml" in gates_s:
-        from ..flow.gatingml import read_gatingml
+        from ..flow.flowjo import read_gates_file as read_gatingml
 
         strategy = read_gatingml(exp.resolve(gates_s["gatingml"]))
         parent = gates_s["parent"]

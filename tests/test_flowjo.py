@@ -1,0 +1,195 @@
+"""FlowJo 10 workspaces: every gate type, FlowJo's transforms and compensation, against FlowKit's reading.
+
+``tests/data/flowjo/*.wsp`` are written by ``make_workspaces.py`` there in FlowJo 10's XML.  The FCS files of
+``ev_panel.wsp`` are written here with evflow's writer (synthetic, spillover applied); ``flowcal_beads.wsp`` gates
+FlowCal's real bead file.  FlowKit reads the same workspace and events; the counts must be equal, gate by gate.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shared_path
+
+import evflow
+from evflow.errors import GatingError
+from evflow.flow.flowjo import flowjo_samples, read_gates_file
+from evflow.flow.flowjo_transforms import FlowJoBiexTransform, FlowJoLogTransform
+from evflow.flow.gates import BooleanGate, PolygonGate, RectangleGate
+
+fk = pytest.importorskip("flowkit")
+
+DATA = Path(__file__).parent / "data" / "flowjo"
+WSP = DATA / "ev_panel.wsp"
+BEADS = DATA / "flowcal_beads.wsp"
+CHANNELS = ["FSC-A", "SSC-A", "FL1-A", "FL2-A", "FL3-A", "Time"]
+SPILL = np.array([[1, 0.12, 0.02], [0.05, 1, 0.15], [0.0, 0.08, 1]])
+SAMPLES = {"ev_01.fcs": (20000, 1), "ev_02.fcs": (15000, 2)}
+
+
+def _events(n, seed):
+    r = np.random.default_rng(seed)
+    fsc = r.lognormal(np.log(40000), 0.9, n)
+    ssc = r.lognormal(np.log(800), 1.5, n)
+    true = np.column_stack([r.lognormal(np.log(m), s, n) for m, s in ((1500, 1.3), (900, 1.4), (700, 1.6))])
+    true[r.random(n) < 0.1] *= -0.05  # some negative (compensated) values, where biex and logicle differ from log
+    t = np.sort(r.uniform(0, 1000, n))
+    return np.column_stack([fsc, ssc, true @ SPILL, t]).clip(-5000, 262143)
+
+
+@pytest.fixture(scope="module")
+def fcs_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("flowjo")
+    for name, (n, seed) in SAMPLES.items():
+        evflow.write_fcs(d / name, _events(n, seed), CHANNELS, ranges=[262144] * 6)
+    return d
+
+
+def _flowkit_counts(wsp, samples, group):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ws = fk.Workspace(str(wsp), fcs_samples=samples)
+        ws.analyze_samples(group_name=group)
+        rep = ws.get_analysis_report(group_name=group)
+    out = {}
+    for _, row in rep.iterrows():
+        path = "/".join([x for x in row["gate_path"] if x != "root"] + [row["gate_name"]])
+        out[(row["sample_id"], path)] = int(row["count"])
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_every_gate_type_agrees_with_flowkit(fcs_dir, name):
+    ref = _flowkit_counts(WSP, str(fcs_dir), "EV panel")
+    strategy = evflow.read_flowjo(WSP, group="EV panel", sample=name)
+    counts = strategy.apply(evflow.read_fcs(fcs_dir / name), backend="numpy").counts()
+    theirs = {p: c for (s, p), c in ref.items() if s == name}
+    assert len(theirs) == 13
+    assert {p: counts[p] for p in theirs} == theirs
+    # the gates hold events (the comparison is not between empty sets) and the hierarchy is FlowJo's
+    assert all(c > 100 for c in theirs.values())
+    assert counts["Cells/Ellipse/Bright"] < counts["Cells/Ellipse"] < counts["Cells"] < SAMPLES[name][0]
+    quads = [p for p in theirs if p.startswith("Cells/Q") and ":" in p]
+    assert sum(counts[q] for q in quads) == counts["Cells"]  # FlowJo's quadrants tile their parent
+    assert counts["Cells/not CD9+"] + counts["Cells/CD9+"] == counts["Cells"]
+
+
+def test_strategy_structure(fcs_dir):
+    s = evflow.read_flowjo(WSP, sample="ev_01.fcs")
+    assert s.flowjo_group == "EV panel" and s.flowjo_sample == "ev_01.fcs"
+    assert s.flowjo_total == 20000  # FlowJo's own count of the sample's events
+    assert s.fcs_file == str(DATA / "ev_01.fcs")
+    assert s.flowjo_keywords["$TOT"] == "20000"
+    g = s.gates
+    assert isinstance(g["Cells"], PolygonGate) and g["Cells"].parent is None
+    rng = g["Cells/CD9+"]  # a range gate: one dimension, open above
+    assert isinstance(rng, RectangleGate) and len(rng.dims) == 1 and rng.maxs == [None]
+    ell = g["Cells/Ellipse"]
+    assert isinstance(ell, PolygonGate) and len(ell.vertices) == 128
+    assert isinstance(ell.dims[0].transform, FlowJoBiexTransform)
+    assert ell.dims[0].compensation == "EV comp" and ell.dims[0].channel == "Comp-FL1-A"
+    # biex is 0..4096 on FlowJo's display, logicle 0..1: the ellipse's centre (140, 140 of 256 bins) lands there
+    np.testing.assert_allclose(ell.vertices.mean(axis=0), [140 / 256 * 4096, 140 / 256], rtol=1e-6)
+    out = g["Cells/Not debris"]  # eventsInside="0": the complement of the drawn rectangle
+    assert isinstance(out, BooleanGate) and out.op == "not" and out.refs == [("Cells/Not debris [shape]", False)]
+    assert isinstance(g["Cells/Q2 and Ellipse"], BooleanGate) and g["Cells/Q2 and Ellipse"].parent == "Cells"
+    assert g["Cells/Ellipse/Bright"].parent == "Cells/Ellipse"
+    np.testing.assert_allclose(s.compensations["EV comp"].matrix, SPILL)
+    # the second sample has its own gate (owningGroup "") and its own SSC-A scale
+    s2 = evflow.read_flowjo(WSP, sample="2")
+    assert s2.flowjo_sample == "ev_02.fcs"
+    assert not np.array_equal(s2.gates["Cells"].vertices, g["Cells"].vertices)
+    assert s2.gates["Cells"].dims[1].transform.params == (1.0, 5.0)
+    assert flowjo_samples(WSP) == {"All Samples": ["ev_01.fcs", "ev_02.fcs"], "EV panel": ["ev_01.fcs", "ev_02.fcs"],
+                                   "Compensation": []}
+
+
+def test_real_bead_file_agrees_with_flowkit():
+    """FlowCal's real beads (log-amplified FL channels decoded by $PnE) through the same workspace in both tools."""
+    path = shared_path("beads", "flowcal", "sample001.fcs")
+    sample = evflow.read_fcs(path)
+    events = np.asarray(sample.linear_events())
+    # FlowIO cannot read this file's DATA segment, so FlowKit gets evflow's decoded events
+    fks = fk.Sample(events, sample_id="sample001.fcs", channel_labels=list(sample.channels))
+    ref = _flowkit_counts(BEADS, [fks], "Beads")
+    counts = evflow.read_flowjo(BEADS).apply(sample, backend="numpy").counts()
+    assert len(ref) == 9
+    assert {p: counts[p] for (_, p) in ref} == {p: c for (_, p), c in ref.items()}
+    assert counts["Singlets"] == 27153 and counts["Singlets/Peak 7"] > 2000
+
+
+def test_transforms_match_flowkit():
+    from flowkit._models.transforms._wsp_transforms import WSPBiexTransform, WSPLogTransform
+
+    x = np.concatenate([-np.geomspace(1, 3e5, 300), [0.0], np.geomspace(1e-3, 3e5, 300)])
+    for pos, neg, width, top in [(4.418540, 0, -10, 262144), (4.42, 1, -100, 262144), (4.5, 0.5, -1000, 1e5)]:
+        ours = FlowJoBiexTransform(pos, neg, width, top)
+        theirs = WSPBiexTransform(negative=neg, width=width, positive=pos, max_value=top)
+        np.testing.assert_allclose(ours.apply(x), theirs.apply(x), atol=1e-9)
+        c = np.linspace(0, 4096, 101)
+        np.testing.assert_allclose(ours.inverse(c), theirs.inverse(c), rtol=1e-9, atol=1e-6)
+        assert 4000 < ours.apply(np.array([top]))[0] <= 4096  # the top of the data scale is near the top channel
+    lg = FlowJoLogTransform(1.0, 4.5)
+    np.testing.assert_allclose(lg.apply(x), WSPLogTransform(offset=1.0, decades=4.5).apply(x))
+    np.testing.assert_allclose(lg.inverse(lg.apply(np.array([2.0, 1e4]))), [2.0, 1e4])
+
+
+def test_experiment_file_accepts_a_workspace(tmp_path):
+    assert read_gates_file(WSP).gate_ids == evflow.read_flowjo(WSP).gate_ids
+    assert read_gates_file(shared_path("gatingml", "gml", "gml_all_gates.xml")).gate_ids  # Gating-ML as before
+    from evflow.pipeline.flow import gating
+
+    class Exp:
+        path = tmp_path / "experiment.toml"
+        flow = {"gates": {"gatingml": str(WSP), "parent": "Cells/Ellipse"}}
+
+        def resolve(self, p):
+            return Path(p)
+
+    strategy, parent, desc, _ = gating(Exp(), None)[:4]
+    assert parent == "Cells/Ellipse" and "Cells/Ellipse" in strategy.gate_ids
+    Exp.flow = {"gates": {"gatingml": str(WSP), "parent": "Nope"}}
+    with pytest.raises(evflow.ConfigError, match="'Nope' is not a gate of"):
+        gating(Exp(), None)
+
+
+def _edited(tmp_path, old, new, count=1):
+    text = WSP.read_text()
+    assert re.search(old, text)
+    p = tmp_path / "edited.wsp"
+    p.write_text(re.sub(old, new, text, count=max(count, 0)))
+    return p
+
+
+def test_errors_name_file_and_element(tmp_path):
+    with pytest.raises(GatingError, match=r"sample 'nope.fcs' is not in the workspace; samples are \['ev_01.fcs'"):
+        evflow.read_flowjo(WSP, sample="nope.fcs")
+    with pytest.raises(GatingError, match="group 'Other' is not in the workspace; groups are"):
+        evflow.read_flowjo(WSP, group="Other")
+    with pytest.raises(GatingError, match="not in group 'Compensation'"):
+        evflow.read_flowjo(WSP, group="Compensation", sample="ev_01.fcs")
+    p = _edited(tmp_path, "gating:RectangleGate", "gating:CircleGate", 0)
+    with pytest.raises(GatingError, match=r"edited.wsp, line \d+: .*unsupported FlowJo gate element gating:CircleGate"):
+        evflow.read_flowjo(p)
+    p = _edited(tmp_path, r"transforms:log\b(?!icle)", "transforms:miracle", 0)
+    with pytest.raises(GatingError, match=r"edited.wsp, line \d+: unsupported FlowJo transform transforms:miracle"):
+        evflow.read_flowjo(p)
+    p = _edited(tmp_path, r'<Dependent name="Cells/CD9\+"/>', '<Dependent name="Cells/CD99+"/>', 0)
+    with pytest.raises(GatingError, match=r"edited.wsp, line \d+: Boolean node 'Cells/not CD9\+': dependent 'Cells/CD99\+' is not a population"):
+        evflow.read_flowjo(p)
+    p = _edited(tmp_path, 'data-type:value="10000"', 'data-type:value="ten"', 0)
+    with pytest.raises(GatingError, match=r"edited.wsp, line \d+: .*'ten' is not a number"):
+        evflow.read_flowjo(p)
+    p = _edited(tmp_path, "</Workspace>", "</Workspac>")
+    with pytest.raises(GatingError, match=r"edited.wsp, line \d+, column \d+: not well-formed XML"):
+        evflow.read_flowjo(p)
+    p = tmp_path / "gates.wsp"
+    p.write_text('<?xml version="1.0"?><Gating-ML/>')
+    with pytest.raises(GatingError, match="root element is 'Gating-ML', expected a FlowJo Workspace"):
+        evflow.read_flowjo(p)
+    with pytest.raises(GatingError, match="FlowJo workspace not found"):
+        evflow.read_flowjo(tmp_path / "missing.wsp")
