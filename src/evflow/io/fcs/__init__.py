@@ -32,7 +32,6 @@ from .data import (
     DEFAULT_CHUNK_BYTES,
     _apply_masks,
     _byte_order,
-    _data_offsets,
     _DataSegment,
     _decode_ascii_fixed,
     _decode_rows,
@@ -45,6 +44,7 @@ from .data import (
     _scale_params,
 )
 from .header import _VERSION_RE, HEADER_SIZE, _Header, _open_checked, _read_header
+from .offsets import data_offsets as _data_offsets
 from .sample import FCSSample, _wrap_in_memory, as_sample, count_data_sets, read_fcs, read_fcs_metadata
 from .text import (
     _MAX_PAR,

@@ -1,6 +1,6 @@
 """The DATA segment: byte layout of an event for every ``$DATATYPE`` (I, F, D, fixed-width and
-delimited A), row-chunked reads, offsets checked against ``$TOT`` and the file size, and the
-linear-scale decoding (``$PnE``, ``$PnG``, ``$TIMESTEP``)."""
+delimited A), row-chunked reads and the linear-scale decoding (``$PnE``, ``$PnG``, ``$TIMESTEP``).
+Where the segment lies (HEADER and TEXT offsets, ``$TOT``) is :mod:`.offsets`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import FCSDataError, FCSTextError, FCSUnsupportedError, FCSWarning
-from .header import HEADER_SIZE
-from .text import _DataSetInfo, _float_kw, _int_kw, channel_log, is_time_name
+from .text import _float_kw, _int_kw, channel_log, is_time_name
 
 #: default number of bytes per dask chunk when ``chunk_events`` is not given
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -257,109 +256,6 @@ class _DataSegment:
             lo, hi = (int(idx.min()), int(idx.max()) + 1) if np.size(idx) else (0, 0)
             out = self.read_rows(lo, hi)[np.asarray(idx) - lo]
         return out[(slice(None),) + rest] if rest else out
-
-
-def _data_offsets(info: _DataSetInfo, layout: _Layout, n_tot: int | None, path, size: int):
-    """Resolve the DATA segment: absolute start offset and number of events."""
-    meta, header, base = info.meta, info.header, info.base
-    hb, he = header.data
-    tb_ = _int_kw(meta, "$BEGINDATA", path, required=False, default=None)
-    te_ = _int_kw(meta, "$ENDDATA", path, required=False, default=None)
-    text_ok = tb_ is not None and te_ is not None and tb_ > 0
-    head_ok = hb > 0 and he >= hb
-    rb = layout.row_bytes
-    if n_tot == 0:
-        return base, 0
-    if not text_ok and not head_ok:
-        raise FCSDataError(
-            f"no DATA offsets: HEADER gives {hb}-{he} and $BEGINDATA/$ENDDATA are "
-            f"{meta.get('$BEGINDATA')!r}/{meta.get('$ENDDATA')!r}",
-            path,
-        )
-    candidates = []
-    if text_ok:
-        candidates.append(("$BEGINDATA/$ENDDATA", tb_, te_))
-    if head_ok:
-        candidates.append(("HEADER", hb, he))
-
-    text_end = header.text[1]
-
-    def fits(begin):
-        # DATA cannot start inside the HEADER or the primary TEXT, and must hold $TOT events
-        avail = size - (base + begin)
-        return begin > text_end and avail >= 0 and (n_tot is None or n_tot * rb <= avail)
-
-    name, begin, end = candidates[0]
-    if len(candidates) == 2 and candidates[0][1:] != candidates[1][1:]:
-        (n0, b0, e0), (n1, b1, e1) = candidates
-        if b0 != b1:
-            if n_tot is not None:
-                # pick the begin that makes the segment exactly $TOT rows long, else one that fits
-                good = [c for c in candidates if c[2] - c[1] + 1 == n_tot * rb and fits(c[1])]
-                good = good or [c for c in candidates if c[2] - c[1] + 1 in (n_tot * rb, n_tot * rb + 1) and fits(c[1])]
-                good = good or [c for c in candidates if fits(c[1])]
-                name, begin, end = good[0] if good else candidates[0]
-            warnings.warn(
-                f"{path}: DATA begin differs between HEADER ({b1}) and $BEGINDATA ({b0}); using {name} ({begin})",
-                FCSWarning,
-                stacklevel=3,
-            )
-        elif e0 != e1 and e1 != 0:
-            if n_tot is not None and e1 - b1 + 1 == n_tot * rb and e0 - b0 + 1 != n_tot * rb:
-                name, begin, end = candidates[1]
-            warnings.warn(
-                f"{path}: DATA end differs between HEADER ({e1}) and $ENDDATA ({e0}); using {name} ({end})",
-                FCSWarning,
-                stacklevel=3,
-            )
-    if base + begin >= size and (n_tot is None or n_tot > 0):
-        raise FCSDataError(
-            f"the DATA segment should start at byte {base + begin} ({name}) but the file ends at byte "
-            f"{size}: it holds HEADER and TEXT only (read its keywords with read_fcs_metadata)",
-            path,
-        )
-    if begin < HEADER_SIZE or base + begin > size:
-        raise FCSDataError(
-            f"DATA begins at byte {base + begin} ({name}); expected an offset between {HEADER_SIZE} and the "
-            f"file size {size}",
-            path,
-        )
-    seg_bytes = end - begin + 1
-    avail = size - (base + begin)
-    if n_tot is None:
-        nbytes = min(seg_bytes, avail) if seg_bytes > 0 else avail
-        n_events = nbytes // rb if rb else 0
-        if rb and nbytes % rb:
-            warnings.warn(
-                f"{path}: DATA segment of {nbytes} bytes is not a whole number of {rb}-byte events and "
-                "$TOT is absent; reading the whole events only",
-                FCSWarning,
-                stacklevel=3,
-            )
-        return base + begin, n_events
-    need = n_tot * rb
-    if need > avail:
-        raise FCSDataError(
-            f"$TOT={n_tot} events of {rb} bytes need {need} bytes from byte {base + begin}, but only "
-            f"{avail} remain in the file (truncated file, or $TOT/$PAR/$PnB disagree with the data)",
-            path,
-        )
-    if seg_bytes != need:
-        if seg_bytes == need + 1:
-            warnings.warn(
-                f"{path}: {name} says the DATA segment is {seg_bytes} bytes, one more than $TOT x event "
-                f"size = {need} (a known off-by-one in some instruments' $ENDDATA); reading {n_tot} events",
-                FCSWarning,
-                stacklevel=3,
-            )
-        else:
-            warnings.warn(
-                f"{path}: {name} says the DATA segment is {seg_bytes} bytes, but $TOT x event size is {need} "
-                f"bytes; reading the {n_tot} events $TOT announces",
-                FCSWarning,
-                stacklevel=3,
-            )
-    return base + begin, n_tot
 
 
 def _scale_block(block: np.ndarray, params: np.ndarray) -> np.ndarray:

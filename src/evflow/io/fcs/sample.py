@@ -14,7 +14,6 @@ import numpy as np
 from ...errors import FCSError, FCSTextError
 from . import text as _text
 from .data import (
-    _data_offsets,
     _DataSegment,
     _default_chunk_events,
     _layout,
@@ -23,6 +22,7 @@ from .data import (
     _scale_params,
 )
 from .header import _open_checked
+from .offsets import data_offsets
 from .text import _MAX_PAR, _channel_names, _data_set_infos, _int_kw, parse_spillover
 
 
@@ -379,7 +379,7 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
     n_tot = _int_kw(meta, "$TOT", path, required=not info.header.version.startswith("FCS2"), default=None, minimum=0)
     layout = _layout(meta, n_par, path)
     channels, markers = _channel_names(meta, n_par, path)
-    offset, n_events = _data_offsets(info, layout, n_tot, path, size)
+    offset, n_events = data_offsets(info, layout, n_tot, path, size, channels)
     if layout.delimited_ascii:
         events_np = _read_delimited_ascii(path, offset, size, n_events if n_tot is not None else None, n_par, info)
         arr = da.from_array(events_np, chunks=(chunk_events or _default_chunk_events(8 * n_par), n_par))
