@@ -128,3 +128,62 @@ def build_multi(datasets: list[dict]) -> bytes:
         assert len(b) == size
         out += b
     return out
+
+
+# --------------------------------------------------------------------------- byte edits of offsets
+
+HEADER_FIELDS = ("TEXT begin", "TEXT end", "DATA begin", "DATA end", "ANALYSIS begin", "ANALYSIS end")
+
+
+def set_header_field(blob: bytes, field: str, value: int | str) -> bytes:
+    """Overwrite one 8-character HEADER offset field (``field`` from :data:`HEADER_FIELDS`)."""
+    lo = 10 + 8 * HEADER_FIELDS.index(field)
+    s = f"{value:>8d}" if isinstance(value, int) else f"{value:>8s}"
+    assert len(s) == 8
+    return blob[:lo] + s.encode() + blob[lo + 8 :]
+
+
+def header_field(blob: bytes, field: str) -> int:
+    lo = 10 + 8 * HEADER_FIELDS.index(field)
+    return int(blob[lo : lo + 8].strip() or 0)
+
+
+def set_text_value(blob: bytes, key: str, value: int | str, delim: str = "/") -> bytes:
+    """Overwrite the value of TEXT keyword ``key`` keeping its width (numbers zero-padded, strings
+    right-justified with spaces), so no other offset moves."""
+    d = delim.encode()
+    k = d + key.encode() + d
+    i = blob.index(k) + len(k)
+    j = blob.index(d, i)
+    width = j - i
+    s = f"{value:0{width}d}" if isinstance(value, int) else f"{value:>{width}s}"
+    assert len(s) == width, (key, value, width)
+    return blob[:i] + s.encode() + blob[j:]
+
+
+def text_value(blob: bytes, key: str, delim: str = "/") -> str:
+    d = delim.encode()
+    k = d + key.encode() + d
+    i = blob.index(k) + len(k)
+    return blob[i : blob.index(d, i)].decode()
+
+
+def shift_offsets(blob: bytes, where: str, delta: int, *, delim: str = "/") -> bytes:
+    """Move the DATA offsets of ``where`` ("HEADER" or "TEXT") by ``delta`` bytes."""
+    if where == "HEADER":
+        for f in ("DATA begin", "DATA end"):
+            blob = set_header_field(blob, f, header_field(blob, f) + delta)
+        return blob
+    for key in ("$BEGINDATA", "$ENDDATA"):
+        blob = set_text_value(blob, key, int(text_value(blob, key, delim)) + delta, delim)
+    return blob
+
+
+def with_analysis(blob: bytes, analysis: bytes, *, text_keywords: bool = True) -> bytes:
+    """Append an ANALYSIS segment and point the HEADER (and, when the builder left room for them,
+    ``$BEGINANALYSIS``/``$ENDANALYSIS``) at it."""
+    begin, end = len(blob), len(blob) + len(analysis) - 1
+    blob = set_header_field(set_header_field(blob, "ANALYSIS begin", begin), "ANALYSIS end", end)
+    if text_keywords and b"$BEGINANALYSIS" in blob:
+        blob = set_text_value(set_text_value(blob, "$BEGINANALYSIS", begin), "$ENDANALYSIS", end)
+    return blob + analysis

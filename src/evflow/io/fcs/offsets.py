@@ -85,12 +85,13 @@ def _other_segments(info: _DataSetInfo, size: int) -> list[tuple[str, int, int]]
     if sb and se and se >= sb:
         out.append(("supplemental TEXT", base + sb, base + se))
     ab, ae = info.header.analysis
-    if ab and ae >= ab:
-        out.append(("ANALYSIS (HEADER)", base + ab, base + ae))
     tb, _ = _lenient_int(meta, "$BEGINANALYSIS")
     te, _ = _lenient_int(meta, "$ENDANALYSIS")
-    if tb and te and te >= tb and (tb, te) != (ab, ae):
-        out.append(("ANALYSIS ($BEGINANALYSIS)", base + tb, base + te))
+    same = (tb, te) == (ab, ae)
+    if ab and ae >= ab:
+        out.append(("ANALYSIS" if same else "ANALYSIS (HEADER)", base + ab, base + ae))
+    if tb and te and te >= tb and not same:
+        out.append(("ANALYSIS ($BEGINANALYSIS/$ENDANALYSIS)", base + tb, base + te))
     if info.next_offset:
         out.append(("next data set", base + info.next_offset, base + info.next_offset + HEADER_SIZE - 1))
     return [s for s in out if s[1] < size]
