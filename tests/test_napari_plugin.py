@@ -531,7 +531,9 @@ def test_open_experiment_registered_layers_and_points(make_napari_viewer, demo):
     A = ChannelRegistration.from_dict(reg)
     viewer = make_napari_viewer()
     layers = viewer.open(str(data / "experiment.toml"), plugin="evflow")
-    assert [ly.name for ly in layers] == ["CD9", "CD63", "CD81", "vesicles"]
+    assert [ly.name for ly in layers][:4] == ["CD9", "CD63", "CD81", "vesicles"]
+    # then the flow samples (tests/test_napari_flow.py): a density image and a gates layer each
+    assert {(ly.metadata.get("evflow") or {}).get("kind") for ly in layers[4:]} == {"flow", "gates"}
     n_fields = sum(len(s.images) for s in exp.samples)
     assert layers[0].data.shape == (n_fields, 128, 128)
     meta = layers[0].metadata["evflow"]

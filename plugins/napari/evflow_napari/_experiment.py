@@ -9,18 +9,19 @@ import numpy as np
 __all__ = ["experiment_gating", "save_thresholds"]
 
 
-def experiment_gating(path) -> dict | None:
+def experiment_gating(path, experiment=None) -> dict | None:
     """The experiment's gating settings for an FCS file of it (found next to the file or above it).
 
     Returns None without an experiment file, else a dict: ``experiment`` (file), ``sample`` (the
     sample whose ``flow`` is this file, or None), ``markers`` (name -> channel, bit order),
     ``thresholds`` (name -> channel units, linear scale: the run's ``threshold`` from
     ``results.zarr`` when the experiment has been run, else the ``fixed`` values; None otherwise)
-    and ``source`` (where the thresholds come from).
+    and ``source`` (where the thresholds come from).  ``experiment``: the experiment file the sample
+    was opened from (else it is looked for beside the file).
     """
     from ._reader import experiment_results, find_experiment, open_results
 
-    exp_file = find_experiment(path)
+    exp_file = Path(experiment) if experiment else find_experiment(path)
     if exp_file is None or exp_file.suffix.lower() != ".toml":
         return None
     try:
@@ -68,3 +69,4 @@ def save_thresholds(experiment_file, thresholds: dict) -> Path:
                                                                               thresholds.items()}})
     atomic_write_bytes(p, text.encode())
     return p
+

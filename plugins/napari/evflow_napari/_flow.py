@@ -30,6 +30,7 @@ __all__ = [
     "gates_to_shapes",
     "convert_shape",
     "convert_shapes",
+    "strategy_shapes",
 ]
 
 TRANSFORM_KINDS = ("logicle", "asinh", "log", "linear")
@@ -114,8 +115,9 @@ class FlowView:
         Density image size (bins per axis).
     """
 
-    def __init__(self, path, x=None, y=None, x_transform=None, y_transform=None, bins=512):
+    def __init__(self, path, x=None, y=None, x_transform=None, y_transform=None, bins=512, experiment=None):
         self.path = str(Path(path).resolve())
+        self.experiment = None if experiment is None else str(experiment)  # the experiment file it was opened from
         self.sample = open_sample(self.path)
         dx, dy = default_channels(self.sample)
         self.x = x or dx
@@ -191,12 +193,16 @@ class FlowView:
 
     def spec(self) -> dict:
         """What the layers' metadata keep (plain data)."""
-        return {"kind": "flow", "path": self.path, "x": self.x, "y": self.y, "x_transform": self.x_transform,
-                "y_transform": self.y_transform, "bins": self.bins}
+        out = {"kind": "flow", "path": self.path, "x": self.x, "y": self.y, "x_transform": self.x_transform,
+               "y_transform": self.y_transform, "bins": self.bins}
+        if self.experiment:
+            out["experiment"] = self.experiment
+        return out
 
     @classmethod
     def from_spec(cls, spec):
-        return cls(spec["path"], spec["x"], spec["y"], spec["x_transform"], spec["y_transform"], spec["bins"])
+        return cls(spec["path"], spec["x"], spec["y"], spec["x_transform"], spec["y_transform"], spec["bins"],
+                   experiment=spec.get("experiment"))
 
     def image_layer_data(self, density=None):
         """napari LayerData of the density image: data ``log10(1 + events per bin)``, rows = y."""
@@ -333,6 +339,98 @@ def gates_to_shapes(strategy, x, y):
             continue
         ids.append(gid)
     return data, types, ids
+
+
+class _Identity:
+    """The transform of a dimension without one: gate coordinates are channel values."""
+
+    @staticmethod
+    def apply(x):
+        return np.asarray(x, np.float64)
+
+    inverse = apply
+
+
+def _event_extent(view, axis):
+    """Display range (lo, hi) of the view's events on one axis, padded: open gate ends are drawn to it."""
+    col = np.asarray(view.transforms[axis].apply(view.xy_events()[:, axis].astype(np.float64)), np.float64)
+    col = col[np.isfinite(col)]
+    lo = min(float(col.min()) if col.size else 0.0, 0.0)
+    hi = max(float(col.max()) if col.size else 1.0, 1.0)
+    return lo - 0.01, hi + 0.01
+
+
+def strategy_shapes(strategy, view):
+    """(vertices list, shape types, gate ids, ids left out) of the gates of ``strategy`` drawn on ``view``.
+
+    Drawn: 2-D polygon, rectangle and ellipse gates on the view's two channels and 1-D range gates on
+    either of them (across the whole other axis), plain dimensions only (no compensation or ratio), each
+    redrawn from the gate's own scale onto the view's display scales (an open range end goes to just
+    beyond the events shown). Quadrants, boolean gates and gates on other channels are left out.
+    """
+    import evflow
+
+    G = evflow.gates
+    data, types, ids, left = [], [], [], []
+    new = view.transforms
+    for gid, g in getattr(strategy, "gates", {}).items():
+        dims = list(getattr(g, "dims", []) or [])
+        chans = [getattr(d, "channel", None) for d in dims]
+        plain = dims and all(type(d) is G.Dimension and d.compensation is None for d in dims)
+        if not plain or not isinstance(g, (G.RectangleGate, G.PolygonGate, G.EllipsoidGate)):
+            left.append(gid)
+            continue
+        old = [d.transform or _Identity() for d in dims]
+
+        def remap(v, k, axis, old=old):  # gate scale of dimension k -> display of view axis
+            return float(np.asarray(new[axis].apply(old[k].inverse(np.array([float(v)], np.float64))))[0])
+
+        if isinstance(g, G.RectangleGate) and len(dims) == 1 and chans[0] in (view.x, view.y):
+            axis = 0 if chans[0] == view.x else 1
+            ext = _event_extent(view, axis)
+            lo = ext[0] if g.mins[0] is None else remap(g.mins[0], 0, axis)
+            hi = ext[1] if g.maxs[0] is None else remap(g.maxs[0], 0, axis)
+            lo, hi = max(lo, ext[0]), min(hi, ext[1])  # beyond every event: the same events inside
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+                left.append(gid)
+                continue
+            o0, o1 = _event_extent(view, 1 - axis)
+            (x0, x1), (y0, y1) = ((lo, hi), (o0, o1)) if axis == 0 else ((o0, o1), (lo, hi))
+            data.append(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float))
+            types.append("rectangle")
+        elif chans == [view.x, view.y]:
+            if isinstance(g, G.RectangleGate):
+                ext = [_event_extent(view, a) for a in (0, 1)]
+                lo = [ext[a][0] if g.mins[a] is None else max(remap(g.mins[a], a, a), ext[a][0]) for a in (0, 1)]
+                hi = [ext[a][1] if g.maxs[a] is None else min(remap(g.maxs[a], a, a), ext[a][1]) for a in (0, 1)]
+                if not all(np.isfinite(lo[a]) and np.isfinite(hi[a]) and lo[a] < hi[a] for a in (0, 1)):
+                    left.append(gid)
+                    continue
+                data.append(np.array([[lo[1], lo[0]], [lo[1], hi[0]], [hi[1], hi[0]], [hi[1], lo[0]]], float))
+                types.append("rectangle")
+            else:
+                d, t, _ = gates_to_shapes(_One(gid, g), view.x, view.y)
+                same = all(type(a) is type(b) and getattr(a, "params", None) == getattr(b, "params", None)
+                           for a, b in zip(old, new))
+                if same:
+                    data.append(d[0])
+                    types.append(t[0])
+                else:
+                    v, st = convert_shape(d[0], t[0], tuple(old), tuple(new))
+                    data.append(v)
+                    types.append(st)
+        else:
+            left.append(gid)
+            continue
+        ids.append(gid)
+    return data, types, ids, left
+
+
+class _One:
+    """A one-gate stand-in for a strategy (what :func:`gates_to_shapes` reads)."""
+
+    def __init__(self, gid, gate):
+        self.gates = {gid: gate}
 
 
 def _densify(xy, shape_type, per_edge):

@@ -387,10 +387,14 @@ def experiment_results(exp, path) -> Path | None:
     return None
 
 
-def read_experiment_layers(path, samples=None):
+def read_experiment_layers(path, samples=None, flow=True):
     """An experiment file (``experiment.toml``): its image fields as one registered layer per marker (fields
     stacked in experiment order, lazy), and, when the experiment has been run, the vesicles of its
     ``results.zarr`` as points in that frame.  ``samples`` limits the fields to some samples.
+
+    With ``flow`` its flow samples too (:func:`evflow_napari._experiment_flow.experiment_flow_layers`: a density
+    image and a gates layer with the experiment's gates per sample; hidden when there are image layers,
+    whose pixel frame they do not share; the gating widget shows the sample it is on).
 
     Every layer's ``metadata['evflow']`` carries ``experiment`` (the file) and ``summary``
     (:func:`experiment_summary`: samples, flow files, fields) for the widgets.
@@ -426,6 +430,10 @@ def read_experiment_layers(path, samples=None):
                 layers.append(points_layer(vt, name="vesicles", labels=phenotype_labels(chans), ndim=ndim,
                                            extra_meta={**base, "path": str(res),
                                                        "fields": [[s, f] for s, f, _ in fields]}))
+    if flow:
+        from ._experiment_flow import experiment_flow_layers
+
+        layers += experiment_flow_layers(path, visible=not layers)
     if not layers:
         layers.append((np.zeros((2, 2), np.uint8), {"name": f"{exp.name} (no image fields)", "visible": False,
                                                     "metadata": {"evflow": {"kind": "experiment", **base}}}, "image"))

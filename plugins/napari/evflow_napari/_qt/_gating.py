@@ -80,9 +80,12 @@ class FlowGatingWidget(QWidget):
         self.sample_box = QComboBox()
         open_btn = QPushButton("Open FCS…")
         open_btn.clicked.connect(self._open_dialog)
+        exp_btn = QPushButton("Open experiment…")
+        exp_btn.clicked.connect(self._open_experiment_dialog)
         row = QHBoxLayout()
         row.addWidget(self.sample_box, 1)
         row.addWidget(open_btn)
+        row.addWidget(exp_btn)
         form.addRow("Sample", row)
         self.x_box, self.y_box = QComboBox(), QComboBox()
         self.tx_box, self.ty_box = QComboBox(), QComboBox()
@@ -164,6 +167,33 @@ class FlowGatingWidget(QWidget):
         if path:
             self.open_sample(path)
 
+    def _open_experiment_dialog(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Open experiment", "", "Experiment files (*.toml)")
+        if path:
+            self.open_experiment(path)
+
+    def open_experiment(self, path):
+        """Add an experiment's flow samples to the viewer (a density image and a gates layer with the
+        experiment's gates per sample, :func:`evflow_napari._experiment_flow.experiment_flow_layers`) and select
+        the first; samples already open keep their layers.  Returns the layers added."""
+        from napari.layers import Layer
+
+        from .._experiment_flow import experiment_flow_layers
+
+        added = []
+        for data, kw, kind in experiment_flow_layers(path):
+            m = kw["metadata"]["evflow"]
+            have = [ly for ly in self.viewer.layers if _evflow_meta(ly).get("kind") == m["kind"]
+                    and _evflow_meta(ly).get("path") == m["path"]]
+            if not have:
+                added.append(self.viewer.add_layer(Layer.create(data, kw, kind)))
+        self._refresh_samples()
+        first = next((ly for ly in added if _evflow_meta(ly).get("kind") == "flow"), None)
+        if first is not None:
+            self.sample_box.setCurrentText(first.name)
+            self._sample_chosen()
+        return added
+
     def open_sample(self, path):
         """Open an FCS file in the viewer (evflow reader) and select it here."""
         layers = self.viewer.open(path, plugin="evflow")
@@ -181,7 +211,16 @@ class FlowGatingWidget(QWidget):
             return
         self.density_layer = dens[0]
         spec = _evflow_meta(self.density_layer)
+        for ly in self.viewer.layers:  # one sample on the canvas at a time: the others' layers are hidden
+            m = _evflow_meta(ly)
+            if m.get("kind") in ("flow", "gates", "axes"):
+                ly.visible = m.get("path") == spec["path"]
         self.view = FlowView.from_spec(spec)
+        if self.gates_layer is not None:  # edits of another sample's gates no longer recount this one
+            try:
+                self.gates_layer.events.data.disconnect(self._gates_changed)
+            except Exception:  # noqa: BLE001 - the layer was removed
+                pass
         self.gates_layer = self._find_gates_layer(spec["path"])
         if self.gates_layer is None:
             data, kw, _ = self.view.gates_layer_data()
@@ -219,7 +258,7 @@ class FlowGatingWidget(QWidget):
         """Markers and thresholds: the experiment's (markers, the run's or fixed thresholds) when the file
         belongs to one, else the first few marker channels with a threshold at mid-scale (logicle 0.5)."""
         sample = self.view.sample
-        self.gating = experiment_gating(self.view.path)
+        self.gating = experiment_gating(self.view.path, experiment=self.view.experiment)
         candidates = default_markers(sample)
         chosen = dict(list(candidates.items())[:MAX_DEFAULT_MARKERS])
         self.experiment_thresholds = {}

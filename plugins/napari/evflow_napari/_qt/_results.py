@@ -166,7 +166,7 @@ class ResultsBrowserWidget(QWidget):
         if s.images and self.experiment.path is not None:
             from .._reader import read_experiment_layers
 
-            for data, kw, kind in read_experiment_layers(self.experiment.path, samples=[name]):
+            for data, kw, kind in read_experiment_layers(self.experiment.path, samples=[name], flow=False):
                 kw["name"] = f"{name} {kw['name']}"
                 add = self.viewer.add_points if kind == "points" else self.viewer.add_image
                 layers.append(add(data, **kw))

@@ -1,0 +1,116 @@
+"""The napari plugin's flow side on a real viewer (Xvfb): an experiment's flow samples with its gates,
+the gating widget on them, the cached recount, and screenshots that are not blank.
+
+Run under a display: ``xvfb-run -a python -m pytest tests/test_napari_flow.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+import evflow  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A small demo experiment run through the pipeline: (output folder, data folder)."""
+    from evflow.pipeline.demo import demo as run_demo
+
+    out = tmp_path_factory.mktemp("napari-flow-demo")
+    run_demo(out, quiet=True, progress=False, n_events=20_000, n_fields=1, field_shape=(96, 96))
+    return out, out / "data"
+
+
+def _meta(ly):
+    return (ly.metadata or {}).get("evflow") or {}
+
+
+def _wait_counts(qtbot, w, timeout=60000):
+    qtbot.waitUntil(lambda: w.counts_generation == w._gen and w.counts is not None or w.error is not None,
+                    timeout=timeout)
+    assert w.error is None, w.error
+
+
+def test_open_experiment_brings_flow_samples_with_the_runs_gate(make_napari_viewer, demo):
+    """Every flow sample of the experiment: a density image and one gates layer holding the experiment's
+    size gate, drawn so that it holds the events the run counted as its parent population."""
+    import xarray as xr
+
+    from evflow.pipeline.config import load_experiment
+    from evflow_napari._flow import shapes_to_gates
+
+    out, data = demo
+    exp = load_experiment(data / "experiment.toml", check_files=False)
+    flow_samples = [s.name for s in exp.samples if s.flow is not None]
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(data / "experiment.toml"), plugin="evflow")
+    dens = [ly for ly in layers if _meta(ly).get("kind") == "flow"]
+    gates = [ly for ly in layers if _meta(ly).get("kind") == "gates"]
+    assert [_meta(ly)["sample"] for ly in dens] == flow_samples
+    assert [_meta(ly)["sample"] for ly in gates] == flow_samples
+    assert not any(ly.visible for ly in dens + gates)  # hidden beside the image fields (another frame)
+    assert all(_meta(ly)["x"] == "SSC-H" and _meta(ly)["y"] == "FL1-H" for ly in dens)
+    assert _meta(dens[0])["x_transform"] == "linear" and _meta(dens[0])["y_transform"] == "logicle"
+    ds = xr.open_zarr(out / "results.zarr")
+    checked = 0
+    for ly in gates:
+        m = _meta(ly)
+        assert m["parent"] == "evflow_size" and m["experiment"] == str((data / "experiment.toml").resolve())
+        if not len(ly.data):  # the gate lies beyond every event of the sample (the buffer): said so
+            assert m["left_out"] == ["evflow_size"]
+            assert int(ds["n_parent"].sel(sample=m["sample"])) == 0
+            continue
+        assert list(ly.shape_type) == ["rectangle"] and list(ly.features["gate"]) == ["evflow_size"]
+        gate = shapes_to_gates(ly.data, ly.shape_type, m, list(ly.features["gate"]))[0]
+        n = int(evflow.count_phenotypes(m["path"], parent=gate)["n_parent"][0])
+        run = int(ds["n_parent"].sel(sample=m["sample"]))
+        assert run > 0 and abs(n - run) <= 2, (m["sample"], n, run)  # vertices are stored as float32
+        checked += 1
+    assert checked >= len(flow_samples) - 1
+    # flow=False: the image side only
+    from evflow_napari._reader import read_experiment_layers
+
+    assert not any(_meta(type("L", (), {"metadata": kw.get("metadata")})).get("kind") in ("flow", "gates")
+                   for _, kw, _ in read_experiment_layers(data / "experiment.toml", flow=False))
+
+
+def test_gating_widget_opens_an_experiment_and_gives_the_runs_counts(make_napari_viewer, qtbot, demo, tmp_path):
+    """"Open experiment…" (``open_experiment``): samples listed, one gates layer per sample however often
+    the experiment is opened, the experiment's markers and the run's thresholds, and on the run's gate
+    the run's phenotype counts; choosing a sample shows its layers only."""
+    import xarray as xr
+
+    from evflow_napari._qt import FlowGatingWidget
+
+    out, data = demo
+    viewer = make_napari_viewer()
+    w = FlowGatingWidget(viewer)
+    qtbot.addWidget(w)
+    added = w.open_experiment(data / "experiment.toml")
+    qtbot.wait(50)
+    names = [w.sample_box.itemText(i) for i in range(w.sample_box.count())]
+    assert "S2 density" in names and len(added) == 2 * len(names)
+    w.sample_box.setCurrentText("S2 density")
+    qtbot.wait(50)
+    _wait_counts(qtbot, w)
+    assert w.markers == {"CD63": "FL1-H", "EpCAM": "FL2-H"}
+    ds = xr.open_zarr(out / "results.zarr")
+    assert w.threshold_values() == pytest.approx(dict(zip(["CD63", "EpCAM"], ds["threshold"].sel(sample="S2").values)),
+                                                 rel=1e-6)
+    assert w.gates_layer.name == "S2 gates" and w.active_gate == 0
+    run = ds["count"].sel(sample="S2").values
+    got = w.counts["count"].values[0]
+    assert np.abs(got - run).max() <= 2 and got.sum() > 0, (got, run)
+    shown = {ly.name for ly in viewer.layers if ly.visible and _meta(ly).get("kind") in ("flow", "gates", "axes")}
+    assert shown == {"S2 density", "S2 gates", "S2 axes"}
+    # opening the experiment again, or the sample's file, adds no second gates layer
+    assert w.open_experiment(data / "experiment.toml") == []
+    viewer.open(str(data / "experiment.toml"), plugin="evflow")
+    w.open_sample(str(data / "flow" / "S2.fcs"))
+    qtbot.wait(50)
+    s2 = [ly for ly in viewer.layers if _meta(ly).get("kind") == "gates" and _meta(ly)["path"].endswith("S2.fcs")]
+    assert len(s2) >= 1 and w.gates_layer is s2[0]
