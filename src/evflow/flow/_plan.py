@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import GatingError
 from ._events import _sample_spillover
+from .gates.strategy import _column_of, _names
 from .thresholds import ThresholdRule, parse_threshold_rule
 
 _TABLE_STEPS = 2**16
@@ -40,6 +41,7 @@ class _Compiler:
     """Turns gates, markers and density axes of one sample into a :class:`FusedPlan`."""
 
     def __init__(self, channels, strategy=None, fcs=None):
+        self.names = channels  # a ChannelNames also answers to $PnS
         self.channels = list(channels)
         self.index = {}
         for i, c in enumerate(self.channels):
@@ -85,12 +87,13 @@ class _Compiler:
                 raise _Unsupported("two different compensations")
             key = (1, comp.output_index(channel))
         else:
-            if channel not in self.index:
+            col = _column_of(self.names, channel, gid)
+            if col is None:
                 extra = f" (nor an output of compensation {comp.id!r})" if comp is not None else ""
                 raise GatingError(
                     f"gate {gid!r}: channel {channel!r} is not in the sample{extra}; channels are {self.channels}"
                 )
-            key = (0, self.index[channel])
+            key = (0, col)
         if key not in self.slots:
             self.slots.append(key)
         return self.slots.index(key)
@@ -251,16 +254,17 @@ def _compile(sample, sname, chain, mask_gate, strategy, marker_specs, compensati
 
     fcs = _sample_spillover(sample, sname)
     fcs_comp = None if fcs is None or isinstance(fcs, Exception) else Compensation.from_spillover(fcs, id="FCS")
-    comp = _Compiler(sample.channels, strategy, fcs if isinstance(fcs, Exception) else fcs_comp)
+    names = _names(sample)
+    comp = _Compiler(names, strategy, fcs if isinstance(fcs, Exception) else fcs_comp)
     use_mask = None
     if chain:
         if strategy is not None and mask_gate is not None:
-            strategy.validate(sample.channels, fcs_comp, [mask_gate])
+            strategy.validate(names, fcs_comp, [mask_gate])
         try:
             for g in chain:
                 comp.add_gate(g)
         except _Unsupported:
-            comp = _Compiler(sample.channels, strategy, comp.fcs)
+            comp = _Compiler(names, strategy, comp.fcs)
             use_mask = chain[-1].id
             if strategy is None:
                 raise GatingError(
@@ -271,7 +275,7 @@ def _compile(sample, sname, chain, mask_gate, strategy, marker_specs, compensati
                     f"gate {use_mask!r} ({type(chain[-1]).__name__}) is evaluated by the strategy, "
                     "but the strategy holds no such gate object; add it with strategy.add_gate()"
                 ) from None
-            strategy.validate(sample.channels, fcs_comp, [use_mask])
+            strategy.validate(names, fcs_comp, [use_mask])
     # compensation of the markers: the gates' own, unless given
     mcomp = comp.comp
     if use_mask is not None and compensation is None:

@@ -21,7 +21,7 @@ from ._events import (
     _samples,
     _tree,
 )
-from ._plan import _compile, _make_plan, _parent_gates, _Unsupported
+from ._plan import _compile, _make_plan, _names, _parent_gates, _Unsupported
 
 __all__ = ["density2d"]
 
@@ -35,14 +35,14 @@ def _axis(t, name):
 
 
 def _default_range(sample, channel, transform):
-    """(0, top) of a channel for density2d without range=: the sample's ``$PnR`` (on the linear
-    scale, after ``$PnG``, when the events are)."""
+    """(0, top) of a channel for density2d without range=: the sample's ``$PnR`` on its scale policy
+    (:meth:`~evflow.FCSSample.channel_limits`), the scale the events are counted on."""
     from ..errors import FCSError
 
     if transform is not None:
         return (0.0, 1.0)
     sample.channel_index(channel)  # an unknown channel is an FCSError, as before
-    scaled = bool(getattr(sample, "scaled", False))
+    scaled = getattr(sample, "scale", "linear-gain") != "raw"
     try:
         limits = sample.channel_limits(channel, scaled=scaled, default=None)
         f1 = sample.channel_log(channel)[0] if limits is not None else 0.0
@@ -129,7 +129,7 @@ def density2d(
         raise GatingError(f"density2d: {exc}") from None
     plan = _make_plan(comp, [], [], density=(dx, dy, nx, ny, rx, ry))
     ev = _prepare_events(smp, sname, be)
-    mask_info = None if use_mask is None else (strategy, tuple(smp.channels), use_mask, fcs_comp)
+    mask_info = None if use_mask is None else (strategy, _names(smp), use_mask, fcs_comp)
     nt = _chunk_threads(ev)
     parts = [dask.delayed(_block_partial)(b, plan, kname, mask_info, nt) for b in ev.to_delayed().ravel()]
     (total,) = dask.compute(_tree(parts, operator.add))

@@ -67,6 +67,7 @@ from ._plan import (  # noqa: F401
     _make_plan,
     _marker_channel,
     _markers_spec,
+    _names,
     _parent_gates,
     _raw_bounds,
     _resolve_thresholds,
@@ -177,7 +178,7 @@ def count_phenotypes(
         comp, use_mask, fcs_comp, mslots = _compile(csample, cname, chain, mask_gate, strategy, spec, compensation)
         plan = _make_plan(comp, mslots, [0.0] * len(mslots))
         ev = _prepare_events(csample, cname, "numpy")
-        mask_info = None if use_mask is None else (strategy, tuple(csample.channels), use_mask, fcs_comp)
+        mask_info = None if use_mask is None else (strategy, _names(csample), use_mask, fcs_comp)
         blocks = ev.to_delayed().ravel()
         parts = [dask.delayed(_block_control_values)(b, plan, mask_info, mslots) for b in blocks]
         control_graph[cname] = _tree(parts, _concat)
@@ -198,7 +199,7 @@ def count_phenotypes(
             plan = base
         thresholds_nodes.append(thr)
         ev = _prepare_events(sample, sname, be)
-        mask_info = None if use_mask is None else (strategy, tuple(sample.channels), use_mask, fcs_comp)
+        mask_info = None if use_mask is None else (strategy, _names(sample), use_mask, fcs_comp)
         blocks = ev.to_delayed().ravel()
         nt = _chunk_threads(ev)
         parts = [dask.delayed(_block_partial)(b, plan, kname, mask_info, nt) for b in blocks]
@@ -232,7 +233,8 @@ def count_phenotypes(
                             stacklevel=3,
                         )
         attrs = {
-            "units": "channel units (linear scale after $PnE/$PnG and compensation)",
+            "units": "channel units (on each sample's scale policy, see 'scale'; after compensation)",
+            "scale": ", ".join(f"{n}={getattr(smp, 'scale', 'given')}" for n, smp in samples),
             "backend": be,
             "kernel": kname,
             "parent": "" if parent_desc is None else str(parent_desc),

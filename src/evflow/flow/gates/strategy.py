@@ -24,6 +24,7 @@ class _Chunk:
         self.xp = xp
         self.events = events
         self.channels = list(channels)
+        self.names = channels  # a ChannelNames also answers to $PnS
         self.index = {}
         for i, c in enumerate(self.channels):
             self.index.setdefault(c, i)
@@ -34,7 +35,7 @@ class _Chunk:
         self.mask_cache = {}
 
     def column(self, channel, gid):
-        i = self.index.get(channel)
+        i = _column_of(self.names, channel, gid)
         if i is None:
             raise GatingError(f"gate {gid!r}: channel {channel!r} is not in the data; channels are {self.channels}")
         return self.xp.asarray(self.events[:, i], dtype=self.xp.float64)
@@ -45,7 +46,7 @@ class _Chunk:
             return self.column(channel, gid)
         k = comp.output_index(channel)
         if k is None:
-            if channel in self.index:  # not part of the matrix: stays uncompensated
+            if _column_of(self.names, channel, gid) is not None:  # not part of the matrix: stays uncompensated
                 return self.column(channel, gid)
             raise GatingError(
                 f"gate {gid!r}: {channel!r} is neither a channel of the data nor an output of compensation "
@@ -348,6 +349,7 @@ class GatingStrategy:
         GatingError
             Naming the gate and the missing channel or compensation.
         """
+        names = channels
         channels = list(channels)
         fcs = _fcs_compensation(spillover)
         ids = gate_ids if gate_ids is not None else self.gate_ids
@@ -365,7 +367,7 @@ class GatingStrategy:
                                 f"gate {gid!r}: compensation {comp.id!r} needs detector channel(s) {missing}, "
                                 f"not in the sample; channels are {channels}"
                             )
-                    elif c not in channels:
+                    elif _column_of(names, c, gid) is None:
                         via = f" (nor an output of compensation {comp.id!r})" if comp is not None else ""
                         raise GatingError(
                             f"gate {gid!r}: channel {c!r} is not in the sample{via}; channels are {channels}"
@@ -420,7 +422,7 @@ class GatingStrategy:
         events = to_backend(events, name_backend)
         xp = array_module(events)
         fcs = _fcs_compensation(spill)
-        fn = functools.partial(_chunk_masks, strategy=self, channels=tuple(channels), ids=tuple(ids), fcs=fcs)
+        fn = functools.partial(_chunk_masks, strategy=self, channels=channels, ids=tuple(ids), fcs=fcs)
         masks = events.map_blocks(
             fn,
             dtype=bool,
@@ -451,4 +453,23 @@ def _sample_events(sample):
     except Exception as exc:  # a malformed $SPILLOVER only matters when "FCS" compensation is used
         spill = exc
     name = getattr(sample, "path", None) or getattr(sample, "name", "<sample>")
-    return events, list(sample.channels), spill, str(name)
+    return events, _names(sample), spill, str(name)
+
+
+def _names(sample):
+    """The sample's channel names, answering to ``$PnS`` too where the sample has markers."""
+    from ...io.fcs.text import ChannelNames
+
+    names = getattr(sample, "channel_names", None)
+    return names if isinstance(names, ChannelNames) else ChannelNames(sample.channels)
+
+
+def _column_of(names, channel, gid):
+    """Column of ``channel`` (``$PnN``, or ``$PnS`` for a ChannelNames), None if absent; ambiguous: GatingError."""
+    from ...errors import FCSError
+    from ...io.fcs.text import column_of
+
+    try:
+        return column_of(names, channel)
+    except FCSError as exc:
+        raise GatingError(f"gate {gid!r}: {exc}") from None

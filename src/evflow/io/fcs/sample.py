@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import FCSError, FCSTextError
-from . import text as _text
+from . import scale as _scale, text as _text
 from .data import (
     _DataSegment,
     _default_chunk_events,
@@ -57,9 +57,14 @@ class FCSSample:
         ``$PnS`` names (the stain or marker), None where absent.
     events : dask.array.Array
         ``(n_events, n_channels)``, chunked by rows; raw stored values, or
-        linear-scale float64 when read with ``scale=True``.
+        float64 values on the sample's scale policy when read with ``scale=``.
     scaled : bool
-        Whether ``events`` are on the linear scale (``$PnE``, ``$PnG``, ``$TIMESTEP`` applied).
+        Whether ``events`` are already on the scale policy (``scale=`` given to :func:`read_fcs`).
+    scale : str
+        The scale policy every function that reads the events uses (:meth:`linear_events`,
+        :meth:`channel_limits`, gates, thresholds, calibration, plots): ``"raw"``, ``"linear"``
+        (``$PnE``, ``$TIMESTEP``) or ``"linear-gain"`` (also divided by ``$PnG``); see
+        :mod:`evflow.io.fcs.scale`.  ``"given"`` for a sample built from arrays.
     """
 
     path: str
@@ -70,7 +75,9 @@ class FCSSample:
     markers: list
     events: object = field(repr=False)
     scaled: bool = False
+    scale: str = _scale.DEFAULT_SCALE
     _segment: _DataSegment | None = field(default=None, repr=False)
+    _stored: object = field(default=None, repr=False)  # the stored events when ``events`` are scaled
 
     @property
     def n_events(self) -> int:
@@ -102,40 +109,49 @@ class FCSSample:
         return None
 
     def channel_index(self, name: str) -> int:
-        """Column of ``name``, given as ``$PnN`` or, if unambiguous, ``$PnS``.
+        """Column of ``name``, given as ``$PnN`` or ``$PnS`` (exact, else ignoring case).
+
+        The one resolver of channel names (gates, markers, calibration, plots, experiment files).
 
         Raises
         ------
         FCSError
-            If no channel (or more than one marker) has that name.
+            If no channel has that name (with the closest names), or if it names several
+            channels (listing the candidates).
         """
-        if name in self.channels:
-            return self.channels.index(name)
-        hits = [i for i, m in enumerate(self.markers) if m is not None and m == name]
-        if len(hits) == 1:
-            return hits[0]
-        lower = [c.lower() for c in self.channels]
-        if lower.count(str(name).lower()) == 1:
-            return lower.index(str(name).lower())
-        if len(hits) > 1:
-            raise FCSError(f"marker {name!r} names several channels ({[self.channels[i] for i in hits]})", self.path)
-        raise FCSError(
-            f"no channel {name!r}; channels ($PnN) are {self.channels}, markers ($PnS) are "
-            f"{[m for m in self.markers if m]}",
-            self.path,
-        )
+        return _text.resolve_channel(name, self.channels, self.markers, self.path)
+
+    @property
+    def channel_names(self):
+        """``channels`` as a :class:`~evflow.io.fcs.text.ChannelNames` (also answers to ``$PnS``)."""
+        return _text.ChannelNames(self.channels, self.markers, self.path)
+
+    def with_scale(self, scale: str) -> FCSSample:
+        """A copy of the sample under another scale policy (``"auto"``: the instrument's default)."""
+        import dataclasses
+
+        policy = _scale.resolve_scale(scale, self.meta, self.path)
+        if self.scale == "given" or (self.scaled and self._stored is None):
+            if policy != self.scale:
+                raise FCSError(f"sample holds values already scaled ({self.scale}); cannot re-scale to {policy}",
+                               self.path)
+            return self
+        events = self.events
+        if self.scaled:  # back to the stored values
+            events = self._stored
+        return dataclasses.replace(self, events=events, scaled=False, scale=policy, _stored=None)
 
     def linear_events(self):
-        """Events on the linear scale as a lazy float64 dask array.
+        """Events on the sample's scale policy (:attr:`scale`) as a lazy float64 dask array.
 
-        ``$PnE`` log decoding (``f2 * 10**(f1 * x / $PnR)``), division by the
-        ``$PnG`` gain and ``$TIMESTEP`` on the time channel, as with
-        ``read_fcs(..., scale=True)``; returns ``events`` unchanged when the
-        sample was read that way.
+        ``"linear-gain"``: ``$PnE`` log decoding (``f2 * 10**(f1 * x / $PnR)``), division by the
+        ``$PnG`` gain and ``$TIMESTEP`` on the time channel; ``"linear"``: the same without the
+        gain; ``"raw"``: the stored values as float64.  Returns ``events`` unchanged when the
+        sample was read with ``scale=``.
         """
         if self.scaled:
             return self.events
-        params = _scale_params(self.meta, self.channels, self.path)
+        params = _scale.scale_params(_scale_params(self.meta, self.channels, self.path), self.scale)
         n = self.n_channels
         return self.events.map_blocks(_scale_block, params, dtype=np.float64, meta=np.empty((0, n), np.float64))
 
@@ -160,7 +176,8 @@ class FCSSample:
                 "marker": ("channel", [m or "" for m in self.markers]),
             },
             name=self.name,
-            attrs={"path": self.path, "version": self.version, "data_set": self.data_set, "scaled": self.scaled},
+            attrs={"path": self.path, "version": self.version, "data_set": self.data_set, "scaled": self.scaled,
+                   "scale": self.scale},
         )
 
     # ------------------------------------------------------------------ channel semantics
@@ -221,8 +238,9 @@ class FCSSample:
         Parameters
         ----------
         scaled : bool
-            True: on the linear scale of :meth:`linear_events` (``$PnE`` decoding, division
-            by ``$PnG``, ``$TIMESTEP`` on the time channel); False: raw stored values, ``(0, top)``.
+            True: on the sample's scale policy, as :meth:`linear_events` gives values (``"raw"``:
+            ``(0, top)``; ``"linear"``: ``$PnE`` decoding, ``$TIMESTEP`` on the time channel;
+            ``"linear-gain"``: also divided by ``$PnG``); False: raw stored values, ``(0, top)``.
         top : {"range", "last"}
             The raw value the high end stands for: ``"range"``, ``$PnR`` itself (the edge of the
             scale: density maps, display transforms); ``"last"``, ``$PnR - 1`` (the largest value an
@@ -244,7 +262,7 @@ class FCSSample:
         if top not in ("range", "last"):
             raise FCSError(f"top={top!r}, expected 'range' or 'last'", self.path)
         hi = rng if top == "range" else rng - 1.0
-        if not scaled:
+        if not scaled or self.scale == "raw":
             return 0.0, hi
         decades, log0 = _text.channel_log(self.meta, i, self.path, strict=strict)
         if decades > 0 and not rng > 0:
@@ -253,30 +271,50 @@ class FCSSample:
         if _text.is_time_name(self.channels[i]):
             gain, step = 1.0, self.timestep
         else:
-            gain, step = _text.channel_gain(self.meta, i, self.path, strict=strict), 1.0
+            gain = _text.channel_gain(self.meta, i, self.path, strict=strict) if self.scale == "linear-gain" else 1.0
+            step = 1.0
         return (_linear_value(0.0, decades, log0, rng, gain, step),
                 _linear_value(hi, decades, log0, rng, gain, step))
 
     def channel_units(self, channel) -> str:
-        """Units of the channel's linear-scale values: ``"s"`` for the time channel when ``$TIMESTEP``
-        is given (else ``"ticks"``), the unit of ``$PnCALIBRATION`` when given, else ``"a.u."``."""
+        """Units of the channel's values on the scale policy: for the time channel ``"s"`` when
+        ``$TIMESTEP`` is given (and the policy is not ``"raw"``), else ``"ticks"``; the unit of
+        ``$PnCALIBRATION`` when given; else ``"a.u."``."""
         i = self._column(channel)
         if _text.is_time_name(self.channels[i]):
-            return "s" if "$TIMESTEP" in self.meta and str(self.meta["$TIMESTEP"]).strip() else "ticks"
+            has_step = "$TIMESTEP" in self.meta and str(self.meta["$TIMESTEP"]).strip()
+            return "s" if has_step and self.scale != "raw" else "ticks"
         cal = _text.channel_keyword(self.meta, i, "CALIBRATION")
         if cal and "," in cal and cal.split(",", 1)[1].strip():
             return cal.split(",", 1)[1].strip()
         return "a.u."
 
     def channel_scale(self, channel) -> str:
-        """How stored values become linear-scale values, in words (e.g. ``"log: 4 decades from 1"``)."""
+        """How stored values become the values of the scale policy, in words
+        (e.g. ``"log: 4 decades from 1, / gain 8"``; ``"as stored"`` under ``"raw"``)."""
         i = self._column(channel)
+        if self.scale in ("raw", "given"):
+            return "as stored" if self.scale == "raw" else "as given"
         if _text.is_time_name(self.channels[i]):
             return f"time: x {self.timestep:g} s ($TIMESTEP)" if self.timestep != 1.0 else "time"
         decades, log0 = _text.channel_log(self.meta, i, self.path, strict=False)
         gain = _text.channel_gain(self.meta, i, self.path, strict=False)
         out = f"log: {decades:g} decades from {log0:g}" if decades > 0 else "linear"
-        return out + (f", / gain {gain:g}" if gain != 1.0 else "")
+        if gain != 1.0:
+            out += f", / gain {gain:g}" if self.scale == "linear-gain" else f" ($PnG {gain:g} not divided out)"
+        return out
+
+    def axis_label(self, channel) -> str:
+        """An axis label naming the channel as the file does, with the scale policy and units:
+        ``"VSSC1-H [linear, a.u.]"``, ``"FL1-H (CD63) [linear-gain / 8, a.u.]"``, ``"Time [linear, s]"``."""
+        i = self._column(channel)
+        name, marker = self.channels[i], self.markers[i]
+        label = f"{name} ({marker})" if marker and marker != name else name
+        pol = self.scale
+        if pol == "linear-gain" and not _text.is_time_name(name):
+            g = _text.channel_gain(self.meta, i, self.path, strict=False)
+            pol += f" / {g:g}" if g != 1.0 else ""
+        return f"{label} [{pol}, {self.channel_units(i)}]"
 
     def volume_nl(self) -> float | None:
         """``$VOL``: the analysed volume in nanolitres; None when the file does not say.
@@ -329,7 +367,7 @@ def read_fcs_metadata(path, data_set: int = 0) -> dict:
     return dict(infos[data_set].meta)
 
 
-def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bool = False) -> FCSSample:
+def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bool | str = False) -> FCSSample:
     """Read an FCS file lazily.
 
     Parameters
@@ -340,11 +378,14 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
         Which data set to read when the file holds several (``$NEXTDATA``).
     chunk_events : int, optional
         Events per dask chunk; default: about 64 MiB of raw data per chunk.
-    scale : bool
-        If True, return linear-scale float64 values: ``$PnE`` log decoding
-        (``f2 * 10**(f1 * x / $PnR)``), division by ``$PnG`` gain, and the time
-        channel multiplied by ``$TIMESTEP``.  Default: raw values as stored
-        (integers after the ``$PnR`` bit mask, floats as floats).
+    scale : bool or str
+        The sample's scale policy (:attr:`FCSSample.scale`, :mod:`evflow.io.fcs.scale`), and
+        whether ``events`` are on it.  False (default): ``events`` hold the values as stored
+        (integers after the ``$PnR`` bit mask, floats as floats) and the policy is the
+        instrument's default (``"auto"``); True: ``events`` are float64 values on that default
+        policy; ``"raw"``, ``"linear"`` (``$PnE`` log decoding ``f2 * 10**(f1 * x / $PnR)``,
+        time channel times ``$TIMESTEP``), ``"linear-gain"`` (also divided by ``$PnG``) or
+        ``"auto"``: ``events`` on that policy.
 
     Returns
     -------
@@ -367,6 +408,8 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
         raise FCSError(f"data_set must be a non-negative integer, got {data_set!r}", path)
     if chunk_events is not None and (not isinstance(chunk_events, (int, np.integer)) or chunk_events < 1):
         raise FCSError(f"chunk_events must be a positive integer, got {chunk_events!r}", path)
+    if not isinstance(scale, bool):
+        _scale.check_scale(scale, path)
     with open(path, "rb") as f:
         infos = _data_set_infos(f, path, size, upto=data_set)
     if data_set >= len(infos):
@@ -406,9 +449,11 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
         markers=markers,
         events=arr,
         scaled=False,
+        scale=_scale.resolve_scale(None if isinstance(scale, bool) else scale, meta, path),
         _segment=segment,
     )
-    if scale:
+    if scale is not False:
+        sample._stored = sample.events
         sample.events = sample.linear_events()
         sample.scaled = True
     return sample
@@ -462,10 +507,11 @@ def _array_sample(events, channels, name, error):
     elif not isinstance(events, da.Array):  # other array-likes: dask's own wrapping (a copy, random name)
         events = da.from_array(events, chunks=(max(1, min(events.shape[0], 1 << 24)), -1), asarray=False, name=False)
     return FCSSample(path=str(name), version="", data_set=0, meta={}, channels=channels,
-                     markers=[None] * len(channels), events=events, scaled=True)
+                     markers=[None] * len(channels), events=events, scaled=True, scale="given")
 
 
-def as_sample(obj, *, what: str = "sample", name: str | None = None, scale: bool = True, error=FCSError) -> FCSSample:
+def as_sample(obj, *, what: str = "sample", name: str | None = None, scale: bool | str = True,
+              error=FCSError) -> FCSSample:
     """The :class:`FCSSample` for a path, a sample, or an ``(events, channels)`` pair.
 
     Parameters

@@ -423,3 +423,90 @@ def clock_seconds(meta: Mapping) -> float | None:
     if dt < 0:
         dt += 86400
     return dt if dt > 0 else None
+
+
+# --------------------------------------------------------------------------- names users type
+
+
+def channel_candidates(name, channels, markers) -> list[tuple[int, str]]:
+    """Columns a typed name can mean, as ``(column, how)``: ``$PnN`` or ``$PnS`` matches, exact first;
+    case-insensitive matches only when there is no exact one."""
+    for fold in (str, str.lower):
+        key = fold(str(name).strip())
+        hits: dict[int, str] = {}
+        for i, c in enumerate(channels):
+            if fold(str(c)) == key:
+                hits.setdefault(i, "$PnN")
+        for i, m in enumerate(markers or ()):
+            if m is not None and fold(str(m)) == key:
+                hits.setdefault(i, "$PnS")
+        if hits:
+            return sorted(hits.items())
+    return []
+
+
+def resolve_channel(name, channels, markers=None, path=None) -> int:
+    """The column a channel is named by: its ``$PnN`` or its ``$PnS`` (exact, else ignoring case).
+
+    Raises
+    ------
+    FCSError
+        When no channel has that name (listing the channels once, with the closest names), or
+        when it names several (listing the candidates).
+    """
+    from ...errors import FCSError
+
+    hits = channel_candidates(name, channels, markers)
+    if len(hits) == 1:
+        return hits[0][0]
+    if hits:
+        cand = ", ".join(f"{channels[i]!r} ({how}{'' if how == '$PnN' else ' ' + repr(markers[i])})"
+                         for i, how in hits)
+        raise FCSError(f"channel name {name!r} is ambiguous: it names {cand}; use the $PnN name", path)
+    raise FCSError(f"no channel {name!r}{did_you_mean(name, channels, markers)}; "
+                   f"{describe_channels(channels, markers)}", path)
+
+
+def did_you_mean(name, channels, markers=None) -> str:
+    """``" (did you mean 'VSSC1-W'?)"``, or '' when no name is close."""
+    import difflib
+
+    names = list(channels) + [m for m in (markers or ()) if m]
+    close = difflib.get_close_matches(str(name), names, n=2, cutoff=0.6)
+    if not close:
+        low = {n.lower(): n for n in names}
+        close = [low[c] for c in difflib.get_close_matches(str(name).lower(), list(low), n=2, cutoff=0.6)]
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def describe_channels(channels, markers=None) -> str:
+    """``"channels: FSC-H, FL1-H (CD63), ..."``: every ``$PnN``, with its ``$PnS`` where given."""
+    parts = [f"{c} ({m})" if m and m != c else str(c) for c, m in zip(channels, markers or [None] * len(channels))]
+    return "channels ($PnN ($PnS)): " + ", ".join(parts)
+
+
+class ChannelNames(tuple):
+    """A sample's ``$PnN`` names that also answer to its ``$PnS`` names (:func:`resolve_channel`)."""
+
+    def __new__(cls, channels, markers=None, path=None):
+        self = super().__new__(cls, [str(c) for c in channels])
+        self.markers = tuple(markers) if markers is not None else (None,) * len(self)
+        self.path = path
+        return self
+
+    def column(self, name) -> int:
+        return resolve_channel(name, self, self.markers, self.path)
+
+    def has(self, name) -> bool:
+        return len(channel_candidates(name, self, self.markers)) == 1
+
+
+def column_of(channels, name):
+    """Column of ``name`` in a list of channel names (a :class:`ChannelNames` also by ``$PnS``), or None."""
+    if isinstance(channels, ChannelNames):
+        hits = channel_candidates(name, channels, channels.markers)
+        if len(hits) > 1:
+            channels.column(name)  # raises: ambiguous
+        return hits[0][0] if hits else None
+    channels = list(channels)
+    return channels.index(name) if name in channels else None
