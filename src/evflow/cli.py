@@ -10,86 +10,14 @@ from . import __version__
 from .errors import EvflowError
 
 
-def _print_sample(path, k, n_sets, meta, channels, markers, n_events, version, note=None, spill=None):
-    from .io.fcs import channel_keyword
-
-    head = f"{path}" + (f"  [data set {k + 1} of {n_sets}]" if n_sets > 1 else "")
-    print(head)
-    print(f"  version     {version}")
-    print(f"  instrument  {meta.get('$CYT', '').strip() or '(not given)'}")
-    date = " ".join(v for v in (meta.get("$DATE", "").strip(), meta.get("$BTIM", "").strip()) if v)
-    if date:
-        print(f"  acquired    {date}")
-    print(f"  events      {n_events:,}" if isinstance(n_events, int) else f"  events      {n_events}")
-    if note:
-        print(f"  note        {note}")
-    print(f"  channels    {len(channels)}  ($DATATYPE {meta.get('$DATATYPE', '?').strip()}, "
-          f"$BYTEORD {meta.get('$BYTEORD', '?').strip()})")
-    width = max((len(c) for c in channels), default=4)
-    for j, (c, m) in enumerate(zip(channels, markers), start=1):
-        # the keywords as the file writes them (also for a data set whose events cannot be read)
-        rng = channel_keyword(meta, j - 1, "R") or ""
-        bits = channel_keyword(meta, j - 1, "B") or ""
-        amp = channel_keyword(meta, j - 1, "E") or ""
-        print(f"    {j:>3}  {c:<{width}}  {m or '':<20} bits {bits:<3} range {rng:<10} $PnE {amp}")
-    if spill is not None:
-        print(f"  spillover   {spill}")
-
-
-def _par_or_zero(meta) -> int:
-    """$PAR as a count for display; 0 when it is not a whole number (the reader's error says why)."""
-    from .io.fcs import _MAX_PAR, _int_kw
-
-    try:
-        n = _int_kw(meta, "$PAR", None, required=False, default=0, minimum=0)
-    except EvflowError:
-        return 0
-    return n if n <= _MAX_PAR else 0
-
-
-def _header_version(path, k: int) -> str:
-    if k:
-        return "(see the file)"
-    with open(path, "rb") as f:
-        return f.read(6).decode("ascii", "replace")
-
-
 def _image_info(path) -> None:
     from .io.image_info import describe_image, format_image_info
 
     print(format_image_info(path, describe_image(path)))
 
 
-def _fcs_info(path) -> int:
-    """Print every data set of an FCS file; 1 when some data set's events are not readable."""
-    from .errors import FCSDataError
-    from .io.fcs import _channel_names, count_data_sets, read_fcs, read_fcs_metadata
-
-    status = 0
-    n_sets = count_data_sets(path)
-    for k in range(n_sets):
-        try:
-            s = read_fcs(path, data_set=k)
-        except FCSDataError as exc:
-            # keywords are readable but the events are not: show what the TEXT says
-            meta = read_fcs_metadata(path, data_set=k)
-            n_par = _par_or_zero(meta)
-            channels, markers = _channel_names(meta, n_par, path)
-            tot = str(meta.get("$TOT", "?")).strip()
-            _print_sample(path, k, n_sets, meta, channels, markers, f"{tot} announced, not readable",
-                          _header_version(path, k), note=f"events not readable: {exc}")
-            status = 1
-            continue
-        try:
-            sp = s.spillover
-            spill = None if sp is None else f"{sp.shape[0]} x {sp.shape[1]} ({sp.attrs['keyword']})"
-        except EvflowError as exc:
-            spill = f"not usable: {exc}"
-        _print_sample(path, k, n_sets, s.meta, s.channels, s.markers, s.n_events, s.version, spill=spill)
-    return status
-
-
 def _info(args) -> int:
+    from .cli_fcs import fcs_info
     from .io.fcs import chain_cache
     from .io.image_info import is_tiff
 
@@ -103,7 +31,7 @@ def _info(args) -> int:
                 if is_tiff(path):
                     _image_info(path)
                 else:
-                    status = max(status, _fcs_info(path))
+                    status = max(status, fcs_info(path))
             except EvflowError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 status = 1
@@ -113,8 +41,11 @@ def _info(args) -> int:
                 print(f"error: {path}: unexpected {_one_line(exc)} (run with --debug for the traceback)",
                       file=sys.stderr)
                 status = 1
-        for w in caught:  # FCS quirks and image metadata alike
-            print(f"  warning: {w.message}")
+        seen = set()
+        for w in caught:  # FCS quirks and image metadata alike; one quirk once, however many segments show it
+            if str(w.message) not in seen:
+                seen.add(str(w.message))
+                print(f"  warning: {w.message}")
     return status
 
 

@@ -99,7 +99,14 @@ from ..errors import ConfigError
 from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
 from ._checks import DETECTION_KEYS, _check_detection, _check_numbers, _check_size, _path_resolver
 from ._qc_settings import apply_bead_kits, extend_schema
-from .inputs import check_channels as _check_channels, fcs_without_volume as _no_volume, tiff_channels as _tiff_channels
+from .inputs import (
+    FLOW_KEYS,
+    calibration_channels,
+    check_channels as _check_channels,
+    check_flow_files as _check_flow_files,
+    check_flow_scale,
+    tiff_channels as _tiff_channels,
+)
 
 __all__ = ["Experiment", "Sample", "load_experiment", "validate_experiment", "default", "schema_table", "ROLES",
            "SCHEMA"]
@@ -136,6 +143,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "flow_rate_ul_per_min": Key(_NUM, None, "uL/min", "a number (uL/min)"),
         "time_channel": Key(str, None, "", "a channel name"),
         "chunk_events": Key(int, 1 << 19, "events", "an integer"),
+        **{k: Key(*v) for k, v in FLOW_KEYS.items()},  # scale
     },
     "flow.calibration.fluorescence": {
         "file": Key(str, None, "", "an FCS file"),
@@ -562,7 +570,7 @@ def _check_flow(flow_s, markers, flow_samples, src, problems, resolve, check_fil
             if check_files and not bp.is_file():
                 problems.append(f"{src}: 'flow.calibration.{kind}.file' {c['file']!r} not found (looked at {bp})")
             elif check_files and isinstance(c.get("channel"), str):
-                _check_channels(bp, {c["channel"]: f"flow.calibration.{kind}.channel"}, problems, src)
+                _check_channels(bp, calibration_channels(c, kind), problems, src)
         if kind == "fluorescence" and isinstance(c.get("channel"), str) and isinstance(markers, Mapping):
             if c["channel"] not in markers:
                 problems.append(f"{src}: 'flow.calibration.fluorescence.channel' {c['channel']!r} is not one of "
@@ -570,23 +578,10 @@ def _check_flow(flow_s, markers, flow_samples, src, problems, resolve, check_fil
         vals = c.get("values") if kind == "fluorescence" else c.get("diameters_nm")
         if isinstance(vals, list) and not all(isinstance(v, _NUM) and not isinstance(v, bool) for v in vals):
             problems.append(f"{src}: 'flow.calibration.{kind}' values must all be numbers, found {vals!r}")
+    check_flow_scale(flow_s, src, problems)
     if isinstance(flow_s.get("chunk_events"), int) and flow_s["chunk_events"] < 1000:
         problems.append(f"{src}: 'flow.chunk_events' is {flow_s['chunk_events']}, expected >= 1000")
     return needed_channels
-
-
-def _check_flow_files(flow_s, samples, flow_samples, needed_channels, src, problems):
-    """Channels present in every flow file, and an analysed volume for each."""
-    for i, s in enumerate(samples):
-        if s.flow is not None and s.flow.is_file():
-            _check_channels(s.flow, needed_channels, problems, src, sample_key=f"samples[{i}].flow")
-    # concentration needs a volume
-    if flow_samples and "flow_rate_ul_per_min" not in flow_s:
-        for i, s in enumerate(samples):
-            if s.flow is not None and s.volume_ul is None and s.flow.is_file() and s.role != "beads":
-                if _no_volume(s.flow):
-                    problems.append(f"{src}: 'samples[{i}]' ({s.name}): no analysed volume: give 'volume_ul', "
-                                    "'flow.flow_rate_ul_per_min', or a file with $VOL")
 
 
 def _check_thresholds(thr_s, markers, samples, flow_samples, roles, src, problems):

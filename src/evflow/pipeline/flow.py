@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError, EvflowError
 from .config import default
+from .inputs import flow_scale, read_flow
 from .scheduler import inner_compute
 from .store import file_sha256
 
@@ -48,14 +49,16 @@ def fluorescence_item(path, cal_s) -> dict:
     """MESF calibration of ``[flow.calibration.fluorescence]`` from the bead file ``path``."""
     from ..flow.calibration import calibrate_mesf
 
-    cal = calibrate_mesf(str(path), cal_s["channel"], cal_s["values"],
+    beads = read_flow(path, {"scale": cal_s.get("scale", "auto")})
+    cal = calibrate_mesf(beads, cal_s["channel"], cal_s["values"],
                          clustering_channels=cal_s.get("clustering_channels"),
                          units=cal_s.get("units", default("flow.calibration.fluorescence", "units")),
                          placement="best" if cal_s.get("kit") else "given")  # a kit's short list: placed
     s = cal.summary()
     return {"summary": s, "m": float(cal.params["m"]), "b": float(cal.params["b"]),
             "peaks": np.asarray(cal.peak_medians, float), "mesf_values": np.asarray(cal.mesf_values, float),
-            "used": np.asarray([st == "used" for st in cal.peak_status]), "r2": float(cal.r2)}
+            "used": np.asarray([st == "used" for st in cal.peak_status]), "r2": float(cal.r2),
+            "axis_label": beads.axis_label(cal_s["channel"])}
 
 
 def size_item(path, cal_s) -> dict:
@@ -63,10 +66,12 @@ def size_item(path, cal_s) -> dict:
     from ..flow.calibration import calibrate_scatter
 
     bead, ev = _particle(cal_s)
-    cal = calibrate_scatter(str(path), cal_s["channel"], cal_s["diameters_nm"], bead_model=bead, particle=ev,
+    beads = read_flow(path, {"scale": cal_s.get("scale", "auto")})
+    cal = calibrate_scatter(beads, cal_s["channel"], cal_s["diameters_nm"], bead_model=bead, particle=ev,
                             wavelength_nm=_size(cal_s, "wavelength_nm"),
                             medium_index=_size(cal_s, "medium_index"))
-    return cal.to_dict()  # the whole calibration: rebuilt without a refit by scatter_calibration()
+    # the whole calibration (rebuilt without a refit by scatter_calibration()) and the axis label of its channel
+    return {**cal.to_dict(), "axis_label": beads.axis_label(cal_s["channel"])}
 
 
 def scatter_calibration(items: dict, cal_s: dict):
@@ -75,7 +80,7 @@ def scatter_calibration(items: dict, cal_s: dict):
 
     if "size" not in items:
         return None
-    stored = {k: v for k, v in items["size"].items() if k != "seconds"}
+    stored = {k: v for k, v in items["size"].items() if k not in ("seconds", "axis_label")}
     return ScatterCalibration.from_dict(stored)
 
 
@@ -120,13 +125,12 @@ def gating(exp, size_cal):
     return strategy, parent, desc, size_limits
 
 
-def _channel_top(path, channel):
-    """``$PnR`` of a channel and its ``$PnN``, as the sample answers (its nominal range without ``$PnR``)."""
-    from ..io.fcs import read_fcs
-
-    s = read_fcs(path)  # HEADER and TEXT only
+def _channel_top(path, channel, flow_s=None):
+    """The top of a channel's scale (``channel_limits()[1]``: ``$PnR`` on the experiment's scale policy, decoded
+    on log channels) and its ``$PnN``, as the sample answers (its nominal range without ``$PnR``)."""
+    s = read_flow(path, flow_s)  # HEADER and TEXT only
     i = s.channel_index(channel)
-    return s.channel_range(i), s.channels[i]
+    return s.channel_limits(i)[1], s.channels[i]
 
 
 def density_spec(flow_samples, markers, flow_s):
@@ -134,23 +138,24 @@ def density_spec(flow_samples, markers, flow_s):
     if not (flow_samples and markers and flow_s.get("scatter_channel")):
         return None
     first = flow_samples[0].flow
-    tx, x = _channel_top(first, flow_s["scatter_channel"])
-    ty, y = _channel_top(first, next(iter(markers)))
+    tx, x = _channel_top(first, flow_s["scatter_channel"], flow_s)
+    ty, y = _channel_top(first, next(iter(markers)), flow_s)
     return (x, y, (tx, max(math.log10(tx) + 1.0, 1.0)), (ty, max(math.log10(ty) + 1.0, 1.0)))
 
 
 # =========================================================================== controls and samples
 
 
-def control_item(name, path, *, strategy, parent, markers, rule, backend) -> dict:
+def control_item(name, path, *, strategy, parent, markers, rule, backend, scale="auto") -> dict:
     """Per-marker thresholds (``rule``, a :class:`~evflow.flow.thresholds.ThresholdRule`, over the parent gate)
-    of the control sample ``name``."""
+    of the control sample ``name``, on the scale policy ``scale``."""
     from ..flow.phenotypes import count_phenotypes
 
     trule = rule.for_control(name)
-    ds = count_phenotypes({name: str(path)}, parent=parent, strategy=strategy,
+    fcs = read_flow(path, {"scale": scale})
+    ds = count_phenotypes({name: fcs}, parent=parent, strategy=strategy,
                           markers={m: (ch, trule) for ch, m in markers.items()},
-                          controls={name: str(path)}, backend=backend)
+                          controls={name: fcs}, backend=backend)
     return {"thresholds": np.asarray(ds["threshold"].values[0], float), "n_parent": int(ds["n_parent"].values[0])}
 
 
@@ -171,10 +176,9 @@ def flow_sample_item(sample, *, strategy, parent, markers, thresholds, flow_s, b
     from ..flow.calibration import analysed_volume_ul
     from ..flow.phenotypes import count_phenotypes, density2d
     from ..flow.transforms import LogTransform
-    from ..io.fcs import read_fcs
 
     path = str(sample["flow"])
-    fcs = read_fcs(path, scale=True, chunk_events=int(flow_s.get("chunk_events", CHUNK_EVENTS)))
+    fcs = read_flow(path, flow_s, chunk_events=int(flow_s.get("chunk_events", CHUNK_EVENTS)))
     mk = {m: (ch, float(t)) for (ch, m), t in zip(markers.items(), thresholds)}
     build, graph = count_phenotypes({sample["name"]: fcs}, parent=parent, strategy=strategy, markers=mk,
                                     backend=backend, compute=False)
@@ -189,6 +193,10 @@ def flow_sample_item(sample, *, strategy, parent, markers, thresholds, flow_s, b
         "mean_positive": np.asarray(ds["mean_positive"].values[0], float),
         "sha256": file_sha256(path),
         "instrument": str(fcs.meta.get("$CYT", "")).strip(),
+        "scale": fcs.scale,  # the policy the values are on ([flow] scale, or the instrument's default)
+        "scale_setting": flow_scale(flow_s),
+        "axis_labels": {ch: fcs.axis_label(ch) for ch in dict.fromkeys([*markers, flow_s.get("scatter_channel")])
+                        if ch},
     }
     try:
         vol = analysed_volume_ul(fcs, volume_ul=sample.get("volume_ul"),

@@ -1,4 +1,5 @@
-"""What the experiment's input files hold, for validation: FCS channels and TEXT, TIFF channel counts."""
+"""What the experiment's input files hold, for validation (FCS channels, events and ``$VOL``, TIFF channel
+counts), and the ``[flow]`` settings about reading FCS files (``scale``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,44 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["fcs_sample", "fcs_without_volume", "check_channels", "tiff_channels"]
+__all__ = ["fcs_sample", "fcs_without_volume", "check_channels", "check_flow_files", "check_flow_scale",
+           "calibration_channels", "flow_scale", "read_flow", "tiff_channels", "FLOW_KEYS"]
+
+#: ``[flow]`` keys read here (made config Keys in config.SCHEMA): name -> (type, default, unit, what is expected)
+FLOW_KEYS = {
+    "scale": (str, "auto", "", "auto, raw, linear or linear-gain (what the event values are; see evflow.io.fcs.scale)"),
+}
+
+
+def flow_scale(flow_s) -> str:
+    """The ``[flow] scale`` setting (default ``"auto"``: each file's instrument default)."""
+    return str((flow_s or {}).get("scale", FLOW_KEYS["scale"][1]))
+
+
+def check_flow_scale(flow_s, src, problems) -> None:
+    """``flow.scale`` must name a scale policy."""
+    from ..io.fcs.scale import SCALE_CHOICES
+
+    v = (flow_s or {}).get("scale")
+    if isinstance(v, str) and v not in SCALE_CHOICES:
+        problems.append(f"{src}: 'flow.scale' is {v!r}, expected one of {', '.join(SCALE_CHOICES)}")
+
+
+def read_flow(path, flow_s, chunk_events=None):
+    """An FCS file of the experiment, its events on the experiment's scale policy (``[flow] scale``)."""
+    from ..io.fcs import read_fcs
+
+    pol = flow_scale(flow_s)
+    return read_fcs(path, scale=True if pol == "auto" else pol, chunk_events=chunk_events)
+
+
+def calibration_channels(cal, kind) -> dict:
+    """channel -> key of the channels a ``[flow.calibration.<kind>]`` table reads from its bead file."""
+    out = {cal["channel"]: f"flow.calibration.{kind}.channel"}
+    for ch in cal.get("clustering_channels") or []:
+        if isinstance(ch, str):
+            out.setdefault(ch, f"flow.calibration.{kind}.clustering_channels")
+    return out
 
 _SAMPLE_CACHE: dict = {}
 
@@ -39,23 +77,100 @@ def fcs_without_volume(path: Path) -> bool:
         return False
 
 
+def _missing(s, needed):
+    """``[(channel, key, reason)]`` of the channels of ``needed`` the sample ``s`` cannot resolve."""
+    from ..errors import FCSError
+
+    out = []
+    for ch, key in needed.items():
+        try:
+            s.channel_index(ch)
+        except FCSError as exc:
+            msg = str(exc)[len(str(s.path)) + 2:] if str(exc).startswith(f"{s.path}: ") else str(exc)
+            out.append((ch, key, msg.split("; channels ($PnN")[0]))
+    return out
+
+
 def check_channels(path: Path, needed: Mapping[str, str], problems: list, src: str, sample_key=None):
-    """Append a problem for each channel of ``needed`` (channel -> key that needs it) missing from ``path``."""
+    """Append a problem for each channel of ``needed`` (channel -> key that needs it) that ``path`` lacks
+    (with the closest names), and the file's channels once."""
     from ..io.fcs import read_fcs
+    from ..io.fcs.text import describe_channels
 
     try:
         s = read_fcs(path)
     except Exception as exc:
         problems.append(f"{src}: '{sample_key or 'file'}' {path.name} cannot be read as FCS: {exc}")
         return
-    for ch, key in needed.items():
+    miss = _missing(s, needed)
+    for ch, key, why in miss:
+        problems.append(f"{src}: '{key}' {_why(ch, why, (sample_key + ' ' if sample_key else '') + path.name)}")
+    if miss:
+        problems.append(f"{src}: {path.name}: {describe_channels(s.channels, s.markers)}")
+
+
+def _why(ch, why, where) -> str:
+    """``channel 'X' is not in a.fcs (did you mean 'Y'?)``, or the ambiguity, for a problem line."""
+    if why.startswith("no channel"):
+        hint = why[len(f"no channel {ch!r}"):]
+        return f"channel {ch!r} is not in {where}{hint}"
+    return f"channel {ch!r} cannot be used in {where}: {why}"
+
+
+def check_flow_files(flow_s, samples, flow_samples, needed_channels, src, problems):
+    """For every flow file: readable, not empty, the channels the gates and markers use (each missing
+    channel once, naming every file that lacks it; each distinct channel list once), and an analysed
+    volume that is there and plausible (:data:`evflow.io.fcs.acquisition.PLAUSIBLE_FLOW_UL_PER_MIN`)."""
+    from ..errors import FCSError
+    from ..io.fcs.acquisition import flow_rate_problem
+    from ..io.fcs.text import clock_seconds, describe_channels
+
+    missing: dict = {}  # (channel, key, reason) -> [file keys]
+    listings: dict = {}  # channel list -> first file
+    for i, s in enumerate(samples):
+        if s.flow is None or not s.flow.is_file():
+            continue
+        where = f"samples[{i}].flow"
+        fcs = fcs_sample(s.flow)
+        if fcs is None:
+            try:
+                from ..io.fcs import read_fcs
+
+                read_fcs(s.flow)
+                why = "unreadable"
+            except Exception as exc:  # the reader's own words
+                why = str(exc)
+            problems.append(f"{src}: '{where}' {s.flow.name} cannot be read as FCS: {why}")
+            continue
+        if fcs.n_events == 0:
+            problems.append(f"{src}: 'samples[{i}]' ({s.name}): {s.flow.name} holds 0 events (an empty data set)")
+        miss = _missing(fcs, needed_channels)
+        for m in miss:
+            missing.setdefault(m, []).append(f"{where} {s.flow.name}")
+        if miss:
+            listings.setdefault(describe_channels(fcs.channels, fcs.markers), s.flow.name)
+        if s.role == "beads" or s.volume_ul is not None or "flow_rate_ul_per_min" in flow_s:
+            continue  # $VOL is not used
+        raw = str(fcs.meta.get("$VOL", "") or "").strip()
         try:
-            s.channel_index(ch)
-        except Exception:
-            problems.append(
-                f"{src}: '{key}' channel {ch!r} is not in {sample_key + ' ' if sample_key else ''}{path.name} "
-                f"(channels: {', '.join(s.channels)})"
-            )
+            vol = fcs.volume_nl()
+        except FCSError:
+            problems.append(f"{src}: 'samples[{i}]' ({s.name}): $VOL is {raw} in {s.flow.name}, not a usable "
+                            "volume: give 'volume_ul' or 'flow.flow_rate_ul_per_min'")
+            continue
+        if vol is None:
+            problems.append(f"{src}: 'samples[{i}]' ({s.name}): no analysed volume: give 'volume_ul', "
+                            "'flow.flow_rate_ul_per_min', or a file with $VOL")
+            continue
+        why = flow_rate_problem(vol, clock_seconds(fcs.meta))
+        if why:
+            problems.append(f"{src}: 'samples[{i}]' ({s.name}): {s.flow.name}: {why}; give 'volume_ul' "
+                            "(or 'flow.flow_rate_ul_per_min')")
+    for (ch, key, why), files in missing.items():
+        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        problems.append(f"{src}: '{key}' {_why(ch, why, shown)}")
+    for listing, name in listings.items():
+        problems.append(f"{src}: {name}{' and the other flow files' if len(listings) == 1 else ''}: {listing}")
 
 
 def tiff_channels(path: Path):

@@ -104,8 +104,9 @@ def _fig_density(ds, ctx):
             ax.axhline(thr, color="orange", lw=1, ls="--")
         role = str(ds["role"].sel(sample=n).values)
         ax.set_title(f"{n} ({role})", fontsize=9)
-        ax.set_xlabel(x, fontsize=8)
-        ax.set_ylabel(f"{y} ({ctx.markers.get(y, '')})", fontsize=8)
+        labels = items[n].get("axis_labels", {})  # the channel as the file names it, scale policy, units
+        ax.set_xlabel(labels.get(x, x), fontsize=8)
+        ax.set_ylabel(f"{labels.get(y, y)} ({ctx.markers.get(y, '')})", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
@@ -135,7 +136,7 @@ def _fig_beads(ctx):
         ax.loglog(xs, np.exp(fl["b"]) * xs ** fl["m"], "-", color="C1",
                   label=f"fit m={fl['m']:.3f}, R²={fl['r2']:.4f}")
         units = fl["summary"].get("units", "MESF")
-        ax.set_xlabel(f"{fl['summary']['channel']} (channel units)")
+        ax.set_xlabel(fl.get("axis_label") or f"{fl['summary']['channel']} (channel units)")
         ax.set_ylabel(units)
         ax.set_title(f"Fluorescence calibration ({units})")
         ax.legend(fontsize=8)
@@ -150,7 +151,8 @@ def _fig_beads(ctx):
         ax.loglog(sc.bead_diameters_nm, sc.gain * sc.bead_cross_section, "+", color="k", ms=10,
                   label="size beads (Mie, fitted gain)")
         ax.set_xlabel("diameter (nm)")
-        ax.set_ylabel(f"{sc.channel} (channel units)")
+        ax.set_ylabel((getattr(ctx, "calibration", None) or {}).get("size", {}).get("axis_label")
+                      or f"{sc.channel} (channel units)")
         ax.set_title(f"Scatter calibration (gain {sc.gain:.3g}, R²={sc.r2:.4f})")
         ax.legend(fontsize=8)
     else:

@@ -74,8 +74,14 @@ def _flow_dataset(ctx):
             mesf[:, j] = np.sign(med) * np.exp(fl["b"]) * np.abs(med) ** fl["m"]
         ds["median_positive_calibrated"] = (("sample", "marker"), mesf,
                                             {"units": units, "long_name": "median of positive events, calibrated"})
-    ds["median_positive"].attrs["units"] = "channel units (linear scale)"
-    ds["threshold"].attrs["units"] = "channel units (linear scale)"
+    scales = [str(items[n].get("scale", "")) for n in names]
+    ds = ds.assign_coords(scale=("sample", scales))
+    ds["scale"].attrs["long_name"] = "scale policy of the event values (raw, linear, linear-gain)"
+    ds.attrs["flow_scale"] = str(items[names[0]].get("scale_setting", "auto"))
+    ds.attrs["flow_scale_policies"] = ", ".join(sorted(set(scales)))
+    for var in ("median_positive", "threshold", "mean_positive"):
+        if var in ds:
+            ds[var].attrs["units"] = f"channel units on the scale policy ({', '.join(sorted(set(scales)))})"
     return ds
 
 

@@ -30,6 +30,7 @@ from ..errors import EvflowError
 from ..flow.thresholds import ThresholdRule, experiment_rule
 from . import flow as fl, imaging as im
 from .config import load_experiment
+from .inputs import flow_scale
 from .scheduler import split_samples
 from .stage import RunContext, Runner
 from .store import ResultStore, file_fingerprint
@@ -122,6 +123,8 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
                               ("size", fl.size_item, cal_s.get("size")),
                               ("registration", im.registration_from_beads, img_s or None)):
             file = (c or {}).get("registration_beads" if kind == "registration" else "file")
+            if file and kind != "registration":
+                c = {**c, "scale": flow_scale(flow_s)}  # the bead file's values on the experiment's scale policy
             if file:
                 path = exp.resolve(file)
                 cal_stages.append(runner.stage("calibration", body))
@@ -151,10 +154,11 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
         elif markers:
             role = rule.control
             controls = runner.stage("control", fl.control_item, strategy=strategy, parent=parent, markers=markers,
-                                    rule=rule, backend=be)
+                                    rule=rule, backend=be, scale=flow_scale(flow_s))
             for s in exp.by_role(role):
                 if s.flow is not None:
-                    controls.add(s.name, ["control", file_fingerprint(s.flow), gate_spec, markers, rule.cache_key()],
+                    controls.add(s.name, ["control", file_fingerprint(s.flow), gate_spec, markers, rule.cache_key(),
+                                          flow_scale(flow_s)],
                                  s.name, s.flow)
             timings["controls_s"] = runner.run("controls", controls)
             ctx.control_items = controls.items
@@ -191,7 +195,7 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
         for s in flow_samples:
             sd = {"name": s.name, "flow": str(s.flow), "volume_ul": s.volume_ul}
             samples.add(s.name, ["flow", file_fingerprint(s.flow), gate_spec, markers, thresholds, sd,
-                                 {k: flow_s.get(k) for k in ("flow_rate_ul_per_min", "time_channel")}, ctx.density,
+                                 {k: flow_s.get(k) for k in ("flow_rate_ul_per_min", "time_channel", "scale")}, ctx.density,
                                  chunk_events], sd)
         # few samples on a cluster: each sample's row chunks are spread over the workers too
         samples.params["split"] = timings["split_samples"] = bool(split_samples(runner.client, len(samples.pending)))

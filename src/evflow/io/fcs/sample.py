@@ -94,11 +94,48 @@ class FCSSample:
 
     @property
     def spillover(self):
-        """The spillover matrix from ``$SPILLOVER``/``$SPILL``/``SPILL``, or None."""
+        """The spillover matrix from ``$SPILLOVER``/``$SPILL``/``SPILL``, or None.
+
+        Labels given as parameter numbers (``3,4,5``) are mapped to the channels' ``$PnN``
+        (``attrs["labels"]`` says ``"parameter numbers"``); ``attrs["identity"]`` is True for an
+        identity matrix (no compensation stored).
+        """
         for key in ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER", "$COMP"):
             if key in self.meta and str(self.meta[key]).strip():
-                return parse_spillover(self.meta[key], self.path, key)
+                sp = parse_spillover(self.meta[key], self.path, key)
+                names = [str(x) for x in sp["source"].values]
+                if all(n.isdigit() and 1 <= int(n) <= self.n_channels for n in names) and \
+                        not set(names) & set(self.channels):
+                    mapped = [self.channels[int(n) - 1] for n in names]
+                    sp = sp.assign_coords(source=mapped, detector=mapped)
+                    sp.attrs["labels"] = "parameter numbers"
+                sp.attrs["identity"] = bool(np.array_equal(sp.values, np.eye(sp.shape[0])))
+                return sp
         return None
+
+    @property
+    def triggers(self) -> list:
+        """``[(channel, level, keyword)]`` from the trigger keywords the instrument records
+        (:func:`evflow.io.fcs.acquisition.triggers`); [] when it records none."""
+        from .acquisition import triggers
+
+        return triggers(self.meta, self.channels)
+
+    @property
+    def flow_rate(self) -> str | None:
+        """``$FLOWRATE`` as written (FCS 3.2; e.g. ``"30 uL/min"``), None when absent."""
+        v = str(self.meta.get("$FLOWRATE", "") or "").strip()
+        return v or None
+
+    def channel_info(self, channel) -> dict:
+        """A channel's keywords: ``name`` ($PnN), ``marker`` ($PnS) and, as written (None when absent),
+        ``bits`` ($PnB), ``range`` ($PnR), ``log`` ($PnE), ``gain`` ($PnG), ``voltage`` ($PnV),
+        ``laser`` ($PnL, excitation nm), ``filter`` ($PnF), ``detector`` ($PnDET, 3.2), ``type`` ($PnTYPE, 3.2)."""
+        i = self._column(channel)
+        kw = {k: _text.channel_keyword(self.meta, i, letter) for k, letter in (
+            ("bits", "B"), ("range", "R"), ("log", "E"), ("gain", "G"), ("voltage", "V"), ("laser", "L"),
+            ("filter", "F"), ("detector", "DET"), ("type", "TYPE"))}
+        return {"name": self.channels[i], "marker": self.markers[i], **kw}
 
     @property
     def time_channel(self) -> str | None:

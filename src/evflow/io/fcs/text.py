@@ -480,9 +480,10 @@ def did_you_mean(name, channels, markers=None) -> str:
 
 
 def describe_channels(channels, markers=None) -> str:
-    """``"channels: FSC-H, FL1-H (CD63), ..."``: every ``$PnN``, with its ``$PnS`` where given."""
-    parts = [f"{c} ({m})" if m and m != c else str(c) for c, m in zip(channels, markers or [None] * len(channels))]
-    return "channels ($PnN ($PnS)): " + ", ".join(parts)
+    """``"channels ($PnN): FSC-H, FL1-H, ...; markers ($PnS): FL1-H=CD63, ..."``."""
+    marked = [f"{c}={m}" for c, m in zip(channels, markers or [None] * len(channels)) if m and m != c]
+    return f"channels ($PnN): {', '.join(map(str, channels))}" + (f"; markers ($PnS): {', '.join(marked)}"
+                                                                 if marked else "")
 
 
 class ChannelNames(tuple):
