@@ -4,6 +4,7 @@ distributed scheduler, SIGKILL-and-resume, and the report in a real headless bro
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -15,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+
+import evflow
 
 SMALL = ["--events", "20000", "--fields", "1", "--field-px", "256"]
 
@@ -95,6 +98,24 @@ def test_demo_outputs_and_truth(demo_run):
     assert csv["count"].tolist() == counts["count"].tolist()
     row = counts[(counts["sample"] == "S3") & (counts["phenotype"] == "CD63+ EpCAM+")]
     assert int(row["count"].iloc[0]) == int(ds["count"].sel(sample="S3", phenotype="CD63+ EpCAM+"))
+
+
+def test_demo_detection_limits(demo_run):
+    """Noise level of the buffer (99.5th percentile), in MESF through the demo instrument's true curve."""
+    from evflow.pipeline.demo import B, M
+
+    out, _ = demo_run
+    ds = _load(out)
+    buffer = next(s for s in ds["sample"].values if str(ds["role"].sel(sample=s).values) == "buffer")
+    fcs = evflow.read_fcs(out / "data" / "flow" / f"{buffer}.fcs", scale=True)
+    k = list(ds["marker_channel"].values).index("FL1-H")
+    fl1 = np.asarray(fcs.events[:, fcs.channel_index("FL1-H")].compute(), float)
+    assert float(ds["detection_limit"].values[k]) == pytest.approx(np.percentile(fl1, 99.5), rel=1e-9)
+    assert "99.5th percentile of the buffer" in ds["detection_limit"].attrs["criterion"]
+    truth = math.exp(B) * float(ds["detection_limit"].values[k]) ** M
+    assert float(ds["detection_limit_calibrated"].values[k]) == pytest.approx(truth, rel=0.05)
+    assert ds["detection_limit_calibrated"].attrs["units"] == "MESF"
+    assert 30 < float(ds["detection_limit_diameter_nm"]) < 110 and ds["detection_limit_diameter_nm"].attrs["units"] == "nm"
 
 
 def test_demo_spots_table(demo_run):

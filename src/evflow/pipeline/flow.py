@@ -176,9 +176,11 @@ def flow_sample_item(sample, *, strategy, parent, markers, thresholds, flow_s, b
     from ..flow.calibration import analysed_volume_ul
     from ..flow.phenotypes import count_phenotypes, density2d
     from ..flow.transforms import LogTransform
+    from .flow_qc import sample_qc
 
     path = str(sample["flow"])
     fcs = read_flow(path, flow_s, chunk_events=int(flow_s.get("chunk_events", CHUNK_EVENTS)))
+    fcs, qc_item = sample_qc(fcs_all := fcs, sample, flow_s)  # time QC (bad intervals dropped if asked), swarm
     mk = {m: (ch, float(t)) for (ch, m), t in zip(markers.items(), thresholds)}
     build, graph = count_phenotypes({sample["name"]: fcs}, parent=parent, strategy=strategy, markers=mk,
                                     backend=backend, compute=False)
@@ -197,13 +199,16 @@ def flow_sample_item(sample, *, strategy, parent, markers, thresholds, flow_s, b
         "scale_setting": flow_scale(flow_s),
         "axis_labels": {ch: fcs.axis_label(ch) for ch in dict.fromkeys([*markers, flow_s.get("scatter_channel")])
                         if ch},
+        **qc_item,
+        "n_acquired": int(fcs_all.n_events),  # before any time interval is dropped
     }
     try:
-        vol = analysed_volume_ul(fcs, volume_ul=sample.get("volume_ul"),
+        vol = analysed_volume_ul(fcs_all, volume_ul=sample.get("volume_ul"),
                                  flow_rate_ul_per_min=None if sample.get("volume_ul") else flow_s.get("flow_rate_ul_per_min"),
                                  time_channel=flow_s.get("time_channel"))
-        item["volume_ul"] = float(vol["volume_ul"])
-        item["volume_method"] = str(vol["method"])
+        item["volume_ul"] = float(vol["volume_ul"]) * item["kept_time_fraction"]  # < 1 when intervals dropped
+        item["volume_method"] = str(vol["method"]) + (f" x {item['kept_time_fraction']:.4g} (time kept)"
+                                                      if item["kept_time_fraction"] < 1 else "")
     except EvflowError as exc:
         item["volume_ul"] = float("nan")
         item["volume_method"] = f"unknown ({exc})"

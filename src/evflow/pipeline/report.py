@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .flow_qc import report_parts as flow_qc_parts
+
 __all__ = ["write_report", "esc", "Html"]
 
 
@@ -391,6 +393,7 @@ def write_report(ds, ctx, path) -> Path:
         if ds.attrs.get("image_threshold_rule"):
             parts.append("<p class='small'>Imaging positivity: " + esc(ds.attrs["image_threshold_rule"])
                          + "</p>")
+    parts.extend(flow_qc_parts(ds, ctx, _table, _img, _png, esc))  # time QC, rates, detection limits
     if "count" in ds:
         parts.append("<h2>MIFlowCyt-EV</h2>" + _miflowcyt(ds, ctx))
     inputs = json.loads(ds.attrs.get("input_files", "{}"))

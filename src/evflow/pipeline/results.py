@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .flow_qc import add_to_dataset as add_flow_qc, max_event_rate, sample_flags
+
 __all__ = ["assemble", "write_outputs", "tidy_tables", "quality_checks"]
 
 
@@ -82,6 +84,7 @@ def _flow_dataset(ctx):
     for var in ("median_positive", "threshold", "mean_positive"):
         if var in ds:
             ds[var].attrs["units"] = f"channel units on the scale policy ({', '.join(sorted(set(scales)))})"
+    add_flow_qc(ds, ctx, names)  # time QC, event rate, pulse width, detection limits (pipeline.flow_qc)
     return ds
 
 
@@ -190,7 +193,7 @@ def assemble(ctx) -> xr.Dataset:
     fds = _flow_dataset(ctx)
     ids = _image_dataset(ctx)
     parts = [d for d in (fds, ids) if d is not None]
-    ds = xr.merge(parts, combine_attrs="drop") if parts else xr.Dataset()
+    ds = xr.merge(parts, combine_attrs="drop_conflicts") if parts else xr.Dataset()  # variables keep units
     qc = quality_checks(fds, exp)
     if fds is not None:
         flags = []
@@ -200,6 +203,7 @@ def assemble(ctx) -> xr.Dataset:
                 f.append("fewer than 100 events in the parent gate")
             if not np.isfinite(fds["volume_ul"].values[i]):
                 f.append("no analysed volume")
+            f.extend(sample_flags(ctx.flow_items[str(fds["sample"].values[i])], max_event_rate(exp)))
             flags.append("; ".join(f))
         ds["qc_flags"] = ("sample", np.asarray(flags, dtype=object).astype(str))
     inputs = {}

@@ -30,6 +30,7 @@ from ..errors import EvflowError
 from ..flow.thresholds import ThresholdRule, experiment_rule
 from . import flow as fl, imaging as im
 from .config import load_experiment
+from .flow_qc import qc_settings
 from .inputs import flow_scale
 from .scheduler import split_samples
 from .stage import RunContext, Runner
@@ -193,7 +194,7 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
                                parent=parent, markers=markers, flow_s=flow_s, backend=be, density=ctx.density,
                                thresholds=thresholds if thresholds is not None else np.zeros(0))
         for s in flow_samples:
-            sd = {"name": s.name, "flow": str(s.flow), "volume_ul": s.volume_ul}
+            sd = {"name": s.name, "flow": str(s.flow), "volume_ul": s.volume_ul, "role": s.role, "qc": qc_settings(exp)}
             samples.add(s.name, ["flow", file_fingerprint(s.flow), gate_spec, markers, thresholds, sd,
                                  {k: flow_s.get(k) for k in ("flow_rate_ul_per_min", "time_channel", "scale")}, ctx.density,
                                  chunk_events], sd)
