@@ -171,3 +171,19 @@ def test_pipeline_flags_and_excludes_the_clog(tmp_path, exclude):
     assert np.isnan(ds["detection_limit_calibrated"].values[0])
     html = (tmp_path / "exp_results" / "report.html").read_text()
     assert "Time QC, event rate and coincidence" in html and "clog" in html
+
+
+def test_experiment_qc_settings_validated(tmp_path):
+    from evflow import ConfigError
+    from evflow.pipeline import load_experiment
+
+    base = {"flow": {"markers": {"FL1-H": "CD63"}, "flow_rate_ul_per_min": 1.0},
+            "thresholds": {"rule": "fixed", "values": {"CD63": 1.0}},
+            "samples": [{"name": "S", "flow": "s.fcs"}]}
+    exp = load_experiment({**base, "instrument": {"max_event_rate": 5000}}, check_files=False)
+    assert exp.settings["instrument"]["max_event_rate"] == 5000
+    with pytest.raises(ConfigError) as exc:
+        load_experiment({**base, "instrument": {"max_event_rate": -1, "colour": "x"},
+                         "flow": {**base["flow"], "exclude_bad_time": "yes"}}, check_files=False)
+    msg = str(exc.value)
+    assert "instrument.max_event_rate" in msg and "instrument.colour" in msg and "flow.exclude_bad_time" in msg

@@ -47,6 +47,8 @@ _BOUNDS = {
     "imaging.camera_em_gain": (1, True), "imaging.camera_read_noise_e": (0, True),
     "imaging.false_positives": (0, False), "imaging.detection_threshold_photons": (0, False),
     "imaging.match_radius_px": (0, False),
+    "instrument.max_event_rate": (0, False), "instrument.width_factor": (1, False),
+    "instrument.max_wide_fraction": (0, True), "flow.time_bin_s": (0, False), "flow.time_z": (0, False),
 }
 
 
