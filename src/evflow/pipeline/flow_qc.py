@@ -137,8 +137,8 @@ def add_to_dataset(ds, ctx, names) -> None:
         ds[f"time_{key}"] = ("sample", np.array([float(it.get(key, 0.0)) for it in get]),
                              {"units": "1", "long_name": long})
     ds["time_intervals_excluded"] = ("sample", np.array([bool(it.get("time_excluded", False)) for it in get]))
-    rates = [rate_check(it.get("n_acquired", it["n_total"]), it.get("acquisition_s"), mx, peak_rate=it.get("peak_rate_per_s"))
-             for it in get]
+    rates = [rate_check(it.get("n_acquired", it["n_total"]), it.get("acquisition_s"), mx,
+                        peak_rate=it.get("peak_rate_per_s")) for it in get]
     ds["event_rate_per_s"] = ("sample", np.array([r["mean_rate_per_s"] for r in rates]),
                               {"units": "events/s", "long_name": "mean event rate"})
     ds["peak_event_rate_per_s"] = ("sample", np.array([r["peak_rate_per_s"] for r in rates]),
