@@ -50,6 +50,7 @@ _EXPORTS = {
     "read_gatingml": "evflow.flow.gatingml",
     "write_gatingml": "evflow.flow.gatingml",
     "read_flowjo": "evflow.flow.flowjo",
+    "export_fcs": "evflow.flow.export",
     # the pipeline
     "run": "evflow.pipeline.run",
     "load_experiment": "evflow.pipeline.config",

@@ -38,6 +38,9 @@ from .flow.controls import (
     subtract_buffer_counts as subtract_buffer_counts,
     threshold_from_control as threshold_from_control,
 )
+from .flow.export import (
+    export_fcs as export_fcs,
+)
 from .flow.flowjo import (
     read_flowjo as read_flowjo,
 )
@@ -117,6 +120,7 @@ __all__ = [
     "read_gatingml",
     "write_gatingml",
     "read_flowjo",
+    "export_fcs",
     "run",
     "load_experiment",
     "count_phenotypes",

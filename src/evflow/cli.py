@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from . import __version__
+from ._cli_export import add_export_parser
 from .errors import EvflowError
 
 
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     _add_debug(p)
     p.set_defaults(func=_demo)
+    add_export_parser(sub, _add_debug)
     return parser
 
 

@@ -13,8 +13,9 @@ __all__ = ["GatingResults"]
 class GatingResults:
     """Result of :meth:`GatingStrategy.apply`: lazy memberships and a statistics table."""
 
-    def __init__(self, strategy, masks, gate_ids, n_events, sample_name=None):
+    def __init__(self, strategy, masks, gate_ids, n_events, sample_name=None, sample=None):
         self.strategy = strategy
+        self.sample = sample  # the FCSSample the strategy was applied to (for to_fcs)
         self.masks = masks  # dask array (n_events, n_gates) of bool, NumPy or CuPy chunks
         self.gate_ids = list(gate_ids)
         self.n_events = n_events
@@ -69,6 +70,21 @@ class GatingResults:
         df.attrs["n_events"] = self.n_events
         df.attrs["sample"] = self.sample_name
         return df
+
+    def to_fcs(self, path, *, mesf=None, size=None, markers=None, version: str = "3.1", meta=None):
+        """Write the sample's events with one 0/1 channel per gate (and calibrated channels) as FCS.
+
+        See :func:`evflow.flow.export.export_fcs` for ``mesf`` (MESF/MEFL
+        calibrations), ``size`` (a scatter calibration: ``diameter_nm``),
+        ``markers`` (``{marker: (channel, threshold)}``: the ``phenotype``
+        bitmask) and the keywords written.  Returns the path.
+        """
+        from ..export import export_fcs
+
+        if self.sample is None:
+            raise GatingError("these gating results carry no sample to export; use evflow.flow.export.export_fcs")
+        return export_fcs(self.sample, path, gating=self, mesf=mesf, size=size, markers=markers, version=version,
+                          meta=meta)
 
     def __repr__(self):
         return f"GatingResults({self.sample_name!r}, n_events={self.n_events}, gates={self.gate_ids})"

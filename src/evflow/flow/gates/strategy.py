@@ -393,7 +393,7 @@ class GatingStrategy:
         """
         import dask.array as da
 
-        events, channels, spill, name = _sample_events(sample)
+        events, channels, spill, name, sample = _sample_events(sample)
         ids = list(gate_ids) if gate_ids is not None else self.gate_ids
         needed = set()
         for g in ids:
@@ -429,7 +429,7 @@ class GatingStrategy:
             chunks=(events.chunks[0], (len(ids),)),
             meta=xp.empty((0, len(ids)), dtype=bool),
         )
-        return GatingResults(self, masks, ids, int(events.shape[0]), name)
+        return GatingResults(self, masks, ids, int(events.shape[0]), name, sample=sample)
 
     def __repr__(self):
         return f"GatingStrategy({len(self.gates)} gates: {self.gate_ids})"
@@ -443,7 +443,7 @@ def _chunk_masks(block, strategy, channels, ids, fcs):
 
 
 def _sample_events(sample):
-    """(events (dask/array), channels, spillover, name) of an FCSSample or (events, channels)."""
+    """(events (dask/array), channels, spillover, name, sample) of an FCSSample or (events, channels)."""
     from ...io.fcs import as_sample
 
     sample = as_sample(sample, what="apply()", name="<array>", error=GatingError)
@@ -453,7 +453,7 @@ def _sample_events(sample):
     except Exception as exc:  # a malformed $SPILLOVER only matters when "FCS" compensation is used
         spill = exc
     name = getattr(sample, "path", None) or getattr(sample, "name", "<sample>")
-    return events, _names(sample), spill, str(name)
+    return events, _names(sample), spill, str(name), sample
 
 
 def _names(sample):
