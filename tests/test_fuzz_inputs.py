@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
-from fcs_builder import build_fcs, build_multi
+from fcs_builder import build_data_set, build_fcs, build_multi, shift_offsets, with_analysis
 
 import evflow
 from evflow.errors import EvflowError
@@ -26,7 +26,8 @@ TIMEOUT_S = 20  # per input: a mutant that takes this long is unbounded work, no
 SMALL_FCS = ["fcs/flowio/data_start_offset_discrepancy_example.fcs", "fcs/flowio/variable_int_example.fcs",
              "fcs/flowio/data_stop_offset_discrepancy_example.fcs"]
 LARGE_FCS = ["fcs/flowio/data1.fcs", "fcs/flowio/coulter.lmd", "fcs/flowio/G11.fcs"]
-NASTY = [b"", b" ", b"-1", b"0", b"2.0", b"1e309", b"nan", b"abc", b"99999999999999999999", b"*", b",", b"/"]
+NASTY = [b"", b" ", b"-1", b"0", b"2.0", b"1e309", b"nan", b"abc", b"99999999999999999999", b"*", b",", b"/",
+         b"        1280F", b"Time"]
 
 
 class _Timeout(Exception):
@@ -71,14 +72,28 @@ def _built_fcs():
         build_fcs(np.zeros((3, 3)), datatype="A", bits=[8, 8, 8], version="FCS2.0", data_bytes=b"1,2,3 4,5,6 7,8,9",
                   extra={"$P1B": "*", "$P2B": "*", "$P3B": "*"}),
         build_multi([{"values": v, "datatype": "I"}, {"values": v[:5], "datatype": "F"}]),
+        *_disagreeing_offsets(),
     ]
+
+
+def _disagreeing_offsets():
+    """Files whose HEADER and TEXT DATA offsets disagree in ways that need the events judged."""
+    t = np.cumsum(np.arange(1, 41)) * 50
+    v = np.column_stack([np.arange(40) * 37 % 1000, t & 0xFFFF, t >> 16]).astype(np.uint16)
+    extra = {"$BEGINANALYSIS": "0" * 12, "$ENDANALYSIS": "0" * 12}
+    blob, _ = build_data_set(v, bits=[16] * 3, ranges=[1000, 65536, 65536], names=["FL1", "Time LSW", "Time MSW"],
+                             extra=extra)
+    cyan = shift_offsets(with_analysis(blob, b"/$GATE/R1/" * 8), "TEXT", 14)  # two events and one word late
+    only_time = shift_offsets(blob + bytes(14), "HEADER", 14)
+    fcs2, _ = build_data_set(v, bits=[16] * 3, version="FCS2.0", extra={"$TOT": " "})
+    return [cyan, only_time, fcs2]
 
 
 def _mutate_fcs(rng, blob: bytes) -> bytes:
     b = bytearray(blob)
     text_end = min(len(b), max(256, blob.find(b"$", 58) + 3000))
     for _ in range(int(rng.integers(1, 4))):
-        op = rng.integers(0, 6)
+        op = rng.integers(0, 7)
         text_end = min(text_end, len(b))
         if len(b) < 60:
             break
@@ -87,7 +102,8 @@ def _mutate_fcs(rng, blob: bytes) -> bytes:
             b[i] = int(rng.integers(0, 256))
         elif op == 1:  # a keyword value replaced by a nasty one
             keys = [k for k in (b"$PAR", b"$TOT", b"$P1B", b"$P2R", b"$DATATYPE", b"$BEGINDATA", b"$ENDDATA",
-                                b"$NEXTDATA", b"$SPILLOVER", b"$P1E", b"$BYTEORD", b"$MODE") if k in b]
+                                b"$NEXTDATA", b"$SPILLOVER", b"$P1E", b"$BYTEORD", b"$MODE", b"$BEGINANALYSIS",
+                                b"$ENDANALYSIS", b"$P3N", b"$P3TYPE") if k in b]
             if keys:
                 k = keys[int(rng.integers(0, len(keys)))]
                 i = b.find(k) + len(k) + 1
@@ -103,6 +119,13 @@ def _mutate_fcs(rng, blob: bytes) -> bytes:
         elif op == 4:  # a byte in DATA
             i = int(rng.integers(min(text_end, len(b) - 1), len(b)))
             b[i] = int(rng.integers(0, 256))
+        elif op == 6:  # HEADER DATA offsets moved (by a word, an event, 46 bytes) over appended bytes
+            delta = int(rng.choice([-46, -2, 2, 4, 46]))
+            for lo in (26, 34):
+                s = bytes(b[lo:lo + 8]).strip()
+                if s.isdigit():
+                    b[lo:lo + 8] = f"{int(s) + delta:>8d}".encode()[-8:]
+            b += bytes(rng.integers(0, 256, max(delta, 0)).astype(np.uint8))
         else:  # insert or delete in TEXT
             i = int(rng.integers(0, min(text_end, len(b)) + 1))
             if rng.random() < 0.5:

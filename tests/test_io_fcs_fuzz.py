@@ -97,7 +97,8 @@ def test_fuzz_mutated_real_files(sources, tmp_path_factory):
 
 
 KEYWORD_VALUES = [b"0", b"-1", b"1", b"3", b"7", b"24", b"99999999999999", b"", b" ", b"nan", b"inf", b"1e300",
-                  b"4.0,1.0", b"0,0", b"1,2,3", b"x", b"12", b"2,1", b"D", b"F", b"A", b"I", b"*"]
+                  b"4.0,1.0", b"0,0", b"1,2,3", b"x", b"12", b"2,1", b"D", b"F", b"A", b"I", b"*",
+                  b"        1280F", b"Time", b"HW-Time", b"Time MSW"]
 
 
 def test_fuzz_keyword_values(sources, tmp_path_factory):
@@ -126,6 +127,49 @@ def test_fuzz_keyword_values(sources, tmp_path_factory):
                 s.to_numpy()
                 s.spillover
                 evflow.read_fcs(path, scale=True, chunk_events=999).events.sum(axis=0).compute()
+            except FCSError as exc:
+                assert str(path) in str(exc)
+
+    check()
+
+
+def _shift_number(b: bytearray, m, delta: int) -> None:
+    v = int(m.group(3)) + delta
+    b[m.start(3) : m.end(3)] = str(max(v, 0)).encode()
+
+
+def test_fuzz_disagreeing_offsets(sources, tmp_path_factory):
+    """HEADER and TEXT DATA offsets moved apart (by a 16-bit word, an event, the CyAn case's 46 bytes ...)
+    over appended bytes: the reader judges the readings or raises FCSError, nothing else."""
+    import re
+
+    tmp = tmp_path_factory.mktemp("fuzzoff")
+    path = tmp / "mutant.fcs"
+
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(st.integers(0, len(sources) - 1), st.sampled_from(["HEADER", "TEXT", "both"]),
+           st.sampled_from([-46, -4, -2, -1, 1, 2, 4, 22, 44, 46, 4096]), st.binary(max_size=64),
+           st.booleans())
+    def check(src, where, delta, tail, ends_too):
+        b = bytearray(sources[src] + tail)
+        if where in ("HEADER", "both"):
+            for lo in (26, 34) if ends_too else (26,):
+                s = b[lo : lo + 8].strip()
+                if s.isdigit():
+                    b[lo : lo + 8] = f"{int(s) + delta:>8d}".encode()[-8:]
+        if where in ("TEXT", "both"):
+            keys = rb"BEGINDATA|ENDDATA" if ends_too else rb"BEGINDATA"
+            for m in sorted(re.finditer(rb"(\$(?:" + keys + rb"))([/\\|])\s*(\d+)", bytes(b[:8000])),
+                            key=lambda m: -m.start()):
+                _shift_number(b, m, -delta if where == "both" else delta)
+        path.write_bytes(bytes(b))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                s = evflow.read_fcs(path)
+                a = s.to_numpy()
+                assert a.shape == (s.n_events, s.n_channels)
             except FCSError as exc:
                 assert str(path) in str(exc)
 

@@ -11,7 +11,11 @@ problem raises an :class:`evflow.FCSError` subclass naming the file, the
 keyword or byte offset, what was found and what was expected.  Departures from
 the standard that real instruments produce (off-by-one ``$ENDDATA``, HEADER
 and TEXT offsets that disagree, odd trailing delimiters) are worked around and
-reported as :class:`evflow.errors.FCSWarning`.
+reported as :class:`evflow.errors.FCSWarning`.  When HEADER and TEXT give DATA
+offsets that both fit the file, both readings are decoded on their first and
+last events and judged (values within ``$PnR``, a non-decreasing time channel,
+no bytes of another segment); one that passes is used, else an error names both
+(:mod:`.offsets`, and the Notes of :func:`read_fcs`).
 
 What the channel keywords mean (``$PnR``, ``$PnB``, ``$PnE``, ``$PnG``,
 ``$TIMESTEP``, ``$VOL``) is answered in one place: the methods of
@@ -22,7 +26,8 @@ of :mod:`evflow.io.fcs.text`.
 
 Modules: :mod:`.header` (HEADER), :mod:`.text` (TEXT, supplemental TEXT,
 keywords, spillover), :mod:`.data` (DATA decoding of every ``$DATATYPE``),
-:mod:`.sample` (:class:`FCSSample`, :func:`read_fcs`, :func:`as_sample`),
+:mod:`.offsets` (where the DATA segment lies), :mod:`.sample` (:class:`FCSSample`,
+:func:`read_fcs`, :func:`as_sample`),
 :mod:`.write` (:func:`write_fcs`).
 """
 

@@ -283,9 +283,9 @@ def _choose_begin(t, h, fits, info, layout, n_tot, channels, path, size) -> _Rea
     if len(passed) == 1:
         good = passed[0]
         bad = t if good is h else h
-        _warn(f"{path}: DATA offsets disagree: {both} both fit $TOT x {rb}-byte events; judged on the first "
-              f"and last {min(counts[good], JUDGE_ROWS)} events, the {bad.source} reading fails "
-              f"({'; '.join(verdicts[bad])}); using {good.source} (DATA at byte {good.begin})")
+        _warn(f"{path}: DATA offsets disagree: {both} both fit $TOT x {rb}-byte events; judged on "
+              f"{_sample_words(counts[good])}, the {bad.source} reading fails ({'; '.join(verdicts[bad])}); "
+              f"using {good.source} (DATA at byte {good.begin})")
         return good
     if not passed:
         why = "; ".join(f"{c.source}: {', '.join(verdicts[c])}" for c in pool)
@@ -301,6 +301,10 @@ def _choose_begin(t, h, fits, info, layout, n_tot, channels, path, size) -> _Rea
         "expected HEADER and TEXT to agree",
         path,
     )
+
+
+def _sample_words(n: int) -> str:
+    return f"all {n} events" if n <= 2 * JUDGE_ROWS else f"the first and last {JUDGE_ROWS} of {n} events"
 
 
 def _quiet_count(c: _Reading, rb: int, avail: int) -> int:

@@ -436,6 +436,26 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
     FCSError
         For any file that cannot be read as asked; the message names the file
         and the keyword or byte offset at fault.
+
+    Notes
+    -----
+    Where the DATA segment lies is decided from the file, never guessed:
+
+    - ``$BEGINDATA``/``$ENDDATA`` missing (FCS 2.0 needs none) or malformed
+      (``"   1280F"``): the HEADER's offsets, with one :class:`~evflow.errors.FCSWarning`
+      (none for FCS 2.0).  ``$TOT`` missing (FCS 2.0): the number of events is the DATA
+      length over the event size when that is a whole number, with a warning; else an error.
+    - HEADER and TEXT disagree: a reading must fit (start after the TEXT, hold ``$TOT``
+      events inside the file, span ``$TOT`` x event size bytes).  If only one fits it is
+      used, with a warning.
+    - Both fit (e.g. both ``$TOT`` x ``$PAR`` x 2 bytes long): both are decoded on their
+      first and last 2048 events and judged: every integer value within ``$PnR`` (after the
+      bit mask), floats finite, each time channel (``$PnN`` Time, HW-Time, "Time MSW", or
+      ``$PnTYPE`` Time) non-decreasing, no event in bytes of another segment (TEXT,
+      supplemental TEXT, ANALYSIS, the next data set).  The reading that passes is used,
+      with a warning naming both offsets and why the other failed; if both pass or neither
+      does, :class:`~evflow.errors.FCSDataError` names both offsets.  Judging reads a few
+      thousand events, so it costs nothing measurable next to reading the file.
     """
     import dask.array as da
     from dask.base import tokenize
