@@ -311,3 +311,17 @@ def test_negative_or_impossible_text_offsets(tmp_path):
     _, a, msgs = _read(p)
     np.testing.assert_array_equal(a, v)
     assert "using HEADER" in _offset_warnings(msgs)[0] and "only one that fits" in _offset_warnings(msgs)[0]
+
+
+def test_fixed_width_ascii_is_judged_too(tmp_path):
+    # $DATATYPE A, 4 characters a value: read two characters late, '..99' + '10..' = 9910 > $PnR=5000
+    n = 50
+    v = np.column_stack([1099 + 100 * (np.arange(n) % 30), 1000 + np.arange(n)]).astype(np.int64)
+    blob, _ = build_data_set(v, datatype="A", bits=[4, 4], ranges=[5000, 5000], names=["FL1", "FL2"])
+    blob = shift_offsets(blob + b"1000", "TEXT", 2)
+    p = tmp_path / "a.fcs"
+    p.write_bytes(blob)
+    _, a, msgs = _read(p)
+    np.testing.assert_array_equal(a, v)
+    (msg,) = _offset_warnings(msgs)
+    assert "above $P1R=5000" in msg and "using HEADER" in msg

@@ -113,19 +113,22 @@ def _judge(r: _Reading, n_events: int, info: _DataSetInfo, layout: _Layout, chan
         if lo <= last and hi >= first:
             reasons.append(f"its events run into the {name} segment (bytes {lo}-{hi})")
     k = min(n_events, JUDGE_ROWS)
-    head = _read_block(path, first, k, layout)
     tail_start = max(k, n_events - JUDGE_ROWS)
-    tail = _read_block(path, first + tail_start * rb, n_events - tail_start, layout)
+    try:
+        head = _read_block(path, first, k, layout)
+        tail = _read_block(path, first + tail_start * rb, n_events - tail_start, layout)
+    except FCSDataError as exc:  # fixed-width ASCII that is not numbers
+        return reasons + [str(exc)]
     blocks = [(0, head), (tail_start, tail)] if tail.size else [(0, head)]
     for c in range(layout.n_channels):
         name = channels[c]
-        if layout.datatype == "I":
+        if layout.datatype in ("I", "A"):
             rng = channel_range(meta, c, default=None)
             if rng is not None and math.isfinite(rng) and rng >= 1:
                 for off, b in blocks:
                     bad = np.flatnonzero(b[:, c] > rng)
                     if bad.size:
-                        reasons.append(f"channel {name!r} holds {int(b[bad[0], c])} at event {off + int(bad[0])}, "
+                        reasons.append(f"channel {name!r} holds {b[bad[0], c]:g} at event {off + int(bad[0])}, "
                                        f"above $P{c + 1}R={rng:g}")
                         break
         elif layout.datatype in ("F", "D"):
@@ -269,10 +272,10 @@ def _choose_begin(t, h, fits, info, layout, n_tot, channels, path, size) -> _Rea
               f"using {chosen.source} ({chosen.begin})"
               + ("" if not pool else ", the only one that fits the file and $TOT"))
         return chosen
-    if rb == 0 or layout.datatype == "A":
+    if rb == 0:
         raise FCSDataError(
-            f"DATA offsets disagree: {h.describe()} and {t.describe()} both fit the file, and ASCII DATA "
-            "cannot be judged event by event; expected HEADER and TEXT to agree",
+            f"DATA offsets disagree: {h.describe()} and {t.describe()} both fit the file, and delimited ASCII "
+            "DATA cannot be judged event by event; expected HEADER and TEXT to agree",
             path,
         )
     avail = {c: size - (info.base + c.begin) for c in pool}
