@@ -128,3 +128,71 @@ def test_shared_real_files_still_read():
     assert im.sizes["fov"] == 120 and im.sizes["channel"] == 1 and list(im.channel.values) == ["ch0"]
     np.testing.assert_array_equal(im.isel(fov=7).values[0], tifffile.imread(p, key=7))
     assert "stage_x_um" not in im.coords and list(np.unique(im.series.values)) == [0]
+
+
+# ---------------------------------------------------------------- experiment files: globs and multi-field files
+
+
+def _experiment(tmp_path, images, channels=("CD9", "CD63")):
+    chans = ", ".join(f'"{c}"' for c in channels)
+    imgs = ", ".join(f'"{i}"' for i in images)
+    p = tmp_path / "exp.toml"
+    p.write_text(f'[imaging]\nchannels = [{chans}]\npixel_size_nm = 108.0\n\n'
+                 f'[[samples]]\nname = "S1"\nimages = [{imgs}]\n')
+    return p
+
+
+def _chip(n_fields, seed):
+    from evflow.synth import tirf
+
+    return tirf((96, 96), n_fields=n_fields, markers=("CD9", "CD63"), density_per_um2=0.3, seed=seed,
+                chromatic_shift=False)
+
+
+def test_experiment_globs_and_multi_field_files_run_field_by_field(tmp_path):
+    from evflow.pipeline import load_experiment, run
+
+    syn = _chip(3, seed=1)
+    raw = syn.images.values.astype(np.uint16)
+    (tmp_path / "img").mkdir()
+    _positions(tmp_path / "img" / "chip.ome.tif", raw[:2])
+    tifffile.imwrite(tmp_path / "img" / "single.tif", raw[2], photometric="minisblack", metadata={"axes": "CYX"})
+    exp = load_experiment(_experiment(tmp_path, ["img/*.tif"]))
+    fields = exp.samples[0].images
+    assert [getattr(f, "field", None) for f in fields] == [0, 1, None]
+    assert [f.name for f in fields] == ["chip.ome.tif", "chip.ome.tif", "single.tif"]
+    ds = run(exp, output=tmp_path / "out", report=False, quiet=True)
+    counts = ds["image_count"].sel(image_sample="S1").values.sum(axis=-1)
+    # each field of the multi-field file is its own field, counted as read alone
+    from evflow.imaging.count import count_vesicles
+
+    alone = [int(count_vesicles(evflow.read_images(tmp_path / "img" / "chip.ome.tif").isel(fov=[k]),
+                                psf_sigma_px=1.3, detect_kwargs={"exclude_border_px": 2})[0]["count"].sum())
+             for k in range(2)]
+    assert counts[0] != counts[1] and list(counts[:2]) == alone
+
+
+def test_every_image_problem_is_found_at_validation(tmp_path):
+    from evflow.errors import ConfigError
+    from evflow.pipeline import load_experiment
+
+    raw = _chip(2, seed=2).images.values.astype(np.uint16)
+    _positions(tmp_path / "good.ome.tif", raw)
+    _positions(tmp_path / "three.ome.tif", np.concatenate([raw, raw[:, :1]], axis=1), names=("A", "B", "C"),
+               colors=None)
+    tifffile.imwrite(tmp_path / "small.tif", raw[0, :, :64, :64], photometric="minisblack", metadata={"axes": "CYX"})
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00 not really a tiff")
+    tifffile.imwrite(tmp_path / "movie.ome.tif", np.stack([raw[0]] * 3), ome=True, photometric="minisblack",
+                     metadata={"axes": "TCYX", "TimeIncrement": 0.1})
+    p = _experiment(tmp_path, ["good.ome.tif", "three.ome.tif", "small.tif", "broken.tif", "movie.ome.tif",
+                               "none_*.tif"])
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(p)
+    msg = str(exc.value)
+    for e in ("'samples[0].images[1]' three.ome.tif: has 3 channel(s), 'imaging.channels' lists 2",
+              "'samples[0].images[3]' broken.tif: ",
+              "'samples[0].images[4]' movie.ome.tif: holds a time-lapse of 3 frames",
+              "'samples[0].images[5]' pattern 'none_*.tif' matches no file",
+              "sample 'S1': fields of different sizes: good.ome.tif is 96x96 px, small.tif is 64x64 px"):
+        assert e in msg, f"missing {e!r} in:\n{msg}"
+    assert "good.ome.tif:" not in msg

@@ -152,7 +152,7 @@ def test_imaging_threshold_rules_checked(tmp_path):
     import tifffile
 
     img = tmp_path / "f0.tif"
-    tifffile.imwrite(img, np.ones((2, 32, 32), np.uint16))
+    tifffile.imwrite(img, np.ones((2, 32, 32), np.uint16), photometric="minisblack", metadata={"axes": "CYX"})
     base = """
 [imaging]
 channels = ["CD9", "CD63"]
@@ -225,7 +225,7 @@ def test_imaging_detection_keys(tmp_path):
     from evflow.pipeline.imaging import _detect_kwargs, _flats, _saturation_photons
 
     img = tmp_path / "f0.tif"
-    tifffile.imwrite(img, np.ones((2, 32, 32), np.uint16))
+    tifffile.imwrite(img, np.ones((2, 32, 32), np.uint16), photometric="minisblack", metadata={"axes": "CYX"})
     tifffile.imwrite(tmp_path / "flat.tif", np.ones((32, 32), np.float32))
     base = """
 [imaging]

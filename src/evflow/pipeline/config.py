@@ -99,13 +99,13 @@ from ..errors import ConfigError
 from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
 from ._checks import DETECTION_KEYS, _check_detection, _check_numbers, _check_size, _path_resolver
 from ._qc_settings import apply_bead_kits, extend_schema
+from .image_inputs import check_pixel_sizes as _check_pixel_sizes, image_fields as _image_fields
 from .inputs import (
     FLOW_KEYS,
     calibration_channels,
     check_channels as _check_channels,
     check_flow_files as _check_flow_files,
     check_flow_scale,
-    tiff_channels as _tiff_channels,
 )
 
 __all__ = ["Experiment", "Sample", "load_experiment", "validate_experiment", "default", "schema_table", "ROLES",
@@ -475,15 +475,12 @@ def _check_samples(raw_samples, img_s, src, problems, resolve, check_files) -> l
         fpath = resolve(flow) if isinstance(flow, str) else None
         if check_files and fpath is not None and not fpath.is_file():
             problems.append(f"{src}: '{key}.flow' file {flow!r} not found (looked at {fpath})")
-        ipaths = []
+        ipaths = []  # a glob or multi-field file stands for several fields, each opened (metadata) here
         for j, im in enumerate(images):
             if not isinstance(im, str):
-                problems.append(f"{src}: '{key}.images[{j}]' must be a file name, found {im!r}")
+                problems.append(f"{src}: '{key}.images[{j}]' must be a file name or pattern, found {im!r}")
                 continue
-            ip = resolve(im)
-            if check_files and not ip.is_file():
-                problems.append(f"{src}: '{key}.images[{j}]' file {im!r} not found (looked at {ip})")
-            ipaths.append(ip)
+            ipaths += _image_fields(im, resolve, img_s, check_files, problems, f"{src}: '{key}.images[{j}]'")
         if images and not img_s:
             problems.append(f"{src}: '{key}.images' given but there is no [imaging] section")
         samples.append(
@@ -681,13 +678,5 @@ def _check_imaging(img_s, samples, src, problems, resolve, check_files):
     rb = img_s.get("registration_beads")
     if isinstance(rb, str) and check_files and not resolve(rb).is_file():
         problems.append(f"{src}: 'imaging.registration_beads' file {rb!r} not found (looked at {resolve(rb)})")
-    if check_files and isinstance(ch, list):
-        for i, s in enumerate(samples):
-            for j, ip in enumerate(s.images):
-                if ip.is_file():
-                    n = _tiff_channels(ip)
-                    if n is not None and n != len(ch):
-                        problems.append(
-                            f"{src}: 'samples[{i}].images[{j}]' {ip.name} has {n} channels, "
-                            f"'imaging.channels' lists {len(ch)}"
-                        )
+    if check_files:  # channel counts and readability: checked as the fields were listed (image_inputs)
+        _check_pixel_sizes(samples, img_s, src, problems)

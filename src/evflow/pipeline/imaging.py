@@ -40,12 +40,18 @@ def camera_of(img_s):
 
 
 def read_field(path, img_s):
-    """One field as an in-memory ``xarray.DataArray`` (fov=1, channel, y, x) in photons."""
+    """One field as an in-memory ``xarray.DataArray`` (fov=1, channel, y, x) in photons; ``path`` is a file of one
+    field or a :class:`~evflow.pipeline.image_inputs.FieldPath` (one field of a multi-field file)."""
     from ..io.images import read_images
 
     chans = list(img_s["channels"])
     im = read_images([str(path)], markers=chans, pixel_size_nm=img_s.get("pixel_size_nm"), camera=camera_of(img_s))
-    if im.sizes["fov"] != 1:
+    k = getattr(path, "field", None)  # a FieldPath: one field of a multi-field file (only its pages are read)
+    if k is not None:
+        if not 0 <= k < im.sizes["fov"]:
+            raise ImageError(f"{path}: holds {im.sizes['fov']} fields, field {k} was asked for (the file changed?)")
+        im = im.isel(fov=slice(k, k + 1)).assign_coords(fov=[0])
+    elif im.sizes["fov"] != 1:
         raise ImageError(f"{path}: holds {im.sizes['fov']} fields; the experiment expects one field per file")
     return im.load()
 

@@ -31,6 +31,7 @@ from ..flow.thresholds import ThresholdRule, experiment_rule
 from . import flow as fl, imaging as im
 from .config import load_experiment
 from .flow_qc import qc_settings
+from .image_inputs import field_fingerprint
 from .inputs import flow_scale
 from .scheduler import split_samples
 from .stage import RunContext, Runner
@@ -177,7 +178,7 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
                                  registration=registration, backend=be)
             for s in exp.by_role(role):
                 for f, p in enumerate(s.images):
-                    stage.add((s.name, f), ["image_control", file_fingerprint(p), img_s, reg_fp], p)
+                    stage.add((s.name, f), ["image_control", field_fingerprint(p, file_fingerprint), img_s, reg_fp], p)
             timings["image_controls_s"] = runner.run("image controls", stage)
             stage.report_failures(ctx.failures, err)
             image_controls = dict(sorted(stage.good.items()))
@@ -204,7 +205,8 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
                               img_s=img_s, registration=registration, thresholds=ctx.image_thresholds, backend=be)
         for s in exp.samples:
             for f, p in enumerate(s.images):
-                fields.add((s.name, f), ["image", file_fingerprint(p), img_s, reg_fp, ctx.image_thresholds], p)
+                fields.add((s.name, f), ["image", field_fingerprint(p, file_fingerprint), img_s, reg_fp,
+                                         ctx.image_thresholds], p)
         timings["samples_s"] = runner.run("samples", samples, fields)
         timings["computed_items"] = len(samples.pending) + len(fields.pending)
         timings["flow_task_s"] = samples.task_seconds
