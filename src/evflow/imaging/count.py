@@ -85,6 +85,7 @@ def _merge(tables, markers, radius):
     from ..metrics import match_points
 
     merged = None
+    dist = {}  # marker -> median distance (reference px) to its partners in the earlier channels
     for c, m in enumerate(markers):
         t = tables[m]
         pts = t[["y_ref", "x_ref"]].to_numpy()
@@ -93,7 +94,8 @@ def _merge(tables, markers, radius):
             det = np.zeros((len(pts), len(markers)), dtype=bool)
             det[:, c] = True
             continue
-        i_a, i_b, _ = match_points(merged[["y", "x"]].to_numpy(), pts, radius)
+        i_a, i_b, d = match_points(merged[["y", "x"]].to_numpy(), pts, radius)
+        dist[m] = float(np.median(d)) if len(d) else float("nan")
         n = merged["n"].to_numpy().astype(np.float64)
         yy = merged["y"].to_numpy().copy()
         xx = merged["x"].to_numpy().copy()
@@ -106,7 +108,7 @@ def _merge(tables, markers, radius):
         extra = np.zeros((len(rest), len(markers)), dtype=bool)
         extra[:, c] = True
         det = np.vstack([det, extra])
-    return merged, det
+    return merged, det, dist
 
 
 def _channel_flats(flats, markers, shape):
@@ -163,7 +165,9 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
     exclude_flagged : bool
         Leave out detections flagged ``saturated`` or ``masked`` (touching
         saturated or non-finite pixels) before merging: they are not counted.
-        Their number per marker is ``attrs['n_flagged']``.
+        Their number per marker is ``attrs['n_flagged']``.  ``attrs['detection']`` holds per marker the
+        detections kept (``n_spots``), the ``threshold`` and ``saturated_fraction`` of the detection and the
+        median distance to partners in earlier channels (``match_distance_px``).
 
     Returns
     -------
@@ -192,9 +196,10 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         # the photons are float: carry the raw dtype's saturation level over, in photons
         top = np.array([np.iinfo(a.dtype).max], np.float64)
         detect_kwargs["saturation"] = float(camera.to_photons(top)[0]) if camera is not None else float(top[0])
-    tables, n_flagged = {}, {}
+    tables, n_flagged, info = {}, {}, {}
     for c, m in enumerate(markers):
         df = detect_spots(photons[c], psf_sigma_px=float(sig[c]), flat=flat_c[c], **detect_kwargs)
+        info[m] = {"threshold": df.attrs.get("threshold"), "saturated_fraction": df.attrs.get("saturated_fraction")}
         bad = np.zeros(len(df), bool)
         for col in FLAGS_EXCLUDED:
             if col in df:
@@ -205,7 +210,10 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         ref = reg.to_reference(m, df[["y", "x"]].to_numpy()) if len(df) else np.empty((0, 2))
         df["y_ref"], df["x_ref"] = ref[:, 0], ref[:, 1]
         tables[m] = df
-    merged, det = _merge(tables, markers, merge_radius_px)
+        info[m]["n_spots"] = len(df)
+    merged, det, dist = _merge(tables, markers, merge_radius_px)
+    for m in markers:
+        info[m]["match_distance_px"] = dist.get(m, float("nan"))
     out = pd.DataFrame({"y": merged["y"].to_numpy(), "x": merged["x"].to_numpy()})
     bitmask = np.zeros(len(out), dtype=np.int64)
     for c, m in enumerate(markers):
@@ -228,6 +236,7 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         bitmask |= positive.astype(np.int64) << c
     out["bitmask"] = bitmask
     out.attrs["n_flagged"] = n_flagged
+    out.attrs["detection"] = info  # per marker: n_spots, threshold, saturated_fraction, match_distance_px
     return out
 
 
@@ -301,7 +310,7 @@ def count_vesicles(images: xr.DataArray, *, markers=None, sample="sample", regis
         camera = images.attrs["camera"]
     px = images.attrs.get("pixel_size_nm")
     area = images.sizes["y"] * images.sizes["x"] * (px * 1e-3) ** 2 if px else np.nan
-    rows, ok_fovs, failed = [], [], []
+    rows, ok_fovs, failed, detection = [], [], [], []
     files = images.coords["file"].values if "file" in images.coords else None
     for i in range(images.sizes["fov"]):
         fov = images.fov.values[i]
@@ -318,6 +327,7 @@ def count_vesicles(images: xr.DataArray, *, markers=None, sample="sample", regis
             continue
         sp.insert(0, "fov", fov)
         sp.insert(0, "sample", sample)
+        detection.append(sp.attrs.get("detection", {}))
         rows.append(sp)
         ok_fovs.append(fov)
     n_ph = 1 << len(markers)
@@ -327,7 +337,7 @@ def count_vesicles(images: xr.DataArray, *, markers=None, sample="sample", regis
     ds = counts_dataset(counts, markers, [sample], fovs=ok_fovs,
                         thresholds=None if thresholds is None else np.array([[thresholds[m] for m in markers]]),
                         attrs={"modality": "imaging", "pixel_size_nm": px if px else np.nan,
-                               "failed_fields": failed,
+                               "failed_fields": failed, "detection": detection,
                                "threshold_rule": "photons" if thresholds is not None else "detected"})
     ds["area_um2"] = (("sample", "fov"), np.full((1, len(ok_fovs)), area), {"units": "um2"})
     ds["density"] = (ds["count"] / ds["area_um2"]).assign_attrs(units="1/um2", long_name="vesicles per um^2")

@@ -97,6 +97,13 @@ DETECTION_KEYS = {
 }
 
 
+#: result keys of ``[imaging]``: name -> (type, default, unit, what is expected), made Keys in config.SCHEMA
+RESULT_KEYS = {
+    "chance_correction": (bool, False, "", "true or false: take the expected chance coincidences out of each "
+                          "multi-marker fraction (image_fraction_corrected, interval widened)"),
+}
+
+
 def _check_detection(img_s, src, resolve, check_files, problems):
     """The spot-detection keys of ``[imaging]``; a relative ``flat_field`` file is resolved in place."""
     for key, choices in (("hot_pixels", ("repair", "keep")), ("noise_model", ("local", "global")),

@@ -97,7 +97,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
-from ._checks import DETECTION_KEYS, _check_detection, _check_numbers, _check_size, _path_resolver
+from ._checks import DETECTION_KEYS, RESULT_KEYS, _check_detection, _check_numbers, _check_size, _path_resolver
 from ._qc_settings import apply_bead_kits, extend_schema
 from .image_inputs import check_pixel_sizes as _check_pixel_sizes, image_fields as _image_fields
 from .inputs import (
@@ -197,7 +197,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "detection_threshold_photons": Key(_NUM, None, "photons", "a detection threshold (photons)"),  # automatic
         "match_radius_px": Key(_NUM, 1.5, "px", "a distance (px)"),
         "registration_beads": Key(str, None, "", "a TIFF file"),
-        **{k: Key(*v) for k, v in DETECTION_KEYS.items()},  # saturation_adu, hot_pixels, ... flat_field
+        **{k: Key(*v) for k, v in {**DETECTION_KEYS, **RESULT_KEYS}.items()},  # hot_pixels, ..., chance_correction
     },
     "imaging.thresholds": {
         "rule": Key(str, "detected", "", "detected, fixed, a control rule such as 'percentile 99.5 of isotype', or control_quantile"),

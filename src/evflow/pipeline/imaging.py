@@ -245,8 +245,9 @@ def analyse_field(path, img_s, registration=None, thresholds=None, backend="nump
     dict with ``counts`` (vesicles per bitmask, int64), ``n_spots`` (detections
     per channel), the per-vesicle arrays of :data:`SPOT_ARRAYS` (``y``, ``x``
     in reference px; ``photons`` and ``sigma`` (px) fitted in the vesicle's
-    brightest channel; ``photons_marker`` etc. (n, k)), a thumbnail and the
-    field shape.
+    brightest channel; ``photons_marker`` etc. (n, k)), a thumbnail, the
+    field shape, ``qc`` (the metrics of :func:`evflow.imaging.field_qc.field_metrics`,
+    per channel) and ``stage_um`` (the field's stage x, y from OME metadata, or NaN).
     """
     return analyse_photons(read_field(path, img_s), img_s, registration, thresholds=thresholds, backend=backend,
                            saturation=_saturation_photons(path, img_s))
@@ -288,7 +289,15 @@ def analyse_photons(field, img_s, registration=None, thresholds=None, backend="n
             photons[sel] = fit["photons"].to_numpy()
             sigma[sel] = fit["sigma"].to_numpy()
     thumb, step = _thumbnail(ph)
-    return {"counts": np.asarray(ds["count"].values[0, 0], np.int64),
+    from ..imaging.field_qc import field_metrics
+
+    det = (ds.attrs.get("detection") or [{}])[0]
+    qc = field_metrics(ph, chans, det, saturation=saturation, psf_sigma_px=float(img_s.get("psf_sigma_px", 1.3)),
+                       pixel_size_nm=img_s.get("pixel_size_nm") or im.attrs.get("pixel_size_nm"))
+    stage = [float(im.coords[f"stage_{a}_um"].values[0]) if f"stage_{a}_um" in im.coords else float("nan")
+             for a in "xy"]
+    return {"qc": {k: [float(x) for x in v] for k, v in qc.items()}, "stage_um": stage,
+            "counts": np.asarray(ds["count"].values[0, 0], np.int64),
             "n_spots": dm.sum(axis=0).astype(np.int64),
             "y": yx[:, 0], "x": yx[:, 1], "bitmask": spots["bitmask"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
             "photons": photons, "sigma": sigma, "photons_marker": pm, "background_marker": bm, "detected_marker": dm,

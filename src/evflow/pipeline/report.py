@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .flow_qc import report_parts as flow_qc_parts
+from .report_imaging import imaging_qc_parts
 
 __all__ = ["write_report", "esc", "Html"]
 
@@ -394,6 +395,7 @@ def write_report(ds, ctx, path) -> Path:
             parts.append("<p class='small'>Imaging positivity: " + esc(ds.attrs["image_threshold_rule"])
                          + "</p>")
     parts.extend(flow_qc_parts(ds, ctx, _table, _img, _png, esc))  # time QC, rates, detection limits
+    parts += imaging_qc_parts(ds, esc=esc, table=_table, png=_png, img=_img)  # chance coloc., chip map, field QC
     if "count" in ds:
         parts.append("<h2>MIFlowCyt-EV</h2>" + _miflowcyt(ds, ctx))
     inputs = json.loads(ds.attrs.get("input_files", "{}"))

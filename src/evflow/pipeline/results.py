@@ -90,6 +90,7 @@ def _flow_dataset(ctx):
 
 def _image_dataset(ctx):
     from ..schema import counts_dataset
+    from .image_extras import add_image_extras
 
     exp = ctx.experiment
     items = ctx.image_items
@@ -124,9 +125,10 @@ def _image_dataset(ctx):
     ds["field_area_um2"] = (("sample", "fov"), area, {"units": "um2"})
     with np.errstate(invalid="ignore", divide="ignore"):
         ds["density_per_um2"] = (("sample", "fov"), ds["n_parent"].values / area, {"units": "1/um2"})
+    ds = add_image_extras(ds, ctx, names, n_fov, chans)  # chance colocalisation, per-field QC (fov x channel)
     ren = {v: f"image_{v}" for v in ds.data_vars}
     ren.update({"sample": "image_sample", "phenotype": "image_phenotype", "marker": "image_marker",
-                "bitmask": "image_bitmask"})
+                "bitmask": "image_bitmask", "channel": "image_channel"})
     ren.update({f"{m}_positive": f"image_{m}_positive" for m in chans})
     return ds.rename(ren)
 

@@ -1,0 +1,109 @@
+"""Per-field QC: metrics per field and channel against synthetic truth, flags with their limits, the chip map
+layout, and the pipeline's dataset (fov x channel) and report."""
+
+import numpy as np
+import pytest
+
+from evflow.imaging.count import count_vesicles
+from evflow.imaging.field_qc import QC_LIMITS, field_metrics, qc_flags
+from evflow.synth import tirf
+
+MARKERS = ("CD9", "CD63")
+
+
+def _metrics(images, saturation=None):
+    ds, _ = count_vesicles(images, psf_sigma_px=1.3)
+    px = images.attrs["pixel_size_nm"]
+    rows = [field_metrics(np.asarray(images.values[f], np.float64), list(MARKERS), det, saturation=saturation,
+                          psf_sigma_px=1.3, pixel_size_nm=px)
+            for f, det in enumerate(ds.attrs["detection"])]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, ds
+
+
+def test_metrics_match_the_synthetic_truth():
+    syn = tirf((192, 192), n_fields=2, markers=MARKERS, phenotype_fractions={1: 1, 2: 1, 3: 1}, density_per_um2=0.2,
+               background=20.0, camera="ideal", chromatic_shift=False, seed=4)
+    m, _ = _metrics(syn.images)
+    area = (192 * 0.108) ** 2
+    for f in range(2):
+        t = syn.truth[syn.truth["fov"] == f]
+        for c in range(len(MARKERS)):
+            n_true = int(((t["bitmask"].to_numpy() >> c) & 1).sum())
+            assert m["density_per_um2"][f, c] == pytest.approx(m["n_spots"][f, c] / area)
+            assert m["density_per_um2"][f, c] == pytest.approx(n_true / area, rel=0.2)  # detection recall
+    assert np.allclose(m["background"], 20.0, rtol=0.08)  # median photons per pixel
+    assert np.allclose(m["noise"], np.sqrt(20.0), rtol=0.15)  # shot noise of the background
+    assert (m["threshold"] > 0).all() and np.isfinite(m["focus"]).all()
+    assert np.isnan(m["registration_residual_px"][:, 0]).all()  # the reference channel has no earlier partner
+    assert (m["registration_residual_px"][:, 1] < 0.3).all()  # no shift between the channels
+
+
+def test_flags_find_the_defocused_saturated_and_misregistered_fields():
+    kw = dict(markers=MARKERS, phenotype_fractions={3: 1}, density_per_um2=0.3, camera="ideal", background=10.0,
+              chromatic_shift=False)
+    good = tirf((160, 160), n_fields=4, seed=7, **kw).images
+    blurred = tirf((160, 160), n_fields=1, seed=8, psf_sigma_px=3.0, **kw).images
+    imgs = np.concatenate([good.values, blurred.values])
+    imgs[1, :, 20:40, 20:40] = 5000.0  # a saturated block in field 1
+    imgs[2, 1] = np.roll(imgs[2, 1], 1, axis=1)  # field 2: CD63 one pixel off
+    import xarray as xr
+
+    images = xr.DataArray(imgs, dims=good.dims, coords={"fov": np.arange(5), "channel": list(MARKERS)},
+                          attrs=good.attrs)
+    m, _ = _metrics(images, saturation=5000.0)
+    flags = qc_flags(m, fov_axis=0)
+    assert flags["defocused"][:, 0].tolist() == [False, False, False, False, True]
+    assert flags["saturated"].any(axis=1).tolist() == [False, True, False, False, False]
+    assert m["saturated_fraction"][1, 0] == pytest.approx(400 / 160 ** 2)
+    # field 2's pixel shift; the defocused field localises poorly too (residual ~0.7 px), so it is flagged as well
+    assert flags["registration"][:4, 1].tolist() == [False, False, True, False]
+    assert m["registration_residual_px"][2, 1] == pytest.approx(1.0, abs=0.25)
+    assert not flags["background"].any() and not flags["sparse"][:4].any()
+    assert QC_LIMITS["registration"] == 0.5 and QC_LIMITS["defocused"] == 0.5
+
+
+def test_field_layout_by_stage_position_else_index():
+    from evflow.pipeline.report_imaging import field_layout
+
+    x, y, unit = field_layout([10.0, 60.0, 10.0], [5.0, 5.0, 55.0])
+    assert unit.startswith("stage") and list(x) == [10, 60, 10] and list(y) == [5, 5, 55]
+    x, y, unit = field_layout([10.0, np.nan, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert unit.startswith("field index") and list(x) == [0, 1, 2, 0, 1] and list(y) == [0, 0, 0, 1, 1]
+
+
+def test_pipeline_dataset_and_report_have_field_qc_and_chance(tmp_path):
+    from test_imaging_read_ome import _positions
+
+    from evflow.pipeline import run
+
+    syn = tirf((128, 128), n_fields=3, markers=MARKERS, phenotype_fractions={1: 1, 2: 1, 3: 1},
+               density_per_um2=0.6, chromatic_shift=False, seed=9)
+    raw = syn.images.values.astype(np.uint16)
+    raw[2, :, 10:30, 10:30] = 65535  # field 2 saturated in both channels
+    _positions(tmp_path / "chip.ome.tif", raw, x0=1000.0)
+    (tmp_path / "exp.toml").write_text(
+        '[imaging]\nchannels = ["CD9", "CD63"]\npixel_size_nm = 108.0\ncamera_offset = 100.0\ncamera_gain = 2.0\n'
+        'camera_em_gain = 100.0\nchance_correction = true\n\n[[samples]]\nname = "S1"\nimages = ["chip.ome.tif"]\n')
+    ds = run(tmp_path / "exp.toml", output=tmp_path / "out", quiet=True)
+    assert ds["image_qc_density_per_um2"].dims == ("image_sample", "fov", "image_channel")
+    assert list(ds["image_channel"].values) == list(MARKERS)
+    assert list(ds["image_stage_x_um"].values[0]) == [1000.0, 1050.0, 1100.0]
+    sat = ds["image_qc_flag_saturated"].values[0]
+    assert sat[:, 0].tolist() == [False, False, True] and not bool(ds["image_qc_field_ok"].values[0, 2])
+    d = ds["image_qc_density_per_um2"].values[0]
+    t = syn.truth
+    for f in range(2):
+        n_true = ((t[t["fov"] == f]["bitmask"].to_numpy()[:, None] >> np.arange(2)) & 1).sum(0)
+        np.testing.assert_allclose(d[f], n_true / (128 * 0.108) ** 2, rtol=0.2)
+    cf = ds["image_chance_fraction"].sel(image_sample="S1").values
+    assert np.isnan(cf[:3]).all() and 0 < cf[3] < 0.1
+    assert "image_fraction_corrected" in ds
+    fc = float(ds["image_fraction_corrected"].values[0, 3])
+    assert fc < float(ds["image_fraction_all_fov"].values[0, 3])
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Chance colocalisation" in html and "chip map" in html and "Per-field QC" in html
+    # results.zarr keeps them
+    import xarray as xr
+
+    z = xr.open_zarr(tmp_path / "out" / "results.zarr")
+    assert "image_qc_focus" in z and "image_chance_fraction" in z
