@@ -56,20 +56,20 @@ def _observed_in_interval(ds, bit):
     return obs, float(ds["chance_fraction"].values[0, bit]) * n, lo, hi
 
 
-@pytest.mark.parametrize("seed", [11, 12])
-def test_chance_rate_matches_independent_populations(seed):
+def test_chance_rate_matches_independent_populations():
     """Two markers on different vesicles (no true double positives): every CD9+ CD63+ call is chance."""
-    syn = _chip({1: 0.5, 2: 0.5}, ("CD9", "CD63"), 8, 0.6, seed)
+    syn = _chip({1: 0.5, 2: 0.5}, ("CD9", "CD63"), 16, 0.6, 11)
     ds, _spots = count_vesicles(syn.images, psf_sigma_px=1.3)
     add_chance_fractions(ds, SHAPE[0] * SHAPE[1], 1.5)
     obs, exp, lo, hi = _observed_in_interval(ds, 3)
-    assert 20 < exp < 60  # enough coincidences to test, at 0.6 vesicles per um^2
+    assert 50 < exp < 100  # enough coincidences to test, at 0.6 vesicles per um^2
     assert lo <= obs <= hi, (obs, exp, lo, hi)
-    # the empirical check: CD63 moved by far more than the PSF, recounted
-    if seed == 11:
-        sh = sum(shifted_recount(np.asarray(syn.images.values[f]), ["CD9", "CD63"], camera=syn.images.attrs["camera"])
-                 for f in range(syn.images.sizes["fov"]))
-        assert lo <= sh[3] <= hi, (sh[3], exp, lo, hi)
+    # the empirical check on 8 of the fields: CD63 moved by far more than the PSF, recounted
+    sub = add_chance_fractions(ds.isel(fov=slice(0, 8)).copy(), SHAPE[0] * SHAPE[1], 1.5)
+    _obs, exp8, lo8, hi8 = _observed_in_interval(sub, 3)
+    sh = sum(shifted_recount(np.asarray(syn.images.values[f]), ["CD9", "CD63"], camera=syn.images.attrs["camera"])
+             for f in range(8))
+    assert lo8 <= sh[3] <= hi8, (sh[3], exp8, lo8, hi8)
 
 
 def test_chance_rate_three_independent_markers():

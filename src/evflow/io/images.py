@@ -315,7 +315,7 @@ def _open_bioio(path):
     except ImportError as exc:
         raise ImageError(
             f"{path}: reading {Path(path).suffix} files needs the optional package bioio "
-            "(pip install bioio bioio-nd2 / bioio-czi / bioio-lif)"
+            "(pip install evflow[bioio], or bioio with bioio-nd2 / bioio-czi / bioio-lif)"
         ) from exc
     img = BioImage(path)
     data = img.dask_data  # T C Z Y X
