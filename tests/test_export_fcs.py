@@ -136,3 +136,18 @@ def test_bad_input(tmp_path, mefl):
     with pytest.raises(FCSError, match=r"the gating results hold \d+ events, .*sample006.fcs has 32224"):
         export_fcs(sample, tmp_path / "x.fcs", gating=res)
     assert not (tmp_path / "x.fcs").exists()
+
+
+def test_version_3_2_written_or_refused(tmp_path):
+    import inspect
+
+    sample = evflow.read_fcs(shared_path("beads", "flowcal", "sample006.fcs"))
+    out = tmp_path / "v32.fcs"
+    if "version" in inspect.signature(evflow.write_fcs).parameters:
+        export_fcs(sample, out, markers={"FL1+": ("FL1", 13.0)}, version="3.2")
+        assert out.read_bytes()[:6] == b"FCS3.2"
+        assert evflow.read_fcs(out).n_events == sample.n_events
+    else:
+        with pytest.raises(FCSError, match=r"version '3.2': this evflow writes FCS 3.1 only"):
+            export_fcs(sample, out, version="3.2")
+        assert not out.exists()
