@@ -120,3 +120,15 @@ def _check_detection(img_s, src, resolve, check_files, problems):
         if check_files and not resolve(ff).is_file():
             problems.append(f"{src}: 'imaging.flat_field' file {ff!r} not found (looked at {resolve(ff)})")
         img_s["flat_field"] = str(resolve(ff))  # read by the imaging stage, wherever it runs
+
+
+def _check_qc(qc, samples, roles, src, problems):
+    """``[qc]``: the rules and the roles they need."""
+    for key, role in (("max_buffer_fraction", "buffer"), ("min_detergent_reduction", "detergent"),
+                      ("min_dilution_r2", "dilution")):
+        if key in qc and role not in roles:
+            problems.append(f"{src}: 'qc.{key}' needs a sample with role {role!r}, but none is listed")
+    dil = [s for s in samples if s.role == "dilution"]
+    if "min_dilution_r2" in qc and dil and len({s.dilution for s in dil}) < 3:
+        problems.append(f"{src}: 'qc.min_dilution_r2' needs a dilution series of at least 3 different factors, "
+                        f"found {sorted({s.dilution for s in dil})}")

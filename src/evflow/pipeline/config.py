@@ -97,8 +97,17 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..flow.thresholds import DEFAULT_CONTROL, DEFAULT_QUANTILE, experiment_rule
-from ._checks import DETECTION_KEYS, RESULT_KEYS, _check_detection, _check_numbers, _check_size, _path_resolver
+from ._checks import (
+    DETECTION_KEYS,
+    RESULT_KEYS,
+    _check_detection,
+    _check_numbers,
+    _check_qc,
+    _check_size,
+    _path_resolver,
+)
 from ._qc_settings import apply_bead_kits, extend_schema
+from .config_bleaching import BLEACHING_KEYS, check_bleaching
 from .image_inputs import check_pixel_sizes as _check_pixel_sizes, image_fields as _image_fields
 from .inputs import (
     FLOW_KEYS,
@@ -214,12 +223,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "series": Key(str, None, "", "a dilution-series name"),
         "volume_ul": Key(_NUM, None, "uL", "a volume (uL)"),
         "treatment": Key(str, None, "", "text"),
+        "bleaching": Key(list, None, "", "a list of [[samples.bleaching]] tables (photobleaching movies)"),
     },
+    **{sec: {k: Key(*v) for k, v in keys.items()} for sec, keys in BLEACHING_KEYS.items()},  # copies per vesicle
 }
 
 extend_schema(SCHEMA, Key)  # [beads], [instrument], time QC and kit keys (pipeline._qc_settings)
 #: sections that describe each table of an array of tables, and how the array itself is described
-_ARRAYS = {"samples": "an array of [[samples]] tables", "flow.gates.range": None}
+_ARRAYS = {"samples": "an array of [[samples]] tables", "flow.gates.range": None, "samples.bleaching": None}
 
 
 def default(section: str, key: str):
@@ -423,6 +434,7 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
     _check_qc(qc, samples, roles, src, problems)
     if img_s:
         _check_imaging(img_s, samples, src, problems, resolve, check_files)
+    check_bleaching(settings, src, problems, resolve, check_files)
 
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in the experiment:\n  " + "\n  ".join(problems))
@@ -610,18 +622,6 @@ def _check_thresholds(thr_s, markers, samples, flow_samples, roles, src, problem
         for m in (m for m in markers.values() if isinstance(m, str)):  # other values: problems already
             if not isinstance(vals, Mapping) or not isinstance(vals.get(m), _NUM):
                 problems.append(f"{src}: 'thresholds.values.{m}' is missing (rule 'fixed' needs a threshold per marker)")
-
-
-def _check_qc(qc, samples, roles, src, problems):
-    """``[qc]``: the rules and the roles they need."""
-    for key, role in (("max_buffer_fraction", "buffer"), ("min_detergent_reduction", "detergent"),
-                      ("min_dilution_r2", "dilution")):
-        if key in qc and role not in roles:
-            problems.append(f"{src}: 'qc.{key}' needs a sample with role {role!r}, but none is listed")
-    dil = [s for s in samples if s.role == "dilution"]
-    if "min_dilution_r2" in qc and dil and len({s.dilution for s in dil}) < 3:
-        problems.append(f"{src}: 'qc.min_dilution_r2' needs a dilution series of at least 3 different factors, "
-                        f"found {sorted({s.dilution for s in dil})}")
 
 
 def _check_imaging(img_s, samples, src, problems, resolve, check_files):

@@ -171,7 +171,7 @@ def control_thresholds(stage, rule, failures):
 
 
 def flow_sample_item(sample, *, strategy, parent, markers, thresholds, flow_s, backend, density,
-                     split=False) -> dict:
+                     split=False, copies=None) -> dict:
     """Counts per phenotype, marker statistics, analysed volume and report densities of one flow sample."""
     from ..flow.calibration import analysed_volume_ul
     from ..flow.phenotypes import count_phenotypes, density2d
@@ -212,6 +212,11 @@ def flow_sample_item(sample, *, strategy, parent, markers, thresholds, flow_s, b
     except EvflowError as exc:
         item["volume_ul"] = float("nan")
         item["volume_method"] = f"unknown ({exc})"
+    if copies is not None:  # antibodies per parent event of the calibrated marker (pipeline.copies)
+        from .copies import flow_event_copies
+
+        item.update(flow_event_copies(fcs, DISPLAY_EVENTS, strategy=strategy, parent=parent, markers=list(markers),
+                                      thresholds=thresholds, spec=copies))
     if density is not None:
         # plots use the first DISPLAY_EVENTS events (the same for any chunking or backend)
         shown = dataclasses.replace(fcs, events=fcs.events[:DISPLAY_EVENTS]) if fcs.n_events > DISPLAY_EVENTS else fcs

@@ -371,6 +371,8 @@ def write_report(ds, ctx, path) -> Path:
             ["median positive (calibrated)"] if "median_positive_calibrated" in ds else [])
         parts.append("<details><summary>Thresholds and medians per marker</summary>" + _table(mrows, hdr, left=2)
                      + "</details>")
+    from .copies import fig_copies
+
     figs = [
         ("Density plots with gates", _fig_density(ds, ctx) if "count" in ds else None),
         ("Bead calibration", _fig_beads(ctx)),
@@ -379,6 +381,7 @@ def write_report(ds, ctx, path) -> Path:
         ("Dilution series", _fig_dilution(ds) if "count" in ds else None),
         ("Imaging phenotypes", _fig_phenotypes(ds, prefix="image_")),
         ("Image fields", _fig_fields(ds, ctx)),
+        ("Copies per vesicle", fig_copies(ds)),
     ]
     for title, b64 in figs:
         if b64:

@@ -194,7 +194,9 @@ def assemble(ctx) -> xr.Dataset:
     exp = ctx.experiment
     fds = _flow_dataset(ctx)
     ids = _image_dataset(ctx)
-    parts = [d for d in (fds, ids) if d is not None]
+    from .copies import copies_dataset
+
+    parts = [d for d in (fds, ids, copies_dataset(ctx)) if d is not None]
     ds = xr.merge(parts, combine_attrs="drop_conflicts") if parts else xr.Dataset()  # variables keep units
     qc = quality_checks(fds, exp)
     if fds is not None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import EvflowError
 from ..flow.thresholds import ThresholdRule, experiment_rule
-from . import flow as fl, imaging as im
+from . import copies as cp, flow as fl, imaging as im
 from .config import load_experiment
 from .flow_qc import qc_settings
 from .image_inputs import field_fingerprint
@@ -191,14 +191,15 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
         flow_samples = [s for s in exp.samples if s.flow is not None and s.role != "beads"]
         ctx.density = fl.density_spec(flow_samples, markers, flow_s)
         chunk_events = int(flow_s.get("chunk_events", fl.CHUNK_EVENTS))
+        cspec = cp.flow_copies_spec(exp, ctx.fluor)  # fluorophores per event from MESF ([flow.copies])
         samples = runner.stage("flow", fl.flow_sample_item, shown=lambda k: f"sample {k}", strategy=strategy,
                                parent=parent, markers=markers, flow_s=flow_s, backend=be, density=ctx.density,
-                               thresholds=thresholds if thresholds is not None else np.zeros(0))
+                               thresholds=thresholds if thresholds is not None else np.zeros(0), copies=cspec)
         for s in flow_samples:
             sd = {"name": s.name, "flow": str(s.flow), "volume_ul": s.volume_ul, "role": s.role, "qc": qc_settings(exp)}
             samples.add(s.name, ["flow", file_fingerprint(s.flow), gate_spec, markers, thresholds, sd,
                                  {k: flow_s.get(k) for k in ("flow_rate_ul_per_min", "time_channel", "scale")}, ctx.density,
-                                 chunk_events], sd)
+                                 chunk_events, *([cspec] if cspec else [])], sd)
         # few samples on a cluster: each sample's row chunks are spread over the workers too
         samples.params["split"] = timings["split_samples"] = bool(split_samples(runner.client, len(samples.pending)))
         fields = runner.stage("image", im.field_item, name=_fov, what=lambda k: f"image {k[0]} fov {k[1]}",
@@ -207,17 +208,21 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
             for f, p in enumerate(s.images):
                 fields.add((s.name, f), ["image", field_fingerprint(p, file_fingerprint), img_s, reg_fp,
                                          ctx.image_thresholds], p)
-        timings["samples_s"] = runner.run("samples", samples, fields)
-        timings["computed_items"] = len(samples.pending) + len(fields.pending)
+        bleach = cp.bleaching_stage(runner, exp, img_s)  # one task per bleaching movie
+        timings["samples_s"] = runner.run("samples", samples, fields, bleach)
+        timings["computed_items"] = len(samples.pending) + len(fields.pending) + len(bleach.pending)
         timings["flow_task_s"] = samples.task_seconds
         timings["image_task_s"] = fields.task_seconds
     samples.report_failures(ctx.failures, err)
     fields.report_failures(ctx.failures, err)
+    bleach.report_failures(ctx.failures, err)
     ctx.flow_items, ctx.image_items = samples.good, fields.good
+    ctx.copies = cp.unit_brightness_per_marker(exp, bleach.good, ctx.failures) if bleach.items else {}
 
     # -------------------------------------------------------------------- assemble and write
     ds = assemble(ctx)
     spots = im.spots_table(ctx.image_items, list(img_s["channels"]), [s.name for s in exp.samples]) if img_s else None
+    spots = cp.add_copies_columns(spots, ctx.copies)  # fluorophores_<m>, antibodies_<m> (markers with a unit)
     gen = folder.new_generation()  # a complete new set of outputs, switched in at once
     try:
         write_outputs(ds, gen, spots=spots)

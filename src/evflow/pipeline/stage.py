@@ -234,3 +234,4 @@ class RunContext:
     control_items: dict = field(default_factory=dict)
     image_thresholds: dict | None = None
     image_threshold_desc: str = ""
+    copies: dict = field(default_factory=dict)  # marker -> unit brightness etc. (pipeline.copies)
