@@ -8,10 +8,12 @@ Prints a Markdown table.  ``python benchmarks/bench_napari.py --events 10000000 
   recompute; peer: ``numpy.histogram2d`` on the same transformed values
   (transform by evflow, timed separately) and FlowKit's ``Sample`` transform
   + ``numpy.histogram2d`` when FlowKit is installed.
-* recount: the gating widget's recount after a gate edit (``counts_for``: polygon
-  gate on two channels, phenotypes of ``--markers`` markers, thresholds in channel
-  units) on ``--recount-events`` events (default 1,000,000; target under 0.3 s),
-  the events kept in memory after the first count.
+* recount: the gating widget's recount after a gate edit (``Recounter.counts``: polygon
+  gate on a linear and a logicle axis, phenotypes of ``--markers`` markers, thresholds in
+  channel units) on ``--recount-events`` events (default 1,000,000; target under 0.3 s):
+  a new gate (edited vertex), a gate seen before (membership cached), a threshold change;
+  peer: ``counts_for`` (``evflow.count_phenotypes`` on the events in memory, what the
+  widget ran before).  ``--only recount`` runs just these rows.
 * stack: opening N TIFF fields (3 x 512 x 512 uint16) with the plugin's reader
   (lazy, dask) versus reading them all with tifffile.
 """
@@ -44,17 +46,19 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--recount-events", type=int, default=1_000_000)
     ap.add_argument("--markers", type=int, default=6)
+    ap.add_argument("--only", choices=["recount"], default=None)
     a = ap.parse_args(argv)
 
     import evflow
     from evflow_napari._flow import FlowView, channel_top, counts_for, make_transform
     from evflow_napari._reader import read_tiff_layers
+    from evflow_napari._recount import Recounter
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rng = np.random.default_rng(0)
-        n = a.events
+        n = a.events if a.only is None else 1000  # --only recount: the density rows are dropped below
         ev = np.column_stack([rng.lognormal(5, 1.2, n), rng.lognormal(3, 1.5, n), rng.uniform(0, 60, n)])
         ev = ev.astype(np.float32)
         path = tmp / "big.fcs"
@@ -114,9 +118,40 @@ def main(argv=None):
             poly = np.array([[0.05, 0.01], [0.9, 0.01], [0.9, 0.3 + 0.01 * (edits[0] % 7)], [0.05, 0.3]])
             counts_for(vr, evflow.gates.PolygonGate("g", dims, poly[:, ::-1]), mk)
 
+        if a.only is not None:
+            rows = []
         recount()  # first count reads the channels
-        rows.append((f"recount after a gate edit ({k} markers, {1 << k} phenotypes; target < 0.3 s)", nr,
+        rows.append((f"recount, count_phenotypes on the events in memory ({k} markers, {1 << k} phenotypes)", nr,
                      _t(recount, a.repeat)))
+        rc = Recounter(vr)
+
+        def poly_gate(i):
+            poly = np.array([[0.05, 0.01], [0.9, 0.01], [0.9, 0.3 + 0.001 * i], [0.05, 0.3]])
+            return evflow.gates.PolygonGate("g", dims, poly[:, ::-1])
+
+        rc.counts(poly_gate(-1), mk)  # first count reads the channels and the display values
+        np.testing.assert_array_equal(rc.counts(poly_gate(0), mk)["count"].values,
+                                      counts_for(vr, poly_gate(0), mk)["count"].values)
+        edit = [0]
+
+        def new_gate():
+            edit[0] += 1
+            rc.counts(poly_gate(edit[0]), mk)
+
+        rows.append((f"recount after a gate edit, plugin Recounter ({k} markers; target < 0.3 s)", nr,
+                     _t(new_gate, a.repeat)))
+        rows.append(("same, a gate counted before (cached membership)", nr, _t(lambda: rc.counts(poly_gate(0), mk),
+                                                                              a.repeat)))
+        thr = [500.0]
+
+        def new_threshold():
+            thr[0] += 10.0
+            rc.counts(poly_gate(0), {**mk, names[2]: (names[2], thr[0], None)})
+
+        rows.append(("same, after a threshold change (one marker recomputed)", nr, _t(new_threshold, a.repeat)))
+        if a.only is not None:
+            _print(rows)
+            return
 
         import tifffile
 
@@ -131,6 +166,10 @@ def main(argv=None):
         t_read = _t(lambda: [tifffile.imread(f) for f in files], 1)
         rows.append((f"read {a.fields} fields with tifffile (eager)", a.fields, t_read))
 
+    _print(rows)
+
+
+def _print(rows):
     print("| task | size | time (s) |")
     print("|---|---:|---:|")
     for name, size, t in rows:

@@ -114,3 +114,93 @@ def test_gating_widget_opens_an_experiment_and_gives_the_runs_counts(make_napari
     qtbot.wait(50)
     s2 = [ly for ly in viewer.layers if _meta(ly).get("kind") == "gates" and _meta(ly)["path"].endswith("S2.fcs")]
     assert len(s2) >= 1 and w.gates_layer is s2[0]
+
+
+def _gate_shapes(view):
+    """Gates drawn over the middle of the events (between their 5th and 95th percentiles on each axis)."""
+    G = evflow.gates
+    dims = view.dimensions()
+    d = np.column_stack([np.asarray(t.apply(view.xy_events()[:, i].astype(np.float64))) for i, t in
+                         enumerate(view.transforms)])
+    lo, hi = np.nanpercentile(d, 5, axis=0), np.nanpercentile(d, 95, axis=0)
+
+    def at(u):  # unit box -> display values
+        return (lo + np.asarray(u, float) * (hi - lo)).tolist()
+
+    poly = np.array([at(u) for u in ([0.12, 0.2], [0.85, 0.15], [0.9, 0.7], [0.5, 0.95], [0.1, 0.6])])
+    sx, sy = (hi - lo) / 2
+    return [G.PolygonGate("poly", dims, poly),
+            G.RectangleGate("rect", dims, mins=at([0.2, 0.25]), maxs=at([0.8, 0.9])),
+            G.RectangleGate("half-open", dims, mins=[None, at([0, 0.3])[1]], maxs=[at([0.7, 0])[0], None]),
+            G.EllipsoidGate("ell", dims, mean=at([0.5, 0.5]), covariance=[[0.3 * sx * sx, 0.1 * sx * sy],
+                                                                          [0.1 * sx * sy, 0.2 * sy * sy]],
+                            distance_square=1.0)]
+
+
+@pytest.mark.parametrize("kinds", [("linear", "logicle"), ("logicle", "logicle"), ("asinh", "log"), ("linear", "linear")])
+def test_recount_equals_count_phenotypes_on_a_real_file(kinds):
+    """The widget's cached recount gives count_phenotypes' integers on a real file (data1.fcs, BD FACSCalibur),
+    for polygons, rectangles (also half-open) and ellipses on every display scale, with cached gates and
+    thresholds reused, and after a threshold change."""
+    from conftest import shared_path
+
+    from evflow_napari._flow import FlowView
+    from evflow_napari._recount import Recounter
+
+    path = shared_path("gatingml", "data1.fcs")
+    view = FlowView(path, "FSC-H", "FL1-H", *kinds)
+    rc = Recounter(view)
+    s = view.sample
+    markers = {"CD4": ("FL1-H", 120.0, None), "CD8": ("FL2-H", 80.0, None), "CD3": ("FL3-H", 60.0, None)}
+    for gate in [None, *_gate_shapes(view)]:
+        ref = evflow.count_phenotypes(s, parent=gate, markers=markers)
+        got = rc.counts(gate, markers)
+        assert rc.last["fused"]
+        np.testing.assert_array_equal(got["count"].values, ref["count"].values)
+        np.testing.assert_array_equal(got["n_parent"].values, ref["n_parent"].values)
+        np.testing.assert_array_equal(got["n_positive"].values, ref["n_positive"].values)
+        np.testing.assert_allclose(got["fraction_of_parent"].values, ref["fraction_of_parent"].values)
+        assert got["phenotype"].values.tolist() == ref["phenotype"].values.tolist()
+        if gate is not None:
+            assert 0 < int(ref["n_parent"][0]) < s.n_events  # the gate cuts the sample: the test can fail
+            again = rc.counts(gate, markers)
+            assert rc.last["gate_reused"]
+            np.testing.assert_array_equal(again["count"].values, ref["count"].values)
+    gate = _gate_shapes(view)[0]
+    m2 = {**markers, "CD8": ("FL2-H", 300.0, None)}
+    np.testing.assert_array_equal(rc.counts(gate, m2)["count"].values,
+                                  evflow.count_phenotypes(s, parent=gate, markers=m2)["count"].values)
+    assert rc.last["gate_reused"]
+
+
+def test_recount_synthetic_truth_six_markers_and_fallback(tmp_path):
+    """Synthetic events with known phenotypes: six markers, 64 phenotypes counted exactly in a gate; a
+    compensated gate goes to count_phenotypes itself and gives its counts."""
+    from evflow_napari._flow import FlowView
+    from evflow_napari._recount import Recounter
+
+    rng = np.random.default_rng(3)
+    n, k = 40_000, 6
+    truth = rng.integers(0, 1 << k, n)
+    fl = np.where((truth[:, None] >> np.arange(k)) & 1, 5000.0, 20.0) * rng.lognormal(0, 0.1, (n, k))
+    ssc = rng.uniform(0, 1000, n)
+    names = ["SSC-H"] + [f"FL{i}-H" for i in range(1, k + 1)]
+    p = tmp_path / "six.fcs"
+    spill = "2,SSC-H,FL1-H,1,0.05,0.02,1"  # a $SPILLOVER: a gate on compensated SSC-H is not fused
+    evflow.write_fcs(p, np.column_stack([ssc, fl]).astype(np.float32), names, meta={"$SPILLOVER": spill},
+                     ranges=[1024] * (k + 1))
+    view = FlowView(p, "SSC-H", "FL1-H", "linear", "logicle")
+    rc = Recounter(view)
+    markers = {c: (c, 500.0, None) for c in names[1:]}
+    tx = view.transforms[0]
+    lo, hi = 250.0, 750.0
+    gate = evflow.gates.RectangleGate("g", [evflow.gates.Dimension("SSC-H", tx)],
+                                      mins=[float(tx.apply(np.array([lo]))[0])], maxs=[float(tx.apply(np.array([hi]))[0])])
+    got = rc.counts(gate, markers)["count"].values[0]
+    sel = (ssc.astype(np.float32) >= lo) & (ssc.astype(np.float32) < hi)
+    np.testing.assert_array_equal(got, np.bincount(truth[sel], minlength=1 << k))
+    comp = evflow.gates.RectangleGate("c", [evflow.gates.Dimension("SSC-H", tx, compensation="FCS")], mins=[0.25],
+                                      maxs=[0.75])
+    ref = evflow.count_phenotypes(view.sample, parent=comp, markers=markers)
+    np.testing.assert_array_equal(rc.counts(comp, markers)["count"].values, ref["count"].values)
+    assert rc.last["fused"] is False

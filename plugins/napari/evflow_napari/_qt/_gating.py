@@ -27,7 +27,6 @@ from .._flow import (
     axis_ticks,
     channel_top,
     convert_shapes,
-    counts_for,
     default_markers,
     gates_to_shapes,
     shapes_to_gates,
@@ -74,6 +73,7 @@ class FlowGatingWidget(QWidget):
         self.counts_generation = 0  # generation of the counts shown
         self.density_generation = 0
         self._workers = set()
+        self._recounters: dict = {}
 
         lay = QVBoxLayout(self)
         form = QFormLayout()
@@ -359,7 +359,7 @@ class FlowGatingWidget(QWidget):
         return {m: float(sp.value()) for m, sp in self.thresholds.items()}
 
     def marker_spec(self) -> dict:
-        """name -> (channel, threshold in channel units, None), as passed to :func:`counts_for`."""
+        """name -> (channel, threshold in channel units, None), as passed to :meth:`Recounter.counts`."""
         return {m: (ch, float(self.thresholds[m].value()), None) for m, ch in self.markers.items()}
 
     def write_thresholds(self, path=None):
@@ -489,10 +489,22 @@ class FlowGatingWidget(QWidget):
         except Exception as exc:  # noqa: BLE001 - a half-drawn or degenerate shape: show why
             self._failed(exc)
             return
-        w = create_worker(counts_for, self.view, gate, self.marker_spec(), _start_thread=False)
+        w = create_worker(self.recounter().counts, gate, self.marker_spec(), _start_thread=False)
         w.returned.connect(lambda ds, gen=gen, gate=gate: self._counts_done(gen, gate, ds))
         w.errored.connect(self._failed)
         self._start(w)
+
+    def recounter(self):
+        """The sample's :class:`~evflow_napari._recount.Recounter` (events, display values, gate memberships
+        and phenotype codes kept between recounts; one per file, whatever the plotted axes)."""
+        from .._recount import Recounter
+
+        rc = self._recounters.get(self.view.path)
+        if rc is None:
+            rc = self._recounters[self.view.path] = Recounter(self.view)
+            if len(self._recounters) > 4:  # a few samples' events in memory, the oldest dropped
+                self._recounters.pop(next(iter(self._recounters)))
+        return rc
 
     def _start(self, w):
         self._workers.add(w)
