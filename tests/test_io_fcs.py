@@ -342,7 +342,7 @@ def _good_bytes(tmp_path):
         (lambda b: b.replace(b"$MODE/L/", b"$MODE/C/"), r"\$MODE"),
         (lambda b: b.replace(b"$DATATYPE/I/", b"$DATATYPE/Q/"), r"\$DATATYPE"),
         (lambda b: b.replace(b"$BYTEORD/1,2,3,4/", b"$BYTEORD/3,4,1,2/"), r"\$BYTEORD"),
-        (lambda b: b.replace(b"$P2B/16/", b"$P2B/12/"), r"\$P2B"),
+        (lambda b: b.replace(b"$P2B/16/", b"$P2B/72/"), r"\$P2B"),  # more than 64 bits (12 is read: 16-bit words)
         (lambda b: b.replace(b"$PAR/2/", b"$PAR/999999999/"), r"\$PAR"),
     ],
 )

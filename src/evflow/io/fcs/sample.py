@@ -16,12 +16,12 @@ from . import scale as _scale, text as _text
 from .data import (
     _DataSegment,
     _default_chunk_events,
-    _layout,
     _read_delimited_ascii,
     _scale_block,
     _scale_params,
 )
 from .header import _open_checked
+from .layout import _layout, _segment_lengths
 from .offsets import data_offsets
 from .text import _MAX_PAR, _channel_names, _data_set_infos, _int_kw, parse_spillover
 
@@ -139,9 +139,13 @@ class FCSSample:
 
     @property
     def time_channel(self) -> str | None:
-        """Name of the time channel, or None."""
-        for c in self.channels:
-            if _text.is_time_name(c):
+        """Name of the time channel, or None: the first channel whose ``$PnTYPE`` is Time (FCS 3.2),
+        else the first without a ``$PnTYPE`` named ``Time`` (or ``HDR-T``, any case)."""
+        for i, c in enumerate(self.channels):
+            if (_text.channel_keyword(self.meta, i, "TYPE") or "").lower() == "time":
+                return c
+        for i, c in enumerate(self.channels):
+            if _text.is_time_channel(self.meta, i, c):
                 return c
         return None
 
@@ -234,6 +238,44 @@ class FCSSample:
         """The raw ``$Pn<letter>`` value of a channel (``letter`` in N, S, B, E, R, G, V, ...), stripped; None if absent."""
         return _text.channel_keyword(self.meta, self._column(channel), letter)
 
+    def channel_datatype(self, channel) -> str:
+        """How the channel is stored: ``"I"``, ``"F"``, ``"D"`` or ``"A"`` (``$PnDATATYPE`` of FCS 3.2,
+        else ``$DATATYPE``)."""
+        return _text.channel_datatype(self.meta, self._column(channel))
+
+    def channel_type(self, channel) -> str | None:
+        """``$PnTYPE`` (FCS 3.2): what the channel measures, e.g. ``"Forward_Scatter"``, ``"Side_Scatter"``,
+        ``"Raw_Fluorescence"``, ``"Unmixed_Fluorescence"``, ``"Mass"``, ``"Time"``, ``"Electronic_Volume"``,
+        ``"Classification"``, ``"Index"``; None when absent."""
+        return _text.channel_keyword(self.meta, self._column(channel), "TYPE")
+
+    def channel_feature(self, channel) -> str | None:
+        """``$PnFEATURE`` (FCS 3.2): ``"Area"``, ``"Height"`` or ``"Width"`` of the pulse; None when absent."""
+        return _text.channel_keyword(self.meta, self._column(channel), "FEATURE")
+
+    def channel_detector(self, channel) -> str | None:
+        """``$PnDET`` (FCS 3.2): the detector's name; None when absent."""
+        return _text.channel_keyword(self.meta, self._column(channel), "DET")
+
+    def channel_analyte(self, channel) -> str | None:
+        """``$PnANALYTE`` (FCS 3.2): the analyte the channel measures (e.g. ``"CD63"``); None when absent."""
+        return _text.channel_keyword(self.meta, self._column(channel), "ANALYTE")
+
+    def channel_tag(self, channel) -> str | None:
+        """``$PnTAG`` (FCS 3.2): the reagent's tag (e.g. a fluorochrome or an isotope); None when absent."""
+        return _text.channel_keyword(self.meta, self._column(channel), "TAG")
+
+    @property
+    def begin_datetime(self):
+        """``$BEGINDATETIME`` (FCS 3.2) as a :class:`datetime.datetime`; None when absent.
+        A value that is not ISO 8601 raises :class:`FCSTextError`."""
+        return _text.datetime_keyword(self.meta, "$BEGINDATETIME", self.path)
+
+    @property
+    def end_datetime(self):
+        """``$ENDDATETIME`` (FCS 3.2) as a :class:`datetime.datetime`; None when absent."""
+        return _text.datetime_keyword(self.meta, "$ENDDATETIME", self.path)
+
     def channel_range(self, channel, *, default=_text.NOMINAL) -> float | None:
         """``$PnR``: the number of values the stored (raw) channel spans.
 
@@ -305,7 +347,7 @@ class FCSSample:
         if decades > 0 and not rng > 0:
             raise FCSTextError(f"channel {self.channels[i]!r}: log decoding ($PnE) needs a positive $PnR, got {rng!r}",
                                self.path)
-        if _text.is_time_name(self.channels[i]):
+        if _text.is_time_channel(self.meta, i, self.channels[i]):
             gain, step = 1.0, self.timestep
         else:
             gain = _text.channel_gain(self.meta, i, self.path, strict=strict) if self.scale == "linear-gain" else 1.0
@@ -318,7 +360,7 @@ class FCSSample:
         ``$TIMESTEP`` is given (and the policy is not ``"raw"``), else ``"ticks"``; the unit of
         ``$PnCALIBRATION`` when given; else ``"a.u."``."""
         i = self._column(channel)
-        if _text.is_time_name(self.channels[i]):
+        if _text.is_time_channel(self.meta, i, self.channels[i]):
             has_step = "$TIMESTEP" in self.meta and str(self.meta["$TIMESTEP"]).strip()
             return "s" if has_step and self.scale != "raw" else "ticks"
         cal = _text.channel_keyword(self.meta, i, "CALIBRATION")
@@ -332,7 +374,7 @@ class FCSSample:
         i = self._column(channel)
         if self.scale in ("raw", "given"):
             return "as stored" if self.scale == "raw" else "as given"
-        if _text.is_time_name(self.channels[i]):
+        if _text.is_time_channel(self.meta, i, self.channels[i]):
             return f"time: x {self.timestep:g} s ($TIMESTEP)" if self.timestep != 1.0 else "time"
         decades, log0 = _text.channel_log(self.meta, i, self.path, strict=False)
         gain = _text.channel_gain(self.meta, i, self.path, strict=False)
@@ -348,7 +390,7 @@ class FCSSample:
         name, marker = self.channels[i], self.markers[i]
         label = f"{name} ({marker})" if marker and marker != name else name
         pol = self.scale
-        if pol == "linear-gain" and not _text.is_time_name(name):
+        if pol == "linear-gain" and not _text.is_time_channel(self.meta, i, name):
             g = _text.channel_gain(self.meta, i, self.path, strict=False)
             pol += f" / {g:g}" if g != 1.0 else ""
         return f"{label} [{pol}, {self.channel_units(i)}]"
@@ -367,7 +409,8 @@ class FCSSample:
         """Acquisition time in seconds and where it came from, or None.
 
         The span of the time channel's linear-scale values (``time_channel``, default
-        :attr:`time_channel`; this reads that column), else ``$ETIM - $BTIM``.
+        :attr:`time_channel`; this reads that column), else ``$ENDDATETIME - $BEGINDATETIME``
+        (FCS 3.2), else ``$ETIM - $BTIM``.
         """
         from ...backend import to_numpy
 
@@ -377,6 +420,13 @@ class FCSSample:
             t = to_numpy(self.linear_events()[:, i]).astype(float)
             if t.size > 1 and np.nanmax(t) > np.nanmin(t):
                 return float(np.nanmax(t) - np.nanmin(t)), f"Time channel {name!r}"
+        try:
+            begin, end = self.begin_datetime, self.end_datetime
+            span = (end - begin).total_seconds() if begin is not None and end is not None else None
+        except (FCSTextError, TypeError):  # malformed, or one with a time zone and one without
+            span = None
+        if span is not None and span > 0:
+            return span, "$BEGINDATETIME/$ENDDATETIME"
         dt = _text.clock_seconds(self.meta)
         return None if dt is None else (dt, "$BTIM/$ETIM")
 
@@ -423,6 +473,23 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
         policy; ``"raw"``, ``"linear"`` (``$PnE`` log decoding ``f2 * 10**(f1 * x / $PnR)``,
         time channel times ``$TIMESTEP``), ``"linear-gain"`` (also divided by ``$PnG``) or
         ``"auto"``: ``events`` on that policy.
+
+    Notes
+    -----
+    Every ``$DATATYPE`` is read: I (8- to 64-bit, either byte order), F, D, fixed-width and
+    delimited A.  FCS 3.2 files may give each parameter its own type (``$PnDATATYPE``: I, F
+    and D mixed in one event); their events are decoded column by column to float64 (exact
+    for float32 and for integers below 2**53); a file of one type keeps that type.  Integer
+    ``$PnB`` that are not a multiple of 8 (10-, 12-, 14-bit values of FC500 ``.LMD``,
+    Partec and older Coulter files) are read from whole words whose size the DATA length
+    tells (``$TOT`` x row bytes; normally 16 bits), keeping the ``$PnB`` low bits (or the
+    narrower ``$PnR`` mask); values packed bit to bit raise :class:`FCSUnsupportedError`.
+    FCS 3.2 keywords are exposed by :meth:`FCSSample.channel_type` (``$PnTYPE``; a Time
+    channel is the :attr:`FCSSample.time_channel`), :meth:`~FCSSample.channel_feature`,
+    :meth:`~FCSSample.channel_detector`, :meth:`~FCSSample.channel_analyte`,
+    :meth:`~FCSSample.channel_tag`, :attr:`~FCSSample.begin_datetime`,
+    :attr:`~FCSSample.end_datetime` and :attr:`~FCSSample.flow_rate`; ``$MODE`` and
+    ``$BEGINSTEXT``/``$ENDSTEXT`` may be absent.
 
     Returns
     -------
@@ -477,7 +544,7 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
     if n_par > _MAX_PAR:
         raise FCSTextError(f"keyword $PAR is {n_par}; expected at most {_MAX_PAR} parameters", path)
     n_tot = _int_kw(meta, "$TOT", path, required=not info.header.version.startswith("FCS2"), default=None, minimum=0)
-    layout = _layout(meta, n_par, path)
+    layout = _layout(meta, n_par, path, segment_lengths=_segment_lengths(info))
     channels, markers = _channel_names(meta, n_par, path)
     offset, n_events = data_offsets(info, layout, n_tot, path, size, channels)
     if layout.delimited_ascii:

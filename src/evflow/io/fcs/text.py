@@ -292,6 +292,44 @@ def is_time_name(name) -> bool:
     return str(name).strip().lower() in _TIME_NAMES
 
 
+def is_time_channel(meta: Mapping, i: int, name=None) -> bool:
+    """Whether column ``i`` is the time channel: ``$PnTYPE`` Time (FCS 3.2) when the channel has a
+    ``$PnTYPE``, else by its ``$PnN`` (``name``, default the keyword) as :func:`is_time_name`."""
+    kind = channel_keyword(meta, i, "TYPE")
+    if kind is not None:
+        return kind.lower() == "time"
+    return is_time_name(meta.get(f"$P{i + 1}N", "") if name is None else name)
+
+
+def channel_datatype(meta: Mapping, i: int) -> str:
+    """The stored type of column ``i``: FCS 3.2's ``$PnDATATYPE`` when given, else ``$DATATYPE``
+    (upper-case, as written: 'I', 'F', 'D' or 'A' in a valid file)."""
+    own = channel_keyword(meta, i, "DATATYPE")
+    return (own or str(meta.get("$DATATYPE", "")).strip()).upper()
+
+
+def datetime_keyword(meta: Mapping, key: str, path=None):
+    """``$BEGINDATETIME``/``$ENDDATETIME`` (FCS 3.2, ISO 8601 ``yyyy-mm-ddThh:mm:ss[.ss][TZD]``) as a
+    :class:`datetime.datetime` (time-zone aware when the keyword gives a zone); None when absent or blank.
+
+    Raises
+    ------
+    FCSTextError
+        When the value is not an ISO 8601 date and time.
+    """
+    import datetime as _dt
+
+    raw = meta.get(key)
+    if raw is None or not str(raw).strip():
+        return None
+    s = str(raw).strip()
+    try:
+        return _dt.datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
+    except ValueError:
+        raise FCSTextError(f"keyword {key} is {s!r}, expected an ISO 8601 date and time "
+                           "(e.g. '2024-03-01T14:05:22+01:00')", path) from None
+
+
 def channel_keyword(meta: Mapping, i: int, letter: str) -> str | None:
     """The raw value of ``$P<i+1><letter>`` (e.g. ``letter="R"``), stripped; None when absent or blank."""
     val = meta.get(f"$P{i + 1}{letter.upper()}")
@@ -320,7 +358,7 @@ def channel_bits(meta: Mapping, i: int) -> int | None:
 
 def nominal_range(meta: Mapping, i: int) -> float:
     """The range of a channel without a usable ``$PnR``: ``2**$PnB`` for integer data, else :data:`NOMINAL_RANGE`."""
-    if str(meta.get("$DATATYPE", "")).strip().upper() == "I":
+    if channel_datatype(meta, i) == "I":
         bits = channel_bits(meta, i)
         if bits is not None and 1 <= bits <= 64:
             return float(2**bits)
