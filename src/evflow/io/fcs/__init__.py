@@ -3,7 +3,8 @@
 :func:`read_fcs` parses the HEADER and TEXT segments itself and exposes the
 DATA segment as a dask array (events x channels) built from row-chunked reads
 of the file, so a file larger than memory can be streamed.  :func:`write_fcs`
-writes FCS 3.1 list-mode float32 files.
+writes FCS 3.1 list-mode float32 files, and FCS 3.2 files of mixed types
+(``$PnDATATYPE``) with the 3.2 channel keywords.
 
 Reading is defensive: offsets, sizes and keywords are checked against each
 other and against the file size before anything is allocated, and every
@@ -21,13 +22,16 @@ What the channel keywords mean (``$PnR``, ``$PnB``, ``$PnE``, ``$PnG``,
 ``$TIMESTEP``, ``$VOL``) is answered in one place: the methods of
 :class:`FCSSample` (``channel_range``, ``channel_bits``, ``channel_log``,
 ``channel_gain``, ``channel_limits``, ``channel_units``, ``channel_scale``,
-``timestep``, ``volume_nl``, ``acquisition_seconds``), built on the functions
+``timestep``, ``volume_nl``, ``acquisition_seconds``; FCS 3.2's ``channel_datatype``,
+``channel_type``, ``channel_feature``, ``channel_detector``, ``channel_analyte``,
+``channel_tag``, ``begin_datetime``, ``end_datetime``, ``flow_rate``), built on the functions
 of :mod:`evflow.io.fcs.text`.
 
 Modules: :mod:`.header` (HEADER), :mod:`.text` (TEXT, supplemental TEXT,
-keywords, spillover), :mod:`.data` (DATA decoding of every ``$DATATYPE``),
-:mod:`.offsets` (where the DATA segment lies), :mod:`.sample` (:class:`FCSSample`,
-:func:`read_fcs`, :func:`as_sample`),
+keywords, spillover), :mod:`.layout` (the byte layout of an event: every
+``$DATATYPE``, ``$PnDATATYPE``, integer ``$PnB`` that are not a multiple of 8),
+:mod:`.data` (row-chunked DATA reads, linear scale), :mod:`.offsets` (where the
+DATA segment lies), :mod:`.sample` (:class:`FCSSample`, :func:`read_fcs`, :func:`as_sample`),
 :mod:`.write` (:func:`write_fcs`).
 """
 
