@@ -5,7 +5,11 @@ Writes an N-event x 12-channel float32 FCS 3.1 file, then times in one run:
 a NumPy array, evflow's chunked dask read reduced to per-channel sums, FlowIO,
 and fcsparser (in its own virtual environment, as it needs NumPy < 2; pass
 ``--fcsparser-python``).  Peak memory of the streaming reduction is measured
-in a separate process.
+in a separate process.  A second case is an FCS 3.2 file of mixed types
+(``$PnDATATYPE``: 4 x 16-bit I, 6 x F, 2 x D per event), read to float64 by
+evflow, against ``np.fromfile`` with the matching record dtype converted to
+float64 (the limit); FlowIO does not read ``$PnDATATYPE`` (its time is given
+for reference only: the values it returns are wrong).
 
     python benchmarks/bench_fcs_read.py [--events 10000000] [--fcsparser-python .venv-fcsparser/bin/python]
 """
@@ -121,6 +125,59 @@ def main():
     print(table(["reader", "time (s)", "Mevents/s", "GiB/s", "note"], rows))
     print(f"\nStreaming per-channel sum through the dask array: peak RSS grew by {peak_mib:.0f} MiB for a "
           f"{nbytes / 2**20:.0f} MiB file ({chunk_mib:.0f} MiB chunks, {os.cpu_count()} threads), {t_stream:.2f} s.")
+    path.unlink()
+    mixed_case(tmp, args)
+
+
+def mixed_case(tmp: Path, args) -> None:
+    """An FCS 3.2 file whose events mix I, F and D ($PnDATATYPE)."""
+    n, kinds = args.events, ["I"] * 4 + ["F"] * 6 + ["D"] * 2
+    rng = np.random.default_rng(1)
+    data = np.empty((n, len(kinds)))
+    data[:, :4] = rng.integers(0, 1024, size=(n, 4))
+    data[:, 4:10] = rng.lognormal(5, 1.5, size=(n, 6)).astype(np.float32)
+    data[:, 10:] = rng.normal(0, 1e6, size=(n, 2))
+    path = tmp / "mixed32.fcs"
+    evflow.write_fcs(path, data, [f"CH{i}" for i in range(len(kinds))], version="3.2", datatypes=kinds,
+                     ranges=[1024] * 4 + [262144] * 8)
+    s = evflow.read_fcs(path)
+    offset, rb = int(s.meta["$BEGINDATA"]), 4 * 2 + 6 * 4 + 2 * 8
+    rec = np.dtype([(f"c{i}", f) for i, f in enumerate(["<u2"] * 4 + ["<f4"] * 6 + ["<f8"] * 2)])
+    nbytes = n * rb
+    rows = []
+
+    def add(name, secs, note=""):
+        rows.append((name, f"{secs:.3f}", f"{n / secs / 1e6:.1f}", f"{nbytes / secs / 2**30:.2f}", note))
+
+    def fromfile():
+        r = np.fromfile(path, dtype=rec, count=n, offset=offset)
+        out = np.empty((n, len(kinds)))
+        for i in range(len(kinds)):
+            out[:, i] = r[f"c{i}"]
+        return out
+
+    t_np, a = best_of(fromfile, args.repeat)
+    add("np.fromfile record dtype -> float64 (limit)", t_np)
+    t_ev, b = best_of(lambda: evflow.read_fcs(path).to_numpy(), args.repeat)
+    assert np.array_equal(a, b) and np.array_equal(b, data)
+    add("evflow read_fcs().to_numpy()", t_ev, f"{t_ev / t_np:.2f}x np.fromfile")
+    del a, b
+    t_da, _ = best_of(lambda: evflow.read_fcs(path, chunk_events=args.chunk_events).events.sum(axis=0).compute(),
+                      args.repeat)
+    add(f"evflow dask sum, {args.chunk_events:,}-event chunks", t_da, "streamed")
+    if not args.no_flowio:
+        import warnings
+
+        import flowio
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t_fio, c = best_of(lambda: flowio.FlowData(str(path)).as_array(preprocess=False), 1)
+        ok = np.array_equal(np.asarray(c, dtype=np.float64), data)
+        add("FlowIO FlowData().as_array()", t_fio, "values equal" if ok else "wrong values: ignores $PnDATATYPE")
+    print(f"\nFCS 3.2 mixed types: {n:,} events x {len(kinds)} channels (4 I16, 6 F, 2 D; {nbytes / 2**20:.0f} MiB), "
+          f"best of {args.repeat}\n")
+    print(table(["reader", "time (s)", "Mevents/s", "GiB/s", "note"], rows))
     path.unlink()
 
 

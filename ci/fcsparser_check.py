@@ -46,6 +46,17 @@ def write(out_dir: Path) -> None:
         meta={"$CYT": "synthetic", "NOTE": "a/b//c", "$FIL": "evflow_written.fcs"},
     )
     evflow.write_fcs(out_dir / "evflow_written_empty.fcs", np.zeros((0, 2), np.float32), ["A", "B"])
+    # FCS 3.2: one type with the 3.2 channel keywords (fcsparser reads it), and mixed types ($PnDATATYPE)
+    kw32 = dict(version="3.2", types=["Forward_Scatter", "Side_Scatter", "Raw_Fluorescence", "Raw_Fluorescence", "Time"],
+                features=["Area", "Area", "Area", "Height", None], analytes=[None, None, "CD63", "CD9", None],
+                meta={"$BEGINDATETIME": "2026-03-01T14:05:22", "$ENDDATETIME": "2026-03-01T14:07:02"})
+    evflow.write_fcs(out_dir / "evflow_written_32.fcs", data, ["FSC-A", "SSC-A", "FL1-A", "FL2-H", "Time"], **kw32)
+    ints = np.floor(data[:, [0, 4]]).clip(0, 65535)
+    evflow.write_fcs(out_dir / "evflow_written_32_int.fcs", ints, ["FSC-A", "Time"], version="3.2", datatypes="I")
+    mixed = data.astype(np.float64)
+    mixed[:, 4] = np.arange(len(mixed))
+    evflow.write_fcs(out_dir / "evflow_written_32_mixed.fcs", mixed, ["FSC-A", "SSC-A", "FL1-A", "FL2-H", "Time"],
+                     datatypes=["F", "F", "D", "D", "I"], **kw32)
 
 
 def dump(data_dir: Path, out: Path) -> None:
@@ -74,6 +85,10 @@ KNOWN = {
     "fcs/flowio/data_start_offset_discrepancy_example.fcs": (
         "HEADER puts DATA at byte 5555, inside TEXT (bytes 74-6080); evflow follows $BEGINDATA=6081, "
         "as FlowIO does, while fcsparser decodes TEXT bytes as events"
+    ),
+    "written/evflow_written_32_mixed.fcs": (
+        "FCS 3.2 $PnDATATYPE (F, D and I in one event): fcsparser reads every column as $DATATYPE; "
+        "evflow's reading is checked on hand-decoded bytes in tests/test_io_fcs_layout.py"
     ),
 }
 

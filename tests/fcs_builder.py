@@ -187,3 +187,22 @@ def with_analysis(blob: bytes, analysis: bytes, *, text_keywords: bool = True) -
     if text_keywords and b"$BEGINANALYSIS" in blob:
         blob = set_text_value(set_text_value(blob, "$BEGINANALYSIS", begin), "$ENDANALYSIS", end)
     return blob + analysis
+
+
+def build_mixed_32(n: int = 20) -> bytes:
+    """An FCS 3.2 file whose events mix types ($PnDATATYPE I, F, D), big-endian, without $MODE."""
+    import struct
+
+    raw = b"".join(struct.pack(">HfdH", i % 1024, i * 0.5, -1e200 * i, 65535 - i) for i in range(n))
+    blob = build_fcs(np.zeros((n, 4)), datatype="I", bits=[16, 32, 64, 16], order=">", version="FCS3.2",
+                     names=["FSC-A", "FL1-A", "FL2-A", "clock"], ranges=[1024, 262144, 262144, 65536],
+                     extra={"$P2DATATYPE": "F", "$P3DATATYPE": "D", "$P4TYPE": "Time", "$P1TYPE": "Forward_Scatter",
+                            "$P2FEATURE": "Area", "$BEGINDATETIME": "2026-01-02T03:04:05Z"},
+                     data_bytes=raw)
+    return blob.replace(b"/$MODE/L/", b"/$XMOD/L/")
+
+
+def build_odd_bits(n: int = 20, bits: tuple[int, ...] = (10, 12, 14)) -> bytes:
+    """Integer values whose $PnB is not a multiple of 8, in 16-bit little-endian words (high bits set)."""
+    words = (np.arange(n * len(bits), dtype=np.uint32) * 2654435761 % 65536).astype("<u2")
+    return build_fcs(np.zeros((n, len(bits))), bits=list(bits), ranges=[2**b for b in bits], data_bytes=words.tobytes())

@@ -15,7 +15,15 @@ import warnings
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
-from fcs_builder import build_data_set, build_fcs, build_multi, shift_offsets, with_analysis
+from fcs_builder import (
+    build_data_set,
+    build_fcs,
+    build_mixed_32,
+    build_multi,
+    build_odd_bits,
+    shift_offsets,
+    with_analysis,
+)
 
 import evflow
 from evflow.errors import EvflowError
@@ -28,6 +36,8 @@ SMALL_FCS = ["fcs/flowio/data_start_offset_discrepancy_example.fcs", "fcs/flowio
 LARGE_FCS = ["fcs/flowio/data1.fcs", "fcs/flowio/coulter.lmd", "fcs/flowio/G11.fcs"]
 NASTY = [b"", b" ", b"-1", b"0", b"2.0", b"1e309", b"nan", b"abc", b"99999999999999999999", b"*", b",", b"/",
          b"        1280F", b"Time"]
+#: FCS keyword values besides NASTY: odd $PnB, per-channel types
+FCS_NASTY = NASTY + [b"10", b"12", b"14", b"65", b"I", b"F", b"D", b"A"]
 
 
 class _Timeout(Exception):
@@ -73,6 +83,8 @@ def _built_fcs():
                   extra={"$P1B": "*", "$P2B": "*", "$P3B": "*"}),
         build_multi([{"values": v, "datatype": "I"}, {"values": v[:5], "datatype": "F"}]),
         *_disagreeing_offsets(),
+        build_mixed_32(),  # FCS 3.2: $PnDATATYPE I, F, D in one event
+        build_odd_bits(),  # $PnB 10, 12, 14 in 16-bit words
     ]
 
 
@@ -101,16 +113,17 @@ def _mutate_fcs(rng, blob: bytes) -> bytes:
             i = int(rng.integers(0, text_end))
             b[i] = int(rng.integers(0, 256))
         elif op == 1:  # a keyword value replaced by a nasty one
-            keys = [k for k in (b"$PAR", b"$TOT", b"$P1B", b"$P2R", b"$DATATYPE", b"$BEGINDATA", b"$ENDDATA",
+            keys = [k for k in (b"$PAR", b"$TOT", b"$P1B", b"$P2B", b"$P2R", b"$DATATYPE", b"$BEGINDATA", b"$ENDDATA",
                                 b"$NEXTDATA", b"$SPILLOVER", b"$P1E", b"$BYTEORD", b"$MODE", b"$BEGINANALYSIS",
-                                b"$ENDANALYSIS", b"$P3N", b"$P3TYPE") if k in b]
+                                b"$ENDANALYSIS", b"$P3N", b"$P3TYPE", b"$P2DATATYPE", b"$P3DATATYPE", b"$P4TYPE",
+                                b"$BEGINDATETIME") if k in b]
             if keys:
                 k = keys[int(rng.integers(0, len(keys)))]
                 i = b.find(k) + len(k) + 1
                 j = i
                 while j < len(b) and j - i < 40 and b[j:j + 1] not in (b"/", b"\\", b"|", b"\x0c", b"*"):
                     j += 1
-                b[i:j] = NASTY[int(rng.integers(0, len(NASTY)))]
+                b[i:j] = FCS_NASTY[int(rng.integers(0, len(FCS_NASTY)))]
         elif op == 2:  # truncation
             b = b[: int(rng.integers(0, len(b) + 1))]
         elif op == 3:  # HEADER offsets

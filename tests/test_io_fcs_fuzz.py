@@ -9,6 +9,7 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 from conftest import SHARED_DATA  # noqa: E402
+from fcs_builder import build_mixed_32, build_odd_bits  # noqa: E402
 from hypothesis import (  # noqa: E402
     HealthCheck,
     given,
@@ -32,7 +33,8 @@ EXAMPLES = int(os.environ.get("EVFLOW_FUZZ_EXAMPLES", "120"))
 def _sources():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA}")
-    return [(SHARED_DATA / s).read_bytes() for s in SOURCES]
+    # and two layouts no shared file has: FCS 3.2 mixed $PnDATATYPE, and $PnB 10/12/14 in 16-bit words
+    return [(SHARED_DATA / s).read_bytes() for s in SOURCES] + [build_mixed_32(), build_odd_bits()]
 
 
 @st.composite
@@ -98,7 +100,8 @@ def test_fuzz_mutated_real_files(sources, tmp_path_factory):
 
 KEYWORD_VALUES = [b"0", b"-1", b"1", b"3", b"7", b"24", b"99999999999999", b"", b" ", b"nan", b"inf", b"1e300",
                   b"4.0,1.0", b"0,0", b"1,2,3", b"x", b"12", b"2,1", b"D", b"F", b"A", b"I", b"*",
-                  b"        1280F", b"Time", b"HW-Time", b"Time MSW"]
+                  b"        1280F", b"Time", b"HW-Time", b"Time MSW", b"10", b"14", b"65", b"Q",
+                  b"2026-13-01T00:00:00"]
 
 
 def test_fuzz_keyword_values(sources, tmp_path_factory):
@@ -127,6 +130,8 @@ def test_fuzz_keyword_values(sources, tmp_path_factory):
                 s.to_numpy()
                 s.spillover
                 evflow.read_fcs(path, scale=True, chunk_events=999).events.sum(axis=0).compute()
+                _ = s.time_channel, [s.channel_type(i) for i in range(s.n_channels)], s.acquisition_seconds()
+                _ = s.begin_datetime
             except FCSError as exc:
                 assert str(path) in str(exc)
 

@@ -67,8 +67,8 @@ class _DataSegment:
         else:
             with open(self.path, "rb") as f:
                 f.seek(self.offset + start * rb)
-                buf = bytearray(n * rb)
-                got = f.readinto(buf)
+                buf = np.empty(n * rb, dtype=np.uint8)  # not a bytearray: no zero-filling
+                got = f.readinto(memoryview(buf))
         if got != n * rb:
             raise FCSDataError(
                 f"DATA segment ends early: rows {start}-{stop - 1} need bytes {self.offset + start * rb}-"
