@@ -264,3 +264,22 @@ def test_experiment_scale_reaches_every_reader(tmp_path):
     exp = load_experiment(_exp(tmp_path, scale='scale = "linear-gain"', files=files))
     assert exp.flow["scale"] == "linear-gain" and read_flow(a, exp.flow).scale == "linear-gain"
     assert read_flow(a, load_experiment(_exp(tmp_path, files=files)).flow).scale == "linear"  # auto: CytoFLEX
+
+
+def test_calibration_plot_axis_names_the_channel_and_its_scale():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from evflow import calibrate_mesf
+
+    mefl = [0, 792, 2079, 6588, 16471, 47497, 137049, 271647]
+    path = shared_path("beads", "flowcal", "sample001.fcs")
+    cal = calibrate_mesf(path, "FL1", mefl, ["FL1", "FL3"])
+    # FL1 of FlowCal's Cytek xP3 beads: log-amplified over 4 decades, no $PnG
+    assert cal.qc["axis_label"] == "FL1 [linear-gain, a.u.]"
+    fig = cal.plot()
+    assert fig.axes[0].get_xlabel() == "FL1 [linear-gain, a.u.]"
+    raw = calibrate_mesf(read_fcs(path, scale="raw"), "FL1", mefl, ["FL1", "FL3"])
+    assert raw.qc["axis_label"] == "FL1 [raw, a.u.]"
+    # the same peaks, on the stored scale: decoded medians are 10**(4 x / 1024) of the stored ones
+    np.testing.assert_allclose(10 ** (4 * raw.peak_medians[1:4] / 1024), cal.peak_medians[1:4], rtol=0.02)

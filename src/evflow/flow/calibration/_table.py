@@ -23,6 +23,7 @@ class _Table:
     names: list
     ranges: np.ndarray  # (n_columns, 2): lowest and highest value the detector can report
     source: str
+    labels: list | None = None  # axis labels of the columns (channel, scale policy, units), when known
 
 
 def _channel_range(sample, i: int) -> tuple[float, float] | None:
@@ -59,7 +60,8 @@ def _as_table(sample, channels: Sequence[str], what: str = "beads") -> _Table:
             r = _channel_range(sample, i)
             col = data[:, j]
             ranges.append(r if r is not None else (float(np.nanmin(col)), float(np.nanmax(col))))
-        return _Table(data, [sample.channels[i] for i in idx], np.asarray(ranges, float), str(sample.path))
+        labels = [sample.axis_label(i) for i in idx] if hasattr(sample, "axis_label") else None
+        return _Table(data, [sample.channels[i] for i in idx], np.asarray(ranges, float), str(sample.path), labels)
     if hasattr(sample, "columns") and hasattr(sample, "to_numpy"):  # pandas DataFrame
         missing = [c for c in channels if c not in sample.columns]
         if missing:

@@ -576,6 +576,8 @@ def calibrate_mesf(
               placement_rms=float(place_info["rms"]) if place_info else None,
               placement_rms_second=(None if not place_info or place_info["rms_second"] is None
                                     else float(place_info["rms_second"])))
+    if table.labels:
+        qc["axis_label"] = table.labels[0]  # the channel as the file names it, its scale policy and units
     warn_qc(qc, table.source, channel)
     return MESFCalibration(
         channel=table.names[0],

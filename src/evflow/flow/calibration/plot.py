@@ -39,7 +39,8 @@ def plot_calibration(cal, fig=None):
         ax_h.annotate(label, (med, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
                       fontsize=6, rotation=90, color=colours[j])
     ax_h.set_xscale("log")
-    ax_h.set_xlabel(f"{cal.channel} (linear scale)")
+    label = cal.qc.get("axis_label") or f"{cal.channel} (linear scale)"
+    ax_h.set_xlabel(label)
     ax_h.set_ylabel("events")
     ax_h.set_title(f"{k} populations; {cal.qc.get('n_values', k)} values given", fontsize=8, pad=40)
     used = np.isfinite(cal.peaks)
@@ -57,9 +58,9 @@ def plot_calibration(cal, fig=None):
         ax_r.plot(x, 100 * np.expm1(cal.residuals[used]), "o", color="k")
         ax_r.set_xscale("log")
         ax_r.xaxis.set_minor_formatter(NullFormatter())  # a narrow decade: minor labels would overlap
-    ax_c.set_xlabel(f"{cal.channel} peak median")
+    ax_c.set_xlabel(f"{label}: peak median")
     ax_c.set_ylabel(f"{cal.units} + autofluorescence")
-    ax_r.set_xlabel(f"{cal.channel} peak median")
+    ax_r.set_xlabel(f"{label}: peak median")
     ax_r.set_ylabel("residual (%)")
     flags = [f for f in ("blank_brighter", "non_monotone", "large_residuals", "ambiguous_placement") if cal.qc.get(f)]
     ax_r.set_title("QC: " + (", ".join(flags) if flags else "ok"), fontsize=8)
