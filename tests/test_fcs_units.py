@@ -256,6 +256,24 @@ def test_validate_catches_typos_empty_files_and_bad_volumes_up_front(tmp_path):
     assert "'samples[0]' (a)" not in msg
 
 
+def test_validate_checks_calibration_files_too(tmp_path):
+    empty = _cytoflex(tmp_path, "beads.fcs", n=0)
+    p = _exp(tmp_path, files=[_cytoflex(tmp_path, "a.fcs", extra={"$VOL": "2000"})] * 3)
+    p.write_text(p.read_text().replace("[thresholds]", f"""[flow.calibration.fluorescence]
+file = "{empty}"
+channel = "FITC-H"
+values = [0, 100, 1000]
+clustering_channels = ["FITC-H", "VSSC1-width"]
+
+[thresholds]"""))
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(p)
+    msg = str(exc.value)
+    assert "'flow.calibration.fluorescence.channel' file beads.fcs holds 0 events" in msg
+    assert ("'flow.calibration.fluorescence.clustering_channels' channel 'VSSC1-width' is not in beads.fcs "
+            "(did you mean 'VSSC1-H'?)") in msg
+
+
 def test_experiment_scale_reaches_every_reader(tmp_path):
     from evflow.pipeline.inputs import read_flow
 

@@ -102,6 +102,9 @@ def check_channels(path: Path, needed: Mapping[str, str], problems: list, src: s
     except Exception as exc:
         problems.append(f"{src}: '{sample_key or 'file'}' {path.name} cannot be read as FCS: {exc}")
         return
+    if s.n_events == 0:
+        problems.append(f"{src}: '{next(iter(needed.values()), sample_key or 'file')}' file {path.name} holds "
+                        "0 events (an empty data set)")
     miss = _missing(s, needed)
     for ch, key, why in miss:
         problems.append(f"{src}: '{key}' {_why(ch, why, (sample_key + ' ' if sample_key else '') + path.name)}")
