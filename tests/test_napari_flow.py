@@ -204,3 +204,47 @@ def test_recount_synthetic_truth_six_markers_and_fallback(tmp_path):
     ref = evflow.count_phenotypes(view.sample, parent=comp, markers=markers)
     np.testing.assert_array_equal(rc.counts(comp, markers)["count"].values, ref["count"].values)
     assert rc.last["fused"] is False
+
+
+def _grab(widget):
+    from napari._qt.utils import QImg2array
+
+    return QImg2array(widget.grab().toImage())[..., :3].astype(np.int64)
+
+
+def _has_colour(img, hex_colour, tol=10):
+    rgb = np.array([int(hex_colour.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)])
+    return bool((np.abs(img - rgb).max(axis=-1) <= tol).any())
+
+
+def test_screenshots_of_the_flow_gating_and_results_widgets_are_not_blank(make_napari_viewer, qtbot, demo):
+    """Screenshots on a real viewer: the gating window shows the density (many levels) and a filled counts
+    table; the results browser's legend shows every phenotype colour of the
+    shared palette."""
+    from evflow.palette import phenotype_colour
+    from evflow_napari._qt import FlowGatingWidget, ResultsBrowserWidget
+
+    out, data = demo
+    viewer = make_napari_viewer(show=True)
+    w = FlowGatingWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Flow gating")
+    viewer.window._qt_window.resize(1200, 800)
+    w.open_sample(str(data / "flow" / "S2.fcs"))
+    w.gates_layer.add_polygons([np.array([[0.3, 0.05], [0.95, 0.05], [0.95, 0.6], [0.3, 0.6]])])
+    _wait_counts(qtbot, w)
+    viewer.reset_view()
+    qtbot.wait(100)
+    img = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(np.int64)
+    assert img.std() > 10 and len(np.unique(img.reshape(-1, 3), axis=0)) > 50
+    panel = _grab(w)
+    assert panel.std() > 10 and w.table.rowCount() == 4 and w.table.item(0, 1).text()
+    rb = ResultsBrowserWidget(viewer)
+    qtbot.addWidget(rb)
+    rb.load(out / "results.zarr")
+    rb.resize(500, 900)
+    rb.show()
+    qtbot.wait(100)
+    shot = _grab(rb)
+    assert shot.std() > 10
+    assert rb.legend.entries and all(_has_colour(shot, c) for c in rb.legend.entries.values())
+    assert list(rb.legend.entries.values()) == [phenotype_colour(b) for b in rb.bitmasks()]
