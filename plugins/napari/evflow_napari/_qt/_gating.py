@@ -531,6 +531,7 @@ class FlowGatingWidget(QWidget):
             f = float(s["fraction_of_parent"].values[i])
             for j, txt in enumerate((lab, f"{c:,}", f"{f:.4f}" if np.isfinite(f) else "")):
                 self.table.setItem(i, j, QTableWidgetItem(txt))
+        self.table.resizeColumnsToContents()  # whole phenotype names
         self.counts_generation = gen
         self.counts_updated.emit(ds)
 
