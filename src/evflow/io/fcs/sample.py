@@ -474,23 +474,6 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
         time channel times ``$TIMESTEP``), ``"linear-gain"`` (also divided by ``$PnG``) or
         ``"auto"``: ``events`` on that policy.
 
-    Notes
-    -----
-    Every ``$DATATYPE`` is read: I (8- to 64-bit, either byte order), F, D, fixed-width and
-    delimited A.  FCS 3.2 files may give each parameter its own type (``$PnDATATYPE``: I, F
-    and D mixed in one event); their events are decoded column by column to float64 (exact
-    for float32 and for integers below 2**53); a file of one type keeps that type.  Integer
-    ``$PnB`` that are not a multiple of 8 (10-, 12-, 14-bit values of FC500 ``.LMD``,
-    Partec and older Coulter files) are read from whole words whose size the DATA length
-    tells (``$TOT`` x row bytes; normally 16 bits), keeping the ``$PnB`` low bits (or the
-    narrower ``$PnR`` mask); values packed bit to bit raise :class:`FCSUnsupportedError`.
-    FCS 3.2 keywords are exposed by :meth:`FCSSample.channel_type` (``$PnTYPE``; a Time
-    channel is the :attr:`FCSSample.time_channel`), :meth:`~FCSSample.channel_feature`,
-    :meth:`~FCSSample.channel_detector`, :meth:`~FCSSample.channel_analyte`,
-    :meth:`~FCSSample.channel_tag`, :attr:`~FCSSample.begin_datetime`,
-    :attr:`~FCSSample.end_datetime` and :attr:`~FCSSample.flow_rate`; ``$MODE`` and
-    ``$BEGINSTEXT``/``$ENDSTEXT`` may be absent.
-
     Returns
     -------
     FCSSample
@@ -523,6 +506,21 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
       with a warning naming both offsets and why the other failed; if both pass or neither
       does, :class:`~evflow.errors.FCSDataError` names both offsets.  Judging reads a few
       thousand events, so it costs nothing measurable next to reading the file.
+
+    Every ``$DATATYPE`` is read: I (8- to 64-bit, either byte order), F, D, fixed-width and
+    delimited A.  FCS 3.2 files may give each parameter its own type (``$PnDATATYPE``: I, F
+    and D mixed in one event); their events are decoded column by column to float64 (exact
+    for float32 and for integers below 2**53); a file of one type keeps that type.  Integer
+    ``$PnB`` that are not a multiple of 8 (10-, 12-, 14-bit values of FC500 ``.LMD``,
+    Partec and older Coulter files) are read from whole words whose size the DATA length
+    tells (``$TOT`` x row bytes; normally 16 bits), keeping the ``$PnB`` low bits (or the
+    narrower ``$PnR`` mask); values packed bit to bit raise :class:`FCSUnsupportedError`.
+    FCS 3.2 keywords are exposed by :meth:`FCSSample.channel_type` (``$PnTYPE``; a Time
+    channel is the :attr:`FCSSample.time_channel`), :meth:`~FCSSample.channel_feature`,
+    :meth:`~FCSSample.channel_detector`, :meth:`~FCSSample.channel_analyte`,
+    :meth:`~FCSSample.channel_tag`, :attr:`~FCSSample.begin_datetime`,
+    :attr:`~FCSSample.end_datetime` and :attr:`~FCSSample.flow_rate`; ``$MODE`` and
+    ``$BEGINSTEXT``/``$ENDSTEXT`` may be absent.
     """
     import dask.array as da
     from dask.base import tokenize
