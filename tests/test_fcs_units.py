@@ -12,7 +12,7 @@ from fcs_builder import build_fcs, build_multi
 
 from evflow import ConfigError
 from evflow.cli import main
-from evflow.errors import FCSError, FCSWarning, GatingError
+from evflow.errors import EvflowWarning, FCSError, FCSWarning, GatingError
 from evflow.flow.gates import Dimension, GatingStrategy, RectangleGate
 from evflow.flow.phenotypes import count_phenotypes
 from evflow.io.fcs import read_fcs
@@ -240,20 +240,36 @@ def _exp(tmp_path, scatter="VSSC1-H", scale="", files=None):
 
 
 def test_validate_catches_typos_empty_files_and_bad_volumes_up_front(tmp_path):
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(ConfigError) as exc, pytest.warns(EvflowWarning) as caught:
         load_experiment(_exp(tmp_path, scatter="VSSC1-width", scale='scale = "gain"'))
     msg = str(exc.value)
+    # an empty sample is a per-sample problem: a warning up front, the run fails only that sample
+    empty = [str(w.message) for w in caught if "holds 0 events" in str(w.message)]
+    assert len(empty) == 1 and "'samples[2]' (c): c.fcs holds 0 events (an empty data set)" in empty[0]
+    assert "report 'c' as failed and complete the others" in empty[0]
+    assert "holds 0 events" not in msg
     assert "'flow.scale' is 'gain', expected one of auto, raw, linear, linear-gain" in msg
     typo = [ln for ln in msg.splitlines() if "VSSC1-width" in ln]
     assert len(typo) == 1 and "did you mean 'VSSC1-H'?" in typo[0]
     assert "samples[0].flow a.fcs, samples[1].flow b.fcs, samples[2].flow c.fcs" in typo[0]
     assert msg.count("channels ($PnN): VSSC1-H, FITC-H, FSC-H, Time") == 1
-    assert "'samples[2]' (c): c.fcs holds 0 events (an empty data set)" in msg
     assert "'samples[1]' (b): $VOL is 0 in b.fcs" in msg and "no $VOL" not in msg
     # 37.76 nL over the 2 minutes of $BTIM/$ETIM: 0.0189 uL/min
     assert "'samples[2]' (c): c.fcs: $VOL 37.76 nL over 120 s of acquisition implies a flow rate of 0.0189" in msg
     # a's $VOL (1 uL/min) is plausible
     assert "'samples[0]' (a)" not in msg
+
+
+def test_an_empty_control_stops_the_run_up_front(tmp_path):
+    files = [_cytoflex(tmp_path, "a.fcs", extra={"$VOL": "2000"}), _cytoflex(tmp_path, "b.fcs", extra={"$VOL": "2000"}),
+             _cytoflex(tmp_path, "c.fcs", n=0, extra={"$VOL": "2000"})]
+    p = _exp(tmp_path, files=files)
+    text = p.read_text()
+    head, sep, last = text.rpartition('name = "c"')
+    p.write_text(head + sep + '\nrole = "buffer"' + last)
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(p)
+    assert "'samples[2]' (c): c.fcs holds 0 events (an empty data set): the buffer control is needed" in str(exc.value)
 
 
 def test_validate_checks_calibration_files_too(tmp_path):

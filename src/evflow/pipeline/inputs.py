@@ -120,6 +120,11 @@ def _why(ch, why, where) -> str:
     return f"channel {ch!r} cannot be used in {where}: {why}"
 
 
+#: roles whose events other samples' numbers derive from (buffer subtraction, thresholds, calibration):
+#: an empty file of one of these stops the run at validation; any other empty file fails only itself
+_NEEDED_ROLES = ("buffer", "unstained", "isotype", "beads")
+
+
 def check_flow_files(flow_s, samples, flow_samples, needed_channels, src, problems):
     """For every flow file: readable, not empty, the channels the gates and markers use (each missing
     channel once, naming every file that lacks it; each distinct channel list once), and an analysed
@@ -146,7 +151,18 @@ def check_flow_files(flow_s, samples, flow_samples, needed_channels, src, proble
             problems.append(f"{src}: '{where}' {s.flow.name} cannot be read as FCS: {why}")
             continue
         if fcs.n_events == 0:
-            problems.append(f"{src}: 'samples[{i}]' ({s.name}): {s.flow.name} holds 0 events (an empty data set)")
+            msg = f"{src}: 'samples[{i}]' ({s.name}): {s.flow.name} holds 0 events (an empty data set)"
+            if s.role not in _NEEDED_ROLES:
+                # a per-sample problem: no other sample's numbers derive from it, so the run reports it as
+                # failed and completes the others; a control the others need stops the run here
+                import warnings
+
+                from ..errors import EvflowWarning
+
+                warnings.warn(f"{msg}; the run will report {s.name!r} as failed and complete the others",
+                              EvflowWarning, stacklevel=2)
+            else:
+                problems.append(f"{msg}: the {s.role} control is needed by the other samples")
         miss = _missing(fcs, needed_channels)
         for m in miss:
             missing.setdefault(m, []).append(f"{where} {s.flow.name}")
