@@ -139,16 +139,23 @@ def slot_values(events, plan: FusedPlan, mask=None):
         for dx, dy, verts in plan.polygons:
             keep &= points_in_polygon(dims[dx], dims[dy], verts)
         for edims, mean, icov, d2 in plan.ellipses:
-            icov = np.asarray(icov, dtype=np.float64)
-            diff = [dims[d] - float(mu) for d, mu in zip(edims, mean)]
-            q = np.zeros(n)
-            for a in range(len(edims)):
-                t = np.zeros(n)
-                for b in range(len(edims)):
-                    t = t + icov[a, b] * diff[b]
-                q = q + diff[a] * t
-            keep &= q <= d2
+            keep &= ellipse_inside(dims, edims, mean, icov, d2)
     return slots, keep, dims
+
+
+def ellipse_inside(dims, edims, mean, icov, d2) -> np.ndarray:
+    """Events inside one of the plan's ellipses: ``(x - mean)' icov (x - mean) <= d2`` on the
+    gate's display-scale dimensions ``dims[d]`` for ``d`` in ``edims`` (the kernels' order of sums)."""
+    icov = np.asarray(icov, dtype=np.float64)
+    diff = [dims[d] - float(mu) for d, mu in zip(edims, mean)]
+    n = len(diff[0])
+    q = np.zeros(n)
+    for a in range(len(edims)):
+        t = np.zeros(n)
+        for b in range(len(edims)):
+            t = t + icov[a, b] * diff[b]
+        q = q + diff[a] * t
+    return q <= d2
 
 
 def fused_numpy(events, plan: FusedPlan, mask=None) -> Partial:

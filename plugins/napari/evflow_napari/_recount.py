@@ -22,6 +22,7 @@ import threading
 import numpy as np
 
 from evflow.kernels._numba import njit
+from evflow.kernels.phenotype_numpy import ellipse_inside, table_eval
 
 __all__ = ["Recounter"]
 
@@ -104,8 +105,6 @@ class Recounter:
         key = (slot_channel[s], kind, float(p0), float(p1), tkey)
         v = self._dims.get(key)
         if v is None:
-            from evflow.kernels.phenotype_numpy import table_eval
-
             x = ev[slot_channel[s]].astype(np.float64)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 if kind == 0:
@@ -145,16 +144,8 @@ class Recounter:
             _polygon_mask(dims[dx], dims[dy], np.ascontiguousarray(v[:, 0]), np.ascontiguousarray(v[:, 1]), inside)
             keep &= inside
         for edims, mean, icov, d2 in plan.ellipses:
-            icov = np.asarray(icov, np.float64)
-            diff = [dims[d] - float(mu) for d, mu in zip(edims, mean)]
-            q = np.zeros(n)
             with np.errstate(invalid="ignore", over="ignore"):
-                for a in range(len(edims)):
-                    t = np.zeros(n)
-                    for b in range(len(edims)):
-                        t = t + icov[a, b] * diff[b]
-                    q = q + diff[a] * t
-                keep &= q <= d2
+                keep &= ellipse_inside(dims, edims, mean, icov, d2)
         self._gates[key] = keep
         while len(self._gates) > self.max_gates:
             self._gates.pop(next(iter(self._gates)))

@@ -30,7 +30,7 @@ import numpy as np
 from ...errors import FCSDataError, FCSWarning
 from .data import _decode_rows, _Layout
 from .header import HEADER_SIZE
-from .text import _DataSetInfo, channel_range, is_time_name
+from .text import _DataSetInfo, channel_range, is_time_name, parse_int
 
 #: events decoded at each end of the DATA segment when two readings must be judged
 JUDGE_ROWS = 2048
@@ -53,17 +53,9 @@ def _lenient_int(meta, key):
     raw = meta.get(key)
     if raw is None or not str(raw).strip():
         return None, None
-    s = str(raw).strip()
-    try:
-        v = int(s)
-    except ValueError:
-        try:
-            f = float(s)
-        except ValueError:
-            return None, f"{key} is {raw!r}, expected an integer"
-        if not math.isfinite(f) or f != int(f):
-            return None, f"{key} is {raw!r}, expected an integer"
-        v = int(f)
+    v = parse_int(str(raw).strip())
+    if v is None:
+        return None, f"{key} is {raw!r}, expected an integer"
     if v < 0:
         return None, f"{key} is {v}, expected a non-negative byte offset"
     return v, None

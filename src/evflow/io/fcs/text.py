@@ -95,23 +95,27 @@ def _parse_text(raw: bytes, path, where: str) -> dict[str, str]:
     return out
 
 
+def parse_int(s: str) -> int | None:
+    """An integer keyword value (``"12"``, ``"12.0"``, ``"1e3"``), or None when it is not one."""
+    try:
+        return int(s)
+    except ValueError:
+        try:
+            f = float(s)
+        except ValueError:
+            return None
+        return int(f) if math.isfinite(f) and f == int(f) else None
+
+
 def _int_kw(meta: Mapping[str, str], key: str, path, *, required=True, default=None, minimum=None):
     val = meta.get(key)
     if val is None or not str(val).strip():
         if required:
             raise FCSTextError(f"required keyword {key} is missing", path)
         return default
-    s = str(val).strip()
-    try:
-        out = int(s)
-    except ValueError:
-        try:
-            f = float(s)
-        except ValueError:
-            raise FCSTextError(f"keyword {key} is {val!r}, expected an integer", path) from None
-        if not math.isfinite(f) or f != int(f):
-            raise FCSTextError(f"keyword {key} is {val!r}, expected an integer", path) from None
-        out = int(f)
+    out = parse_int(str(val).strip())
+    if out is None:
+        raise FCSTextError(f"keyword {key} is {val!r}, expected an integer", path)
     if minimum is not None and out < minimum:
         raise FCSTextError(f"keyword {key} is {out}, expected an integer >= {minimum}", path)
     return out
