@@ -107,6 +107,9 @@ def launches():
                                np.zeros(0, np.int32), np.zeros(0, np.int8), sigma=1.3, fit_sigma=True,
                                method="mle", max_iter=30, tol=1e-5, readout_var=0.0)
         groups.setdefault((la.filename, la.options), []).append(la.kernel)
+    for dt in L.CUDA_TYPES:
+        la = L.steps_launch(np, np.zeros((0, 10), dt), np.zeros(0), np.zeros(0), 1.0, 2, 160, n_sm=1)
+        groups.setdefault((la.filename, la.options), []).append(la.kernel)
     return groups
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "dog",
     "local_maxima",
     "windows",
+    "steps",
     "FAMILIES",
 ]
 
@@ -203,6 +204,12 @@ windows.register_lazy("numpy", f"{_K}.filters:windows_xp")
 windows.register_lazy("numba", f"{_K}.filters:windows_numba")
 windows.register_lazy("cupy", f"{_K}.filters:windows_xp")
 
+#: change points of photobleaching traces by binary segmentation (steps.cu)
+steps = Dispatcher("the step counting")
+steps.register_lazy("numpy", f"{_K}.steps:binseg_numpy")
+steps.register_lazy("numba", f"{_K}.steps:binseg_numba")
+steps.register_lazy("cupy", f"{_K}.steps:binseg_cupy")
+
 FAMILIES = {
     "phenotype": phenotype,
     "gaussfit": gaussfit,
@@ -210,4 +217,5 @@ FAMILIES = {
     "dog": dog,
     "local_maxima": local_maxima,
     "windows": windows,
+    "steps": steps,
 }

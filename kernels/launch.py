@@ -22,7 +22,7 @@ import numpy as np
 
 from ._cuda import module_source, source_preamble
 
-__all__ = ["CUDA_TYPES", "Launch", "phenotype_launch", "gaussfit_launch", "run_cupy", "kernel_signature"]
+__all__ = ["CUDA_TYPES", "Launch", "phenotype_launch", "gaussfit_launch", "steps_launch", "run_cupy", "kernel_signature"]
 
 # input dtypes of the fused phenotype kernel and their CUDA types
 CUDA_TYPES = {
@@ -239,5 +239,67 @@ def gaussfit_launch(data, theta, crlb, llr, iters, status, *, sigma, fit_sigma, 
     )
     return Launch(
         "gaussfit.cu", cuda_options(w), "evf_gaussfit", (blocks, 1, 1), (threads, 1, 1), 0,
+        tuple((c, v) for _, c, v in args), tuple(a[0] for a in args),
+    ).check()
+
+
+# ----------------------------------------------------------------------------
+# steps.cu
+# ----------------------------------------------------------------------------
+#
+# What the CPU execution of steps.cu (tests/test_cuda_cpu_steps.py) cannot
+# prove: CUDA's libdevice log() against glibc's (both within 1 ulp; the cost of
+# a split is a sum of such logs, so a split whose cost ties another's to the
+# last bits can go the other way on a GPU: the GPU parity test compares counts
+# exactly and change points to 99 %), races between blocks (they run one after
+# another there; each block owns its row of the s1/s2 scratch and its traces'
+# rows of cps/n_cp, nothing else is shared), occupancy, registers and speed
+# (ci/nvrtc-check prints registers and spills).  Everything else is +, -, *, /
+# and comparisons compiled with --fmad=false, as the NumPy reference rounds them.
+
+#: threads per block of binseg_steps (one block per trace; a power of two)
+STEPS_BLOCK = 128
+#: CUDA's default limit of dynamic shared memory per block without opt-in
+MAX_SHARED_BYTES = 49152
+
+
+def steps_shared_bytes(block: int, max_cp: int) -> int:
+    """Dynamic shared memory of ``binseg_steps``: the reduction buffers and the segment table."""
+    return 16 * int(block) + 32 * (int(max_cp) + 2) + 8
+
+
+def steps_launch(xp, x, a, g, penalty, min_size, max_cp, *, n_sm: int, block: int = STEPS_BLOCK) -> Launch:
+    """Launch of ``binseg_steps<T>`` on the traces ``x`` (traces, frames) of dtype T (any strides > 0).
+
+    ``a``, ``g``: float64 (traces,) noise model; ``n_sm``: multiprocessors of
+    the device (one block per trace, at most 16 blocks per multiprocessor,
+    grid-stride loop beyond).  Outputs ``cps`` int64 (traces, max_cp) and
+    ``n_cp`` int64 (traces,) are written whole by the kernel; ``s1``, ``s2``
+    (blocks, frames + 1) float64 are its scratch.
+    """
+    n_tr, n = (int(v) for v in x.shape)
+    item = x.dtype.itemsize
+    rs, cs = x.strides[0] // item, x.strides[1] // item
+    if block & (block - 1) or not 1 <= block <= 1024:
+        raise ValueError(f"block must be a power of two up to 1024, got {block}")
+    shared = steps_shared_bytes(block, max_cp)
+    if shared > MAX_SHARED_BYTES:
+        raise ValueError(f"max_cp={max_cp} needs {shared} bytes of shared memory; the CUDA kernel allows at most "
+                         f"{(MAX_SHARED_BYTES - 8 - 16 * block) // 32 - 2} change points per trace")
+    grid = max(1, min(n_tr, int(n_sm) * 16))
+    s1 = xp.empty((grid, n + 1), dtype=xp.float64)
+    s2 = xp.empty((grid, n + 1), dtype=xp.float64)
+    cps = xp.empty((n_tr, int(max_cp)), dtype=xp.int64)
+    n_cp = xp.empty(n_tr, dtype=xp.int64)
+    t = CUDA_TYPES[np.dtype(x.dtype)]
+    args = (
+        ("x", f"const {t}*", x), ("n_tr", "long long", n_tr), ("n", "long long", n),
+        ("rs", "long long", int(rs)), ("cs", "long long", int(cs)),
+        ("a_tr", "const double*", a), ("g_tr", "const double*", g), ("pen", "double", float(penalty)),
+        ("ms", "int", int(min_size)), ("max_cp", "int", int(max_cp)),
+        ("s1_all", "double*", s1), ("s2_all", "double*", s2), ("cps", "long long*", cps), ("n_cp", "long long*", n_cp),
+    )
+    return Launch(
+        "steps.cu", ("--fmad=false",), f"binseg_steps<{t}>", (grid, 1, 1), (int(block), 1, 1), shared,
         tuple((c, v) for _, c, v in args), tuple(a[0] for a in args),
     ).check()

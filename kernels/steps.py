@@ -22,11 +22,13 @@ prunes the optimum for this cost in practice).
   vectorised over candidates); the oracle of the parity tests.
 - :func:`changepoints_numba`: the fast CPU version, one ``prange`` over
   traces, the same arithmetic in the same order.
-- :func:`binseg_numpy` / :func:`binseg_numba`: binary segmentation under the
-  same cost and penalty (split the segment whose best split gains most while
-  the gain exceeds the penalty): O(frames x depth) instead of PELT's
-  O(frames^2) on traces with few steps, the default of
-  :func:`evflow.count_bleaching_steps`.
+- :func:`binseg_numpy` / :func:`binseg_numba` / :func:`binseg_cupy`: binary
+  segmentation under the same cost and penalty (split the segment whose best
+  split gains most while the gain exceeds the penalty): O(frames x depth)
+  instead of PELT's O(frames^2) on traces with few steps, the default of
+  :func:`evflow.count_bleaching_steps`.  The CUDA version (``steps.cu``,
+  ``steps_cupy.py``) runs one block per trace, all traces in one launch; its
+  equality contract is in :mod:`evflow.kernels.steps_cupy`.
 
 All return ``(cps, n_cp)``: ``cps[i, :n_cp[i]]`` are the first frames of
 the new segments of trace ``i`` (ascending); ``n_cp[i] == -1`` when a trace
@@ -39,9 +41,12 @@ import math
 
 import numpy as np
 
-from ._numba import HAVE_NUMBA, LAUNCH_LOCK, njit, prange as _prange
+from evflow.errors import ImplementationError
 
-__all__ = ["changepoints_numpy", "changepoints_numba", "binseg_numpy", "binseg_numba", "changepoints"]
+from ._numba import HAVE_NUMBA, LAUNCH_LOCK, njit, prange as _prange
+from .steps_cupy import binseg_cupy
+
+__all__ = ["changepoints_numpy", "changepoints_numba", "binseg_numpy", "binseg_numba", "binseg_cupy", "changepoints"]
 
 
 def _njit(**kwargs):
@@ -376,18 +381,23 @@ def binseg_numba(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64):
     return cps, n_cp
 
 
-_IMPLS = {
-    ("pelt", "numpy"): changepoints_numpy,
-    ("pelt", "numba"): changepoints_numba,
-    ("binseg", "numpy"): binseg_numpy,
-    ("binseg", "numba"): binseg_numba,
-}
+_PELT = {"numpy": changepoints_numpy, "numba": changepoints_numba}
 
 
-def changepoints(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64, *, method="binseg", impl="numba"):
-    """Change points by ``method`` ('binseg' or 'pelt') with ``impl`` ('numpy', 'numba', 'auto')."""
-    impl = "numba" if impl == "auto" else impl
-    fn = _IMPLS.get((method, impl))
-    if fn is None:
-        raise ValueError(f"method must be 'binseg' or 'pelt' and impl 'numpy', 'numba' or 'auto'; got {method!r}, {impl!r}")
-    return fn(traces, noise_var, noise_gain, penalty, min_size, max_cp)
+def changepoints(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64, *, method="binseg", impl="auto"):
+    """Change points by ``method`` ('binseg' or 'pelt') with ``impl`` ('auto', 'numpy', 'numba', 'cupy').
+
+    Binary segmentation goes through the kernel registry (family ``steps``:
+    NumPy, Numba, CUDA); PELT has NumPy and Numba versions.
+    """
+    from . import _registry
+
+    if method == "binseg":
+        return _registry.steps(impl, traces, noise_var, noise_gain, penalty, min_size, max_cp)
+    if method != "pelt":
+        raise ValueError(f"method must be 'binseg' or 'pelt', got {method!r}")
+    name = _registry.check_impl(impl, family="PELT")
+    name = ("numba" if _registry.numba_available() else "numpy") if name == "auto" else name
+    if name not in _PELT:
+        raise ImplementationError(f"impl={impl!r}: PELT has no {name!r} implementation; expected one of auto, numpy, numba")
+    return _PELT[name](traces, noise_var, noise_gain, penalty, min_size, max_cp)

@@ -86,7 +86,7 @@ def test_kernel_sources_ship_with_the_package():
     import evflow.kernels as k
 
     cu = [p.name for p in resources.files(k).iterdir() if p.name.endswith(".cu")]
-    assert {"phenotype.cu", "gaussfit.cu"} <= set(cu), cu
+    assert {"phenotype.cu", "gaussfit.cu", "steps.cu"} <= set(cu), cu
     for name in cu:
         src = k.read_source(name)
         assert "__global__" in src or "extern" in src, name

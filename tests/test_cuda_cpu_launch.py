@@ -17,7 +17,7 @@ pytestmark = pytest.mark.cuda_cpu
 def test_sources_are_the_kernel_files():
     # both the CuPy path and the CPU execution read kernels/*.cu through evflow.kernels
     here = Path(evflow.kernels.__file__).parent
-    for name in ("phenotype.cu", "gaussfit.cu"):
+    for name in ("phenotype.cu", "gaussfit.cu", "steps.cu"):
         text = (here / name).read_text(encoding="utf-8")
         assert evflow.kernels.module_source(name).endswith(text)
     # phenotype.cu is preceded by the #define lines generated from Python, on both paths
@@ -27,6 +27,7 @@ def test_sources_are_the_kernel_files():
     assert evflow.kernels.module_source("phenotype.cu") == cuda_preamble() + (here / "phenotype.cu").read_text()
     assert phenotype_cupy.cuda_source() == evflow.kernels.module_source("phenotype.cu")
     assert evflow.kernels.module_source("gaussfit.cu") == (here / "gaussfit.cu").read_text()
+    assert evflow.kernels.module_source("steps.cu") == (here / "steps.cu").read_text()
 
 
 def test_signatures_parsed_from_the_sources():
@@ -35,6 +36,8 @@ def test_signatures_parsed_from_the_sources():
     assert [t for t, _ in sig[-4:]] == ["unsigned long long*", "unsigned int*", "double*", "unsigned int*"]
     sig = L.kernel_signature(evflow.kernels.module_source("gaussfit.cu"), "evf_gaussfit")
     assert len(sig) == 13 and sig[5] == ("signed char*", "status_out") and sig[-1] == ("double", "tol")
+    sig = L.kernel_signature(evflow.kernels.module_source("steps.cu"), "binseg_steps<float>")
+    assert sig[0] == ("const float*", "x") and sig[7] == ("double", "pen") and sig[-1] == ("long long*", "n_cp")
 
 
 def _gaussfit(n=3):

@@ -12,7 +12,7 @@ plus shot noise), estimated per trace from windows of the trace itself.
    penalty ``penalty * log(n_frames)`` per change point (BIC-like; the noise
    is in the cost, so the penalty needs no tuning to the trace's brightness),
    by binary segmentation (default) or exactly (PELT), batched over traces
-   in :mod:`evflow.kernels.steps` (NumPy reference, Numba).
+   in :mod:`evflow.kernels.steps` (NumPy reference, Numba, CUDA).
 2. Steps smaller than ``min_step`` units are merged away; the unit ``q`` of a
    trace is the median height of its single steps (steps between 0.6 and 1.5
    times the median step height), or the ``unit_height`` given.
@@ -333,8 +333,10 @@ def count_bleaching_steps(
         Change-point search: binary segmentation (greedy, O(frames x depth))
         or PELT (the exact optimum of the same cost; O(frames^2) for traces
         with few steps).
-    impl : {'auto', 'numba', 'numpy'}
-        Kernel: the batched Numba version or the NumPy reference.
+    impl : {'auto', 'numba', 'numpy', 'cupy'}
+        Change-point kernel: the batched Numba version, the NumPy reference
+        or the CUDA kernel (``steps.cu``, binary segmentation only; all
+        traces in one launch).  'auto' is Numba when it imports.
 
     Returns
     -------
@@ -375,8 +377,8 @@ def count_bleaching_steps(
         a = np.broadcast_to(np.asarray(noise_var, float), (n_tr,))
         g = np.broadcast_to(np.asarray(noise_gain, float), (n_tr,))
     max_cp = max(4 * max_steps, 64)
-    if method not in ("binseg", "pelt") or impl not in ("auto", "numba", "numpy"):
-        raise ConfigError(f"method must be 'binseg' or 'pelt' and impl 'auto', 'numba' or 'numpy'; got {method!r}, {impl!r}")
+    if method not in ("binseg", "pelt"):
+        raise ConfigError(f"method must be 'binseg' or 'pelt', got {method!r}")
     cps, n_cp = changepoints(x.T, a, g, penalty * np.log(n), min_segment_frames, max_cp, method=method, impl=impl)
     opts = (min_background_frames, max_steps, max_multiplicity, brightness_cv, blinking == "count")
 
