@@ -261,18 +261,21 @@ def _extrema_region(resp, ninfo, sig, name, bg, core, o, origin=(0, 0)):
     return extrema(snr, md, get_ndi(name), core=core, ring_radius=int(np.ceil(2 * DOG_RATIO * float(sig.max()))))
 
 
-def _field_threshold(parts, n_pixels, o):
+def _field_threshold(parts, n_pixels, o, sig=None):
     """Threshold in noise sigmas for the field (nan with a manual threshold)."""
     if o["threshold"] is not None:
         return float("nan")
     k = auto_threshold_factor(n_pixels, o["false_positives"])
     if o["threshold_rule"] != "adaptive":
         return k
-    from .noise import choose_threshold
+    from .noise import choose_threshold, null_peak_density
 
     maxima = np.concatenate([p[0] for p in parts])
     minima = np.concatenate([p[1] for p in parts])
-    return choose_threshold(maxima, minima, t_max=k, skew=o.get("skew", 0.0), n_pixels=n_pixels)
+    null_px = sum(p[2] for p in parts)
+    lam = null_peak_density(float(np.min(sig))) if sig is not None else 0.0
+    return choose_threshold(maxima, minima, t_max=k, skew=o.get("skew", 0.0), n_pixels=n_pixels,
+                            null_pixels=null_px, peak_density=lam)
 
 
 def _skew(sig, pixel_noise, fill, o):

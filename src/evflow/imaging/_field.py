@@ -125,6 +125,8 @@ def _detect_region(photons, responses, sat, invalid, name, sig, ninfo, thr_snr, 
             "n_rejected_narrow": n_narrow,
             "n_rejected_wide": n_wide,
             "background_radius_px": o["background_radius_px"],
+            "psf_sigma_source": o.get("psf_sigma_source", "given"),
+            "psf_sigma_estimate": o.get("psf_sigma_estimate"),
         }
     )
     return out
@@ -165,28 +167,51 @@ def _fit_with_fallback(photons, yy, xx, sigma, window, method, fit_sigma, readou
     return df
 
 
-def _estimate_sigma(photons, name, camera, impl):
-    """PSF sigma from the field: median fitted sigma of the 200 brightest spots (start 1.5 px; 1.5 px
-    when fewer than 5 fits converge)."""
+#: a PSF-width estimate at or above this (px) is not trusted: the fit windows took in structure wider
+#: than a diffraction-limited spot (cells, nuclei, clustered spots); the default sigma is used instead
+SIGMA_SUSPECT_PX = 3.0
+#: PSF sigma (px) when the field cannot tell (fewer than 5 fits, or an estimate >= SIGMA_SUSPECT_PX)
+DEFAULT_SIGMA_PX = 1.5
+
+
+def _estimate_sigma(photons, name, camera, impl, o=None):
+    """PSF sigma from the field: median fitted sigma of the 200 brightest spots (start 1.5 px).
+
+    :data:`DEFAULT_SIGMA_PX` when fewer than 5 fits converge or the median
+    is at least :data:`SIGMA_SUSPECT_PX`.  With ``o`` (the detection
+    options), ``o['psf_sigma_source']`` says which ('estimated', 'default:
+    too few spots', 'default: estimate too wide') and ``o['psf_sigma_estimate']``
+    holds the median fitted sigma (None without one); both go to the result's attrs."""
+    val, source, raw = _estimate_sigma_info(photons, name, camera, impl)
+    if o is not None:
+        o["psf_sigma_source"], o["psf_sigma_estimate"] = source, raw
+    return val
+
+
+def _estimate_sigma_info(photons, name, camera, impl):
     H, W = photons.shape
     o = dict(threshold=None, camera=camera, false_positives=0.1, min_distance_px=3, exclude_border_px=3, fit=True,
              method="mle", fit_sigma=True, window=11 if min(H, W) >= 11 else None, impl=impl,
              background_radius_px=None, noise="global", block=NOISE_BLOCK_PX, threshold_rule="false_positives",
              level=None, hot_pixels="keep", min_sigma_ratio=0.0, max_sigma_ratio=None)
-    sig = _sigmas(1.5)
+    few = (DEFAULT_SIGMA_PX, "default: too few spots", None)
+    sig = _sigmas(DEFAULT_SIGMA_PX)
     resp = _responses(photons, sig, name)
-    samples = [[_noise_sample_scale(resp[0], 1.5, name, (0, 0), _stride(H * W), None, None)]]
+    samples = [[_noise_sample_scale(resp[0], DEFAULT_SIGMA_PX, name, (0, 0), _stride(H * W), None, None)]]
     try:
         ninfo = _noise_info(samples, sig, (H, W), "global", NOISE_BLOCK_PX)
     except ImageError:
-        return 1.5
+        return few
     none = np.zeros(photons.shape, bool)
     sp = _detect_region(photons, resp, none, none, name, sig, ninfo, auto_threshold_factor(H * W, 0.1), o,
                         origin=(0, 0), field_shape=(H, W), unfixed=True)
     if "fit_status" not in sp:
-        return 1.5
+        return few
     good = sp[(sp["fit_status"] == 0) & np.isfinite(sp["sigma"])]
     if len(good) < 5:
-        return 1.5
+        return few
     good = good.nlargest(200, "snr")
-    return float(np.clip(np.median(good["sigma"]), 0.5, 5.0))
+    raw = float(np.median(good["sigma"]))
+    if raw >= SIGMA_SUSPECT_PX:
+        return DEFAULT_SIGMA_PX, "default: estimate too wide", raw
+    return float(max(raw, 0.5)), "estimated", raw

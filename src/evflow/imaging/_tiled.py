@@ -60,7 +60,7 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
     if psf_sigma_px is None:  # estimated on the central tile
         cy, cx, h = H // 2, W // 2, tile // 2
         e = (max(cy - h, 0), min(cy + h, H), max(cx - h, 0), min(cx + h, W))
-        psf_sigma_px = _estimate_sigma(prepared(e)[0], name, o["camera"], o["impl"])
+        psf_sigma_px = _estimate_sigma(prepared(e)[0], name, o["camera"], o["impl"], o)
     sig = _sigmas(psf_sigma_px)
     md = _min_distance(o["min_distance_px"], sig)
     win = int(o["window"]) if o["window"] is not None else max(fit_window_size(float(s)) for s in sig)
@@ -113,7 +113,7 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
             e, ph, sat, invalid, hot, resp, bg = tile_data(c)
             parts.append(_extrema_region(resp, ninfo, sig, name, bg, local(c, e), o, origin=(e[0], e[2])))
     o = dict(o, skew=_skew(sig, pnoise, fill, o))
-    thr_snr = _field_threshold(parts, H * W, o)
+    thr_snr = _field_threshold(parts, H * W, o, sig)
     # pass 3: detection and fits per tile, spots of the core only
     out_parts = []
     for c in cores:

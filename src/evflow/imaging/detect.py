@@ -127,7 +127,10 @@ def detect_spots(
         PSF standard deviation (px).  A sequence is a scale space: each pixel
         takes the scale with the largest signal-to-noise.  None: estimated
         from the field (median fitted sigma of the brightest spots; 1.5 px
-        when fewer than 5 spots are found).
+        when fewer than 5 spots are found or the estimate is at least 3 px,
+        fit windows that took in cells or clustered spots); ``attrs``
+        ``psf_sigma_source`` says which and ``psf_sigma_estimate`` holds the
+        estimate.
     threshold : float, optional
         Minimum filter response in photons (manual override).  None: the
         automatic threshold in noise sigmas of ``threshold_rule``.
@@ -190,9 +193,13 @@ def detect_spots(
     noise_block_px : int
         Block size (px) of the local noise map.
     threshold_rule : {'adaptive', 'false_positives'}
-        ``'adaptive'``: from the data (:func:`evflow.imaging.noise.choose_threshold`:
-        minima of the response are the null of its maxima; the threshold
-        minimises estimated false plus missed spots), between 3 sigmas and the
+        ``'adaptive'``: from the data (:func:`evflow.imaging.noise.choose_threshold`):
+        the expected number of false maxima above ``t`` comes from the null
+        (minima of the response away from candidate spots, never below the
+        local-maximum count of a Gaussian random field through the filter,
+        :func:`~evflow.imaging.noise.null_counts`); the threshold maximises the
+        estimated F1 among those whose estimated false-discovery rate is at
+        most :data:`~evflow.imaging.noise.FDR_MAX`, between 3 sigmas and the
         ``'false_positives'`` threshold.  ``'false_positives'``: ``k`` noise
         sigmas such that Gaussian noise gives ``false_positives`` per field (at least 5).
     saturation : 'auto', float or None
@@ -291,7 +298,7 @@ def _detect_whole(image, name, psf_sigma_px, o):
     hot_sigma = 1.0 if psf_sigma_px is None else float(_sigmas(psf_sigma_px).min())
     ph, sat, invalid, hot = _prepare(image, o["camera"], name, o["level"], fill, pnoise, hot_sigma, o["hot_pixels"])
     if psf_sigma_px is None:
-        psf_sigma_px = _estimate_sigma(ph, name, o["camera"], o["impl"])
+        psf_sigma_px = _estimate_sigma(ph, name, o["camera"], o["impl"], o)
     sig = _sigmas(psf_sigma_px)
     bg = _background_level(ph, sig, o, name)
     valid = _valid_for_noise(sat, invalid, float(sig.min()))
@@ -306,7 +313,7 @@ def _detect_whole(image, name, psf_sigma_px, o):
             break
         radius = auto_background_radius(sig)
     o["skew"] = _skew(sig, pnoise, fill, o)
-    thr_snr = _field_threshold([_extrema_region(resp, ninfo, sig, name, bg, None, o)], H * W, o)
+    thr_snr = _field_threshold([_extrema_region(resp, ninfo, sig, name, bg, None, o)], H * W, o, sig)
     out = _detect_region(ph, resp, sat, invalid, name, sig, ninfo, thr_snr, o, origin=(0, 0), field_shape=(H, W),
                          bg=bg)
     _finish_attrs(out, sat, hot, H * W)

@@ -16,13 +16,17 @@ halo) gives identically, so a tiled run reaches the numbers of the whole field:
   background at the scale of a few PSFs, so the threshold rises over a bright
   nucleus or a diffuse blob and falls in dim corners.
 - the threshold (:func:`choose_threshold`): extrema of the response in SNR units.
-  Minima of the response in spot-free regions are the empirical null of the
+  Minima of the response away from candidate spots (not within the filter's
+  negative ring of a maximum >= ``T_MIN``) are the empirical null of the
   maxima (pure noise is symmetric, spots are not): the expected number of false
   maxima above ``t`` is the number of such minima below ``-t``, scaled by the
   share of the field they were counted in, corrected for the skew of Poisson
-  noise and never below the Gaussian expectation.  The threshold maximises
-  the estimated F1 within ``[t_min, t_max]``; a field too small to calibrate
-  the null (fewer than ``MIN_NULL`` minima) keeps ``t_max``.
+  noise and never below the expected number of local maxima of a Gaussian
+  random field through the filter (:func:`null_counts`).  The threshold
+  maximises the estimated F1 among those with an estimated false-discovery
+  rate ``FP(t) / D(t)`` of at most ``FDR_MAX``, within ``[t_min, t_max]``; a
+  field too small to calibrate the null (fewer than ``MIN_NULL_PIXELS``
+  spot-free pixels, or fewer than ``MIN_NULL`` expected null maxima) keeps ``t_max``.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ import math
 
 import numpy as np
 
-__all__ = ["mask_radius", "noise_samples", "robust_noise", "background_level", "fit_noise_model", "noise_from_model", "extrema", "choose_threshold",
-           "NOISE_CLIP", "NOISE_ITERATIONS", "T_MIN"]
+__all__ = ["mask_radius", "noise_samples", "robust_noise", "background_level", "fit_noise_model", "noise_from_model", "extrema", "choose_threshold", "null_counts", "null_peak_density",
+           "NOISE_CLIP", "NOISE_ITERATIONS", "T_MIN", "FDR_MAX"]
 
 #: samples within mask_radius of a response above NOISE_CLIP * noise are left out
 NOISE_CLIP = 3.0
@@ -41,9 +45,13 @@ NOISE_ITERATIONS = 6
 #: lowest automatic threshold (noise sigmas)
 T_MIN = 3.0
 #: weight of the Poisson uncertainty sqrt(FP) of the false-positive count in the threshold score
-FP_UNCERTAINTY = 2.0
+FP_UNCERTAINTY = 1.0
 #: the threshold is lowered below t_max only when at least this many minima calibrate the null
 MIN_NULL = 20
+#: largest estimated false-discovery rate of an automatic threshold (share of false spots among those kept)
+FDR_MAX = 0.3
+#: ... and only when the spot-free area counted in is at least this many pixels
+MIN_NULL_PIXELS = 4096
 
 
 def mask_radius(sigma: float) -> int:
@@ -195,11 +203,13 @@ MIN_DEPTH_SHARE = 0.6
 
 
 def extrema(snr, radius, ndi, *, core=None, t_low=T_MIN, ring_radius=None):
-    """SNR of the local maxima >= t_low and of the minima <= -t_low of ``snr`` (within ``core``).
+    """SNR of the local maxima >= t_low and of the null minima <= -MIN_DEPTH_SHARE * t_low of ``snr``.
 
-    A minimum within ``ring_radius`` of a maximum whose negative ring could
-    explain it (``0.15 * max >= -min``) is left out of the null.  Returns
-    (maxima, minima as positive numbers, number of pixels counted in).
+    The null minima are counted only away from candidate spots: a minimum
+    within ``ring_radius`` of a maximum >= ``t_low`` is left out (the
+    filter's negative ring shifts the noise there), and so are the pixels
+    counted in.  Returns (maxima, minima as positive numbers, pixels whose
+    minima were counted, pixels), within ``core``.
     """
     from ..backend import to_numpy
 
@@ -213,9 +223,10 @@ def extrema(snr, radius, ndi, *, core=None, t_low=T_MIN, ring_radius=None):
     sl = (slice(y0, y1), slice(x0, x1))
     sc, mxc, mnc, nc = (to_numpy(a[sl]) for a in (s, mx, mn, near))
     maxima = sc[(sc == mxc) & (sc >= t_low)].astype(np.float64)
-    is_min = (sc == mnc) & (sc <= -MIN_DEPTH_SHARE * t_low) & (0.15 * nc < -sc)
+    free = nc < t_low
+    is_min = (sc == mnc) & (sc <= -MIN_DEPTH_SHARE * t_low) & free
     minima = -sc[is_min].astype(np.float64)
-    return maxima, minima, int(sc.size)
+    return maxima, minima, int(free.sum()), int(sc.size)
 
 
 def response_skewness(sigma: float, pixel_noise: float, background: float) -> float:
@@ -269,37 +280,77 @@ def _mirror(ts, skew):
     return w - g * (w * w - 1.0)
 
 
-def choose_threshold(maxima, minima, *, t_min=T_MIN, t_max=5.0, step=0.05, skew=0.0, n_pixels=0) -> float:
-    """The SNR threshold that minimises estimated false positives plus missed spots.
+def null_peak_density(sigma: float) -> float:
+    """``lambda_2`` of the detection filter's response to white noise: the variance of its spatial
+    derivative over its variance (px^-2), which sets the density of its local maxima."""
+    return _lambda2(float(sigma))
 
-    ``maxima``: SNR of the candidate maxima; ``minima``: depths of the null
-    minima (the same field).  ``t`` maximises ``D(t) - 2 FP(t)`` (D: maxima
-    >= t, FP: minima >= t, counted as ``FP + sqrt(FP)`` for its Poisson
-    uncertainty); ties take the highest ``t``.  ``skew`` (of the noise,
-    :func:`response_skewness`): a maximum at ``t`` is matched with minima at
-    the depth of equal tail probability (Poisson noise has the longer tail
-    on the bright side).
+
+@functools.lru_cache(maxsize=64)
+def _lambda2(sigma):
+    w = _kernel(sigma)
+    g = np.gradient(w, axis=1)
+    return float(np.sum(g**2) / np.sum(w**2))
+
+
+def null_counts(ts, minima, *, skew=0.0, n_pixels=0, null_pixels=None, peak_density=0.0):
+    """Expected false maxima above each SNR ``ts`` of the field (the null).
+
+    The null minima deeper than the mirrored depth (:func:`_mirror`, equal
+    tail probability under the skew), scaled from the ``null_pixels`` they
+    were counted in to the field's ``n_pixels``; never below the expected
+    number of local maxima of a Gaussian random field (the Euler-characteristic
+    density ``n_pixels * lambda_2 / (2 pi)^1.5 * t * exp(-t^2 / 2)``,
+    ``lambda_2`` = ``peak_density``, :func:`null_peak_density`; at the depth
+    of equal tail probability under the skew).  Heavier tails than the
+    Gaussian (camera noise, artefacts) show in the minima.
+    """
+    ts = np.asarray(ts, np.float64)
+    mn = np.sort(np.asarray(minima, np.float64))
+    fp = (mn.size - np.searchsorted(mn, _mirror(ts, skew), side="left")).astype(np.float64)
+    if n_pixels and null_pixels:
+        fp = fp * (float(n_pixels) / max(float(null_pixels), 1.0))
+    if n_pixels and peak_density > 0:
+        g = skew / 6.0
+        w = ts if g <= 1e-9 else (-1.0 + np.sqrt(1.0 + 4.0 * g * (ts + g))) / (2.0 * g)
+        fp = np.maximum(fp, n_pixels * peak_density / (2 * np.pi) ** 1.5 * w * np.exp(-0.5 * w * w))
+    return fp
+
+
+def choose_threshold(maxima, minima, *, t_min=T_MIN, t_max=5.0, step=0.05, skew=0.0, n_pixels=0,
+                     null_pixels=None, peak_density=0.0, fdr_max=FDR_MAX) -> float:
+    """The SNR threshold with the largest estimated F1, within a false-discovery-rate bound.
+
+    ``maxima``: SNR of the candidate maxima (``D(t)`` of them at or above
+    ``t``); ``minima``: depths of the null minima of the same field, counted
+    in ``null_pixels`` of its ``n_pixels`` (:func:`null_counts` gives the
+    expected false maxima ``FP(t)``, counted as ``FP + FP_UNCERTAINTY *
+    sqrt(FP)``).  ``t`` maximises ``2 (D - FP) / (D + max(D - FP))`` (the
+    estimated F1) among the thresholds whose estimated false-discovery rate
+    ``FP(t) / D(t)`` is at most ``fdr_max`` (the Benjamini-Hochberg estimate
+    with the null's expected count); ties take the highest ``t``.  A field
+    whose spot-free area ``null_pixels`` is under ``MIN_NULL_PIXELS``,
+    fewer than ``MIN_NULL`` expected null maxima at ``t_min``, or no more
+    maxima than the null keeps ``t_max``.
     """
     if t_max <= t_min:
         return float(t_max)
     ts = np.arange(t_min, t_max + 1e-9, step)
     mx = np.sort(np.asarray(maxima, np.float64))
-    mn = np.sort(np.asarray(minima, np.float64))
-    d = mx.size - np.searchsorted(mx, ts, side="left")
-    fp = (mn.size - np.searchsorted(mn, _mirror(ts, skew), side="left")).astype(np.float64)
-    if fp[0] < MIN_NULL:  # too few null minima to tell noise from dim spots (a small field): stay at t_max
+    d = (mx.size - np.searchsorted(mx, ts, side="left")).astype(np.float64)
+    if null_pixels is not None and null_pixels < MIN_NULL_PIXELS:  # too little spot-free area to calibrate
+        return float(t_max)
+    fp = null_counts(ts, minima, skew=skew, n_pixels=n_pixels, null_pixels=null_pixels, peak_density=peak_density)
+    if fp[0] < MIN_NULL:  # too few null maxima expected to tell noise from dim spots (a small field)
         return float(t_max)
     if d[0] <= fp[0]:  # no more maxima than the null gives: nothing to gain below t_max
         return float(t_max)
-    if n_pixels:  # never fewer than Gaussian noise would give (a floor where the minima are too few to tell)
-        from scipy.special import ndtr
-
-        g = skew / 6.0
-        w = ts if g <= 1e-9 else (-1.0 + np.sqrt(1.0 + 4.0 * g * (ts + g))) / (2.0 * g)
-        fp = np.maximum(fp, n_pixels * ndtr(-w))
-    # false positives counted with their uncertainty: noise alone must not pull the threshold down
     fp = fp + FP_UNCERTAINTY * np.sqrt(fp)
     tp = np.maximum(d - fp, 0.0)
     score = 2.0 * tp / np.maximum(d + tp.max(), 1.0)
+    fdr = np.minimum(fp / np.maximum(d, 1.0), 1.0)
+    score = np.where(fdr <= fdr_max, score, -1.0)
+    if score.max() < 0:
+        return float(t_max)
     best = np.flatnonzero(score == score.max())
     return round(float(ts[best[-1]]), 6)
