@@ -163,24 +163,35 @@ def _is_cupy(a) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
-def _host(a):
-    return a.get() if _is_cupy(a) else a
+def _host(a, what):
+    if not _is_cupy(a):
+        return a
+    from evflow.backend import to_host
+
+    return to_host(a, what=what)
 
 
-def fused(events, plan: FusedPlan, mask=None, impl: str = "auto", n_threads: int | None = None) -> Partial:
+def fused(events, plan: FusedPlan, mask=None, impl: str = "auto", n_threads: int | None = None,
+          on_device: bool = False) -> Partial:
     """Run the fused kernel on one in-memory chunk.
 
     ``impl``: 'numpy' (reference), 'numba', 'cupy', or 'auto' (CuPy for a CuPy
     chunk, Numba otherwise; see :mod:`evflow.kernels._registry`).  A CuPy chunk
     given to 'numpy' or 'numba' is copied to the host.  ``n_threads``: Numba
-    threads for this chunk (default: all).
+    threads for this chunk (default: all).  ``on_device``: the CUDA kernel's
+    partial stays on the GPU (CuPy arrays that add up there; bring the sum back
+    with :meth:`Partial.to_host`); the CPU kernels' partials are NumPy anyway.
     """
     name = _registry.phenotype.resolve(impl, events)
+    if name == "cupy" and on_device:
+        from .phenotype_cupy import partial_cupy
+
+        return partial_cupy(events, plan, mask)
     fn = _registry.phenotype.get(name)
     if name == "cupy":
         return fn(events, plan, mask)
-    events = _host(events)
-    mask = None if mask is None else _host(mask)
+    events = _host(events, "events chunk")
+    mask = None if mask is None else _host(mask, "mask chunk")
     if name == "numba":
         return fn(events, plan, mask, n_threads=n_threads)
     return fn(events, plan, mask)

@@ -9,8 +9,6 @@ fine-histogram constants, from the Python that owns them) and
 
 from __future__ import annotations
 
-import numpy as np
-
 from ._cuda import BoundedCache
 from .launch import CUDA_TYPES as _CUDA_TYPES, phenotype_launch, run_cupy
 from .phenotype_plan import (
@@ -40,7 +38,9 @@ def _device_plan(plan: FusedPlan):
     got = _DEVICE_PLANS.get(key)
     if got is None or got[0] is not plan:
         ip, dp = plan.packed()
-        got = (plan, cupy.asarray(ip), cupy.asarray(dp))
+        from evflow.backend import to_device
+
+        got = (plan, to_device(ip, "cupy", what="plan"), to_device(dp, "cupy", what="plan"))
         _DEVICE_PLANS.put(key, got)
     return got[1], got[2]
 
@@ -53,7 +53,9 @@ def launch_cupy(events, plan: FusedPlan, mask=None):
     """
     import cupy
 
-    ev = cupy.asarray(events)
+    from evflow.backend import to_device
+
+    ev = to_device(events, "cupy", what="events chunk")  # a CuPy chunk stays as it is
     _check_events(ev, plan)
     if ev.dtype not in _CUDA_TYPES:
         ev = ev.astype(cupy.float64)
@@ -63,7 +65,7 @@ def launch_cupy(events, plan: FusedPlan, mask=None):
     if len(plan.slots) > MAX_SLOTS or len(plan.dims) > MAX_DIMS:
         raise ValueError(f"the CUDA kernel handles at most {MAX_SLOTS} channels and {MAX_DIMS} dimensions")
     if mask is not None:
-        mask = cupy.asarray(mask, dtype=cupy.bool_)
+        mask = to_device(mask, "cupy", what="mask").astype(cupy.bool_, copy=False)
         if mask.shape != (n,):
             raise ValueError(f"mask has shape {mask.shape}, expected ({n},)")
     ip, dp = _device_plan(plan)
@@ -80,16 +82,23 @@ def launch_cupy(events, plan: FusedPlan, mask=None):
     return counts, pos_hist, pos_sum, density
 
 
-def fused_cupy(events, plan: FusedPlan, mask=None) -> Partial:
-    """CUDA version of the fused kernel on a CuPy chunk (``phenotype.cu``)."""
+def partial_cupy(events, plan: FusedPlan, mask=None) -> Partial:
+    """The fused kernel's partial of a CuPy chunk, left on the device (int64 CuPy arrays; partials add up
+    there, and :meth:`Partial.to_host` brings a sum back in one copy)."""
+    import cupy
+
     counts, pos_hist, pos_sum, density = launch_cupy(events, plan, mask)
     k = plan.n_markers
     nx, ny = plan.density_shape()
     return Partial(
         int(events.shape[0]),
-        counts.get().astype(np.int64),
-        pos_hist.get().astype(np.int64)[:k],
-        pos_sum.get()[:k],
-        density.get().astype(np.int64)[: nx * ny].reshape(nx, ny),
+        counts.astype(cupy.int64),
+        pos_hist[:k].astype(cupy.int64),
+        pos_sum[:k].copy(),
+        density[: nx * ny].astype(cupy.int64).reshape(nx, ny),
     )
 
+
+def fused_cupy(events, plan: FusedPlan, mask=None) -> Partial:
+    """CUDA version of the fused kernel on a CuPy chunk (``phenotype.cu``); the partial on the host (one copy)."""
+    return partial_cupy(events, plan, mask).to_host(what="partial")

@@ -298,6 +298,30 @@ class Partial:
             self.density + other.density,
         )
 
+    def to_host(self, what: str = "partial") -> Partial:
+        """This partial with NumPy arrays: one crossing (:func:`evflow.backend.to_host`) of one packed int64
+        buffer (counts, positive histograms, ``pos_sum`` bit for bit, density), whichever backend holds it."""
+        from evflow.backend import array_module, to_host
+
+        xp = array_module(self.counts)
+        k, nb = self.pos_hist.shape
+        dshape = tuple(int(v) for v in self.density.shape)
+        packed = xp.concatenate([
+            xp.asarray(self.counts, dtype=xp.int64).ravel(),
+            xp.asarray(self.pos_hist, dtype=xp.int64).ravel(),
+            xp.ascontiguousarray(xp.asarray(self.pos_sum, dtype=xp.float64)).view(xp.int64).ravel(),
+            xp.asarray(self.density, dtype=xp.int64).ravel(),
+        ])
+        h = to_host(packed, what=what)
+        n_c, n_h = int(self.counts.shape[0]), k * nb
+        return Partial(
+            int(self.n_events),
+            h[:n_c].copy(),
+            h[n_c:n_c + n_h].reshape(k, nb).copy(),
+            h[n_c + n_h:n_c + n_h + k].view(np.float64).copy(),
+            h[n_c + n_h + k:].reshape(dshape).copy(),
+        )
+
     @property
     def n_parent(self) -> int:
         return int(self.counts.sum())

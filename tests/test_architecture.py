@@ -121,3 +121,32 @@ def test_no_module_over_700_lines():
     long = {str(p.relative_to(ROOT)): n for p, _ in _modules().values()
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+#: device paths: data stay on the device between evflow.backend.to_device and to_host
+DEVICE_PATHS = ["src/evflow/flow/_events.py", "src/evflow/flow/phenotypes.py", "src/evflow/flow/density.py",
+                "src/evflow/imaging/_core.py", "src/evflow/imaging/_field.py", "src/evflow/imaging/localize.py",
+                "src/evflow/imaging/noise.py", "kernels/phenotype.py", "kernels/phenotype_cupy.py",
+                "kernels/phenotype_plan.py", "kernels/gaussfit.py", "kernels/gaussfit_cupy.py", "kernels/filters.py"]
+
+
+def test_host_device_crossings_only_in_backend():
+    """Copies between host and device go through evflow.backend (to_device / to_host, counted by
+    count_transfers); no ``.get()``, ``cupy.asnumpy``, ``cupy.asarray`` or ``__import__('cupy')`` elsewhere
+    in the package, and no ``to_numpy`` (uncounted on the host) inside the device paths."""
+    import re
+
+    bad = []
+    for folder in PACKAGES.values():
+        for p in sorted(folder.rglob("*.py")):
+            if p == ROOT / "src" / "evflow" / "backend.py":
+                continue
+            for i, line in enumerate(p.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if re.search(r"\.get\(\)|asnumpy\(|cupy\.asarray\(|__import__\(.cupy.\)", code):
+                    bad.append(f"{p.relative_to(ROOT)}:{i}: {line.strip()}")
+    for rel in DEVICE_PATHS:
+        for i, line in enumerate((ROOT / rel).read_text().splitlines(), 1):
+            if re.search(r"(?<![\w.\]])to_numpy\(", line.split("#", 1)[0]):
+                bad.append(f"{rel}:{i}: {line.strip()}")
+    assert not bad, "host<->device crossings outside evflow.backend:\n" + "\n".join(bad)

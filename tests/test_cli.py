@@ -221,3 +221,35 @@ flow = "{cells}"
     assert main(["validate", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "FL1-H" in err and "sample006.fcs" in err
+
+
+def test_demo_backend_cupy_without_gpu_is_a_clear_error(tmp_path):
+    from evflow.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("this machine has a GPU: evflow demo --backend cupy runs there (ci/gpu-check)")
+    out = tmp_path / "demo"
+    r = _run("demo", "--backend", "cupy", "--out", str(out), "--events", "2000", "--fields", "1")
+    assert r.returncode == 1, r.stderr
+    assert "backend 'cupy' was requested" in r.stderr and "backend='numpy'" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()  # stopped before anything was written
+
+
+def test_local_cuda_scheduler_names_the_missing_extra():
+    import importlib.util
+
+    from evflow.errors import ConfigError
+    from evflow.pipeline.scheduler import scheduler_context
+
+    if importlib.util.find_spec("dask_cuda") is not None:
+        from evflow.backend import gpu_available
+
+        if gpu_available():
+            pytest.skip("dask-cuda and a GPU are here: the local-cuda cluster starts (tests marked gpu)")
+        match = "needs a CUDA GPU with CuPy"
+    else:
+        match = r"needs dask-cuda.*evflow\[dask-cuda\]"
+    with pytest.raises(ConfigError, match=match):
+        with scheduler_context("local-cuda"):
+            pass

@@ -10,13 +10,23 @@ The backend comes from, in order: an explicit ``backend=`` argument, the
 ``auto``.  ``auto`` picks CuPy only when a CUDA device really works: importing
 ``cupy`` succeeds on machines without a GPU, so a tiny computation is run on
 the device to make sure.
+
+Host <-> device crossings happen in this module only: :func:`to_device` (host
+arrays through a pinned staging buffer and a per-thread CUDA stream) and
+:func:`to_host` (one device-to-host copy).  Each call is recorded while a
+:func:`count_transfers` block is open, on the NumPy backend too (where the
+"copy" is free), so the CPU tests count the crossings a CuPy run makes: the
+same code calls the same crossing points on either backend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
+import threading
+from dataclasses import dataclass, field
 from types import ModuleType
 
 from .errors import BackendError
@@ -31,6 +41,10 @@ __all__ = [
     "array_module",
     "to_numpy",
     "to_backend",
+    "to_device",
+    "to_host",
+    "count_transfers",
+    "TransferLog",
 ]
 
 BACKENDS = ("auto", "numpy", "cupy")
@@ -140,22 +154,182 @@ def array_module(a) -> ModuleType:
     return numpy
 
 
-def to_numpy(a):
-    """Return ``a`` as a NumPy array (copies from the device when ``a`` is CuPy)."""
+# ============================================================================ host <-> device crossings
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One call of a crossing point: ``direction`` 'to_device' or 'to_host', the ``backend`` the data went to
+    (or came from), ``nbytes``, ``copied`` (False on the NumPy backend, where nothing moves) and ``what``."""
+
+    direction: str
+    backend: str
+    nbytes: int
+    copied: bool
+    what: str
+
+
+@dataclass
+class TransferLog:
+    """The crossings recorded while a :func:`count_transfers` block was open (every thread of the process)."""
+
+    transfers: list = field(default_factory=list)
+
+    def count(self, direction=None, what=None) -> int:
+        """Number of crossings, optionally of one ``direction`` ('to_device', 'to_host') and label ``what``."""
+        return sum(1 for t in self.transfers
+                   if (direction is None or t.direction == direction) and (what is None or t.what == what))
+
+    @property
+    def to_device(self) -> int:
+        """Crossings towards the compute device."""
+        return self.count("to_device")
+
+    @property
+    def to_host(self) -> int:
+        """Crossings back to the host."""
+        return self.count("to_host")
+
+    def by_label(self) -> dict:
+        """``{(direction, what): count}``."""
+        out: dict = {}
+        for t in self.transfers:
+            out[(t.direction, t.what)] = out.get((t.direction, t.what), 0) + 1
+        return out
+
+
+_LOGS: list = []
+_LOGS_LOCK = threading.Lock()
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def count_transfers():
+    """Record every host <-> device crossing (:func:`to_device`, :func:`to_host`, :func:`to_numpy`) of this
+    process while the block runs, on every thread (dask's threaded scheduler runs chunks on its own threads).
+
+    Workers of a ``distributed`` cluster are other processes: their crossings are not seen here.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from evflow.backend import count_transfers, to_device, to_host
+    >>> with count_transfers() as log:
+    ...     _ = to_host(to_device(np.arange(3), "numpy") * 2)
+    >>> (log.to_device, log.to_host)
+    (1, 1)
+    """
+    log = TransferLog()
+    with _LOGS_LOCK:
+        _LOGS.append(log)
+    try:
+        yield log
+    finally:
+        with _LOGS_LOCK:
+            _LOGS.remove(log)
+
+
+def _record(direction, backend, nbytes, copied, what):
+    if _LOGS:
+        t = Transfer(direction, backend, int(nbytes), bool(copied), str(what))
+        with _LOGS_LOCK:
+            for log in _LOGS:
+                log.transfers.append(t)
+
+
+def _is_dask(a) -> bool:
+    return type(a).__module__.split(".")[0] == "dask"
+
+
+def _stream_and_staging(nbytes):
+    """This thread's non-blocking CUDA stream and a pinned host buffer of at least ``nbytes`` (reused)."""
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    st = getattr(_LOCAL, "staging", None)
+    if st is None or st[0] != dev or st[3] < nbytes:
+        stream = st[1] if st is not None and st[0] == dev else cupy.cuda.Stream(non_blocking=True)
+        size = max(int(nbytes), 1 << 20)
+        st = (dev, stream, cupy.cuda.alloc_pinned_memory(size), size)
+        _LOCAL.staging = st
+    return st[1], st[2]
+
+
+def to_device(a, backend: str | None = None, *, stream=None, what: str = "array"):
+    """Move a host array to ``backend``'s device: the one crossing from the host into a computation.
+
+    On 'cupy' a NumPy array is copied into a pinned staging buffer (reused per thread) and from there to the
+    GPU on ``stream`` (default: a non-blocking stream of this thread), which is synchronised before
+    returning; a CuPy array is returned as it is (nothing crosses, nothing is recorded).  On 'numpy' the
+    array is returned as a NumPy array (a CuPy one is copied back with :func:`to_host`).  ``what`` labels
+    the crossing in :func:`count_transfers`.
+    """
     import numpy as np
 
+    name = resolve_backend(backend)
+    if _is_dask(a):
+        a = a.compute(scheduler="sync")
+    if name == "numpy":
+        if _is_cupy_array(a):
+            return to_host(a, what=what)
+        a = np.asarray(a)
+        _record("to_device", "numpy", a.nbytes, False, what)
+        return a
     if _is_cupy_array(a):
-        return a.get()
-    if type(a).__module__.split(".")[0] == "dask":
+        return a
+    import cupy
+
+    host = np.ascontiguousarray(a)
+    own_stream, pinned = _stream_and_staging(host.nbytes)
+    stream = own_stream if stream is None else stream
+    staged = np.frombuffer(pinned, dtype=np.uint8, count=host.nbytes).view(host.dtype).reshape(host.shape)
+    staged[...] = host
+    out = cupy.empty(host.shape, dtype=host.dtype)
+    if host.nbytes:
+        out.set(staged, stream=stream)
+        stream.synchronize()  # the staging buffer is reused by this thread's next crossing
+    _record("to_device", "cupy", host.nbytes, True, what)
+    return out
+
+
+def to_host(a, *, what: str = "array"):
+    """Return ``a`` as a NumPy array: the one crossing from a device result back to the host.
+
+    A CuPy array is copied once (``.get()``); a dask array is computed first; anything else goes through
+    ``numpy.asarray``.  Every call is recorded by :func:`count_transfers` (``copied`` only for CuPy).
+    """
+    import numpy as np
+
+    if _is_dask(a):
         a = a.compute()
-        return a.get() if _is_cupy_array(a) else np.asarray(a)
+    if _is_cupy_array(a):
+        _record("to_host", "cupy", a.nbytes, True, what)
+        return a.get()
+    a = np.asarray(a)
+    _record("to_host", "numpy", a.nbytes, False, what)
+    return a
+
+
+def to_numpy(a):
+    """Return ``a`` as a NumPy array (copies from the device when ``a`` is CuPy).
+
+    For host code that may be handed device arrays; only a real copy is recorded by :func:`count_transfers`.
+    Device paths cross with :func:`to_host` instead (recorded on either backend, so the CPU tests see them).
+    """
+    import numpy as np
+
+    if _is_dask(a):
+        a = a.compute()
+    if _is_cupy_array(a):
+        return to_host(a, what="to_numpy")
     return np.asarray(a)
 
 
 def to_backend(a, backend: str | None = None):
-    """Move ``a`` to ``backend`` ('numpy' or 'cupy'); dask arrays stay lazy."""
+    """Move ``a`` to ``backend`` ('numpy' or 'cupy'); dask arrays stay lazy (one :func:`to_device` per chunk,
+    ``meta`` of the target type)."""
     name = resolve_backend(backend)
-    if type(a).__module__.split(".")[0] == "dask":
+    if _is_dask(a):
         if name == array_backend(a):
             return a
         import numpy as np
@@ -163,10 +337,9 @@ def to_backend(a, backend: str | None = None):
         if name == "cupy":
             import cupy
 
-            return a.map_blocks(cupy.asarray, dtype=a.dtype, meta=cupy.empty((0,) * a.ndim, a.dtype))
-        return a.map_blocks(to_numpy, dtype=a.dtype, meta=np.empty((0,) * a.ndim, a.dtype))
+            return a.map_blocks(to_device, "cupy", what="chunk", dtype=a.dtype,
+                                meta=cupy.empty((0,) * a.ndim, a.dtype))
+        return a.map_blocks(to_host, what="chunk", dtype=a.dtype, meta=np.empty((0,) * a.ndim, a.dtype))
     if name == "cupy":
-        import cupy
-
-        return cupy.asarray(a)
+        return to_device(a, "cupy")
     return to_numpy(a)

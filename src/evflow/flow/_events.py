@@ -8,6 +8,7 @@ results are summed (or concatenated) in a binary tree.
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
 from collections.abc import Mapping
@@ -110,28 +111,43 @@ def _worker_threads():
     return int(v) if v.isdigit() and int(v) > 0 else None
 
 
-def _block_partial(block, plan, impl, mask_info, n_threads=None):
+def _block_partial(block, plan, impl, mask_info, n_threads=None, backend="numpy"):
+    """One chunk's partial: the chunk read on the host crosses to ``backend``'s device once
+    (:func:`evflow.backend.to_device`), is gated and counted there, and its partial stays there
+    (the partials of a sample add up on the device; :func:`_sample_total` brings the sum back once)."""
+    from ..backend import to_device
     from ..kernels.phenotype import fused
 
     if n_threads is None:
         n_threads = _worker_threads()
-
+    block = to_device(block, backend, what="events chunk")
     mask = None
     if mask_info is not None:
         strategy, channels, gate_id, fcs = mask_info
         mask = strategy.mask(block, channels, gate_id, fcs)
-    return fused(block, plan, mask=mask, impl=impl, n_threads=n_threads)
+    return fused(block, plan, mask=mask, impl=impl, n_threads=n_threads, on_device=True)
+
+
+def _to_host_partial(partial):
+    return partial.to_host(what="sample partial")
+
+
+def _sample_total(parts):
+    """The delayed sum of a sample's chunk partials, on the host: one crossing back per sample."""
+    import dask
+
+    return dask.delayed(_to_host_partial)(_tree(parts, operator.add))
 
 
 def _block_control_values(block, plan, mask_info, slots):
-    from ..backend import to_numpy
+    from ..backend import to_host
     from ..kernels.phenotype import slot_values
 
-    block = to_numpy(block)
+    block = to_host(block, what="control chunk")  # controls are gated on the host (values for the rules)
     mask = None
     if mask_info is not None:
         strategy, channels, gate_id, fcs = mask_info
-        mask = to_numpy(strategy.mask(block, channels, gate_id, fcs))
+        mask = strategy.mask(block, channels, gate_id, fcs)
     vals, keep, _ = slot_values(block, plan, mask)
     return vals[list(slots)][:, keep]
 
@@ -168,8 +184,8 @@ _renamed_kernel = renamed_impl("kernel", values={"reference": "numpy", "fast": "
 
 
 def _prepare_events(sample, sname, backend):
-    from ..backend import to_backend
-
+    """The sample's linear-scale events as they are read (host chunks; each chunk task moves its chunk to
+    ``backend``'s device itself, see :func:`_block_partial`)."""
     if sample.n_events == 0 or sample.events.shape[0] == 0:
         raise GatingError(f"sample {sname!r} has no events; nothing to count")
-    return to_backend(_scaled_events(sample), backend)
+    return _scaled_events(sample)

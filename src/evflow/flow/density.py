@@ -6,7 +6,6 @@ Same gating and kernels as :func:`evflow.flow.phenotypes.count_phenotypes`
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping
 
 import numpy as np
@@ -18,8 +17,8 @@ from ._events import (
     _kernel_name,
     _prepare_events,
     _renamed_kernel,
+    _sample_total,
     _samples,
-    _tree,
 )
 from ._plan import _compile, _make_plan, _names, _parent_gates, _Unsupported
 
@@ -131,8 +130,8 @@ def density2d(
     ev = _prepare_events(smp, sname, be)
     mask_info = None if use_mask is None else (strategy, _names(smp), use_mask, fcs_comp)
     nt = _chunk_threads(ev)
-    parts = [dask.delayed(_block_partial)(b, plan, kname, mask_info, nt) for b in ev.to_delayed().ravel()]
-    (total,) = dask.compute(_tree(parts, operator.add))
+    parts = [dask.delayed(_block_partial)(b, plan, kname, mask_info, nt, be) for b in ev.to_delayed().ravel()]
+    (total,) = dask.compute(_sample_total(parts))
     xe = np.linspace(rx[0], rx[1], nx + 1)
     ye = np.linspace(ry[0], ry[1], ny + 1)
     n_parent = int(total.counts.sum())

@@ -33,7 +33,6 @@ precomputed parent mask.
 
 from __future__ import annotations
 
-import operator
 import warnings
 
 import numpy as np
@@ -53,6 +52,7 @@ from ._events import (  # noqa: F401
     _prepare_events,
     _renamed_kernel,
     _sample_spillover,
+    _sample_total,
     _samples,
     _scaled_events,
     _tree,
@@ -202,8 +202,8 @@ def count_phenotypes(
         mask_info = None if use_mask is None else (strategy, _names(sample), use_mask, fcs_comp)
         blocks = ev.to_delayed().ravel()
         nt = _chunk_threads(ev)
-        parts = [dask.delayed(_block_partial)(b, plan, kname, mask_info, nt) for b in blocks]
-        graphs.append(_tree(parts, operator.add))
+        parts = [dask.delayed(_block_partial)(b, plan, kname, mask_info, nt, be) for b in blocks]
+        graphs.append(_sample_total(parts))
         plans_desc.append({"fused_gates": comp.gates_used, "mask_gate": use_mask,
                            "compensation": None if comp.comp is None else comp.comp.id})
 

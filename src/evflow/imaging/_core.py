@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..backend import array_backend, to_numpy
+from ..backend import array_backend, to_host
 from ..errors import ConfigError, ImageError
 from .dog import DOG_RATIO, _dog, _dog_gain, dog_filter  # noqa: F401
 from .noise import mad_sigma as _mad_sigma
@@ -44,7 +44,7 @@ def _noise_sample(filtered, origin, field_pixels=None):
     stride = NOISE_STRIDE if n >= NOISE_FULL_BELOW else 1
     oy = (-int(origin[0])) % stride
     ox = (-int(origin[1])) % stride
-    return to_numpy(filtered[oy::stride, ox::stride]).ravel()
+    return to_host(filtered[oy::stride, ox::stride], what="noise sample").ravel()
 
 
 #: the automatic threshold is never below this many noise sigmas: real camera
@@ -152,11 +152,9 @@ def _stride(n_pixels):
 def _as_array(sub, kind, name):
     if kind == "dask":
         sub = sub.compute()
-    if name == "cupy":
-        import cupy
-
-        return cupy.asarray(sub)
-    return to_numpy(sub)
+    # the field is prepared (photons, hot pixels, fill) on the host; it crosses to the device once after that
+    # (evflow.imaging.artefacts._prepare)
+    return to_host(sub, what="field to prepare") if array_backend(sub) == "cupy" else np.asarray(sub)
 
 
 def _noise_info(samples, sig, shape, noise_model, block_px, pixel_noise=None):
@@ -194,9 +192,10 @@ def _background_level(ph, sig, o, name):
 
 def _snr(responses, noise_info, name, bg, origin=(0, 0), block_px=NOISE_BLOCK_PX):
     """SNR map (best scale), response there and scale index (None for one scale)."""
+    from ..backend import get_xp
     from .noise import noise_from_model
 
-    xp = np if name == "numpy" else __import__("cupy")
+    xp = get_xp(name)
     best = best_r = idx = None
     for i, (r, (nz, model)) in enumerate(zip(responses, noise_info)):
         if model is None or bg is None:
@@ -294,7 +293,7 @@ def _apply_flat(out, flat, photons):
     from .background import estimate_flat, flat_at
 
     if isinstance(flat, str):  # "estimate"
-        flat = estimate_flat(to_numpy(photons))
+        flat = estimate_flat(to_host(photons, what="flat estimate"))
     f = flat_at(flat, out["y"].to_numpy(), out["x"].to_numpy()) if len(out) else np.empty(0)
     out["flat"] = f
     for col in FLAT_COLUMNS:

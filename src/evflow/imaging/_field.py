@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..backend import to_numpy
+from ..backend import to_device, to_host
 from ..errors import ImageError
 from ._core import (
     NOISE_BLOCK_PX,
@@ -65,12 +65,20 @@ def _detect_region(photons, responses, sat, invalid, name, sig, ninfo, thr_snr, 
         gy, gx = yy + oy, xx + ox
         ok = (gy >= b) & (gy < H - b) & (gx >= b) & (gx < W - b)
         yy, xx = yy[ok], xx[ok]
-    xp = np if name == "numpy" else __import__("cupy")
-    iy, ix = xp.asarray(yy), xp.asarray(xx)
     n = len(yy)
-    resp = to_numpy(response[iy, ix]).astype(np.float64) if n else np.empty(0)
-    sn = to_numpy(snr[iy, ix]).astype(np.float64) if n else np.empty(0)
-    sidx = to_numpy(scale_idx[iy, ix]).astype(np.int64) if (n and scale_idx is not None) else np.zeros(n, np.int64)
+    resp, sn, sidx = np.empty(0), np.empty(0), np.zeros(n, np.int64)
+    if n:  # one crossing: response, SNR and scale of the candidates, gathered on the device and stacked
+        from ..backend import array_module
+
+        xp = array_module(response)
+        iy, ix = (a if array_module(a) is xp else to_device(a, name, what="candidates") for a in (yy, xx))
+        cols = [response[iy, ix].astype(xp.float64), snr[iy, ix].astype(xp.float64)]
+        if scale_idx is not None:
+            cols.append(scale_idx[iy, ix].astype(xp.float64))
+        got = to_host(xp.stack(cols), what="candidate values")
+        resp, sn = got[0], got[1]
+        if scale_idx is not None:
+            sidx = got[2].astype(np.int64)
     win = int(o["window"]) if o["window"] is not None else max(fit_window_size(float(s)) for s in sig)
     fit_ok = o["fit"] and min(h, w) >= win
     if o["fit"] and n and fit_ok:

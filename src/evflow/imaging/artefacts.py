@@ -157,10 +157,9 @@ def _prepare(raw, camera, name, level, fill, pixel_noise, hot_sigma, hot_pixels)
     if hot_pixels == "repair":
         hot = hot_pixel_mask(ph, hot_sigma, pixel_noise, sndi) & finite & ~sat
         ph = repair_pixels(ph, hot, sndi)
-    if name == "cupy":
-        import cupy
+    from ..backend import to_device
 
-        ph = cupy.asarray(ph)
+    ph = to_device(ph, name, what="field")  # the one crossing of a field (or tile) to the device
     return ph, sat, ~finite, hot
 
 

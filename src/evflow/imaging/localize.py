@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..backend import to_numpy
+from ..backend import array_module, to_host
 from ..kernels._registry import renamed_impl
 
 __all__ = ["fit_window_size", "extract_windows", "fit_spots", "FIT_COLUMNS"]
@@ -107,15 +107,23 @@ def fit_spots(
         raise ImageError(f"image of {image.shape} px is smaller than the {size}x{size} px fit window")
     win, y0, x0 = extract_windows(image, yc, xc, size, xp=xp)
     if impl != "cupy" and backend == "cupy":
-        win = to_numpy(win)
+        win = to_host(win, what="fit windows")  # a CPU fit of device windows (impl= asked for it)
+        y0, x0 = to_host(xp.stack([y0, x0]), what="fit windows")
     res = fit_gaussians(
         win, sigma=psf_sigma_px, fit_sigma=fit_sigma, method=method, readout_var=readout_var,
         impl=impl, max_iter=max_iter, tol=tol,
     )
-    p = to_numpy(res["params"])
-    c = to_numpy(res["crlb"])
-    y0 = to_numpy(y0).astype(np.float64) + int(origin[0])
-    x0 = to_numpy(x0).astype(np.float64) + int(origin[1])
+    # one crossing: parameters, CRLBs, llr, iterations, status and window corners in one float64 block
+    rx = array_module(res["params"])
+    n = int(res["params"].shape[0])
+    cols = [rx.asarray(a, dtype=rx.float64).reshape(n, -1) for a in (
+        res["params"], res["crlb"], res["llr"], res["iterations"], res["status"], y0, x0)]
+    h = to_host(rx.concatenate(cols, axis=1), what="fit results")
+    edges = np.cumsum([0] + [int(a.shape[1]) for a in cols])
+    p, c, llr, iters, status, y0, x0 = (h[:, a:b] for a, b in zip(edges[:-1], edges[1:]))
+    llr, iters, status = llr[:, 0], iters[:, 0], status[:, 0]
+    y0 = y0[:, 0] + int(origin[0])
+    x0 = x0[:, 0] + int(origin[1])
     return pd.DataFrame(
         {
             "y": y0 + p[:, 1],
@@ -128,8 +136,8 @@ def fit_spots(
             "crlb_photons": c[:, 2],
             "crlb_background": c[:, 3],
             "crlb_sigma": c[:, 4],
-            "llr": to_numpy(res["llr"]),
-            "iterations": to_numpy(res["iterations"]).astype(np.int32),
-            "fit_status": to_numpy(res["status"]).astype(np.int8),
+            "llr": llr.copy(),
+            "iterations": iters.astype(np.int32),
+            "fit_status": status.astype(np.int8),
         }
     )

@@ -74,7 +74,7 @@ def noise_samples(response, sigma, ndi, *, origin=(0, 0), stride=1, core=None, v
     ``valid`` (bool, the response's shape) leaves out pixels (saturated or
     non-finite neighbourhoods).  NumPy arrays.
     """
-    from ..backend import to_numpy
+    from ..backend import array_module, to_host
 
     r = int(mask_radius(sigma))
     mx = ndi.maximum_filter(response, size=2 * r + 1, mode="nearest")
@@ -82,12 +82,23 @@ def noise_samples(response, sigma, ndi, *, origin=(0, 0), stride=1, core=None, v
     oy, ox = int(origin[0]), int(origin[1])
     sy = y0 + (-(oy + y0)) % stride
     sx = x0 + (-(ox + x0)) % stride
-    v = to_numpy(response[sy:y1:stride, sx:x1:stride])
-    m = to_numpy(mx[sy:y1:stride, sx:x1:stride])
+    xp = array_module(response)
+    sl = (slice(sy, y1, stride), slice(sx, x1, stride))
+    # one crossing: the sampled pixels of the response, its local maximum and (where they are on the
+    # device too) the valid flags and the background, stacked; host arrays are sampled on the host
+    extra = [a for a in (valid, background) if a is not None and array_module(a) is xp]
+    layers = to_host(xp.stack([a[sl].astype(xp.float64) for a in (response, mx, *extra)]), what="noise samples")
+    v, m, rest = layers[0], layers[1], list(layers[2:])
+
+    def _sampled(a, fill):
+        if a is None:
+            return np.full(v.shape, fill)
+        return rest.pop(0) if array_module(a) is xp else np.asarray(a[sl], np.float64)
+
+    keep = _sampled(valid, 1.0).astype(bool)
+    b = _sampled(background, 0.0)
     gy, gx = np.meshgrid(np.arange(sy, y1, stride) + oy, np.arange(sx, x1, stride) + ox, indexing="ij")
-    keep = np.ones(v.shape, bool) if valid is None else to_numpy(valid[sy:y1:stride, sx:x1:stride]).astype(bool)
-    b = (to_numpy(background[sy:y1:stride, sx:x1:stride]) if background is not None else np.zeros(v.shape))
-    return gy[keep], gx[keep], v[keep].astype(np.float64), m[keep].astype(np.float64), b[keep].astype(np.float64)
+    return gy[keep], gx[keep], v[keep], m[keep], b[keep]
 
 
 def robust_noise(v, m, *, clip=NOISE_CLIP, iterations=NOISE_ITERATIONS, fallback=None) -> float:
@@ -211,7 +222,7 @@ def extrema(snr, radius, ndi, *, core=None, t_low=T_MIN, ring_radius=None):
     counted in.  Returns (maxima, minima as positive numbers, pixels whose
     minima were counted, pixels), within ``core``.
     """
-    from ..backend import to_numpy
+    from ..backend import array_module, to_host
 
     size = 2 * int(radius) + 1
     s = snr
@@ -221,12 +232,18 @@ def extrema(snr, radius, ndi, *, core=None, t_low=T_MIN, ring_radius=None):
     near = ndi.maximum_filter(s, size=2 * rr + 1, mode="nearest")
     y0, y1, x0, x1 = core if core is not None else (0, s.shape[0], 0, s.shape[1])
     sl = (slice(y0, y1), slice(x0, x1))
-    sc, mxc, mnc, nc = (to_numpy(a[sl]) for a in (s, mx, mn, near))
-    maxima = sc[(sc == mxc) & (sc >= t_low)].astype(np.float64)
+    sc, mxc, mnc, nc = (a[sl] for a in (s, mx, mn, near))
+    xp = array_module(sc)
+    is_max = (sc == mxc) & (sc >= t_low)
     free = nc < t_low
     is_min = (sc == mnc) & (sc <= -MIN_DEPTH_SHARE * t_low) & free
-    minima = -sc[is_min].astype(np.float64)
-    return maxima, minima, int(free.sum()), int(sc.size)
+    # one crossing: the maxima, the minima (negated), then the counts, in one float64 vector (selected on
+    # the device; counts below 2**53 are exact)
+    both = xp.concatenate([sc[is_max].astype(xp.float64), -sc[is_min].astype(xp.float64),
+                           xp.stack([xp.count_nonzero(is_max), xp.count_nonzero(free)]).astype(xp.float64)])
+    h = to_host(both, what="extrema")
+    n_max = int(h[-2])
+    return h[:n_max].copy(), h[n_max:-2].copy(), int(h[-1]), int(sc.size)
 
 
 def response_skewness(sigma: float, pixel_noise: float, background: float) -> float:

@@ -258,9 +258,12 @@ def demo(out="evflow-demo", *, n_events: int = 200_000, n_fields: int = 2, field
 
     ``out`` must be new, empty or an earlier evflow output folder (``force=True``: any folder; see
     :mod:`evflow.pipeline.outdir`)."""
+    from ..backend import resolve_backend
     from .outdir import OutputFolder
     from .run import run
 
+    if backend is not None:
+        resolve_backend(backend)  # backend='cupy' without a working GPU stops here, before anything is written
     out = Path(out)
     OutputFolder(out, force=force).claim()  # before the data are written into it
     exp = build_demo(out / "data", n_events=n_events, n_fields=n_fields, field_shape=field_shape)

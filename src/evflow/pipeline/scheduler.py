@@ -12,7 +12,7 @@ import sys
 
 from ..errors import ConfigError
 
-__all__ = ["scheduler_context", "compute_tasks", "inner_compute", "split_samples",
+__all__ = ["scheduler_context", "local_cuda_cluster", "compute_tasks", "inner_compute", "split_samples",
            "SPLIT_SAMPLES_PER_THREAD", "WORKER_MMAP_THRESHOLD"]
 
 #: on a distributed cluster, spread the row chunks of each sample over the workers when there are fewer
@@ -63,11 +63,7 @@ def scheduler_context(spec=None, *, n_workers=None, log=print):
                                                host=LOCAL_HOST, dashboard_address=f"{LOCAL_HOST}:0")
         client = distributed.Client(cluster)
     elif spec == "local-cuda":
-        try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError:
-            raise ConfigError("scheduler 'local-cuda' needs dask-cuda (pip install dask-cuda) and a CUDA GPU") from None
-        cluster = LocalCUDACluster(host=LOCAL_HOST, dashboard_address=f"{LOCAL_HOST}:0")
+        cluster = local_cuda_cluster()
         client = distributed.Client(cluster)
     elif "://" in spec:
         try:
@@ -85,6 +81,31 @@ def scheduler_context(spec=None, *, n_workers=None, log=print):
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def local_cuda_cluster():
+    """A ``dask_cuda.LocalCUDACluster`` on this machine: one worker per visible GPU (``CUDA_VISIBLE_DEVICES``),
+    each worker's tasks on its own GPU, listening on 127.0.0.1 only.
+
+    Raises
+    ------
+    ConfigError
+        Naming the missing piece: the ``evflow[dask-cuda]`` extra (dask-cuda), or a working CUDA GPU with CuPy.
+    """
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        raise ConfigError(
+            f"scheduler 'local-cuda' needs dask-cuda, which cannot be imported ({type(exc).__name__}: {exc}); "
+            "install the extra: pip install 'evflow[dask-cuda]' (with evflow[cuda13] or evflow[gpu] for CuPy)"
+        ) from None
+    from ..backend import _probe_cupy
+
+    why = _probe_cupy()
+    if why is not None:
+        raise ConfigError(f"scheduler 'local-cuda' needs a CUDA GPU with CuPy, but {why}; "
+                          "use --scheduler threads or processes here")
+    return LocalCUDACluster(host=LOCAL_HOST, dashboard_address=f"{LOCAL_HOST}:0")
 
 
 def compute_tasks(tasks, label, sched, client, progress, log) -> list:
