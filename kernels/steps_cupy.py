@@ -57,4 +57,6 @@ def binseg_cupy(traces, noise_var, noise_gain, penalty, min_size=2, max_cp=64):
     launch = steps_launch(cupy, x, a, g, penalty, min_size, max_cp, n_sm=n_sm)
     if x.shape[0]:
         run_cupy(launch)
-    return launch.arg("cps").get(), launch.arg("n_cp").get()
+    from evflow.backend import to_host
+
+    return to_host(launch.arg("cps"), what="change points"), to_host(launch.arg("n_cp"), what="change points")
