@@ -20,7 +20,7 @@ from .scheduler import inner_compute
 from .store import file_sha256
 
 __all__ = ["fluorescence_item", "size_item", "control_item", "flow_sample_item", "gating", "density_spec",
-           "CHUNK_EVENTS", "DENSITY_BINS", "DISPLAY_EVENTS", "SIZE_BINS"]
+           "display_item", "CHUNK_EVENTS", "DENSITY_BINS", "DISPLAY_EVENTS", "SIZE_BINS"]
 
 DENSITY_BINS = 96
 #: events per dask chunk of a flow sample (the same for every scheduler, so results are identical)
@@ -58,7 +58,8 @@ def fluorescence_item(path, cal_s) -> dict:
     return {"summary": s, "m": float(cal.params["m"]), "b": float(cal.params["b"]),
             "peaks": np.asarray(cal.peak_medians, float), "mesf_values": np.asarray(cal.mesf_values, float),
             "used": np.asarray([st == "used" for st in cal.peak_status]), "r2": float(cal.r2),
-            "axis_label": beads.axis_label(cal_s["channel"])}
+            "axis_label": beads.axis_label(cal_s["channel"]),
+            "calibration": cal.to_dict()}  # rebuilt by MESFCalibration.from_dict for the report's diagnostics
 
 
 def size_item(path, cal_s) -> dict:
@@ -143,6 +144,25 @@ def density_spec(flow_samples, markers, flow_s):
     return (x, y, (tx, max(math.log10(tx) + 1.0, 1.0)), (ty, max(math.log10(ty) + 1.0, 1.0)))
 
 
+def display_item(shown, strategy, parent, channels) -> dict:
+    """The events the report plots: ``display_events`` (n x c, the values the gates see) of ``display_channels``
+    (the plotted channels and those the gates read) and ``display_parent``, their membership of the parent gate
+    as the run's gating strategy computes it."""
+    chans = list(dict.fromkeys([*channels, *((strategy.required_channels([parent])[parent]) if parent else [])]))
+    chans = [c for c in chans if c in shown.channels]
+    ev = np.asarray(shown.events.compute(), np.float64)
+    if parent is not None:
+        try:
+            spill = shown.spillover
+        except EvflowError:  # an unreadable $SPILLOVER: the run's gates did without it too, or failed
+            spill = None
+        inside = np.asarray(strategy.mask(ev, list(shown.channels), parent, spillover=spill), bool)
+    else:
+        inside = np.ones(len(ev), bool)
+    return {"display_channels": chans, "display_events": ev[:, [shown.channel_index(c) for c in chans]],
+            "display_parent": inside}
+
+
 # =========================================================================== controls and samples
 
 
@@ -220,6 +240,7 @@ def flow_sample_item(sample, *, strategy, parent, markers, thresholds, flow_s, b
     if density is not None:
         # plots use the first DISPLAY_EVENTS events (the same for any chunking or backend)
         shown = dataclasses.replace(fcs, events=fcs.events[:DISPLAY_EVENTS]) if fcs.n_events > DISPLAY_EVENTS else fcs
+        item.update(display_item(shown, strategy, parent, [density[0], density[1], *markers]))
         item["density_events"] = int(shown.n_events)
         x, y, (tx, mx), (ty, my) = density
         tr = {x: LogTransform(tx, mx), y: LogTransform(ty, my)}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .flow_qc import report_parts as flow_qc_parts
+from .report_flow import flow_parts
 from .report_imaging import imaging_qc_parts
 
 __all__ = ["write_report", "esc", "Html"]
@@ -76,49 +77,6 @@ def _log_axis(top, decades, n):
     """Channel values at the bin edges of a flog(T, M) display axis with ``n`` bins over [0, 1)."""
     e = np.linspace(0.0, 1.0, n + 1)
     return top * 10.0 ** (decades * (e - 1.0))
-
-
-def _fig_density(ds, ctx):
-    import matplotlib.pyplot as plt
-
-    items = ctx.flow_items
-    dens = ctx.density
-    names = [str(n) for n in ds["sample"].values if "density_all" in items.get(str(n), {})]
-    if not names or dens is None:
-        return None
-    x, y, (tx, mx), (ty, my) = dens
-    ncol = min(5, len(names))
-    nrow = int(math.ceil(len(names) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.1 * ncol, 2.8 * nrow), squeeze=False)
-    xe, ye = _log_axis(tx, mx, items[names[0]]["density_all"].shape[0]), _log_axis(ty, my, items[names[0]]["density_all"].shape[1])
-    lim = ctx.size_limits
-    chans = list(ctx.markers)
-    for ax, n in zip(axes.ravel(), names):
-        h = items[n]["density_all"].astype(float).T
-        ax.pcolormesh(xe, ye, np.log10(h + 1), cmap="viridis", shading="flat")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        if lim is not None:
-            for v in lim:
-                ax.axvline(v, color="r", lw=1)
-        if y in chans:
-            j = chans.index(y)
-            thr = float(ds["threshold"].sel(sample=n).values[j])
-            ax.axhline(thr, color="orange", lw=1, ls="--")
-        role = str(ds["role"].sel(sample=n).values)
-        ax.set_title(f"{n} ({role})", fontsize=9)
-        labels = items[n].get("axis_labels", {})  # the channel as the file names it, scale policy, units
-        ax.set_xlabel(labels.get(x, x), fontsize=8)
-        ax.set_ylabel(f"{labels.get(y, y)} ({ctx.markers.get(y, '')})", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(names):]:
-        ax.axis("off")
-    from .flow import DISPLAY_EVENTS
-
-    fig.suptitle(f"Side scatter vs fluorescence, up to the first {DISPLAY_EVENTS:,} events per sample "
-                 "(red: size gate; orange: threshold)", fontsize=10)
-    fig.tight_layout()
-    return _png(fig)
 
 
 def _fig_beads(ctx):
@@ -296,33 +254,6 @@ def _fig_fields(ds, ctx):
     return _png(fig)
 
 
-def _miflowcyt(ds, ctx):
-    exp = ctx.experiment
-    roles = set(ds["role"].values.tolist()) if "role" in ds.coords else set()
-    fl = ctx.fluor
-    sc = ctx.size_cal
-    inst = {it.get("instrument", "") for it in ctx.flow_items.values()} - {""}
-    vols = sorted({it.get("volume_method", "") for it in ctx.flow_items.values()})
-    rows = [
-        ("Instrument ($CYT)", ", ".join(sorted(inst)) or "not given"),
-        ("Buffer-only control", "yes" if "buffer" in roles else "missing"),
-        ("Unstained control", "yes" if "unstained" in roles else "missing"),
-        ("Isotype control", "yes" if "isotype" in roles else "missing"),
-        ("Detergent treatment", "yes" if "detergent" in roles else "missing"),
-        ("Serial dilution", "yes" if "dilution" in roles else "missing"),
-        ("Fluorescence calibration", f"{fl['summary']['units']} beads, {fl['summary']['source']}, R² {fl['r2']:.4f}"
-         if fl else "none (arbitrary units)"),
-        ("Scatter calibration", f"size beads {sc.bead_diameters_nm.tolist()} nm, Mie (EV core/shell model)"
-         if sc else "none"),
-        ("Gates", ds.attrs.get("gates", "") or "none"),
-        ("Positivity threshold", ds.attrs.get("threshold_rule", "")),
-        ("Analysed volume", "; ".join(vols) or "n/a"),
-        ("Software", f"evflow {ds.attrs.get('evflow_version', '')}, backend {ds.attrs.get('backend', '')}"),
-        ("Experiment file", f"{exp.path} (sha256 of settings {ds.attrs.get('config_hash', '')[:16]}…)"),
-    ]
-    return _table(rows, ["MIFlowCyt-EV item", "value"], left=2)
-
-
 def write_report(ds, ctx, path) -> Path:
     """Write the self-contained HTML report for a pipeline result."""
     import matplotlib
@@ -336,6 +267,7 @@ def write_report(ds, ctx, path) -> Path:
              f"<h1>evflow report: {esc(exp.name)}</h1>",
              f"<p class='small'>evflow {esc(ds.attrs.get('evflow_version', ''))} · backend "
              f"{esc(ds.attrs.get('backend', ''))} · config {esc(ds.attrs.get('config_hash', '')[:16])}…</p>"]
+    flow = flow_parts(ds, ctx, table=_table, img=_img, png=_png, esc=esc)
     qc = json.loads(ds.attrs.get("qc", "{}"))
     parts.append("<h2>Quality control</h2>")
     if qc:
@@ -357,24 +289,17 @@ def write_report(ds, ctx, path) -> Path:
             rows.append([str(s), str(ds["role"].values[i]), float(ds["dilution"].values[i]), int(ds["n_total"].values[i]),
                          int(ds["n_parent"].values[i]), float(ds["volume_ul"].values[i]),
                          float(ds["total_concentration_per_ml"].values[i])]
+                        + [float(v) for v in ds["threshold"].values[i]]
                         + [float(v) for v in ds["fraction_of_parent"].values[i]])
         parts.append(_table(rows, ["sample", "role", "dilution", "events", "in gate", "volume (uL)", "particles/mL"]
-                            + [str(p) for p in ds["phenotype"].values], left=2))
-        mrows = []
-        for i, s in enumerate(ds["sample"].values):
-            for k, m in enumerate(ds["marker"].values):
-                r = [str(s), str(m), float(ds["threshold"].values[i, k]), float(ds["median_positive"].values[i, k])]
-                if "median_positive_calibrated" in ds:
-                    r.append(float(ds["median_positive_calibrated"].values[i, k]))
-                mrows.append(r)
-        hdr = ["sample", "marker", "threshold", "median positive"] + (
-            ["median positive (calibrated)"] if "median_positive_calibrated" in ds else [])
-        parts.append("<details><summary>Thresholds and medians per marker</summary>" + _table(mrows, hdr, left=2)
-                     + "</details>")
+                            + [f"threshold {m}" for m in ds["marker"].values]
+                            + [str(p) for p in ds["phenotype"].values], left=2)
+                     .replace("<table>", "<table id='flow-samples'>", 1))
+    parts += flow["thresholds"]
     from .copies import fig_copies
 
+    parts += flow["plots"]  # density plots with the run's gates, marker histograms, concentrations
     figs = [
-        ("Density plots with gates", _fig_density(ds, ctx) if "count" in ds else None),
         ("Bead calibration", _fig_beads(ctx)),
         ("Size distributions", _fig_sizes(ds, ctx) if "count" in ds else None),
         ("Flow phenotypes", _fig_phenotypes(ds)),
@@ -397,10 +322,10 @@ def write_report(ds, ctx, path) -> Path:
         if ds.attrs.get("image_threshold_rule"):
             parts.append("<p class='small'>Imaging positivity: " + esc(ds.attrs["image_threshold_rule"])
                          + "</p>")
+    parts += flow["calibration"]
     parts.extend(flow_qc_parts(ds, ctx, _table, _img, _png, esc))  # time QC, rates, detection limits
     parts += imaging_qc_parts(ds, esc=esc, table=_table, png=_png, img=_img)  # chance coloc., chip map, field QC
-    if "count" in ds:
-        parts.append("<h2>MIFlowCyt-EV</h2>" + _miflowcyt(ds, ctx))
+    parts += flow["miflowcyt"]
     inputs = json.loads(ds.attrs.get("input_files", "{}"))
     parts.append("<h2>Provenance</h2>" + _table([(k, v) for k, v in inputs.items()], ["input file", "sha256"], left=2))
     parts.append("</body></html>")

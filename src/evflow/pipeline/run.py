@@ -40,7 +40,7 @@ from .store import ResultStore, file_fingerprint
 __all__ = ["run", "PIPELINE_VERSION"]
 
 #: bump when a change in the pipeline changes stored items
-PIPELINE_VERSION = "3"  # 3: size calibration items hold ScatterCalibration.to_dict()
+PIPELINE_VERSION = "4"  # 4: flow items hold the plotted events (display_*), MESF items their calibration
 
 
 def _fov(key) -> str:
@@ -144,6 +144,7 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
         # ---------------------------------------------------------------- stage 2: controls / thresholds
         strategy, parent, ctx.gate_desc, ctx.size_limits = (fl.gating(exp, ctx.size_cal) if flow_s
                                                             else (None, None, [], None))
+        ctx.strategy, ctx.parent = strategy, parent  # the report draws these gates
         gate_spec = {"gates": flow_s.get("gates", {}), "size_limits": ctx.size_limits,
                      "gatingml": file_fingerprint(exp.resolve(flow_s["gates"]["gatingml"]))
                      if "gatingml" in flow_s.get("gates", {}) else None}

@@ -228,6 +228,8 @@ class RunContext:
     fluor: dict | None = None  # the fluorescence calibration item
     gate_desc: list = field(default_factory=list)
     size_limits: tuple | None = None
+    strategy: object = None  # the flow gating strategy the run used (GatingStrategy or None)
+    parent: str | None = None  # its parent gate id
     failures: dict = field(default_factory=dict)  # what failed -> message
     density: tuple | None = None
     threshold_desc: str = ""
