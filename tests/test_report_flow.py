@@ -235,7 +235,11 @@ def test_demo_miflowcyt_completeness(flow_demo):
                  "Serial dilution", "Fluorescence calibration (MESF/ERF beads, reference values, fit)",
                  "Scatter calibration to diameter (bead and EV refractive indices, Mie)"):
         assert status[item] == "present", item
-    assert status["Sample description (source, collection, isolation, storage)"] == "MISSING"
+    value = {r[1]: r[3] for r in rows}
+    assert status["Sample description (source, collection, isolation, storage)"] == "present"
+    assert value["Sample description (source, collection, isolation, storage)"].startswith("Synthetic EVs")
+    assert value["Trigger channel and threshold (FCS keywords)"] == "SSC-H 1"  # the files' THRESHOLD keyword
+    assert value["Sample treatments"].startswith("detergent lysis")
     # without the buffer sample, the calibrations and the files' items, those items are missing
     exp = load_experiment(exp_path)
     keep = ds["role"].values != "buffer"

@@ -87,7 +87,8 @@ def build_demo(out, *, n_events: int = 200_000, n_fields: int = 2, field_shape=(
 
     def write(name, df):
         p = out / "flow" / f"{name}.fcs"
-        write_fcs(p, df.to_numpy(), list(df.columns), meta={"$CYT": "evflow synthetic nanoFCM", "$FIL": p.name})
+        write_fcs(p, df.to_numpy(), list(df.columns), meta={"$CYT": "evflow synthetic nanoFCM", "$FIL": p.name,
+                                                            "THRESHOLD": "(SSC-H,1)"})  # the trigger, as recorded
         return p
 
     beads = synthetic_mesf_beads(MESF_VALUES, n_per_peak=max(500, n_events // 100), m=M, b=B, seed=seed + 1)
@@ -115,7 +116,9 @@ def build_demo(out, *, n_events: int = 200_000, n_fields: int = 2, field_shape=(
         truth["flow"][name] = {"role": role, "f_CD63": f63, "f_EpCAM": fep, "dilution": dil,
                                **_truth_summary(t, volume_ul, dil)}
         samples.append({"name": name, "role": role, "flow": f"flow/{name}.fcs", "dilution": dil,
-                        **({"series": series} if series else {})})
+                        **({"series": series} if series else {}),
+                        **({"treatment": "detergent lysis (synthetic: 95% of the vesicles removed)"}
+                           if role == "detergent" else {})})
     # buffer: a few small noise events, no markers
     rng = np.random.default_rng(seed + 99)
     nb = max(50, n_events // 500)
@@ -161,6 +164,7 @@ def build_demo(out, *, n_events: int = 200_000, n_fields: int = 2, field_shape=(
         "# Synthetic EV experiment written by `evflow demo` (truth in truth.json)",
         "[experiment]",
         'name = "evflow demo"',
+        'description = "Synthetic EVs with known truth (evflow.synth): no biological source, isolation or storage"',
         'output = "results"',
         "",
         "[flow]",
