@@ -409,3 +409,52 @@ def test_different_chunkings_in_one_graph(shared_data):
     assert a.name != b.name
     sa, sb = dask.compute(a.sum(axis=0), b.sum(axis=0))
     np.testing.assert_allclose(sa, sb, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- the batch path: TEXT parse, lazy events
+
+@pytest.mark.parametrize("delim", ["/", "|", "\x0c", "\t"])
+@pytest.mark.parametrize("escaped", [False, True])
+def test_text_parse_returns_the_keywords_written(delim, escaped):
+    # a TEXT with no doubled delimiter takes the split fast path; one with a value holding the
+    # delimiter (written doubled) takes the byte walk: both must give back exactly what was written
+    from evflow.io.fcs.text import _parse_text
+
+    rng = np.random.default_rng(len(delim) + escaped)
+    alphabet = list("abcXYZ019 $.,-_:é℃µ")
+    kw = {}
+    for i in range(60):
+        key = "$K" + "".join(rng.choice(alphabet[:9], 4)).strip() + str(i)
+        kw[key.upper()] = "".join(rng.choice(alphabet, rng.integers(1, 12)))
+    if escaped:
+        kw["$COMMENT"] = f"a{delim}b{delim}{delim}c"
+    raw = (delim + "".join(f"{k.replace(delim, delim * 2)}{delim}{v.replace(delim, delim * 2)}{delim}"
+                           for k, v in kw.items())).encode("utf-8")
+    assert _parse_text(raw, "t.fcs", "TEXT") == {k.strip(): v for k, v in kw.items()}
+    # without the final delimiter the last value is kept; bytes that are not UTF-8 are read as Latin-1
+    assert _parse_text(raw[:-1], "t.fcs", "TEXT") == {k.strip(): v for k, v in kw.items()}
+    latin = raw + b"$X" + delim.encode() + "café".encode("latin-1") + delim.encode()
+    assert _parse_text(latin, "t.fcs", "TEXT")["$X"] == "café"
+
+
+def test_events_are_built_on_first_use_and_kept(tmp_path):
+    rng = np.random.default_rng(0)
+    ev = rng.gamma(2, 100, size=(5000, 3)).astype(np.float32)
+    p = tmp_path / "a.fcs"
+    evflow.write_fcs(p, ev, ["FSC-H", "SSC-H", "FL1-H"])
+    s = evflow.read_fcs(p, chunk_events=1024)
+    assert s.n_events == 5000 and s.__dict__.get("_events") is None  # HEADER and TEXT only, no graph yet
+    np.testing.assert_array_equal(s.to_numpy(), ev)
+    assert s.__dict__.get("_events") is None
+    first = s.events
+    assert s.events is first and first.chunks[0][:2] == (1024, 1024)
+    np.testing.assert_array_equal(first.compute(), ev)
+    assert first.name == evflow.read_fcs(p, chunk_events=1024).events.name  # the same graph name as before
+    # a sample made from another with other events reads those events, not the file's
+    import dataclasses
+
+    keep = ev[:, 0] > 200
+    sub = dataclasses.replace(s, events=s.events[keep])
+    assert sub.n_events == int(keep.sum())
+    np.testing.assert_array_equal(sub.to_numpy(), ev[keep])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(s)).to_numpy(), ev)

@@ -29,11 +29,15 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 class _DataSegment:
     """Array-like view of a DATA segment that reads only the rows asked for.
 
-    Handed to :func:`dask.array.from_array`; it holds a path and offsets, not an
-    open file, so it pickles to worker processes.
+    Handed to :func:`dask.array.from_array` by :meth:`to_dask`; it holds a path and offsets,
+    not an open file, so it pickles to worker processes.  ``chunk_events`` (default: about
+    :data:`DEFAULT_CHUNK_BYTES` per chunk) and ``key`` (what, besides the offsets and layout,
+    names the file's version in the graph: modification time, size, data set) are for
+    :meth:`to_dask`.
     """
 
-    def __init__(self, path: str, offset: int, n_events: int, layout: _Layout):
+    def __init__(self, path: str, offset: int, n_events: int, layout: _Layout, chunk_events: int | None = None,
+                 key: tuple = ()):
         self.path = path
         self.offset = offset
         self.n_events = n_events
@@ -41,6 +45,18 @@ class _DataSegment:
         self.shape = (n_events, layout.n_channels)
         self.dtype = layout.dtype
         self.ndim = 2
+        self.chunk_events = chunk_events or _default_chunk_events(layout.row_bytes)
+        self.key = key
+
+    def to_dask(self):
+        """The segment as a dask array of row chunks (its graph name fixed by the file, offsets and chunks)."""
+        import dask.array as da
+        from dask.base import tokenize
+
+        n_par, ce = self.layout.n_channels, self.chunk_events
+        name = "fcs-" + tokenize(self.path, *self.key, self.offset, self.n_events, self.layout, ce)
+        return da.from_array(self, chunks=(min(ce, max(self.n_events, 1)), n_par), name=name, asarray=False,
+                             fancy=False, meta=np.empty((0, n_par), dtype=self.layout.dtype))
 
     @property
     def _direct(self) -> bool:

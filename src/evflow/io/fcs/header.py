@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from ...errors import FCSError, FCSHeaderError
@@ -55,11 +56,19 @@ def _read_header(buf: bytes, path, base: int) -> _Header:
     return _Header(version.decode("ascii"), (values[0], values[1]), (values[2], values[3]), (values[4], values[5]))
 
 
-def _open_checked(path):
+def _stat_checked(path):
+    """(path as str, its ``os.stat_result``), one stat call; :class:`FCSError` when it is missing or a directory."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FCSError(f"file not found: {path}", path)
-    if os.path.isdir(path):
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        raise FCSError(f"file not found: {path}", path) from None
+    if stat.S_ISDIR(st.st_mode):
         raise FCSError(f"{path} is a directory, expected an FCS file", path)
-    return path, os.path.getsize(path)
+    return path, st
+
+
+def _open_checked(path):
+    path, st = _stat_checked(path)
+    return path, st.st_size
 

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.lib.recfunctions import structured_to_unstructured
 
 from ...errors import FCSDataError, FCSTextError, FCSUnsupportedError, FCSWarning
-from .text import _float_kw, _int_kw, channel_datatype
+from .text import _float_kw, _int_kw, channel_datatypes
 
 #: word sizes (bytes) that integer values whose $PnB is not a multiple of 8 may be stored in
 _WORDS = (1, 2, 4, 8)
@@ -164,16 +164,14 @@ def _layout(meta: Mapping[str, str], n_par: int, path, *, segment_lengths: Seque
             "correlated (C) and uncorrelated (U) histogram modes are deprecated since FCS 3.1",
             path,
         )
-    kinds = []
-    for i in range(n_par):
-        k = channel_datatype(meta, i)
+    kinds = channel_datatypes(meta, n_par)
+    for i, k in enumerate(kinds):
         if k not in ("I", "F", "D", "A") or (k == "A") != (datatype == "A"):
             raise FCSTextError(
                 f"keyword $P{i + 1}DATATYPE is {meta.get(f'$P{i + 1}DATATYPE')!r}, expected I, F or D"
                 + (" (ASCII data, $DATATYPE A, takes no $PnDATATYPE)" if datatype == "A" else ""),
                 path,
             )
-        kinds.append(k)
     if datatype == "A":
         return _ascii_layout(meta, n_par, path)
     order = _byte_order(meta, path)

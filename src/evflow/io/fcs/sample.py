@@ -20,7 +20,7 @@ from .data import (
     _scale_block,
     _scale_params,
 )
-from .header import _open_checked
+from .header import _open_checked, _stat_checked
 from .layout import _layout, _segment_lengths
 from .offsets import data_offsets
 from .text import _MAX_PAR, _channel_names, _data_set_infos, _int_kw, parse_spillover
@@ -57,7 +57,9 @@ class FCSSample:
         ``$PnS`` names (the stain or marker), None where absent.
     events : dask.array.Array
         ``(n_events, n_channels)``, chunked by rows; raw stored values, or
-        float64 values on the sample's scale policy when read with ``scale=``.
+        float64 values on the sample's scale policy when read with ``scale=``.  For a
+        sample read from a file the dask graph is built on first access and kept
+        (:meth:`to_numpy` and :attr:`n_events` do not need it).
     scaled : bool
         Whether ``events`` are already on the scale policy (``scale=`` given to :func:`read_fcs`).
     scale : str
@@ -73,7 +75,7 @@ class FCSSample:
     meta: dict
     channels: list
     markers: list
-    events: object = field(repr=False)
+    events: object = field(default=None, repr=False)  # a property (below): built from _segment when None
     scaled: bool = False
     scale: str = _scale.DEFAULT_SCALE
     _segment: _DataSegment | None = field(default=None, repr=False)
@@ -81,6 +83,8 @@ class FCSSample:
 
     @property
     def n_events(self) -> int:
+        if self.__dict__.get("_events") is None and self._segment is not None:
+            return int(self._segment.n_events)
         return int(self.events.shape[0])
 
     @property
@@ -198,8 +202,8 @@ class FCSSample:
 
     def to_numpy(self) -> np.ndarray:
         """All events as a NumPy array (reads the file once, in one pass)."""
-        if self._segment is not None and not self.scaled:
-            return self._segment.read_rows(0, self.n_events)
+        if self._segment is not None and not self.scaled and self.__dict__.get("_own_events", True):
+            return self._segment.read_rows(0, self._segment.n_events)
         return np.asarray(self.events.compute())
 
     def to_xarray(self):
@@ -437,6 +441,22 @@ class FCSSample:
         )
 
 
+def _get_events(self):
+    ev = self.__dict__.get("_events")
+    if ev is None and self._segment is not None:
+        ev = self.__dict__["_events"] = self._segment.to_dask()
+    return ev
+
+
+def _set_events(self, value):
+    # events given (not None) are the sample's, even when a _segment is kept (dataclasses.replace)
+    self.__dict__["_events"] = value
+    self.__dict__["_own_events"] = value is None
+
+
+FCSSample.events = property(_get_events, _set_events, doc="The events (see the class Attributes).")
+
+
 def count_data_sets(path) -> int:
     """Number of data sets in an FCS file (following ``$NEXTDATA``)."""
     path, size = _open_checked(path)
@@ -522,10 +542,8 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
     :attr:`~FCSSample.end_datetime` and :attr:`~FCSSample.flow_rate`; ``$MODE`` and
     ``$BEGINSTEXT``/``$ENDSTEXT`` may be absent.
     """
-    import dask.array as da
-    from dask.base import tokenize
-
-    path, size = _open_checked(path)
+    path, st = _stat_checked(path)
+    size = st.st_size
     if not isinstance(data_set, (int, np.integer)) or data_set < 0:
         raise FCSError(f"data_set must be a non-negative integer, got {data_set!r}", path)
     if chunk_events is not None and (not isinstance(chunk_events, (int, np.integer)) or chunk_events < 1):
@@ -546,22 +564,15 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
     channels, markers = _channel_names(meta, n_par, path)
     offset, n_events = data_offsets(info, layout, n_tot, path, size, channels)
     if layout.delimited_ascii:
+        import dask.array as da
+
         events_np = _read_delimited_ascii(path, offset, size, n_events if n_tot is not None else None, n_par, info)
         arr = da.from_array(events_np, chunks=(chunk_events or _default_chunk_events(8 * n_par), n_par))
         segment = None
-    else:
-        segment = _DataSegment(path, offset, n_events, layout)
-        ce = chunk_events or _default_chunk_events(layout.row_bytes)
-        stat = os.stat(path)
-        name = "fcs-" + tokenize(path, stat.st_mtime_ns, stat.st_size, data_set, offset, n_events, layout, ce)
-        arr = da.from_array(
-            segment,
-            chunks=(min(ce, max(n_events, 1)), n_par),
-            name=name,
-            asarray=False,
-            fancy=False,
-            meta=np.empty((0, n_par), dtype=layout.dtype),
-        )
+    else:  # the dask graph is built on first use of sample.events (to_numpy() reads without it)
+        segment = _DataSegment(path, offset, n_events, layout, chunk_events,
+                               key=(st.st_mtime_ns, st.st_size, data_set))
+        arr = None
     sample = FCSSample(
         path=path,
         version=info.header.version,
