@@ -325,3 +325,114 @@ def test_fixed_width_ascii_is_judged_too(tmp_path):
     np.testing.assert_array_equal(a, v)
     (msg,) = _offset_warnings(msgs)
     assert "above $P1R=5000" in msg and "using HEADER" in msg
+
+
+# --------------------------------------------------------------------------- the user decides: data_offsets=
+
+def _ambiguous(tmp_path):
+    """The file of test_without_a_time_channel_the_same_file_is_ambiguous: TEXT 46 bytes late, HEADER right."""
+    v = _cyan_events(seed=2)
+    names = CYAN_NAMES[:9] + ["FL8 Log"] + CYAN_NAMES[10:]
+    blob = shift_offsets(_build(v, names, [65536] * 11) + bytes(46), "TEXT", 46)
+    p = tmp_path / "amb.fcs"
+    p.write_bytes(blob)
+    return p, blob, v
+
+
+def _read_choice(path, choice):
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        a = evflow.read_fcs(path, data_offsets=choice).to_numpy()
+    return a, [str(w.message) for w in rec if issubclass(w.category, FCSWarning)]
+
+
+def test_the_ambiguity_error_says_how_to_choose_and_both_choices_read(tmp_path):
+    p, blob, v = _ambiguous(tmp_path)
+    hb, he = header_field(blob, "DATA begin"), header_field(blob, "DATA end")
+    tb, te = int(text_value(blob, "$BEGINDATA")), int(text_value(blob, "$ENDDATA"))
+    with pytest.raises(FCSDataError, match="both readings pass") as err:
+        evflow.read_fcs(p)
+    msg = str(err.value)
+    assert f"data_offsets='header') reads bytes {hb}-{he}" in msg and f"data_offsets='text' reads bytes {tb}-{te}" in msg
+    a, msgs = _read_choice(p, "header")
+    np.testing.assert_array_equal(a, v)
+    assert _offset_warnings(msgs) == []
+    a, msgs = _read_choice(p, "text")  # what the TEXT offsets hold: the events one word and two events late
+    truth = np.frombuffer(blob[tb:tb + v.size * 2], "<u2").reshape(v.shape)
+    np.testing.assert_array_equal(a, truth)
+    assert not np.array_equal(a, v) and _offset_warnings(msgs) == []
+    # the dask events follow the same choice
+    np.testing.assert_array_equal(evflow.read_fcs(p, data_offsets="text", chunk_events=1000).events.compute(), truth)
+
+
+def test_choosing_reads_a_file_whose_readings_both_fail_or_both_pass(tmp_path):
+    # neither passes (the clock restarts): the HEADER holds the events as written
+    v = _cyan_events(reset_at=100)
+    blob = shift_offsets(with_analysis(_build(v, CYAN_NAMES, [65536] * 11), _analysis()), "TEXT", 46)
+    p = tmp_path / "neither.fcs"
+    p.write_bytes(blob)
+    with pytest.raises(FCSDataError, match="neither reading passes.*data_offsets='header'"):
+        evflow.read_fcs(p)
+    np.testing.assert_array_equal(_read_choice(p, "header")[0], v)
+    # both pass (offsets a whole number of events apart): the TEXT holds the events as written
+    rng = np.random.default_rng(4)
+    v = rng.integers(0, 65536, size=(400, 2)).astype(np.uint16)
+    p.write_bytes(shift_offsets(_build(v, ["A", "B"], [65536, 65536]) + rng.bytes(44), "HEADER", 44))
+    with pytest.raises(FCSDataError, match="cannot tell which.*data_offsets='text'"):
+        evflow.read_fcs(p)
+    np.testing.assert_array_equal(_read_choice(p, "text")[0], v)
+
+
+def test_choosing_overrides_the_automatic_decision(tmp_path):
+    # the CyAn file: auto takes the HEADER (with a warning); asking for the TEXT reads the shifted events
+    v = _cyan_events()
+    blob = shift_offsets(with_analysis(_build(v, CYAN_NAMES, [65536] * 11), _analysis()), "TEXT", 46)
+    p = tmp_path / "cyan.fcs"
+    p.write_bytes(blob)
+    tb = int(text_value(blob, "$BEGINDATA"))
+    np.testing.assert_array_equal(_read_choice(p, "auto")[0], v)
+    a, msgs = _read_choice(p, "text")
+    np.testing.assert_array_equal(a, np.frombuffer(blob[tb:tb + v.size * 2], "<u2").reshape(v.shape))
+    assert _offset_warnings(msgs) == []
+    # a file whose offsets agree reads the same whatever is chosen
+    v2, good = _small()
+    p.write_bytes(good)
+    for choice in ("auto", "header", "text"):
+        a, msgs = _read_choice(p, choice)
+        np.testing.assert_array_equal(a, v2)
+        assert _offset_warnings(msgs) == []
+
+
+def test_a_choice_the_file_cannot_serve_is_an_error(tmp_path):
+    v, blob = _small()
+    p = tmp_path / "c.fcs"
+    p.write_bytes(set_text_value(blob, "$BEGINDATA", "1280F"))
+    with pytest.raises(FCSDataError, match=r"data_offsets='text' asked for, but \$BEGINDATA is '       1280F', "
+                                           r"expected an integer.*'header'") as err:
+        evflow.read_fcs(p, data_offsets="text")
+    assert str(p) in str(err.value)
+    np.testing.assert_array_equal(_read_choice(p, "header")[0], v)
+    p.write_bytes(set_header_field(set_header_field(blob, "DATA begin", 0), "DATA end", 0))
+    with pytest.raises(FCSDataError, match="data_offsets='header' asked for, but the HEADER gives DATA offsets 0-0"):
+        evflow.read_fcs(p, data_offsets="header")
+    np.testing.assert_array_equal(_read_choice(p, "text")[0], v)
+    # a chosen reading is still checked against the file and $TOT
+    p.write_bytes(set_header_field(blob, "DATA begin", len(blob) - 10))
+    with pytest.raises(FCSDataError, match=r"\$TOT=20 events of 6 bytes need 120 bytes"):
+        evflow.read_fcs(p, data_offsets="header")
+    for bad in ("HEADER", "both", None, 1):
+        with pytest.raises(evflow.FCSError, match="data_offsets=.*expected one of 'auto', 'header', 'text'"):
+            evflow.read_fcs(p, data_offsets=bad)
+
+
+def test_clock_channels_are_the_time_channel_and_clock_named_ones():
+    from evflow.io.fcs.text import is_clock_channel, is_time_channel
+
+    meta = {"$P1N": "Time", "$P2N": "HW-Time", "$P3N": "Time MSW", "$P4N": "Time LSW", "$P5N": "FL1",
+            "$P6N": "T-hi", "$P6TYPE": "Time", "$P7N": "HDR-T", "$P7TYPE": "Raw_Fluorescence", "$P8N": "time msw"}
+    clock = [is_clock_channel(meta, i) for i in range(8)]
+    time = [is_time_channel(meta, i) for i in range(8)]
+    assert clock == [True, True, True, False, False, True, True, True]
+    assert time == [True, False, False, False, False, True, False, False]
+    assert all(c for c, t in zip(clock, time) if t)  # a superset of the time channel
+    assert is_clock_channel(meta, 4, "HW-Time") and not is_clock_channel(meta, 0, "FL2")  # by the name given

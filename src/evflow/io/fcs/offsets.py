@@ -10,13 +10,18 @@ The rule (:func:`data_offsets`):
    ``$ENDDATA`` off-by-one).  If exactly one fits it is used, with a warning.
 3. If more than one fits, each is decoded on a bounded sample (the first and last
    :data:`JUDGE_ROWS` events) and judged: every integer value within ``$PnR`` (after the bit
-   mask), every float finite, each time channel (``$PnN`` Time/HDR-T/HW-Time or a
-   "Time MSW" word, or ``$PnTYPE`` Time) non-decreasing, and no event in bytes that belong to
-   another segment (TEXT, supplemental TEXT, ANALYSIS, the next data set).  The one reading
+   mask), every float finite, each clock (``$PnTYPE`` Time, or ``$PnN`` Time/HDR-T/HW-Time or a
+   "Time MSW" word: :func:`~evflow.io.fcs.text.is_clock_channel`) non-decreasing, and no event
+   in bytes that belong to another segment (TEXT, supplemental TEXT, ANALYSIS, the next data set).  The one reading
    that passes is used, with a warning naming both offsets and why the other failed; if both
    pass or neither does, :class:`~evflow.errors.FCSDataError` names both offsets.
 4. Without ``$TOT`` (FCS 2.0) the number of events is inferred from the DATA length when that
    is a whole number of events, with a warning; otherwise it is an error.
+
+The user can decide instead (``read_fcs(path, data_offsets=...)``, :data:`DATA_OFFSETS`):
+``"header"`` reads the DATA where the HEADER says, ``"text"`` where ``$BEGINDATA``/``$ENDDATA``
+say, with no judging and no warning about the other; the reading is still checked against
+the file size and ``$TOT`` (:func:`_finish`).  ``"auto"`` (the default) is the rule above.
 """
 
 from __future__ import annotations
@@ -27,15 +32,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import FCSDataError, FCSWarning
+from ...errors import FCSDataError, FCSError, FCSWarning
 from .data import _decode_rows, _Layout
 from .header import HEADER_SIZE
-from .text import _DataSetInfo, channel_range, is_time_name, parse_int
+from .text import _DataSetInfo, channel_range, is_clock_channel, parse_int
 
 #: events decoded at each end of the DATA segment when two readings must be judged
 JUDGE_ROWS = 2048
 
 _TEXT_KEYS = ("$BEGINDATA", "$ENDDATA")
+
+#: what ``read_fcs(data_offsets=)`` accepts: the rule of this module, or the HEADER's or the TEXT's offsets
+DATA_OFFSETS = ("auto", "header", "text")
+
+
+def check_choice(value, path=None) -> str:
+    """``value`` if it is one of :data:`DATA_OFFSETS`, else :class:`FCSError` naming them."""
+    if not isinstance(value, str) or value not in DATA_OFFSETS:
+        raise FCSError(f"data_offsets={value!r}; expected one of {', '.join(map(repr, DATA_OFFSETS))}", path)
+    return value
+
+
+def _how_to_choose(h: _Reading, t: _Reading) -> str:
+    return (f"; if you know which is right, choose it: read_fcs(path, data_offsets='header') reads bytes "
+            f"{h.begin}-{h.end}, data_offsets='text' reads bytes {t.begin}-{t.end}")
 
 
 @dataclass(frozen=True)
@@ -59,13 +79,6 @@ def _lenient_int(meta, key):
     if v < 0:
         return None, f"{key} is {v}, expected a non-negative byte offset"
     return v, None
-
-
-def _is_time_column(meta, i: int, name: str) -> bool:
-    low = str(name).strip().lower()
-    if is_time_name(name) or low == "hw-time" or (low.startswith("time") and "msw" in low):
-        return True
-    return str(meta.get(f"$P{i + 1}TYPE", "")).strip().lower() == "time"
 
 
 def _other_segments(info: _DataSetInfo, size: int) -> list[tuple[str, int, int]]:
@@ -129,7 +142,7 @@ def _judge(r: _Reading, n_events: int, info: _DataSetInfo, layout: _Layout, chan
                 if bad.size:
                     reasons.append(f"channel {name!r} holds {b[bad[0], c]} at event {off + int(bad[0])}")
                     break
-        if _is_time_column(meta, c, name):
+        if is_clock_channel(meta, c, name):
             t = np.concatenate([b[:, c] for _, b in blocks]).astype(np.float64)
             idx = np.concatenate([off + np.arange(b.shape[0]) for off, b in blocks])
             down = np.flatnonzero(np.diff(t) < 0)
@@ -176,11 +189,12 @@ def _count_without_tot(r: _Reading, rb: int, avail: int, path) -> int:
     return n
 
 
-def data_offsets(info: _DataSetInfo, layout: _Layout, n_tot: int | None, path, size: int, channels=None):
+def data_offsets(info: _DataSetInfo, layout: _Layout, n_tot: int | None, path, size: int, channels=None,
+                 choice: str = "auto"):
     """Resolve the DATA segment of one data set: (absolute start offset, number of events).
 
     See the module docstring for the rule.  ``channels`` are the ``$PnN`` names (for the time
-    channel and messages); default ``P1``, ``P2``, ...
+    channel and messages); default ``P1``, ``P2``, ...  ``choice``: one of :data:`DATA_OFFSETS`.
     """
     meta, header, base = info.meta, info.header, info.base
     channels = list(channels) if channels is not None else [f"P{i + 1}" for i in range(layout.n_channels)]
@@ -190,6 +204,8 @@ def data_offsets(info: _DataSetInfo, layout: _Layout, n_tot: int | None, path, s
     rb = layout.row_bytes
     if n_tot == 0:
         return base, 0
+    if choice != "auto":
+        return _finish(_asked(choice, head, text, problems, info, path), info, layout, n_tot, path, size)
     if text is None and head is None:
         raise FCSDataError(
             f"no DATA offsets: HEADER gives {hb}-{he} and $BEGINDATA/$ENDDATA are "
@@ -227,6 +243,22 @@ def data_offsets(info: _DataSetInfo, layout: _Layout, n_tot: int | None, path, s
             _warn(f"{path}: DATA end differs between HEADER ({h.end}) and $ENDDATA ({t.end}); "
                   f"using {chosen.source} ({chosen.end})")
     return _finish(chosen, info, layout, n_tot, path, size)
+
+
+def _asked(choice: str, head: _Reading | None, text: _Reading | None, problems, info, path) -> _Reading:
+    """The reading ``data_offsets=choice`` names, or :class:`FCSDataError` when the file gives none there."""
+    chosen = head if choice == "header" else text
+    if chosen is not None:
+        return chosen
+    if choice == "header":
+        hb, he = info.header.data
+        found = f"the HEADER gives DATA offsets {hb}-{he}"
+    else:
+        found = ("; ".join(problems) if problems else
+                 f"$BEGINDATA/$ENDDATA are {info.meta.get('$BEGINDATA')!r}/{info.meta.get('$ENDDATA')!r}")
+    other = "text" if choice == "header" else "header"
+    raise FCSDataError(f"data_offsets={choice!r} asked for, but {found}; expected byte offsets of the DATA "
+                       f"segment there (read with data_offsets='auto' or {other!r})", path)
 
 
 def _choose_end(t: _Reading, h: _Reading, info, rb, path, size) -> _Reading:
@@ -267,7 +299,7 @@ def _choose_begin(t, h, fits, info, layout, n_tot, channels, path, size) -> _Rea
     if rb == 0:
         raise FCSDataError(
             f"DATA offsets disagree: {h.describe()} and {t.describe()} both fit the file, and delimited ASCII "
-            "DATA cannot be judged event by event; expected HEADER and TEXT to agree",
+            "DATA cannot be judged event by event; expected HEADER and TEXT to agree" + _how_to_choose(h, t),
             path,
         )
     avail = {c: size - (info.base + c.begin) for c in pool}
@@ -287,13 +319,13 @@ def _choose_begin(t, h, fits, info, layout, n_tot, channels, path, size) -> _Rea
         raise FCSDataError(
             f"DATA offsets disagree ({both}) and neither reading passes the checks on its events ({why}); "
             "expected one whose integer values lie within $PnR, whose time channel does not decrease and "
-            "which stays clear of other segments",
+            "which stays clear of other segments" + _how_to_choose(h, t),
             path,
         )
     raise FCSDataError(
         f"DATA offsets disagree ({both}) and both readings pass the checks on their events (values within "
         "$PnR, time channel non-decreasing, clear of other segments), so evflow cannot tell which is right; "
-        "expected HEADER and TEXT to agree",
+        "expected HEADER and TEXT to agree" + _how_to_choose(h, t),
         path,
     )
 

@@ -22,7 +22,7 @@ from .data import (
 )
 from .header import _open_checked, _stat_checked
 from .layout import _layout, _segment_lengths
-from .offsets import data_offsets
+from .offsets import check_choice, data_offsets as _data_offsets
 from .text import _MAX_PAR, _channel_names, _data_set_infos, _int_kw, parse_spillover
 
 
@@ -474,7 +474,8 @@ def read_fcs_metadata(path, data_set: int = 0) -> dict:
     return dict(infos[data_set].meta)
 
 
-def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bool | str = False) -> FCSSample:
+def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bool | str = False,
+             data_offsets: str = "auto") -> FCSSample:
     """Read an FCS file lazily.
 
     Parameters
@@ -493,6 +494,11 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
         policy; ``"raw"``, ``"linear"`` (``$PnE`` log decoding ``f2 * 10**(f1 * x / $PnR)``,
         time channel times ``$TIMESTEP``), ``"linear-gain"`` (also divided by ``$PnG``) or
         ``"auto"``: ``events`` on that policy.
+    data_offsets : {"auto", "header", "text"}
+        Where the DATA segment lies when the HEADER and the TEXT (``$BEGINDATA``/``$ENDDATA``)
+        disagree: ``"auto"`` (default) decides from the file (Notes); ``"header"`` or ``"text"``
+        reads where that one says, with no judging (for a file the error below calls ambiguous,
+        when you know which is right).
 
     Returns
     -------
@@ -524,7 +530,8 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
       ``$PnTYPE`` Time) non-decreasing, no event in bytes of another segment (TEXT,
       supplemental TEXT, ANALYSIS, the next data set).  The reading that passes is used,
       with a warning naming both offsets and why the other failed; if both pass or neither
-      does, :class:`~evflow.errors.FCSDataError` names both offsets.  Judging reads a few
+      does, :class:`~evflow.errors.FCSDataError` names both offsets and the ``data_offsets=``
+      that would read each.  Judging reads a few
       thousand events, so it costs nothing measurable next to reading the file.
 
     Every ``$DATATYPE`` is read: I (8- to 64-bit, either byte order), F, D, fixed-width and
@@ -550,6 +557,8 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
         raise FCSError(f"chunk_events must be a positive integer, got {chunk_events!r}", path)
     if not isinstance(scale, bool):
         _scale.check_scale(scale, path)
+    if data_offsets != "auto":
+        check_choice(data_offsets, path)
     with open(path, "rb") as f:
         infos = _data_set_infos(f, path, size, upto=data_set)
     if data_set >= len(infos):
@@ -562,7 +571,7 @@ def read_fcs(path, data_set: int = 0, chunk_events: int | None = None, scale: bo
     n_tot = _int_kw(meta, "$TOT", path, required=not info.header.version.startswith("FCS2"), default=None, minimum=0)
     layout = _layout(meta, n_par, path, segment_lengths=_segment_lengths(info))
     channels, markers = _channel_names(meta, n_par, path)
-    offset, n_events = data_offsets(info, layout, n_tot, path, size, channels)
+    offset, n_events = _data_offsets(info, layout, n_tot, path, size, channels, data_offsets)
     if layout.delimited_ascii:
         import dask.array as da
 

@@ -338,6 +338,23 @@ def is_time_channel(meta: Mapping, i: int, name=None) -> bool:
     return is_time_name(meta.get(f"$P{i + 1}N", "") if name is None else name)
 
 
+def is_clock_name(name) -> bool:
+    """Whether a ``$PnN`` names a clock whose values never decrease: a time channel's name
+    (:func:`is_time_name`), ``HW-Time``, or the high word of a clock split in two (``Time MSW``;
+    its low word wraps round)."""
+    low = str(name).strip().lower()
+    return low in _TIME_NAMES or low == "hw-time" or (low.startswith("time") and "msw" in low)
+
+
+def is_clock_channel(meta: Mapping, i: int, name=None) -> bool:
+    """Whether column ``i`` counts time, so that its values never decrease: the time channel
+    (:func:`is_time_channel`) or a channel named as a clock (:func:`is_clock_name`, whatever its
+    ``$PnTYPE``).  A superset of :func:`is_time_channel`, used to judge DATA offsets
+    (:mod:`evflow.io.fcs.offsets`); only :func:`is_time_channel` picks the sample's time channel."""
+    name = meta.get(f"$P{i + 1}N", "") if name is None else name
+    return is_time_channel(meta, i, name) or is_clock_name(name)
+
+
 def channel_datatype(meta: Mapping, i: int) -> str:
     """The stored type of column ``i``: FCS 3.2's ``$PnDATATYPE`` when given, else ``$DATATYPE``
     (upper-case, as written: 'I', 'F', 'D' or 'A' in a valid file)."""
