@@ -205,6 +205,23 @@ def test_demo_report_tables_carry_the_dataset(flow_demo):
     lo, mid, hi = (float(ds[v].values[0, 1]) for v in ("concentration_per_ml_lo", "concentration_per_ml",
                                                        "concentration_per_ml_hi"))
     assert lo < mid < hi
+    # buffer-subtracted concentrations (the demo has a buffer-only control), as the dataset holds them
+    sub = _by_header(page.tables["buffer-subtracted"])
+    roles = [str(r) for r in ds["role"].values]
+    for i, r in enumerate(sub):
+        for j, p in enumerate(phen):
+            v = float(ds["buffer_subtracted_concentration_per_ml"].values[i, j])
+            if roles[i] == "buffer":
+                assert r[p] == "" and np.isnan(v)
+                continue
+            m = re.fullmatch(r"(\S+) \((\S+) to (\S+)\)", r[p])
+            assert m, r[p]
+            assert _num(m.group(1)) == pytest.approx(v, rel=1e-3, abs=1e-9)
+    b = roles.index("buffer")
+    rate_b = ds["count"].values[b] / float(ds["volume_ul"].values[b])  # events per uL of buffer
+    for i in (k for k, r in enumerate(roles) if r != "buffer"):
+        want = ds["concentration_per_ml"].values[i] - 1e3 * float(ds["dilution"].values[i]) * rate_b
+        np.testing.assert_allclose(ds["buffer_subtracted_concentration_per_ml"].values[i], want, rtol=1e-9)
     # the figures: gates on density plots, marker histograms, calibration diagnostics, time QC
     for alt in ("density plots with gates", "marker histograms", "fluorescence calibration diagnostics",
                 "event rate over time"):

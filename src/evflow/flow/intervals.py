@@ -11,13 +11,20 @@
 
 Concentrations scale linearly with the count, so their interval is the
 count's Poisson interval times the same factor (volume, dilution).
+
+- :func:`rate_difference_interval`: the normal-approximation interval of a
+  difference of two Poisson rates ``k_s / v_s - k_b / v_b``, with relative
+  volume uncertainties added in quadrature when known.
+- :func:`add_buffer_subtracted`: ``buffer_subtracted_concentration_per_ml``
+  (and ``_lo``/``_hi``) of a flow Dataset with a buffer-only control.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["poisson_interval", "wilson_interval", "add_count_intervals"]
+__all__ = ["poisson_interval", "wilson_interval", "add_count_intervals", "rate_difference_interval",
+           "add_buffer_subtracted"]
 
 
 def poisson_interval(k, conf: float = 0.95):
@@ -67,4 +74,62 @@ def add_count_intervals(ds, conf: float = 0.95, prefix: str = ""):
         ds[f"{prefix}{frac}_lo"] = (c.dims, flo, {"units": "1", "long_name": f"{frac}, lower {note} (Wilson)"})
         ds[f"{prefix}{frac}_hi"] = (c.dims, fhi, {"units": "1", "long_name": f"{frac}, upper {note} (Wilson)"})
     ds.attrs["intervals"] = f"{note}: counts exact Poisson (Garwood), fractions Wilson score"
+    return ds
+
+
+def rate_difference_interval(k_s, v_s, k_b, v_b, conf: float = 0.95, *, v_s_rel_sd=0.0, v_b_rel_sd=0.0):
+    """Estimate and two-sided ``conf`` interval of ``k_s / v_s - k_b / v_b`` (arrays broadcast).
+
+    ``k_s``, ``k_b`` are Poisson counts observed in volumes ``v_s``, ``v_b``.
+    The variance is ``k_s / v_s**2 + k_b / v_b**2`` (Poisson) plus
+    ``(rate * rel_sd)**2`` for each volume whose relative standard deviation
+    is known; the interval is estimate +- z sd (not clipped at 0: a sample
+    indistinguishable from its buffer has an interval containing 0). The
+    normal approximation covers close to nominally once both counts exceed
+    about 20; below that the interval is approximate. Returns (estimate, lo, hi).
+    """
+    from scipy.stats import norm
+
+    k_s, v_s, k_b, v_b = (np.asarray(a, float) for a in (k_s, v_s, k_b, v_b))
+    z = float(norm.ppf(0.5 + conf / 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_s, r_b = k_s / v_s, k_b / v_b
+        var = k_s / v_s**2 + k_b / v_b**2 + (r_s * v_s_rel_sd) ** 2 + (r_b * v_b_rel_sd) ** 2
+        est = r_s - r_b
+        half = z * np.sqrt(var)
+    return est, est - half, est + half
+
+
+def add_buffer_subtracted(ds, conf: float = 0.95):
+    """Add ``buffer_subtracted_concentration_per_ml`` (+ ``_lo``/``_hi``) per sample and phenotype.
+
+    The buffer-only control(s) (``role == "buffer"``, pooled: their counts and
+    analysed volumes summed) measure the background events per uL of diluent;
+    each sample's events per uL minus that rate, times the sample's dilution,
+    is its particles per mL with the buffer's background removed, with the
+    interval of :func:`rate_difference_interval` (counting only: volume
+    uncertainty is not known to the pipeline). Buffer samples themselves and
+    samples without an analysed volume get NaN. Without a buffer control
+    nothing is added. Returns ``ds``.
+    """
+    role = np.asarray(ds["role"].values).astype(str)
+    vol = np.asarray(ds["volume_ul"].values, float)
+    buf = (role == "buffer") & np.isfinite(vol) & (vol > 0)
+    if not buf.any():
+        return ds
+    counts = np.asarray(ds["count"].values, float)
+    k_b, v_b = counts[buf].sum(axis=0)[None, :], float(vol[buf].sum())
+    dil = np.asarray(ds["dilution"].values, float)[:, None]
+    use = ((role != "buffer") & np.isfinite(vol) & (vol > 0))[:, None]
+    est, lo, hi = rate_difference_interval(counts, np.where(use, vol[:, None], np.nan), k_b, v_b, conf)
+    scale = np.where(use, 1e3 * dil, np.nan)  # events per uL -> particles per mL of the undiluted sample
+    names = ", ".join(str(n) for n in np.asarray(ds["sample"].values)[buf])
+    what = f"buffer-subtracted particles per mL (undiluted; background from {names}"
+    ds["buffer_subtracted_concentration_per_ml"] = (("sample", "phenotype"), est * scale,
+                                                    {"units": "1/mL", "long_name": what + ")"})
+    for side, v in (("lo", lo), ("hi", hi)):
+        ds[f"buffer_subtracted_concentration_per_ml_{side}"] = (
+            ("sample", "phenotype"), v * scale,
+            {"units": "1/mL", "long_name": f"{what}), {side} {conf:.0%} limit (normal approximation, "
+                                           "Poisson on both counts)"})
     return ds

@@ -320,15 +320,14 @@ def threshold_rows(ds, ctx) -> list:
     return rows
 
 
-def concentration_rows(ds) -> list:
-    """Per sample: total and per-phenotype particles/mL with their 95% intervals (Poisson on the count)."""
+def concentration_rows(ds, key: str = "concentration_per_ml") -> list:
+    """Per sample: per-phenotype particles/mL (``key``: raw or buffer-subtracted) with their 95% intervals."""
     rows = []
     for i, s in enumerate(ds["sample"].values):
         r = [str(s), str(ds["role"].values[i])]
         for j in range(ds.sizes["phenotype"]):
-            r.append(_interval(float(ds["concentration_per_ml"].values[i, j]),
-                               float(ds["concentration_per_ml_lo"].values[i, j]),
-                               float(ds["concentration_per_ml_hi"].values[i, j])))
+            r.append(_interval(float(ds[key].values[i, j]), float(ds[f"{key}_lo"].values[i, j]),
+                               float(ds[f"{key}_hi"].values[i, j])))
         rows.append(r)
     return rows
 
@@ -512,6 +511,13 @@ def flow_parts(ds, ctx, *, table, img, png, esc) -> dict:
                      "interval (Poisson on the count, per-event volume factor) in brackets.</p>",
                      table(concentration_rows(ds), ["sample", "role"] + [str(p) for p in ds["phenotype"].values],
                            left=2).replace("<table>", "<table id='concentrations'>", 1)]
+    if "buffer_subtracted_concentration_per_ml" in ds:
+        out["plots"] += ["<p class='small'>" + esc(ds["buffer_subtracted_concentration_per_ml"].attrs["long_name"])
+                         + "; 95% interval (normal approximation, Poisson on sample and buffer counts) in "
+                         "brackets.</p>",
+                         table(concentration_rows(ds, "buffer_subtracted_concentration_per_ml"),
+                               ["sample", "role"] + [str(p) for p in ds["phenotype"].values], left=2).replace(
+                             "<table>", "<table id='buffer-subtracted'>", 1)]
     cparts = _calibration_parts(ctx, table, img, png, esc)
     if cparts:
         out["calibration"] = ["<h2>Calibration diagnostics</h2>", *cparts]

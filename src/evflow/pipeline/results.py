@@ -53,7 +53,7 @@ def _flow_dataset(ctx):
             conc[i] = concentration_per_ml(counts[i], vol[i], by[n].dilution)
     ds["concentration_per_ml"] = (("sample", "phenotype"), conc,
                                   {"units": "1/mL", "long_name": "particles per mL of the undiluted sample"})
-    from ..flow.intervals import add_count_intervals
+    from ..flow.intervals import add_buffer_subtracted, add_count_intervals
 
     add_count_intervals(ds)
     per_event = np.array([concentration_per_ml(1, vol[i], by[n].dilution) if np.isfinite(vol[i]) and vol[i] > 0
@@ -62,6 +62,7 @@ def _flow_dataset(ctx):
         ds[f"concentration_per_ml_{side}"] = (("sample", "phenotype"), per_event * ds[f"count_{side}"].values,
                                               {"units": "1/mL", "long_name": f"concentration, {side} 95% limit "
                                                                              "(Poisson on the count)"})
+    add_buffer_subtracted(ds)
     ds["total_concentration_per_ml"] = ("sample", conc.sum(axis=1),
                                         {"units": "1/mL", "long_name": "parent-gate particles per mL (undiluted)"})
     fl = ctx.fluor
@@ -259,8 +260,8 @@ def _interval_columns(ds, i, j, count=None, n_parent=None) -> dict:
     flo, fhi = wilson_interval(count, n_parent)
     out = {"count_lo": float(clo), "count_hi": float(chi), "fraction_of_parent_lo": float(flo),
            "fraction_of_parent_hi": float(fhi)}
-    for side in ("lo", "hi"):
-        key = f"concentration_per_ml_{side}"
+    for key in ("concentration_per_ml_lo", "concentration_per_ml_hi", "buffer_subtracted_concentration_per_ml",
+                "buffer_subtracted_concentration_per_ml_lo", "buffer_subtracted_concentration_per_ml_hi"):
         out[key] = float(ds[key].values[i, j]) if ds is not None and key in ds else np.nan
     return out
 
