@@ -105,3 +105,27 @@ def test_buffer_subtracted_concentration_in_dataset():
     ds2 = ds.assign_coords(role=("sample", ["sample", "sample", "sample"]))
     assert "buffer_subtracted_concentration_per_ml" not in add_buffer_subtracted(ds2.drop_vars(
         [k for k in ds2.data_vars if k.startswith("buffer_")]))
+
+
+@pytest.mark.parametrize("lam", [3.0, 20.0, 50.0, 500.0, 5000.0])
+def test_count_interval_coverage_is_nominal(lam):
+    """Exact coverage of the Garwood interval (sum of the Poisson pmf over the counts whose interval holds
+    the mean): never below 95%; within 2 points of it from about 20 events on, conservative below
+    (98.8% at a mean of 3 events, the price of an exact interval)."""
+    from scipy.stats import poisson
+
+    ks = np.arange(0, int(lam * 3 + 30))
+    lo, hi = poisson_interval(ks)
+    cover = poisson.pmf(ks, lam)[(lo <= lam) & (lam <= hi)].sum()
+    assert 0.95 <= cover <= (0.99 if lam < 10 else 0.97), cover
+
+
+@pytest.mark.parametrize("n,p", [(200, 0.3), (1000, 0.1), (5000, 0.02), (100000, 0.005)])
+def test_fraction_interval_coverage_is_nominal(n, p):
+    """Exact coverage of the Wilson interval within 2 points of 95% at fractions of EV phenotypes."""
+    from scipy.stats import binom
+
+    ks = np.arange(0, n + 1)
+    lo, hi = wilson_interval(ks, n)
+    cover = binom.pmf(ks, n, p)[(lo <= p) & (p <= hi)].sum()
+    assert abs(cover - 0.95) <= 0.02, cover
