@@ -61,7 +61,7 @@ def dog_ndimage(image, sigma_small: float, sigma_large: float, scale=None, ndi=N
 def peaks_ndimage(response, threshold, radius: int, factor=1.0):
     """``(y, x, score)`` of the local maxima of ``response * factor`` (see :func:`maxima_numba`)
     with ``maximum_filter``; NumPy results, row-major order."""
-    from evflow.backend import array_module, to_host
+    from evflow.backend import array_module, to_host_all
 
     xp = array_module(response)
     ndi = _ndimage(response)
@@ -71,10 +71,8 @@ def peaks_ndimage(response, threshold, radius: int, factor=1.0):
     mx = ndi.maximum_filter(score, size=size, mode="nearest")
     mask = (score == mx) & (score >= threshold)
     yy, xx = xp.nonzero(mask)
-    # one crossing: rows, columns (exact in float64) and scores of the maxima, stacked
-    got = to_host(xp.stack([yy.astype(xp.float64), xx.astype(xp.float64), score[yy, xx].astype(xp.float64)]),
-                  what="maxima")
-    return got[0].astype(np.int64), got[1].astype(np.int64), got[2].astype(score.dtype)
+    gy, gx, gv = to_host_all([yy, xx, score[yy, xx]], what="maxima")  # one crossing
+    return gy.astype(np.int64), gx.astype(np.int64), gv.astype(score.dtype)
 
 
 def peaks_numba(response, threshold, radius: int, factor=1.0):

@@ -21,8 +21,10 @@ same code calls the same crossing points on either backend.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import math
 import os
 import sys
 import threading
@@ -43,6 +45,7 @@ __all__ = [
     "to_backend",
     "to_device",
     "to_host",
+    "to_host_all",
     "count_transfers",
     "TransferLog",
 ]
@@ -192,10 +195,7 @@ class TransferLog:
 
     def by_label(self) -> dict:
         """``{(direction, what): count}``."""
-        out: dict = {}
-        for t in self.transfers:
-            out[(t.direction, t.what)] = out.get((t.direction, t.what), 0) + 1
-        return out
+        return dict(collections.Counter((t.direction, t.what) for t in self.transfers))
 
 
 _LOGS: list = []
@@ -308,6 +308,25 @@ def to_host(a, *, what: str = "array"):
     a = np.asarray(a)
     _record("to_host", "numpy", a.nbytes, False, what)
     return a
+
+
+def to_host_all(arrays, *, what: str = "arrays") -> list:
+    """Several arrays of one backend back to the host in one crossing: their values as float64,
+    concatenated, copied with one :func:`to_host`, and split again.
+
+    Returns float64 NumPy arrays of the inputs' shapes (views of one buffer).  Exact for float32 and
+    float64 values and for integers below 2**53 (indices, counts, status codes).
+    """
+    arrays = list(arrays)
+    xp = array_module(arrays[0])
+    shapes = [tuple(int(s) for s in a.shape) for a in arrays]
+    h = to_host(xp.concatenate([xp.asarray(a, dtype=xp.float64).ravel() for a in arrays]), what=what)
+    out, i = [], 0
+    for shape in shapes:
+        n = math.prod(shape)
+        out.append(h[i:i + n].reshape(shape))
+        i += n
+    return out
 
 
 def to_numpy(a):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..backend import to_device, to_host
+from ..backend import to_device, to_host_all
 from ..errors import ImageError
 from ._core import (
     NOISE_BLOCK_PX,
@@ -72,10 +72,8 @@ def _detect_region(photons, responses, sat, invalid, name, sig, ninfo, thr_snr, 
 
         xp = array_module(response)
         iy, ix = (a if array_module(a) is xp else to_device(a, name, what="candidates") for a in (yy, xx))
-        cols = [response[iy, ix].astype(xp.float64), snr[iy, ix].astype(xp.float64)]
-        if scale_idx is not None:
-            cols.append(scale_idx[iy, ix].astype(xp.float64))
-        got = to_host(xp.stack(cols), what="candidate values")
+        cols = [response[iy, ix], snr[iy, ix]] + ([scale_idx[iy, ix]] if scale_idx is not None else [])
+        got = to_host_all(cols, what="candidate values")
         resp, sn = got[0], got[1]
         if scale_idx is not None:
             sidx = got[2].astype(np.int64)

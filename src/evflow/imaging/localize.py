@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..backend import array_module, to_host
+from ..backend import to_host, to_host_all
 from ..kernels._registry import renamed_impl
 
 __all__ = ["fit_window_size", "extract_windows", "fit_spots", "FIT_COLUMNS"]
@@ -113,17 +113,12 @@ def fit_spots(
         win, sigma=psf_sigma_px, fit_sigma=fit_sigma, method=method, readout_var=readout_var,
         impl=impl, max_iter=max_iter, tol=tol,
     )
-    # one crossing: parameters, CRLBs, llr, iterations, status and window corners in one float64 block
-    rx = array_module(res["params"])
-    n = int(res["params"].shape[0])
-    cols = [rx.asarray(a, dtype=rx.float64).reshape(n, -1) for a in (
-        res["params"], res["crlb"], res["llr"], res["iterations"], res["status"], y0, x0)]
-    h = to_host(rx.concatenate(cols, axis=1), what="fit results")
-    edges = np.cumsum([0] + [int(a.shape[1]) for a in cols])
-    p, c, llr, iters, status, y0, x0 = (h[:, a:b] for a, b in zip(edges[:-1], edges[1:]))
-    llr, iters, status = llr[:, 0], iters[:, 0], status[:, 0]
-    y0 = y0[:, 0] + int(origin[0])
-    x0 = x0[:, 0] + int(origin[1])
+    # one crossing: parameters, CRLBs, llr, iterations, status and window corners
+    p, c, llr, iters, status, y0, x0 = to_host_all(
+        [res[k] for k in ("params", "crlb", "llr", "iterations", "status")] + [y0, x0], what="fit results")
+    y0 = y0.reshape(-1) + int(origin[0])
+    x0 = x0.reshape(-1) + int(origin[1])
+    llr, iters, status = llr.reshape(-1), iters.reshape(-1), status.reshape(-1)
     return pd.DataFrame(
         {
             "y": y0 + p[:, 1],

@@ -74,7 +74,7 @@ def noise_samples(response, sigma, ndi, *, origin=(0, 0), stride=1, core=None, v
     ``valid`` (bool, the response's shape) leaves out pixels (saturated or
     non-finite neighbourhoods).  NumPy arrays.
     """
-    from ..backend import array_module, to_host
+    from ..backend import array_module, to_host_all
 
     r = int(mask_radius(sigma))
     mx = ndi.maximum_filter(response, size=2 * r + 1, mode="nearest")
@@ -87,8 +87,7 @@ def noise_samples(response, sigma, ndi, *, origin=(0, 0), stride=1, core=None, v
     # one crossing: the sampled pixels of the response, its local maximum and (where they are on the
     # device too) the valid flags and the background, stacked; host arrays are sampled on the host
     extra = [a for a in (valid, background) if a is not None and array_module(a) is xp]
-    layers = to_host(xp.stack([a[sl].astype(xp.float64) for a in (response, mx, *extra)]), what="noise samples")
-    v, m, rest = layers[0], layers[1], list(layers[2:])
+    v, m, *rest = to_host_all([a[sl] for a in (response, mx, *extra)], what="noise samples")
 
     def _sampled(a, fill):
         if a is None:
@@ -222,7 +221,7 @@ def extrema(snr, radius, ndi, *, core=None, t_low=T_MIN, ring_radius=None):
     counted in.  Returns (maxima, minima as positive numbers, pixels whose
     minima were counted, pixels), within ``core``.
     """
-    from ..backend import array_module, to_host
+    from ..backend import array_module, to_host_all
 
     size = 2 * int(radius) + 1
     s = snr
@@ -237,13 +236,10 @@ def extrema(snr, radius, ndi, *, core=None, t_low=T_MIN, ring_radius=None):
     is_max = (sc == mxc) & (sc >= t_low)
     free = nc < t_low
     is_min = (sc == mnc) & (sc <= -MIN_DEPTH_SHARE * t_low) & free
-    # one crossing: the maxima, the minima (negated), then the counts, in one float64 vector (selected on
-    # the device; counts below 2**53 are exact)
-    both = xp.concatenate([sc[is_max].astype(xp.float64), -sc[is_min].astype(xp.float64),
-                           xp.stack([xp.count_nonzero(is_max), xp.count_nonzero(free)]).astype(xp.float64)])
-    h = to_host(both, what="extrema")
-    n_max = int(h[-2])
-    return h[:n_max].copy(), h[n_max:-2].copy(), int(h[-1]), int(sc.size)
+    # one crossing: the maxima, the minima (negated) and the spot-free pixel count, selected on the device
+    maxima, minima, n_free = to_host_all([sc[is_max], -sc[is_min], xp.asarray(xp.count_nonzero(free))],
+                                         what="extrema")
+    return maxima, minima, int(n_free), int(sc.size)
 
 
 def response_skewness(sigma: float, pixel_noise: float, background: float) -> float:
@@ -288,24 +284,29 @@ def _kernel(sigma):
     return np.asarray(dog_filter(d, sigma, impl="numpy"), np.float64)
 
 
+def _gaussian_depth(ts, skew):
+    """The standard-normal quantile with the upper-tail probability of ``ts`` under the skew (Cornish-Fisher,
+    inverted); ``ts`` itself without skew."""
+    g = skew / 6.0
+    if g <= 1e-9:
+        return ts
+    return (-1.0 + np.sqrt(1.0 + 4.0 * g * (ts + g))) / (2.0 * g)
+
+
 def _mirror(ts, skew):
     """Depth on the negative side with the tail probability of ``ts`` on the positive side (Cornish-Fisher)."""
     g = skew / 6.0
     if g <= 1e-9:
         return ts
-    w = (-1.0 + np.sqrt(1.0 + 4.0 * g * (ts + g))) / (2.0 * g)
+    w = _gaussian_depth(ts, skew)
     return w - g * (w * w - 1.0)
 
 
+@functools.lru_cache(maxsize=64)
 def null_peak_density(sigma: float) -> float:
     """``lambda_2`` of the detection filter's response to white noise: the variance of its spatial
     derivative over its variance (px^-2), which sets the density of its local maxima."""
-    return _lambda2(float(sigma))
-
-
-@functools.lru_cache(maxsize=64)
-def _lambda2(sigma):
-    w = _kernel(sigma)
+    w = _kernel(float(sigma))
     g = np.gradient(w, axis=1)
     return float(np.sum(g**2) / np.sum(w**2))
 
@@ -328,8 +329,7 @@ def null_counts(ts, minima, *, skew=0.0, n_pixels=0, null_pixels=None, peak_dens
     if n_pixels and null_pixels:
         fp = fp * (float(n_pixels) / max(float(null_pixels), 1.0))
     if n_pixels and peak_density > 0:
-        g = skew / 6.0
-        w = ts if g <= 1e-9 else (-1.0 + np.sqrt(1.0 + 4.0 * g * (ts + g))) / (2.0 * g)
+        w = _gaussian_depth(ts, skew)
         fp = np.maximum(fp, n_pixels * peak_density / (2 * np.pi) ** 1.5 * w * np.exp(-0.5 * w * w))
     return fp
 

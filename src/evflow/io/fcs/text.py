@@ -77,25 +77,26 @@ def _parse_text(raw: bytes, path, where: str) -> dict[str, str]:
         # delimiter, not an escaped delimiter (seen in real FCS 2.0 files).
         tokens[-1] = tokens[-1][:-1]
         tokens.append(b"")
+    return _keywords([_decode(t) for t in tokens], path, where, stacklevel=5)
+
+
+def _keywords(tokens: list[str], path, where: str, stacklevel: int) -> dict[str, str]:
+    """TEXT fields (decoded, in order) as ``{KEY: value}``: keys upper-cased and stripped, the first of a
+    repeated key kept, empty keys skipped; an odd last field is dropped (with a warning unless blank)."""
     if len(tokens) % 2:
-        last = tokens[-1]
-        if not last.strip(b" \x00\r\n\t"):
-            tokens.pop()
-        else:
+        last = tokens.pop()
+        if last.strip(" \x00\r\n\t"):
             warnings.warn(
-                f"{path}: {where} segment has an odd number of fields ({len(tokens)}); "
-                f"ignoring the last one ({_decode(last)[:40]!r})",
+                f"{path}: {where} segment has an odd number of fields ({len(tokens) + 1}); "
+                f"ignoring the last one ({last[:40]!r})",
                 FCSWarning,
-                stacklevel=4,
+                stacklevel=stacklevel,
             )
-            tokens.pop()
     out: dict[str, str] = {}
     for k, v in zip(tokens[::2], tokens[1::2]):
-        key = _decode(k).strip().upper()
-        if not key:
-            continue
-        if key not in out:
-            out[key] = _decode(v)
+        key = k.strip().upper()
+        if key and key not in out:
+            out[key] = v
     return out
 
 
@@ -111,21 +112,7 @@ def _parse_plain(raw: bytes, delim: str, path, where: str) -> dict[str, str] | N
     tail = tokens.pop()
     if tail.strip(" \x00\r\n\t"):
         tokens.append(tail)  # the segment did not end with a delimiter: keep the last value anyway
-    if len(tokens) % 2:
-        last = tokens.pop()
-        if last.strip(" \x00\r\n\t"):
-            warnings.warn(
-                f"{path}: {where} segment has an odd number of fields ({len(tokens) + 1}); "
-                f"ignoring the last one ({last[:40]!r})",
-                FCSWarning,
-                stacklevel=5,
-            )
-    out: dict[str, str] = {}
-    for k, v in zip(tokens[::2], tokens[1::2]):
-        key = k.strip().upper()
-        if key and key not in out:
-            out[key] = v
-    return out
+    return _keywords(tokens, path, where, stacklevel=6)
 
 
 def parse_int(s: str) -> int | None:
