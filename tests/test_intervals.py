@@ -101,6 +101,8 @@ def test_buffer_subtracted_concentration_in_dataset():
     lo, hi = ds["buffer_subtracted_concentration_per_ml_lo"].values, ds["buffer_subtracted_concentration_per_ml_hi"].values
     half = 1.959964 * np.sqrt(900 / 9 + 80 / 9) * 1e4
     assert lo[0, 0] == pytest.approx(v[0, 0] - half, rel=1e-6) and hi[0, 0] == pytest.approx(v[0, 0] + half, rel=1e-6)
+    # flagged: CD63+ of S1 has 100 and 16 buffer events (< 20); CD63- (900 and 80, interval clear of 0) is not
+    assert ds["buffer_subtracted_doubtful"].values.tolist() == [[False, True], [False, False], [False, False]]
     # no buffer control: nothing is added
     ds2 = ds.assign_coords(role=("sample", ["sample", "sample", "sample"]))
     assert "buffer_subtracted_concentration_per_ml" not in add_buffer_subtracted(ds2.drop_vars(

@@ -214,9 +214,10 @@ def test_demo_report_tables_carry_the_dataset(flow_demo):
             if roles[i] == "buffer":
                 assert r[p] == "" and np.isnan(v)
                 continue
-            m = re.fullmatch(r"(\S+) \((\S+) to (\S+)\)", r[p])
+            m = re.fullmatch(r"(\S+) \((\S+) to (\S+)\)( doubtful)?", r[p])
             assert m, r[p]
             assert _num(m.group(1)) == pytest.approx(v, rel=1e-3, abs=1e-9)
+            assert bool(m.group(4)) == bool(ds["buffer_subtracted_doubtful"].values[i, j])
     b = roles.index("buffer")
     rate_b = ds["count"].values[b] / float(ds["volume_ul"].values[b])  # events per uL of buffer
     for i in (k for k, r in enumerate(roles) if r != "buffer"):

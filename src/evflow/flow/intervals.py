@@ -77,6 +77,10 @@ def add_count_intervals(ds, conf: float = 0.95, prefix: str = ""):
     return ds
 
 
+#: below this many events in the sample or the buffer a buffer-subtracted value is flagged (normal approximation)
+MIN_NORMAL_COUNT = 20
+
+
 def rate_difference_interval(k_s, v_s, k_b, v_b, conf: float = 0.95, *, v_s_rel_sd=0.0, v_b_rel_sd=0.0):
     """Estimate and two-sided ``conf`` interval of ``k_s / v_s - k_b / v_b`` (arrays broadcast).
 
@@ -109,8 +113,11 @@ def add_buffer_subtracted(ds, conf: float = 0.95):
     is its particles per mL with the buffer's background removed, with the
     interval of :func:`rate_difference_interval` (counting only: volume
     uncertainty is not known to the pipeline). Buffer samples themselves and
-    samples without an analysed volume get NaN. Without a buffer control
-    nothing is added. Returns ``ds``.
+    samples without an analysed volume get NaN. ``buffer_subtracted_doubtful``
+    flags the values to read with care: the sample's or the buffer's count
+    under :data:`MIN_NORMAL_COUNT` (the normal approximation is rough there),
+    or an interval that contains 0 (the sample cannot be told from its
+    buffer). Without a buffer control nothing is added. Returns ``ds``.
     """
     role = np.asarray(ds["role"].values).astype(str)
     vol = np.asarray(ds["volume_ul"].values, float)
@@ -132,4 +139,8 @@ def add_buffer_subtracted(ds, conf: float = 0.95):
             ("sample", "phenotype"), v * scale,
             {"units": "1/mL", "long_name": f"{what}), {side} {conf:.0%} limit (normal approximation, "
                                            "Poisson on both counts)"})
+    few = (counts < MIN_NORMAL_COUNT) | (k_b < MIN_NORMAL_COUNT)
+    ds["buffer_subtracted_doubtful"] = (("sample", "phenotype"), use & (few | ((lo <= 0) & (hi >= 0))),
+                                        {"units": "1", "long_name": f"count under {MIN_NORMAL_COUNT} in the sample "
+                                         "or the buffer, or the interval contains 0"})
     return ds

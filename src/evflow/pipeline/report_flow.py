@@ -321,13 +321,16 @@ def threshold_rows(ds, ctx) -> list:
 
 
 def concentration_rows(ds, key: str = "concentration_per_ml") -> list:
-    """Per sample: per-phenotype particles/mL (``key``: raw or buffer-subtracted) with their 95% intervals."""
+    """Per sample: per-phenotype particles/mL (``key``: raw or buffer-subtracted) with their 95% intervals,
+    " doubtful" after a buffer-subtracted value its flag marks."""
+    doubt = ds["buffer_subtracted_doubtful"].values if key.startswith("buffer_") else None
     rows = []
     for i, s in enumerate(ds["sample"].values):
         r = [str(s), str(ds["role"].values[i])]
         for j in range(ds.sizes["phenotype"]):
-            r.append(_interval(float(ds[key].values[i, j]), float(ds[f"{key}_lo"].values[i, j]),
-                               float(ds[f"{key}_hi"].values[i, j])))
+            cell = _interval(float(ds[key].values[i, j]), float(ds[f"{key}_lo"].values[i, j]),
+                             float(ds[f"{key}_hi"].values[i, j]))
+            r.append(cell + " doubtful" if cell and doubt is not None and doubt[i, j] else cell)
         rows.append(r)
     return rows
 
@@ -514,7 +517,8 @@ def flow_parts(ds, ctx, *, table, img, png, esc) -> dict:
     if "buffer_subtracted_concentration_per_ml" in ds:
         out["plots"] += ["<p class='small'>" + esc(ds["buffer_subtracted_concentration_per_ml"].attrs["long_name"])
                          + "; 95% interval (normal approximation, Poisson on sample and buffer counts) in "
-                         "brackets.</p>",
+                         "brackets; doubtful: under 20 events in the sample or the buffer, or an interval that "
+                         "contains 0.</p>",
                          table(concentration_rows(ds, "buffer_subtracted_concentration_per_ml"),
                                ["sample", "role"] + [str(p) for p in ds["phenotype"].values], left=2).replace(
                              "<table>", "<table id='buffer-subtracted'>", 1)]
