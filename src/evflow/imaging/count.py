@@ -12,6 +12,8 @@ was detected in that channel.
 
 from __future__ import annotations
 
+from time import perf_counter
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -167,7 +169,9 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         saturated or non-finite pixels) before merging: they are not counted.
         Their number per marker is ``attrs['n_flagged']``.  ``attrs['detection']`` holds per marker the
         detections kept (``n_spots``), the ``threshold`` and ``saturated_fraction`` of the detection and the
-        median distance to partners in earlier channels (``match_distance_px``).
+        median distance to partners in earlier channels (``match_distance_px``); ``attrs['seconds']`` the
+        seconds spent detecting, mapping positions between channels (``register``) and merging and measuring
+        (``colocalise``).
 
     Returns
     -------
@@ -197,7 +201,9 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         top = np.array([np.iinfo(a.dtype).max], np.float64)
         detect_kwargs["saturation"] = float(camera.to_photons(top)[0]) if camera is not None else float(top[0])
     tables, n_flagged, info = {}, {}, {}
+    secs = {"detect": 0.0, "register": 0.0, "colocalise": 0.0}  # time per step (s), in attrs['seconds']
     for c, m in enumerate(markers):
+        t0 = perf_counter()
         df = detect_spots(photons[c], psf_sigma_px=float(sig[c]), flat=flat_c[c], **detect_kwargs)
         info[m] = {"threshold": df.attrs.get("threshold"), "saturated_fraction": df.attrs.get("saturated_fraction")}
         bad = np.zeros(len(df), bool)
@@ -207,17 +213,25 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         n_flagged[m] = int(bad.sum())
         if exclude_flagged and bad.any():
             df = df[~bad].reset_index(drop=True)
+        t1 = perf_counter()
+        secs["detect"] += t1 - t0
         ref = reg.to_reference(m, df[["y", "x"]].to_numpy()) if len(df) else np.empty((0, 2))
         df["y_ref"], df["x_ref"] = ref[:, 0], ref[:, 1]
         tables[m] = df
         info[m]["n_spots"] = len(df)
+        secs["register"] += perf_counter() - t1
+    t0 = perf_counter()
     merged, det, dist = _merge(tables, markers, merge_radius_px)
     for m in markers:
         info[m]["match_distance_px"] = dist.get(m, float("nan"))
     out = pd.DataFrame({"y": merged["y"].to_numpy(), "x": merged["x"].to_numpy()})
     bitmask = np.zeros(len(out), dtype=np.int64)
     for c, m in enumerate(markers):
+        t1 = perf_counter()
         pos = reg.to_channel(m, out[["y", "x"]].to_numpy()) if len(out) else np.empty((0, 2))
+        t_reg = perf_counter() - t1
+        secs["register"] += t_reg
+        t0 += t_reg  # the mapping back to each channel is registration, not colocalisation
         N, b = measure_photons(photons[c], pos, float(sig[c]))
         if flat_c[c] is not None and len(out):
             from .background import flat_at
@@ -235,7 +249,9 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
             positive = np.nan_to_num(N, nan=-np.inf) >= float(thresholds[m])
         bitmask |= positive.astype(np.int64) << c
     out["bitmask"] = bitmask
+    secs["colocalise"] = perf_counter() - t0
     out.attrs["n_flagged"] = n_flagged
+    out.attrs["seconds"] = secs
     out.attrs["detection"] = info  # per marker: n_spots, threshold, saturated_fraction, match_distance_px
     return out
 
@@ -310,7 +326,7 @@ def count_vesicles(images: xr.DataArray, *, markers=None, sample="sample", regis
         camera = images.attrs["camera"]
     px = images.attrs.get("pixel_size_nm")
     area = images.sizes["y"] * images.sizes["x"] * (px * 1e-3) ** 2 if px else np.nan
-    rows, ok_fovs, failed, detection = [], [], [], []
+    rows, ok_fovs, failed, detection, seconds = [], [], [], [], {}
     files = images.coords["file"].values if "file" in images.coords else None
     for i in range(images.sizes["fov"]):
         fov = images.fov.values[i]
@@ -328,6 +344,8 @@ def count_vesicles(images: xr.DataArray, *, markers=None, sample="sample", regis
         sp.insert(0, "fov", fov)
         sp.insert(0, "sample", sample)
         detection.append(sp.attrs.get("detection", {}))
+        for k, v in sp.attrs.get("seconds", {}).items():
+            seconds[k] = seconds.get(k, 0.0) + v
         rows.append(sp)
         ok_fovs.append(fov)
     n_ph = 1 << len(markers)
@@ -337,7 +355,7 @@ def count_vesicles(images: xr.DataArray, *, markers=None, sample="sample", regis
     ds = counts_dataset(counts, markers, [sample], fovs=ok_fovs,
                         thresholds=None if thresholds is None else np.array([[thresholds[m] for m in markers]]),
                         attrs={"modality": "imaging", "pixel_size_nm": px if px else np.nan,
-                               "failed_fields": failed, "detection": detection,
+                               "failed_fields": failed, "detection": detection, "seconds": seconds,
                                "threshold_rule": "photons" if thresholds is not None else "detected"})
     ds["area_um2"] = (("sample", "fov"), np.full((1, len(ok_fovs)), area), {"units": "um2"})
     ds["density"] = (ds["count"] / ds["area_um2"]).assign_attrs(units="1/um2", long_name="vesicles per um^2")

@@ -16,6 +16,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import numpy as np
 
 from ..errors import ImageError
@@ -39,13 +43,44 @@ def camera_of(img_s):
                   read_noise_e=float(img_s.get("camera_read_noise_e", 0.0)))
 
 
-def read_field(path, img_s):
-    """One field as an in-memory ``xarray.DataArray`` (fov=1, channel, y, x) in photons; ``path`` is a file of one
-    field or a :class:`~evflow.pipeline.image_inputs.FieldPath` (one field of a multi-field file)."""
+#: files opened in this process: (path, size, mtime_ns, markers, pixel size, camera) -> (lazy fields, raw dtype)
+_OPENED: dict = {}
+_OPENED_MAX = 32
+_OPEN_LOCK = threading.Lock()
+
+
+def _opened(path, img_s):
+    """The lazy fields of an image file (:func:`evflow.read_images`, in photons) and its raw dtype, opened once per
+    process while the file is unchanged: the fields of a multi-field file share one open (its page table and
+    OME-XML are parsed once, not once per field)."""
+    import tifffile
+
     from ..io.images import read_images
 
     chans = list(img_s["channels"])
-    im = read_images([str(path)], markers=chans, pixel_size_nm=img_s.get("pixel_size_nm"), camera=camera_of(img_s))
+    st = os.stat(path)
+    cam = camera_of(img_s)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, tuple(chans), img_s.get("pixel_size_nm"),
+           tuple(sorted(cam.to_dict().items())))
+    with _OPEN_LOCK:
+        hit = _OPENED.pop(key, None)
+        if hit is not None:
+            _OPENED[key] = hit  # most recently used last
+            return hit
+    im = read_images([str(path)], markers=chans, pixel_size_nm=img_s.get("pixel_size_nm"), camera=cam)
+    with tifffile.TiffFile(str(path)) as tf:
+        dtype = np.dtype(tf.series[0].dtype)
+    with _OPEN_LOCK:
+        _OPENED[key] = (im, dtype)
+        while len(_OPENED) > _OPENED_MAX:
+            _OPENED.pop(next(iter(_OPENED)))
+    return im, dtype
+
+
+def read_field(path, img_s):
+    """One field as an in-memory ``xarray.DataArray`` (fov=1, channel, y, x) in photons; ``path`` is a file of one
+    field or a :class:`~evflow.pipeline.image_inputs.FieldPath` (one field of a multi-field file)."""
+    im, _dtype = _opened(path, img_s)
     k = getattr(path, "field", None)  # a FieldPath: one field of a multi-field file (only its pages are read)
     if k is not None:
         if not 0 <= k < im.sizes["fov"]:
@@ -89,12 +124,7 @@ def _detect_kwargs(img_s, backend):
 
 def _saturation_photons(path, img_s):
     """Saturation level in photons: ``saturation_adu`` or the TIFF's integer dtype maximum (None for floats)."""
-    import tifffile
-
-    dt = None
-    if img_s.get("saturation_adu") is None:
-        with tifffile.TiffFile(str(path)) as tf:
-            dt = np.dtype(tf.series[0].dtype)
+    dt = _opened(path, img_s)[1] if img_s.get("saturation_adu") is None else None
     return saturation_photons(img_s, dt)
 
 
@@ -194,29 +224,37 @@ def image_thresholds(img_s, control_items) -> tuple[dict | None, str]:
 
 def control_item(path, *, img_s, registration, backend) -> dict:
     """Stored item of one control field: :func:`control_spots` and the file's SHA-256."""
-    from .store import file_sha256
+    from .store import file_sha256_once
 
     item = control_spots(path, img_s, registration, backend=backend)
-    item["sha256"] = file_sha256(path)
+    item["sha256"] = file_sha256_once(path)
     return item
 
 
 def field_item(path, *, img_s, registration, thresholds, backend) -> dict:
     """Stored item of one image field: :func:`analyse_field` and the file's SHA-256."""
-    from .store import file_sha256
+    from .store import file_sha256_once
 
-    item = analyse_field(path, img_s, registration, thresholds=thresholds, backend=backend)
-    item["sha256"] = file_sha256(path)
+    t0 = time.perf_counter()
+    field = read_field(path, img_s)
+    saturation = _saturation_photons(path, img_s)
+    t_read = time.perf_counter() - t0
+    item = analyse_photons(field, img_s, registration, thresholds=thresholds, backend=backend, saturation=saturation)
+    t0 = time.perf_counter()
+    item["sha256"] = file_sha256_once(path)  # once per file, not per field of a multi-field file
+    item["stage_s"].update(read=t_read, hash=time.perf_counter() - t0)
     return item
 
 
 def _thumbnail(ph, size=256):
     """RGB thumbnail (uint8) of a (channel, y, x) photon image, max-pooled to about ``size`` px."""
-    ph = np.asarray(ph, np.float64)
+    ph = np.asarray(ph)
+    ph = ph if ph.dtype in (np.float32, np.float64) else ph.astype(np.float64)
     step = max(1, int(np.ceil(max(ph.shape[1:]) / size)))
-    if step > 1:
+    if step > 1:  # max-pooled in the field's own float type (exact), then widened: 1/step^2 of the copy
         H, W = (ph.shape[1] // step) * step, (ph.shape[2] // step) * step
         ph = ph[:, :H, :W].reshape(ph.shape[0], H // step, step, W // step, step).max(axis=(2, 4))
+    ph = ph.astype(np.float64)
     rgb = np.zeros(ph.shape[1:] + (3,), np.float64)
     from ..palette import channel_rgb
 
@@ -247,7 +285,10 @@ def analyse_field(path, img_s, registration=None, thresholds=None, backend="nump
     in reference px; ``photons`` and ``sigma`` (px) fitted in the vesicle's
     brightest channel; ``photons_marker`` etc. (n, k)), a thumbnail, the
     field shape, ``qc`` (the metrics of :func:`evflow.imaging.field_qc.field_metrics`,
-    per channel) and ``stage_um`` (the field's stage x, y from OME metadata, or NaN).
+    per channel), ``stage_um`` (the field's stage x, y from OME metadata, or NaN) and ``stage_s`` (seconds per
+    step: ``detect``, ``register`` (positions between channels), ``colocalise`` (merge, photons per marker,
+    phenotype), ``check`` (field checks, flats), ``refit`` (width in the brightest channel), ``qc`` (metrics and
+    thumbnail); :func:`field_item` adds ``read`` and ``hash``).
     """
     return analyse_photons(read_field(path, img_s), img_s, registration, thresholds=thresholds, backend=backend,
                            saturation=_saturation_photons(path, img_s))
@@ -264,7 +305,11 @@ def analyse_photons(field, img_s, registration=None, thresholds=None, backend="n
 
     chans = list(img_s["channels"])
     im = field if hasattr(field, "dims") else field_array(field, img_s)
+    t0 = time.perf_counter()
     im, ds, spots = _count_image(im, img_s, registration, thresholds, backend, "field", saturation=saturation)
+    t_count = time.perf_counter() - t0
+    steps = {k: float(v) for k, v in (ds.attrs.get("seconds") or {}).items()}
+    t0 = time.perf_counter()
     ph = np.asarray(im.values[0])
     n, k = len(spots), len(chans)
     pm = np.stack([spots[f"photons_{m}"].to_numpy(np.float64) for m in chans], axis=1) if n else np.zeros((0, k))
@@ -288,6 +333,8 @@ def analyse_photons(field, img_s, registration=None, thresholds=None, backend="n
             fit = fit_spots(ph[c], yc, xc, psf_sigma_px=float(img_s.get("psf_sigma_px", 1.3)))
             photons[sel] = fit["photons"].to_numpy()
             sigma[sel] = fit["sigma"].to_numpy()
+    t_refit = time.perf_counter() - t0
+    t0 = time.perf_counter()
     thumb, step = _thumbnail(ph)
     from ..imaging.field_qc import field_metrics
 
@@ -296,7 +343,8 @@ def analyse_photons(field, img_s, registration=None, thresholds=None, backend="n
                        pixel_size_nm=img_s.get("pixel_size_nm") or im.attrs.get("pixel_size_nm"))
     stage = [float(im.coords[f"stage_{a}_um"].values[0]) if f"stage_{a}_um" in im.coords else float("nan")
              for a in "xy"]
-    return {"qc": {k: [float(x) for x in v] for k, v in qc.items()}, "stage_um": stage,
+    steps.update(check=max(t_count - sum(steps.values()), 0.0), refit=t_refit, qc=time.perf_counter() - t0)
+    return {"stage_s": steps, "qc": {k: [float(x) for x in v] for k, v in qc.items()}, "stage_um": stage,
             "counts": np.asarray(ds["count"].values[0, 0], np.int64),
             "n_spots": dm.sum(axis=0).astype(np.int64),
             "y": yx[:, 0], "x": yx[:, 1], "bitmask": spots["bitmask"].to_numpy(np.int64) if n else np.zeros(0, np.int64),

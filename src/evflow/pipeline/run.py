@@ -214,6 +214,7 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
         timings["computed_items"] = len(samples.pending) + len(fields.pending) + len(bleach.pending)
         timings["flow_task_s"] = samples.task_seconds
         timings["image_task_s"] = fields.task_seconds
+        timings["image_step_s"] = fields.step_seconds()  # per step (read, detect, ..., write), summed over fields
     samples.report_failures(ctx.failures, err)
     fields.report_failures(ctx.failures, err)
     bleach.report_failures(ctx.failures, err)
@@ -221,6 +222,7 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
     ctx.copies = cp.unit_brightness_per_marker(exp, bleach.good, ctx.failures) if bleach.items else {}
 
     # -------------------------------------------------------------------- assemble and write
+    t_out = time.perf_counter()
     ds = assemble(ctx)
     spots = im.spots_table(ctx.image_items, list(img_s["channels"]), [s.name for s in exp.samples]) if img_s else None
     spots = cp.add_copies_columns(spots, ctx.copies)  # fluorophores_<m>, antibodies_<m> (markers with a unit)
@@ -238,6 +240,7 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
                           f"{': ' + str(exc.filename) if exc.filename else ''}); the previous outputs are "
                           "left as they were") from None
     folder.commit(gen)
+    timings["outputs_s"] = time.perf_counter() - t_out
     timings["total_s"] = time.perf_counter() - t_start
     log(f"done in {timings['total_s']:.1f} s ({timings['computed_items']} item(s) computed); "
         f"results in {out}" + (f"; {len(ctx.failures)} failure(s)" if ctx.failures else ""))

@@ -33,7 +33,7 @@ __all__ = ["Stage", "Runner", "RunContext", "run_item"]
 def run_item(body, store_root, kind, name, fp, *args, **params) -> dict:
     """Run one item's body with the synchronous scheduler inside; time it, store it, or return its error.
 
-    Returns the item (with ``seconds``) or ``{"error": message}`` (a traceback for non-evflow errors).
+    Returns the item (with ``seconds`` of the body and ``write_s`` of storing it) or ``{"error": message}`` (a traceback for non-evflow errors).
     """
     import dask
 
@@ -47,12 +47,14 @@ def run_item(body, store_root, kind, name, fp, *args, **params) -> dict:
         if not isinstance(exc, EvflowError):
             detail += "\n" + traceback.format_exc(limit=4)
         return {"error": detail}
+    t0 = time.perf_counter()
     try:
         ResultStore.at(store_root).save(kind, name, fp, item)
     except OSError as exc:  # disk full, read-only, ...: this item fails, the others go on
         where = exc.filename or ResultStore.at(store_root).path(kind, name)
         return {"error": f"OutputError: cannot store the {kind} item {name!r} at {where} "
                          f"({exc.strerror or type(exc).__name__})"}
+    item["write_s"] = time.perf_counter() - t0  # (not stored: the item is written by then)
     return item
 
 
@@ -139,6 +141,18 @@ class Stage:
     @property
     def task_seconds(self) -> float:
         return sum(float(self.items[k].get("seconds", 0.0)) for k in self.pending)
+
+    def step_seconds(self) -> dict:
+        """Seconds per step summed over the computed items: their ``stage_s`` (what a body records) and
+        ``write`` (storing the items)."""
+        out: dict = {}
+        for k in self.pending:
+            it = self.items[k]
+            for step, v in (it.get("stage_s") or {}).items():
+                out[step] = out.get(step, 0.0) + float(v)
+            if "write_s" in it:
+                out["write"] = out.get("write", 0.0) + float(it["write_s"])
+        return out
 
     def report_failures(self, failures: dict, err, *, first_line: bool = True) -> None:
         """Add this stage's failures to ``failures`` and print each (its first line by default)."""

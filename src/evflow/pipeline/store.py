@@ -16,11 +16,13 @@ import json
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ResultStore", "fingerprint", "file_fingerprint", "file_sha256", "atomic_write_bytes"]
+__all__ = ["ResultStore", "fingerprint", "file_fingerprint", "file_sha256", "file_sha256_once",
+           "atomic_write_bytes"]
 
 
 def _canonical(obj):
@@ -61,6 +63,26 @@ def file_sha256(path, block: int = 1 << 22) -> str:
                 break
             h.update(b)
     return h.hexdigest()
+
+
+_SHA_CACHE: dict = {}  # (resolved path, size, mtime_ns) -> sha256 of the files hashed in this process
+_SHA_LOCKS: dict = {}
+_SHA_LOCK = threading.Lock()
+
+
+def file_sha256_once(path) -> str:
+    """:func:`file_sha256`, computed once per file in this process (while its size and modification time stay):
+    every field of a multi-field file gives its file's digest without reading the file again."""
+    fp = file_fingerprint(path)
+    key = (fp["path"], fp["size"], fp["mtime_ns"])
+    with _SHA_LOCK:
+        lock = _SHA_LOCKS.setdefault(key, threading.Lock())
+    with lock:  # another thread hashing the same file: wait for its digest
+        if key not in _SHA_CACHE:
+            if len(_SHA_CACHE) > 4096:
+                _SHA_CACHE.clear()
+            _SHA_CACHE[key] = file_sha256(path)
+        return _SHA_CACHE[key]
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
