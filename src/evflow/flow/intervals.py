@@ -17,6 +17,11 @@ count's Poisson interval times the same factor (volume, dilution).
   volume uncertainties added in quadrature when known.
 - :func:`add_buffer_subtracted`: ``buffer_subtracted_concentration_per_ml``
   (and ``_lo``/``_hi``) of a flow Dataset with a buffer-only control.
+- :func:`binomial_dispersion`: whether a fraction pooled over replicates (the
+  fields of a chip) varies between them more than counting explains: Pearson's
+  chi-square of the replicate fractions about the pooled one, its dispersion
+  factor (chi-square / degrees of freedom; about 1 for pure counting noise)
+  and p value.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["poisson_interval", "wilson_interval", "add_count_intervals", "rate_difference_interval",
-           "add_buffer_subtracted"]
+           "add_buffer_subtracted", "binomial_dispersion"]
 
 
 def poisson_interval(k, conf: float = 0.95):
@@ -144,3 +149,30 @@ def add_buffer_subtracted(ds, conf: float = 0.95):
                                         {"units": "1", "long_name": f"count under {MIN_NORMAL_COUNT} in the sample "
                                          "or the buffer, or the interval contains 0"})
     return ds
+
+
+def binomial_dispersion(k, n, axis: int = -1):
+    """Between-replicate dispersion of a pooled fraction: ``(phi, p, df)`` along ``axis``.
+
+    ``k`` (counts of the class) and ``n`` (totals) are per replicate; replicates with ``n = 0`` are left
+    out.  Pearson's statistic ``X2 = sum (k - n p)^2 / (n p (1 - p))`` about the pooled ``p = sum k / sum n``
+    has ``df = m - 1`` degrees of freedom for ``m`` replicates when only counting noise acts; ``phi = X2 / df``
+    (the quasi-binomial dispersion factor: a counting interval is about ``sqrt(phi)`` times too narrow) and
+    ``p`` its chi-square tail probability.  NaN where fewer than 2 replicates have events or ``p`` is 0 or 1
+    (no spread to test)."""
+    from scipy.stats import chi2
+
+    k = np.moveaxis(np.asarray(k, np.float64), axis, -1)
+    n = np.moveaxis(np.asarray(n, np.float64), axis, -1)
+    k, n = np.broadcast_arrays(k, n)
+    used = n > 0
+    m = used.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(used, k, 0).sum(-1) / np.where(used, n, 0).sum(-1)
+        var = n * p[..., None] * (1 - p[..., None])
+        x2 = np.where(used, (k - n * p[..., None]) ** 2 / np.where(used, var, 1.0), 0.0).sum(-1)
+        df = (m - 1).astype(np.float64)
+        ok = (m >= 2) & (p > 0) & (p < 1)
+        phi = np.where(ok, x2 / np.maximum(df, 1), np.nan)
+        pval = np.where(ok, chi2.sf(x2, np.maximum(df, 1)), np.nan)
+    return phi, pval, np.where(m >= 2, df, np.nan)

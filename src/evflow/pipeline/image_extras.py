@@ -1,12 +1,53 @@
-"""Imaging variables of the result beyond counts: chance colocalisation beside each multi-marker fraction
-(:mod:`evflow.imaging.chance`) and per-field QC over (sample, fov, channel) with flags and stage positions
-(:mod:`evflow.imaging.field_qc`)."""
+"""Imaging variables of the result beyond counts: intervals on the counts, fractions and densities (per field
+and pooled over a sample's fields, with a flag where the fields differ more than counting explains), chance
+colocalisation beside each multi-marker fraction (:mod:`evflow.imaging.chance`) and per-field QC over
+(sample, fov, channel) with flags and stage positions (:mod:`evflow.imaging.field_qc`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["add_image_extras"]
+__all__ = ["add_image_extras", "add_pooled_intervals", "FIELDS_DIFFER_P"]
+
+#: a sample's fields "differ" in a phenotype fraction when the chi-square test of counting noise gives p below this
+FIELDS_DIFFER_P = 1e-3
+
+
+def add_pooled_intervals(ds, conf: float = 0.95):
+    """Per field: ``count_lo/_hi`` (Poisson) and ``fraction_of_parent_lo/_hi`` (Wilson).  Pooled over a sample's
+    fields: ``fraction_all_fov_lo/_hi`` (Wilson), ``area_all_fov_um2``, ``density_all_fov_per_um2`` (vesicles
+    per um^2 with its Poisson interval), and the between-field dispersion of each fraction
+    (``fraction_dispersion``: chi-square / df, about 1 when fields differ by counting alone;
+    ``fraction_dispersion_p``; ``fraction_fields_differ`` where p < :data:`FIELDS_DIFFER_P`, which says the
+    counting interval understates the spread between fields by about ``sqrt(fraction_dispersion)``)."""
+    from ..flow.intervals import add_count_intervals, binomial_dispersion, poisson_interval, wilson_interval
+
+    add_count_intervals(ds, conf)
+    note = f"{conf:.0%} interval"
+    total = ds["count_all_fov"].values
+    n_all = total.sum(-1)
+    lo, hi = wilson_interval(total, n_all[:, None], conf)
+    sp = ("sample", "phenotype")
+    ds["fraction_all_fov_lo"] = (sp, lo, {"units": "1", "long_name": f"fraction over all fields, lower {note} (Wilson)"})
+    ds["fraction_all_fov_hi"] = (sp, hi, {"units": "1", "long_name": f"fraction over all fields, upper {note} (Wilson)"})
+    area = ds["field_area_um2"].values
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a_all = np.where(np.isfinite(area).any(-1), np.nansum(area, -1), np.nan)
+        clo, chi = poisson_interval(n_all, conf)
+        for name, v, what in (("density_all_fov_per_um2", n_all / a_all, "vesicles per um^2 over all fields"),
+                              ("density_all_fov_per_um2_lo", clo / a_all, f"density, lower {note} (Poisson)"),
+                              ("density_all_fov_per_um2_hi", chi / a_all, f"density, upper {note} (Poisson)")):
+            ds[name] = ("sample", v, {"units": "1/um2", "long_name": what})
+    ds["area_all_fov_um2"] = ("sample", a_all, {"units": "um2", "long_name": "imaged area over all fields"})
+    phi, pval, _df = binomial_dispersion(ds["count"].values, ds["n_parent"].values[..., None], axis=1)
+    ds["fraction_dispersion"] = (sp, phi, {"units": "1", "long_name": "between-field dispersion of the fraction "
+                                           "(Pearson chi-square / df; about 1 from counting alone)"})
+    ds["fraction_dispersion_p"] = (sp, pval, {"units": "1", "long_name": "chi-square p value of the fields' "
+                                              "fractions under counting noise alone", "df": "fields with vesicles - 1"})
+    ds["fraction_fields_differ"] = (sp, np.nan_to_num(pval, nan=1.0) < FIELDS_DIFFER_P,
+                                    {"long_name": "fields differ in this fraction more than counting explains",
+                                     "limit": f"p < {FIELDS_DIFFER_P:g}"})
+    return ds
 
 
 def add_image_extras(ds, ctx, names, n_fov, chans):
@@ -33,6 +74,7 @@ def add_image_extras(ds, ctx, names, n_fov, chans):
                     metrics[m][i, f] = np.asarray(v, np.float64)
             if it.get("stage_um") is not None:
                 stage[i, f] = np.asarray(it["stage_um"], np.float64)
+    add_pooled_intervals(ds)
     add_chance_fractions(ds, area_px, float(img_s.get("match_radius_px", 1.5)),
                          correct=bool(img_s.get("chance_correction", False)))
     dims = ("sample", "fov", "channel")

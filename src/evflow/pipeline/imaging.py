@@ -28,7 +28,7 @@ from .config import default
 __all__ = ["camera_of", "read_field", "field_array", "saturation_photons", "registration_from_beads", "control_spots",
            "analyse_field",
            "analyse_photons",
-           "image_thresholds", "spots_table", "control_item", "field_item", "SPOT_ARRAYS"]
+           "image_thresholds", "spots_table", "control_item", "field_item", "SPOT_ARRAYS", "detection_provenance"]
 
 #: per-vesicle arrays stored with each field item (k = number of markers)
 SPOT_ARRAYS = ("y", "x", "bitmask", "photons", "sigma", "photons_marker", "background_marker", "detected_marker")
@@ -138,6 +138,43 @@ def saturation_photons(img_s, dtype=None):
             return None
         level = np.iinfo(dt).max
     return float(camera_of(img_s).to_photons(np.array([float(level)]))[0])
+
+
+def detection_provenance(img_s, backend) -> dict:
+    """Every parameter :func:`~evflow.imaging.detect.detect_spots` runs with in the pipeline, with where its
+    value came from: ``{name: {"value": ..., "source": "experiment file" | "pipeline" | "default"}}``, plus
+    the camera model, pixel size, flat field, matching radius and chance correction of the ``[imaging]``
+    settings.  The saturation level is per file (``saturation_adu``, else the TIFF's integer maximum)."""
+    import inspect
+
+    from ..imaging.detect import detect_spots
+
+    given = _detect_kwargs(img_s, backend)
+    given.pop("backend", None)
+    from_file = {"detection_threshold_photons": "threshold", "false_positives": "false_positives",
+                 "hot_pixels": "hot_pixels", "noise_model": "noise", "threshold_rule": "threshold_rule",
+                 "background_radius_px": "background_radius_px", "psf_sigma_px": "psf_sigma_px"}
+    set_in_file = {kw for key, kw in from_file.items() if img_s.get(key) is not None}
+    given["psf_sigma_px"] = float(img_s.get("psf_sigma_px", 1.3))
+    out = {}
+    skip = {"image", "backend", "camera", "flat", "impl", "saturation"}
+    for name, par in inspect.signature(detect_spots).parameters.items():
+        if name in skip:
+            continue
+        if name in given:
+            out[name] = {"value": given[name], "source": "experiment file" if name in set_in_file else "pipeline"}
+        else:
+            out[name] = {"value": par.default, "source": "default"}
+    sat = img_s.get("saturation_adu")
+    out["saturation"] = {"value": f"{sat} ADU" if sat is not None else "the TIFF's integer maximum",
+                         "source": "experiment file" if sat is not None else "pipeline"}
+    out["camera"] = {"value": camera_of(img_s).to_dict(), "source": "experiment file"}
+    for key, fallback in (("pixel_size_nm", None), ("flat_field", None), ("match_radius_px", 1.5),
+                          ("chance_correction", False)):
+        v = img_s.get(key)
+        out[key] = {"value": fallback if v is None else v, "source": "default" if v is None else "experiment file"}
+    out["backend"] = {"value": backend, "source": "run"}
+    return out
 
 
 def _flats(img_s):

@@ -13,7 +13,7 @@ import numpy as np
 
 from .flow_qc import report_parts as flow_qc_parts
 from .report_flow import flow_parts
-from .report_imaging import imaging_qc_parts
+from .report_imaging import detection_parts, imaging_qc_parts, imaging_result_parts
 
 __all__ = ["write_report", "esc", "Html"]
 
@@ -218,42 +218,6 @@ def _fig_dilution(ds):
     return _png(fig)
 
 
-def _fig_fields(ds, ctx):
-    import matplotlib.pyplot as plt
-
-    items = ctx.image_items
-    if not items:
-        return None
-    keys = sorted(items)[:12]
-    chans = list(ctx.experiment.imaging["channels"])
-    from ..schema import phenotype_labels
-
-    labels = phenotype_labels(chans)
-    ncol = min(4, len(keys))
-    nrow = int(math.ceil(len(keys) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.4 * nrow), squeeze=False)
-    from ..palette import phenotype_colour
-
-    for ax, (n, f) in zip(axes.ravel(), keys):
-        it = items[(n, f)]
-        ax.imshow(it["thumbnail"], interpolation="nearest")
-        st = float(it["thumbnail_step"])
-        b = np.asarray(it["bitmask"])
-        for code in np.unique(b):
-            sel = b == code
-            ax.scatter(np.asarray(it["x"])[sel] / st, np.asarray(it["y"])[sel] / st, s=14, facecolors="none",
-                       edgecolors=[phenotype_colour(code)], linewidths=0.8, label=labels[int(code)])
-        ax.set_title(f"{n} field {f}: {len(b)} vesicles", fontsize=9)
-        ax.axis("off")
-    for ax in axes.ravel()[len(keys):]:
-        ax.axis("off")
-    h, lab = axes.ravel()[0].get_legend_handles_labels()
-    fig.legend(h, lab, fontsize=7, loc="lower center", ncol=4)
-    fig.suptitle("Image fields (" + ", ".join(chans) + "; circles coloured by phenotype)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _png(fig)
-
-
 def write_report(ds, ctx, path) -> Path:
     """Write the self-contained HTML report for a pipeline result."""
     import matplotlib
@@ -305,12 +269,15 @@ def write_report(ds, ctx, path) -> Path:
         ("Flow phenotypes", _fig_phenotypes(ds)),
         ("Dilution series", _fig_dilution(ds) if "count" in ds else None),
         ("Imaging phenotypes", _fig_phenotypes(ds, prefix="image_")),
-        ("Image fields", _fig_fields(ds, ctx)),
-        ("Copies per vesicle", fig_copies(ds)),
     ]
     for title, b64 in figs:
         if b64:
             parts.append(f"<h2>{esc(title)}</h2>{_img(b64, title)}")
+    # imaging tables (samples, phenotypes, fields), photons per marker, the gallery of every field
+    parts += imaging_result_parts(ds, ctx, esc=esc, table=_table, png=_png, img=_img)
+    b64 = fig_copies(ds)
+    if b64:
+        parts.append(f"<h2>Copies per vesicle</h2>{_img(b64, 'Copies per vesicle')}")
     if "image_count" in ds:
         reg = json.loads(ds.attrs.get("calibration", "{}")).get("registration")
         if reg:
@@ -328,5 +295,6 @@ def write_report(ds, ctx, path) -> Path:
     parts += flow["miflowcyt"]
     inputs = json.loads(ds.attrs.get("input_files", "{}"))
     parts.append("<h2>Provenance</h2>" + _table([(k, v) for k, v in inputs.items()], ["input file", "sha256"], left=2))
+    parts += detection_parts(ds, esc=esc, table=_table)
     parts.append("</body></html>")
     return atomic_write_bytes(path, "\n".join(parts).encode("utf-8"))

@@ -247,6 +247,11 @@ def assemble(ctx) -> xr.Dataset:
         "qc_pass": int(all(v["pass"] for v in qc.values())),
         "failed": json.dumps(ctx.failures, sort_keys=True),
     })
+    if ctx.image_items:
+        from .imaging import detection_provenance
+
+        ds.attrs["image_detection"] = json.dumps(detection_provenance(exp.imaging, ctx.backend), sort_keys=True,
+                                                 default=str)
     return ds
 
 
