@@ -38,6 +38,7 @@ __all__ = [
     "local_maxima",
     "windows",
     "steps",
+    "block_noise",
     "FAMILIES",
 ]
 
@@ -210,6 +211,13 @@ steps.register_lazy("numpy", f"{_K}.steps:binseg_numpy")
 steps.register_lazy("numba", f"{_K}.steps:binseg_numba")
 steps.register_lazy("cupy", f"{_K}.steps:binseg_cupy")
 
+#: robust noise (iterated MAD away from candidates) of many blocks of samples: the local noise model; the
+#: samples are on the host (they crossed once, as "noise samples"), so 'cupy' runs the compiled host version
+block_noise = Dispatcher("the block noise estimate")
+block_noise.register_lazy("numpy", f"{_K}.noise:block_noise_numpy")
+block_noise.register_lazy("numba", f"{_K}.noise:block_noise_numba")
+block_noise.register_lazy("cupy", f"{_K}.noise:block_noise_numba")
+
 FAMILIES = {
     "phenotype": phenotype,
     "gaussfit": gaussfit,
@@ -218,4 +226,5 @@ FAMILIES = {
     "local_maxima": local_maxima,
     "windows": windows,
     "steps": steps,
+    "block_noise": block_noise,
 }

@@ -77,33 +77,77 @@ def _neighbour_share(sigma: float) -> float:
     return float(e[4] / e[3])
 
 
-def hot_pixel_mask(photons, sigma, pixel_noise, ndi, *, snr=HOT_SNR, ratio=HOT_RATIO):
-    """Boolean map of hot (+) and cold (-) single-pixel outliers of a 2-D photon image (NumPy)."""
+def _box_extreme(p, r, op):
+    """``op`` (np.minimum or np.maximum) over the (2r+1)^2 box of each pixel, edges repeated (exact)."""
+    pad = np.pad(p, r, mode="edge")
+    h, w = p.shape
+    rows = pad[:, 0:w].copy()
+    for k in range(1, 2 * r + 1):
+        op(rows, pad[:, k:k + w], out=rows)
+    out = rows[0:h].copy()
+    for k in range(1, 2 * r + 1):
+        op(out, rows[k:k + h], out=out)
+    return out
+
+
+def _gather(p, ys, xs, offsets, r):
+    """Values of ``p`` at ``(ys + dy, xs + dx)`` for each offset, edges repeated: (n, len(offsets))."""
+    pad = np.pad(p, r, mode="edge")
+    return np.stack([pad[ys + r + dy, xs + r + dx] for dy, dx in offsets], axis=1)
+
+
+#: the 16 pixels of the 5x5 ring, the 4-neighbour cross and the 8-neighbourhood, as (dy, dx)
+_RING = tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if max(abs(dy), abs(dx)) == 2)
+_CROSS = ((-1, 0), (0, -1), (0, 1), (1, 0))
+_EIGHT = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
+
+
+def _rank_at(p, ys, xs, offsets, r):
+    """The rank filter ``scipy.ndimage.median_filter`` computes over ``offsets`` (the element at sorted
+    index ``len // 2``: the upper median of an even count), at the given pixels only."""
+    vals = _gather(p, ys, xs, offsets, r)
+    k = len(offsets) // 2
+    return np.partition(vals, k, axis=1)[:, k]
+
+
+def hot_pixel_mask(photons, sigma, pixel_noise, ndi=None, *, snr=HOT_SNR, ratio=HOT_RATIO):
+    """Boolean map of hot (+) and cold (-) single-pixel outliers of a 2-D photon image (NumPy).
+
+    A pixel is hot when it exceeds the median of its 5x5 ring (``base``) by more than ``snr`` pixel-noise
+    sigmas while its brightest 4-neighbour is less than ``ratio`` of a PSF's neighbour share above
+    ``base`` (cold: the mirror rule).  The ring median is computed only where the pixel departs that much
+    from the minimum (maximum) of its 5x5 box, a bound the ring median cannot pass, so the result is that
+    of the rule over the whole field (``scipy.ndimage.median_filter`` with mode 'nearest') at a fraction
+    of the cost.  ``ndi`` is accepted for callers that pass their ndimage module; it is not needed."""
     p = to_numpy(photons).astype(np.float32, copy=False)
     if not pixel_noise > 0 or p.shape[0] < 5 or p.shape[1] < 5:
         return np.zeros(p.shape, bool)
-    ring = np.ones((5, 5), bool)
-    ring[1:4, 1:4] = False
-    base = ndi.median_filter(p, footprint=ring, mode="nearest")
-    cross = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], bool)
-    nb_max = ndi.maximum_filter(p, footprint=cross, mode="nearest")
-    nb_min = ndi.minimum_filter(p, footprint=cross, mode="nearest")
-    e0 = p - base
-    share = ratio * _neighbour_share(sigma)
-    hot = (e0 > snr * pixel_noise) & ((nb_max - base) < share * e0)
-    cold = (e0 < -snr * pixel_noise) & ((nb_min - base) > share * e0)
-    return hot | cold
+    t = np.float32(snr * pixel_noise)  # the comparisons of the rule run in float32
+    may_hot = (p - _box_extreme(p, 2, np.minimum)) > t
+    may_cold = (p - _box_extreme(p, 2, np.maximum)) < -t
+    ys, xs = np.nonzero(may_hot | may_cold)
+    out = np.zeros(p.shape, bool)
+    if not len(ys):
+        return out
+    base = _rank_at(p, ys, xs, _RING, 2)
+    cross = _gather(p, ys, xs, _CROSS, 1)
+    e0 = p[ys, xs] - base
+    share = np.float32(ratio * _neighbour_share(sigma))
+    hot = (e0 > t) & ((cross.max(axis=1) - base) < share * e0)
+    cold = (e0 < -t) & ((cross.min(axis=1) - base) > share * e0)
+    out[ys, xs] = hot | cold
+    return out
 
 
-def repair_pixels(photons, mask, ndi):
-    """Copy of ``photons`` with ``mask`` pixels replaced by the median of their 8 neighbours (float32)."""
+def repair_pixels(photons, mask, ndi=None):
+    """Copy of ``photons`` with ``mask`` pixels replaced by the median of their 8 neighbours (float32; the
+    upper median, as ``scipy.ndimage.median_filter`` with mode 'nearest' gives, computed at those pixels)."""
     p = np.array(to_numpy(photons), dtype=np.float32, copy=True)
+    mask = np.asarray(mask, bool)
     if not mask.any():
         return p
-    fp = np.ones((3, 3), bool)
-    fp[1, 1] = False
-    med = ndi.median_filter(p, footprint=fp, mode="nearest")
-    p[mask] = med[mask]
+    ys, xs = np.nonzero(mask)
+    p[ys, xs] = _rank_at(p, ys, xs, _EIGHT, 1)
     return p
 
 

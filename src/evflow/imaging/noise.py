@@ -150,20 +150,19 @@ def fit_noise_model(gy, gx, v, m, b, block_px, global_noise):
     little (its range, a tenth of its median) or fewer than 4 blocks have 64 samples:
     then the field's noise holds everywhere.
     """
+    from ..kernels import _registry
+
     gy, gx, v, m, b = (np.asarray(a) for a in (gy, gx, v, m, b))
     key = (gy // block_px) * (1 << 20) + gx // block_px
     order = np.argsort(key, kind="stable")
-    bounds = np.flatnonzero(np.diff(key[order])) + 1
-    nb, sb, keys = [], [], []
-    for idx in np.split(order, bounds):
-        if len(idx) < 64:
-            continue
-        s = robust_noise(v[idx], m[idx])  # candidates masked with the block's own noise
-        keep = m[idx] < NOISE_CLIP * s
-        if s > 0 and keep.sum() >= 32:
-            nb.append(float(np.median(b[idx][keep])))
-            sb.append(s)
-            keys.append(int(key[idx[0]]))
+    ks = key[order]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(ks)) + 1, [len(ks)]]).astype(np.int64)
+    impl = _registry.block_noise.resolve("auto")
+    # each block's robust noise, with candidates masked at the block's own noise, and its median background
+    s_b, n_keep, b_med = _registry.block_noise.get(impl)(v[order], m[order], b[order], starts, NOISE_CLIP,
+                                                          NOISE_ITERATIONS)
+    ok = (np.diff(starts) >= 64) & (s_b > 0) & (n_keep >= 32)  # blocks of at least 64 samples
+    nb, sb, keys = list(b_med[ok]), list(s_b[ok]), [int(k) for k in ks[starts[:-1][ok]]]
     if len(nb) < 4:
         return None
     nb, var = np.asarray(nb), np.asarray(sb) ** 2
