@@ -39,6 +39,7 @@ __all__ = [
     "windows",
     "steps",
     "block_noise",
+    "box_extreme",
     "FAMILIES",
 ]
 
@@ -218,6 +219,12 @@ block_noise.register_lazy("numpy", f"{_K}.noise:block_noise_numpy")
 block_noise.register_lazy("numba", f"{_K}.noise:block_noise_numba")
 block_noise.register_lazy("cupy", f"{_K}.noise:block_noise_numba")
 
+#: square maximum / minimum filters (van Herk / Gil-Werman on the host; what get_ndi('numpy') serves)
+box_extreme = Dispatcher("the box maximum/minimum filter")
+box_extreme.register_lazy("numpy", f"{_K}.minmax:box_extreme_numpy")
+box_extreme.register_lazy("numba", f"{_K}.minmax:box_extreme_numba")
+box_extreme.register_lazy("cupy", f"{_K}.minmax:box_extreme_cupy")
+
 FAMILIES = {
     "phenotype": phenotype,
     "gaussfit": gaussfit,
@@ -227,4 +234,5 @@ FAMILIES = {
     "windows": windows,
     "steps": steps,
     "block_noise": block_noise,
+    "box_extreme": box_extreme,
 }

@@ -37,9 +37,14 @@ def _njit(*args, **kwargs):
 
 
 def _ndimage(a):
+    """``scipy.ndimage`` itself for host arrays (these are the references), ``cupyx.scipy.ndimage`` for CuPy."""
     from evflow.backend import array_backend, get_ndi
 
-    return get_ndi(array_backend(a))
+    if array_backend(a) == "numpy":
+        import scipy.ndimage as sndi
+
+        return sndi
+    return get_ndi("cupy")
 
 
 def dog_ndimage(image, sigma_small: float, sigma_large: float, scale=None, ndi=None, dtype=np.float32):

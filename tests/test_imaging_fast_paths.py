@@ -150,3 +150,54 @@ def test_block_noise_implementations_agree_on_a_real_field():
     for x, y in zip(a, z):
         assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
     assert len(starts) - 1 == 32 * 32 and np.isfinite(a[0]).all()
+
+
+# =========================================================================== box maximum / minimum filters
+
+
+def test_box_extreme_equals_scipy_for_every_size_mode_and_dtype():
+    from evflow.kernels.minmax import box_extreme_numba
+
+    rng = np.random.default_rng(2)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        a = rng.normal(size=(h, w)).astype(np.float32 if t % 2 else np.float64)
+        if t % 4 == 0:
+            a = np.round(a * 2)  # ties
+        if t % 7 == 0:
+            a = rng.integers(0, 50, (h, w)).astype(np.uint16)
+        size = int(rng.integers(1, 40)) if t % 3 else (int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+        for mode in ("nearest", "reflect"):  # windows wider than the array included: edges fold repeatedly
+            for op, f in (("max", ndi.maximum_filter), ("min", ndi.minimum_filter)):
+                ref, got = f(a, size=size, mode=mode), box_extreme_numba(a, size, op, mode)
+                assert got.dtype == ref.dtype and np.array_equal(got, ref), (t, a.shape, size, mode, op)
+    with pytest.raises(ValueError, match="mode"):
+        box_extreme_numba(np.zeros((4, 4)), 3, "max", "wrap")
+
+
+def test_host_ndimage_serves_the_box_filters_and_falls_back_to_scipy():
+    from evflow.backend import get_ndi
+    from evflow.kernels import minmax
+
+    h = get_ndi("numpy")
+    assert h is minmax.HOST_NDIMAGE and h.gaussian_filter is ndi.gaussian_filter
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(64, 80)).astype(np.float32)
+    calls = []
+    orig = minmax.box_extreme_numba
+    try:
+        minmax.box_extreme_numba = lambda *args: calls.append(args[1:]) or orig(*args)
+        np.testing.assert_array_equal(h.maximum_filter(a, size=7, mode="nearest"),
+                                      ndi.maximum_filter(a, size=7, mode="nearest"))
+        np.testing.assert_array_equal(h.minimum_filter(a, size=(3, 5)), ndi.minimum_filter(a, size=(3, 5)))
+        assert calls == [(7, "max", "nearest"), ((3, 5), "min", "reflect")]
+        # what the passes do not cover goes to scipy: footprints, other modes, NaN, 3-D, output=
+        b = a.copy()
+        b[3, 4] = np.nan
+        fp = np.ones((3, 3), bool)
+        for args, kw in (((a,), {"footprint": fp}), ((a,), {"size": 3, "mode": "constant"}), ((b,), {"size": 3}),
+                         ((a[None],), {"size": 3}), ((a,), {"size": 3, "origin": 1})):
+            np.testing.assert_array_equal(h.maximum_filter(*args, **kw), ndi.maximum_filter(*args, **kw))
+        assert len(calls) == 2
+    finally:
+        minmax.box_extreme_numba = orig
