@@ -56,15 +56,28 @@ def _first(v):
         return np.nan
 
 
-def _pixel_noise(d, mad_sigma):
+def _pixel_noise(d, mad_sigma=None):
     """Noise per pixel from neighbouring-pixel differences ``d``: their standard deviation within 4 robust
     sigmas of the median (spots left out; unlike the MAD alone not quantised on integer photon counts) / sqrt 2."""
     if not d.size:
         return np.nan
-    s0 = mad_sigma(d)
+    med = np.median(d)
+    s0 = float(1.4826 * np.median(np.abs(d - med)))  # the MAD sigma (evflow.imaging.noise.mad_sigma)
     s0 = s0 if s0 > 0 else float(np.std(d))
-    kept = d[np.abs(d - np.median(d)) <= 4.0 * s0] if s0 > 0 else d
+    kept = d[np.abs(d - med) <= 4.0 * s0] if s0 > 0 else d
     return float(np.std(kept)) / np.sqrt(2.0)
+
+
+def _median(plane):
+    """``np.median`` of a plane, partitioned in its own dtype when that is float32 (the order statistics are
+    the same values; their mean is taken in float64, as np.median of the float64 plane takes it)."""
+    if plane.dtype != np.float32:
+        return float(np.median(plane))
+    flat = plane.ravel()
+    n = flat.size
+    part = np.partition(flat, [(n - 1) // 2, n // 2])
+    lo, hi = np.float64(part[(n - 1) // 2]), np.float64(part[n // 2])
+    return float(np.mean(np.array([lo, hi]))) if n % 2 == 0 else float(lo)
 
 
 def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigma_px=1.3, pixel_size_nm=None):
@@ -75,9 +88,9 @@ def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigm
     """
     from scipy import ndimage as ndi
 
-    from .noise import mad_sigma
-
-    a = np.asarray(photons, np.float64)
+    a = np.asarray(photons)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
     k = len(markers)
     out = {m: np.full(k, np.nan) for m in QC_METRICS}
     detection = detection or {}
@@ -87,18 +100,20 @@ def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigm
         finite = np.isfinite(plane)
         if not finite.any():
             continue
-        plane = np.where(finite, plane, np.nanmedian(plane))
+        if not finite.all():
+            plane = np.where(finite, plane, np.nanmedian(plane.astype(np.float64)))
         info = detection.get(m, {})
         out["n_spots"][c] = _first(info.get("n_spots"))
         out["density_per_um2"][c] = out["n_spots"][c] / area_um2 if area_um2 == area_um2 else np.nan
-        out["background"][c] = float(np.median(plane))
-        d = np.diff(plane, axis=1).ravel() if plane.shape[1] > 1 else np.diff(plane, axis=0).ravel()
-        out["noise"][c] = _pixel_noise(d, mad_sigma)
+        out["background"][c] = _median(plane)
+        p64 = plane.astype(np.float64)  # differences, filters and moments in float64 (exact for float32 input)
+        d = np.diff(p64, axis=1).ravel() if plane.shape[1] > 1 else np.diff(p64, axis=0).ravel()
+        out["noise"][c] = _pixel_noise(d)
         out["threshold"][c] = _first(info.get("threshold"))
         if saturation is not None:
-            out["saturated_fraction"][c] = float(np.mean(plane >= saturation))
-        lap = ndi.laplace(ndi.gaussian_filter(plane, 0.5 * float(psf_sigma_px)))
-        mean = float(np.mean(plane))
+            out["saturated_fraction"][c] = float(np.mean(p64 >= saturation))
+        lap = ndi.laplace(ndi.gaussian_filter(p64, 0.5 * float(psf_sigma_px)))
+        mean = float(np.mean(p64))
         out["focus"][c] = float(np.var(lap)) / mean ** 2 if mean > 0 else np.nan
         out["registration_residual_px"][c] = _first(info.get("match_distance_px"))
     return out
