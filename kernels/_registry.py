@@ -40,6 +40,7 @@ __all__ = [
     "steps",
     "block_noise",
     "box_extreme",
+    "log_filter",
     "FAMILIES",
 ]
 
@@ -225,6 +226,12 @@ box_extreme.register_lazy("numpy", f"{_K}.minmax:box_extreme_numpy")
 box_extreme.register_lazy("numba", f"{_K}.minmax:box_extreme_numba")
 box_extreme.register_lazy("cupy", f"{_K}.minmax:box_extreme_cupy")
 
+#: Laplacian of the Gaussian-smoothed field (the focus measure of per-field QC)
+log_filter = Dispatcher("the Laplacian-of-Gaussian filter")
+log_filter.register_lazy("numpy", f"{_K}.focus:log_ndimage")
+log_filter.register_lazy("numba", f"{_K}.focus:log_numba")
+log_filter.register_lazy("cupy", f"{_K}.focus:log_ndimage")
+
 FAMILIES = {
     "phenotype": phenotype,
     "gaussfit": gaussfit,
@@ -235,4 +242,5 @@ FAMILIES = {
     "steps": steps,
     "block_noise": block_noise,
     "box_extreme": box_extreme,
+    "log_filter": log_filter,
 }

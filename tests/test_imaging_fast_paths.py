@@ -201,3 +201,27 @@ def test_host_ndimage_serves_the_box_filters_and_falls_back_to_scipy():
         assert len(calls) == 2
     finally:
         minmax.box_extreme_numba = orig
+
+
+# =========================================================================== the focus filter
+
+
+def test_log_filter_numba_agrees_with_scipy_and_the_focus_with_its_definition():
+    from evflow.imaging.field_qc import field_metrics
+
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 70, 2))
+        a = rng.poisson(50, (h, w)).astype(np.float64)
+        s = float(rng.choice([0.3, 0.65, 1.0, 2.5]))
+        ref = ndi.laplace(ndi.gaussian_filter(a, s))
+        got = R.log_filter.get("numba")(a, s)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * max(np.abs(ref).max(), 1e-300))
+        np.testing.assert_array_equal(R.log_filter.get("numpy")(a, s), ref)
+    import tifffile
+
+    img = np.asarray(tifffile.imread(shared_path("images", "spotiflow", "img_hybiss_2d.tif")), np.float32)
+    m = field_metrics(img[None], ["A"], psf_sigma_px=1.3)
+    p = img.astype(np.float64)
+    want = np.var(ndi.laplace(ndi.gaussian_filter(p, 0.65))) / np.mean(p) ** 2
+    assert m["focus"][0] == pytest.approx(want, rel=1e-12)

@@ -86,8 +86,9 @@ def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigm
     ``detection``: ``attrs['detection']`` of :func:`~evflow.imaging.count.phenotype_field` (per marker:
     ``n_spots``, ``threshold``, ``match_distance_px``); without it those metrics are NaN.
     """
-    from scipy import ndimage as ndi
+    from ..kernels import _registry
 
+    log_filter = _registry.log_filter.get(_registry.log_filter.resolve("auto"))
     a = np.asarray(photons)
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float64)
@@ -112,7 +113,7 @@ def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigm
         out["threshold"][c] = _first(info.get("threshold"))
         if saturation is not None:
             out["saturated_fraction"][c] = float(np.mean(p64 >= saturation))
-        lap = ndi.laplace(ndi.gaussian_filter(p64, 0.5 * float(psf_sigma_px)))
+        lap = log_filter(p64, 0.5 * float(psf_sigma_px))  # laplace(gaussian_filter(...)) of scipy.ndimage
         mean = float(np.mean(p64))
         out["focus"][c] = float(np.var(lap)) / mean ** 2 if mean > 0 else np.nan
         out["registration_residual_px"][c] = _first(info.get("match_distance_px"))
