@@ -122,7 +122,7 @@ def get_xp(backend: str | None = None) -> ModuleType:
     return numpy
 
 
-def get_ndi(backend: str | None = None) -> ModuleType:
+def get_ndi(backend: str | None = None):
     """The ndimage module for ``backend``: ``cupyx.scipy.ndimage``, or for NumPy ``scipy.ndimage`` with its
     square ``maximum_filter``/``minimum_filter`` compiled (:data:`evflow.kernels.minmax.HOST_NDIMAGE`: the
     same values, a fraction of the time)."""
