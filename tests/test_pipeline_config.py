@@ -256,3 +256,49 @@ images = ["f0.tif"]
     for e in ("'imaging.hot_pixels' is 'drop'", "'imaging.noise_model' is 'map'", "'imaging.threshold_rule' is 'fdr'",
               "'imaging.background_radius_px' is 'big'", "'imaging.flat_field' file 'missing.tif' not found"):
         assert e in msg, f"missing {e!r} in:\n{msg}"
+
+
+def test_imaging_detection_settings_per_channel(tmp_path):
+    """``detection_threshold_photons`` and ``false_positives`` take a table marker -> value; each channel is
+    detected with its own value (a channel not in the table keeps the automatic threshold / the default),
+    exactly as detect_spots with that value; a marker not in 'imaging.channels', a value <= 0 or a boolean
+    is a problem named at validation."""
+    import tifffile
+
+    from evflow.imaging.count import phenotype_field
+    from evflow.imaging.detect import detect_spots
+    from evflow.pipeline.imaging import _detect_kwargs
+    from evflow.synth.tirf import tirf
+
+    syn = tirf((96, 96), n_fields=1, seed=11, markers=["CD9", "CD63", "CD81"])
+    ph = np.asarray(syn.images.values[0], np.float32)
+    tifffile.imwrite(tmp_path / "f0.tif", np.zeros((3, 32, 32), np.uint16), photometric="minisblack",
+                     metadata={"axes": "CYX"})
+    base = ('[imaging]\nchannels = ["CD9", "CD63", "CD81"]\n{keys}\n[[samples]]\nname = "s"\nimages = ["f0.tif"]\n')
+    keys = "detection_threshold_photons = { CD9 = 400.0, CD63 = 35.0 }\nfalse_positives = { CD81 = 2.0 }"
+    img_s = load_experiment(_write(tmp_path, base.format(keys=keys))).imaging
+    kw = _detect_kwargs(img_s, "numpy")
+    assert kw["threshold"] == {"CD9": 400.0, "CD63": 35.0} and kw["false_positives"] == {"CD81": 2.0}
+    df = phenotype_field(ph, ["CD9", "CD63", "CD81"], detect_kwargs=kw)
+    det = df.attrs["detection"]
+    for m, opts in (("CD9", {"threshold": 400.0}), ("CD63", {"threshold": 35.0}), ("CD81", {"false_positives": 2.0})):
+        c = ["CD9", "CD63", "CD81"].index(m)
+        ref = detect_spots(ph[c], psf_sigma_px=1.3, exclude_border_px=2, **opts)
+        flagged = np.zeros(len(ref), bool)
+        for col in ("saturated", "masked"):
+            flagged |= ref[col].to_numpy(bool) if col in ref else False
+        assert det[m]["threshold"] == ref.attrs["threshold"], m
+        assert det[m]["n_spots"] == int((~flagged).sum()), m
+    assert det["CD9"]["threshold"] == 400.0 and det["CD63"]["threshold"] == 35.0
+    auto = detect_spots(ph[2], psf_sigma_px=1.3, exclude_border_px=2)  # CD81: automatic, with 2 false positives
+    assert det["CD81"]["threshold"] != 400.0 and auto.attrs["threshold"] >= det["CD81"]["threshold"]
+    bad = "detection_threshold_photons = { CD8 = 50.0, CD63 = -1.0 }\nfalse_positives = { CD81 = true }"
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(_write(tmp_path, base.format(keys=bad)))
+    msg = str(exc.value)
+    for e in ("'imaging.detection_threshold_photons.CD8': 'CD8' is not one of 'imaging.channels'",
+              "'imaging.detection_threshold_photons.CD63' is -1.0, expected a number > 0",
+              "'imaging.false_positives.CD81' is True, expected a number > 0"):
+        assert e in msg, f"missing {e!r} in:\n{msg}"
+    with pytest.raises(ConfigError, match="'imaging.false_positives' must be expected noise detections"):
+        load_experiment(_write(tmp_path, base.format(keys='false_positives = "many"')))

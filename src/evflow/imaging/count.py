@@ -12,6 +12,7 @@ was detected in that channel.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from time import perf_counter
 
 import numpy as np
@@ -28,6 +29,8 @@ from ..flow.thresholds import (
 
 #: detections with these flags are left out of counts by default (see :func:`phenotype_field`)
 FLAGS_EXCLUDED = ("saturated", "masked")
+#: detect_spots options that phenotype_field also takes per channel (a mapping marker -> value)
+PER_CHANNEL = ("threshold", "false_positives")
 
 __all__ = ["measure_photons", "phenotype_field", "count_vesicles", "thresholds_from_control", "check_field"]
 
@@ -163,7 +166,9 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         (channel, y, x) or a mapping marker -> flat.  Photons are then those
         at the brightest illumination (thresholds too).
     detect_kwargs : dict, optional
-        More :func:`evflow.detect_spots` options, e.g. ``background_radius_px``.
+        More :func:`evflow.detect_spots` options, e.g. ``background_radius_px``.  ``threshold`` and
+        ``false_positives`` may be given per channel as a mapping marker -> value (a marker not in it
+        gets detect_spots' default: the automatic threshold, 0.1 false positives).
     exclude_flagged : bool
         Leave out detections flagged ``saturated`` or ``masked`` (touching
         saturated or non-finite pixels) before merging: they are not counted.
@@ -204,7 +209,9 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
     secs = {"detect": 0.0, "register": 0.0, "colocalise": 0.0}  # time per step (s), in attrs['seconds']
     for c, m in enumerate(markers):
         t0 = perf_counter()
-        df = detect_spots(photons[c], psf_sigma_px=float(sig[c]), flat=flat_c[c], **detect_kwargs)
+        kw = {k: v for k, v in detect_kwargs.items() if not (k in PER_CHANNEL and isinstance(v, Mapping))}
+        kw.update({k: v[m] for k, v in detect_kwargs.items() if k in PER_CHANNEL and isinstance(v, Mapping) and m in v})
+        df = detect_spots(photons[c], psf_sigma_px=float(sig[c]), flat=flat_c[c], **kw)
         info[m] = {"threshold": df.attrs.get("threshold"), "saturated_fraction": df.attrs.get("saturated_fraction")}
         bad = np.zeros(len(df), bool)
         for col in FLAGS_EXCLUDED:

@@ -88,6 +88,10 @@ def _path_resolver(base: Path, outside_ok: bool, problems: list, src: str):
 
 #: spot-detection keys of ``[imaging]``: name -> (type, default, unit, what is expected), made Keys in config.SCHEMA
 DETECTION_KEYS = {
+    "false_positives": ((int, float, dict), 0.1, "per field and channel",
+                        "expected noise detections per field and channel (a number, or a table marker -> number)"),
+    "detection_threshold_photons": ((int, float, dict), None, "photons", "a detection threshold (photons), or a "
+                                    "table marker -> photons (channels not in it: automatic)"),
     "saturation_adu": (_NUM, None, "ADU", "the raw level at which pixels saturate (default: the TIFF's dtype maximum)"),
     "hot_pixels": (str, "repair", "", "repair or keep (single hot/cold pixels)"),
     "noise_model": (str, "local", "", "local or global (noise of the detection filter)"),
@@ -104,6 +108,10 @@ RESULT_KEYS = {
 }
 
 
+#: [imaging] detection keys that take a table marker -> value as well as one value for every channel
+PER_CHANNEL_KEYS = ("detection_threshold_photons", "false_positives")
+
+
 def _check_detection(img_s, src, resolve, check_files, problems):
     """The spot-detection keys of ``[imaging]``; a relative ``flat_field`` file is resolved in place."""
     for key, choices in (("hot_pixels", ("repair", "keep")), ("noise_model", ("local", "global")),
@@ -115,6 +123,16 @@ def _check_detection(img_s, src, resolve, check_files, problems):
                                                                 and br < 1):
         problems.append(f"{src}: 'imaging.background_radius_px' is {br!r}, expected an integer >= 1 (px), "
                         "'auto' or 'none'")
+    chans = img_s.get("channels") if isinstance(img_s.get("channels"), list) else []
+    for key in PER_CHANNEL_KEYS:  # per channel: a table marker -> number > 0, markers of imaging.channels
+        table = img_s.get(key)
+        if not isinstance(table, Mapping):
+            continue
+        for m, v in table.items():
+            if m not in chans:
+                problems.append(f"{src}: 'imaging.{key}.{m}': {m!r} is not one of 'imaging.channels' {chans}")
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                problems.append(f"{src}: 'imaging.{key}.{m}' is {v!r}, expected a number > 0")
     ff = img_s.get("flat_field")
     if isinstance(ff, str) and ff != "estimate":
         if check_files and not resolve(ff).is_file():

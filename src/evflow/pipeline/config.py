@@ -65,7 +65,7 @@ Layout (all sections but ``[[samples]]`` optional)::
     camera_em_gain = 1.0             # EMCCD gain (1 for sCMOS)
     camera_read_noise_e = 1.6        # electrons rms
     false_positives = 0.1            # expected noise detections per field and channel
-    detection_threshold_photons = 60 # manual detection threshold (default: automatic)
+    detection_threshold_photons = 60 # manual detection threshold (default: automatic); or per channel, a table
     match_radius_px = 2.0            # detections of different channels closer than this are one vesicle
     registration_beads = "images/beads.tif"
 
@@ -202,8 +202,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "camera_gain": Key(_NUM, 1.0, "ADU/electron", "ADU per electron"),
         "camera_em_gain": Key(_NUM, 1.0, "", "an EM gain (>= 1)"),
         "camera_read_noise_e": Key(_NUM, 0.0, "electrons", "electrons rms"),
-        "false_positives": Key(_NUM, 0.1, "per field and channel", "expected noise detections per field and channel"),
-        "detection_threshold_photons": Key(_NUM, None, "photons", "a detection threshold (photons)"),  # automatic
         "match_radius_px": Key(_NUM, 1.5, "px", "a distance (px)"),
         "registration_beads": Key(str, None, "", "a TIFF file"),
         **{k: Key(*v) for k, v in {**DETECTION_KEYS, **RESULT_KEYS}.items()},  # hot_pixels, ..., chance_correction
@@ -242,7 +240,8 @@ def default(section: str, key: str):
 
 
 def _typename_of(types) -> str:
-    return {_NUM: "number", str: "string", int: "integer", list: "array", dict: "table"}.get(types, str(types))
+    return {_NUM: "number", str: "string", int: "integer", list: "array", dict: "table",
+            (int, float, dict): "number or table"}.get(types, str(types))
 
 
 def schema_table() -> list[tuple]:
@@ -341,7 +340,7 @@ def _check_table(where: str, table: Mapping, schema: Mapping, problems: list, sr
             _check_table(k, value, spec, problems, src)
             continue
         types, desc = spec.type, spec.help
-        ok = isinstance(value, types) and not (types in (_NUM, int) and isinstance(value, bool))
+        ok = isinstance(value, types) and not (isinstance(value, bool) and types is not bool)
         if not ok:
             problems.append(f"{src}: '{k}' must be {desc}, found {value!r} ({_typename(value)})")
 
@@ -632,7 +631,7 @@ def _check_imaging(img_s, samples, src, problems, resolve, check_files):
     elif len(set(ch)) != len(ch):
         problems.append(f"{src}: 'imaging.channels' names a marker twice ({ch})")
     for key in ("pixel_size_nm", "psf_sigma_px", "camera_gain", "match_radius_px", "false_positives",
-                "detection_threshold_photons"):
+                "detection_threshold_photons"):  # numbers; per-channel tables: _checks._check_detection
         v = img_s.get(key)
         if isinstance(v, _NUM) and not v > 0:
             problems.append(f"{src}: 'imaging.{key}' is {v}, expected a number > 0")

@@ -108,9 +108,12 @@ def field_array(photons, img_s, *, where="field"):
 
 
 def _detect_kwargs(img_s, backend):
-    kw = {"false_positives": float(img_s.get("false_positives", 0.1)), "exclude_border_px": 2}
+    def _value(v):  # one value, or a table marker -> value (phenotype_field takes it per channel)
+        return {str(m): float(x) for m, x in v.items()} if isinstance(v, dict) else float(v)
+
+    kw = {"false_positives": _value(img_s.get("false_positives", 0.1)), "exclude_border_px": 2}
     if img_s.get("detection_threshold_photons") is not None:
-        kw["threshold"] = float(img_s["detection_threshold_photons"])
+        kw["threshold"] = _value(img_s["detection_threshold_photons"])
     if backend == "cupy":
         kw["backend"] = "cupy"
     for key, kwarg in (("hot_pixels", "hot_pixels"), ("noise_model", "noise"), ("threshold_rule", "threshold_rule")):
