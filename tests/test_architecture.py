@@ -127,7 +127,8 @@ def test_no_module_over_700_lines():
 DEVICE_PATHS = ["src/evflow/flow/_events.py", "src/evflow/flow/phenotypes.py", "src/evflow/flow/density.py",
                 "src/evflow/imaging/_core.py", "src/evflow/imaging/_field.py", "src/evflow/imaging/localize.py",
                 "src/evflow/imaging/noise.py", "kernels/phenotype.py", "kernels/phenotype_cupy.py",
-                "kernels/phenotype_plan.py", "kernels/gaussfit.py", "kernels/gaussfit_cupy.py", "kernels/filters.py"]
+                "kernels/phenotype_plan.py", "kernels/gaussfit.py", "kernels/gaussfit_cupy.py", "kernels/filters.py",
+                "kernels/minmax.py", "kernels/focus.py"]
 
 
 def test_host_device_crossings_only_in_backend():

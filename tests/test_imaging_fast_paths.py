@@ -225,3 +225,22 @@ def test_log_filter_numba_agrees_with_scipy_and_the_focus_with_its_definition():
     p = img.astype(np.float64)
     want = np.var(ndi.laplace(ndi.gaussian_filter(p, 0.65))) / np.mean(p) ** 2
     assert m["focus"][0] == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.gpu
+def test_device_box_and_log_filters_equal_the_host_ones():
+    import cupy
+
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(300, 257)).astype(np.float32)
+    d = cupy.asarray(a)
+    for mode in ("nearest", "reflect"):
+        for op in ("max", "min"):
+            for size in (3, 11, (5, 31)):
+                host = R.box_extreme.get("numba")(a, size, op, mode)
+                dev = R.box_extreme.get(R.box_extreme.resolve("auto", d))(d, size, op, mode)
+                assert isinstance(dev, cupy.ndarray)
+                np.testing.assert_array_equal(cupy.asnumpy(dev), host)
+    ref = R.log_filter.get("numpy")(a.astype(np.float64), 0.65)
+    dev = R.log_filter.get("cupy")(d, 0.65)
+    np.testing.assert_allclose(cupy.asnumpy(dev), ref, rtol=0, atol=1e-9 * np.abs(ref).max())
