@@ -128,6 +128,25 @@ def test_bad_values_are_problems_at_validation(tmp_path):
         assert "cannot be read" not in msg and "DATA offsets disagree" not in msg  # not read with a bad choice
 
 
+def test_a_bead_file_names_its_calibration_key(tmp_path):
+    p = _exp(tmp_path, 'data_offsets = "text"')
+    size = '[flow.calibration.size]\nfile = "flow/S1.fcs"\nchannel = "SSC-A"\ndiameters_nm = [100, 200]\n'
+    text = p.read_text()
+    p.write_text(text.replace("[[flow.gates.range]]", size + "[[flow.gates.range]]"))
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(p)
+    (line,) = str(exc.value).splitlines()[1:]
+    assert "'file' S1.fcs cannot be read as FCS: DATA offsets disagree" in line
+    assert ("choose it for the size beads in the experiment file: 'flow.calibration.size.data_offsets' = "
+            "\"header\"") in line
+    # the bead table's own key, or the [flow] default, decides (the sample's key is the sample's only)
+    for where in ("size", "flow"):
+        body = size + 'data_offsets = "header"\n' if where == "size" else size
+        t = text.replace("[[flow.gates.range]]", body + "[[flow.gates.range]]")
+        p.write_text(t.replace("[flow]\n", '[flow]\ndata_offsets = "header"\n') if where == "flow" else t)
+        load_experiment(p)
+
+
 @pytest.mark.parametrize("choice", ["header", "text"])
 def test_the_run_reads_where_the_sample_says(tmp_path, choice):
     p = _exp(tmp_path, f'data_offsets = "{choice}"', first="S1")  # S1 first: its choice sets the density axes too
