@@ -258,3 +258,18 @@ def test_real_file_whose_header_points_into_the_text(shared_data, tmp_path):
     assert {c: ds["count"].sel(sample=f"read_{c}").values.tolist() for c in direct} == direct
     assert direct["auto"] == direct["text"] == [0, 2] and direct["header"] == [2, 0]
     assert ds.attrs["flow_data_offsets"] == "read_text: text, read_header: header"
+
+
+def test_real_file_whose_header_end_is_past_the_file(shared_data):
+    """FlowIO's data_stop_offset_discrepancy_example.fcs: the same bytes but the HEADER's DATA end, 6944, lies past the
+    end of the 6263-byte file; both begin at 6081 and $TOT x event size ends at 6188 ($ENDDATA).  The TEXT is right
+    again, and here every choice reads the same two events ($TOT decides how many)."""
+    p = shared_path("fcs", "flowio", "data_stop_offset_discrepancy_example.fcs")
+    blob = p.read_bytes()
+    assert header_field(blob, "DATA end") == 6944 > len(blob) == 6263
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reads = {c: evflow.read_fcs(p, data_offsets=c).to_numpy() for c in ("auto", "header", "text")}
+    assert reads["auto"].shape == (2, 26)
+    np.testing.assert_array_equal(reads["header"], reads["auto"])
+    np.testing.assert_array_equal(reads["text"], reads["auto"])
