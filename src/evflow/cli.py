@@ -32,7 +32,7 @@ def _info(args) -> int:
                 if is_tiff(path):
                     _image_info(path)
                 else:
-                    status = max(status, fcs_info(path))
+                    status = max(status, fcs_info(path, args.data_offsets))
             except EvflowError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 status = 1
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print what an FCS or TIFF file holds: version, instrument, events, channels, "
                                     "markers; or image series, shape, channels, pixel size")
     p.add_argument("files", nargs="+", metavar="FILE", help="FCS or TIFF/OME-TIFF files")
+    p.add_argument("--data-offsets", choices=("auto", "header", "text"), default="auto",
+                   help="where an FCS file's DATA lies when its HEADER and TEXT disagree (default: auto, decided "
+                        "from the file; see evflow.read_fcs)")
     _add_debug(p)
     p.set_defaults(func=_info)
     p = sub.add_parser("validate", help="check an experiment file and its inputs (every problem at once); "

@@ -144,8 +144,19 @@ def _spill_text(s) -> str | None:
     return text
 
 
-def fcs_info(path) -> int:
-    """Print every data set of an FCS file; 1 when some data set's events are not readable."""
+def _not_readable(exc) -> str:
+    """Why the events cannot be read; for DATA offsets evflow cannot decide between, the option that chooses."""
+    choices = getattr(exc, "choices", None)
+    if not choices:
+        return str(exc)
+    (hb, he), (tb, te) = choices["header"], choices["text"]
+    return (f"{exc.reason}; if you know which is right, choose it: --data-offsets header reads bytes {hb}-{he}, "
+            f"--data-offsets text reads bytes {tb}-{te}")
+
+
+def fcs_info(path, data_offsets: str = "auto") -> int:
+    """Print every data set of an FCS file (its DATA where ``data_offsets`` says, as for :func:`evflow.read_fcs`);
+    1 when some data set's events are not readable."""
     from .errors import FCSDataError
     from .io.fcs import _channel_names, count_data_sets, read_fcs, read_fcs_metadata
 
@@ -153,7 +164,7 @@ def fcs_info(path) -> int:
     n_sets = count_data_sets(path)
     for k in range(n_sets):
         try:
-            s = read_fcs(path, data_set=k)
+            s = read_fcs(path, data_set=k, data_offsets=data_offsets)
         except FCSDataError as exc:
             # keywords are readable but the events are not: show what the TEXT says
             meta = read_fcs_metadata(path, data_set=k)
@@ -161,7 +172,7 @@ def fcs_info(path) -> int:
             channels, markers = _channel_names(meta, n_par, path)
             tot = str(meta.get("$TOT", "?")).strip()
             print_sample(path, k, n_sets, meta, channels, markers, f"{tot} announced, not readable",
-                         _header_version(path, k), note=f"events not readable: {exc}")
+                         _header_version(path, k), note=f"events not readable: {_not_readable(exc)}")
             status = 1
             continue
         print_sample(path, k, n_sets, s.meta, s.channels, s.markers, s.n_events, s.version, spill=_spill_text(s),

@@ -42,10 +42,12 @@ EXTRA_KEYS = {
 }
 
 
-def extend_schema(schema: dict, key_type) -> None:
-    """Add :data:`EXTRA_KEYS` to the experiment schema (``key_type`` is config.Key)."""
-    for section, keys in EXTRA_KEYS.items():
-        schema.setdefault(section, {}).update({k: key_type(*v) for k, v in keys.items()})
+def extend_schema(schema: dict, key_type, *more: dict) -> None:
+    """Add :data:`EXTRA_KEYS`, then each table of ``more`` (section -> key -> (type, default, unit,
+    description)), to the experiment schema (``key_type`` is config.Key)."""
+    for extra in (EXTRA_KEYS, *more):
+        for section, keys in extra.items():
+            schema.setdefault(section, {}).update({k: key_type(*v) for k, v in keys.items()})
 
 
 def apply_bead_kits(settings: dict, path, problems: list, src: str) -> None:

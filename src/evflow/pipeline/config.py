@@ -17,6 +17,7 @@ Layout (all sections but ``[[samples]]`` optional)::
     markers = { "FL1-H" = "CD63", "FL2-H" = "EpCAM" }   # channel -> marker
     flow_rate_ul_per_min = 3.0       # or volume_ul per sample, or $VOL
     chunk_events = 262144
+    data_offsets = "auto"            # auto | header | text: where DATA lies when HEADER and TEXT disagree
 
     [flow.calibration.fluorescence]  # MESF/MEFL beads
     file = "beads/mesf.fcs"
@@ -83,6 +84,7 @@ Layout (all sections but ``[[samples]]`` optional)::
     dilution = 1.0                   # dilution factor before acquisition
     series = "S1"                    # groups a dilution series
     volume_ul = 1.0
+    data_offsets = "header"          # this file's (default: [flow] data_offsets)
 """
 
 from __future__ import annotations
@@ -111,10 +113,10 @@ from .config_bleaching import BLEACHING_KEYS, check_bleaching
 from .image_inputs import check_pixel_sizes as _check_pixel_sizes, image_fields as _image_fields
 from .inputs import (
     FLOW_KEYS,
-    calibration_channels,
-    check_channels as _check_channels,
+    check_calibration_file,
     check_flow_files as _check_flow_files,
-    check_flow_scale,
+    check_flow_reading,
+    sample_offsets,
 )
 
 __all__ = ["Experiment", "Sample", "load_experiment", "validate_experiment", "default", "schema_table", "ROLES",
@@ -152,7 +154,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "flow_rate_ul_per_min": Key(_NUM, None, "uL/min", "a number (uL/min)"),
         "time_channel": Key(str, None, "", "a channel name"),
         "chunk_events": Key(int, 1 << 19, "events", "an integer"),
-        **{k: Key(*v) for k, v in FLOW_KEYS.items()},  # scale
     },
     "flow.calibration.fluorescence": {
         "file": Key(str, None, "", "an FCS file"),
@@ -226,7 +227,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     **{sec: {k: Key(*v) for k, v in keys.items()} for sec, keys in BLEACHING_KEYS.items()},  # copies per vesicle
 }
 
-extend_schema(SCHEMA, Key)  # [beads], [instrument], time QC and kit keys (pipeline._qc_settings)
+extend_schema(SCHEMA, Key, FLOW_KEYS)  # [beads], [instrument], time QC, kits (_qc_settings); scale, data_offsets
 #: sections that describe each table of an array of tables, and how the array itself is described
 _ARRAYS = {"samples": "an array of [[samples]] tables", "flow.gates.range": None, "samples.bleaching": None}
 
@@ -278,6 +279,7 @@ class Sample:
     series: str | None = None
     volume_ul: float | None = None
     treatment: str | None = None
+    data_offsets: str = "auto"  # where the DATA lies when HEADER and TEXT disagree: its own, else [flow]'s
 
 
 @dataclass
@@ -421,7 +423,7 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
     if isinstance(backend, str) and backend.lower() not in ("auto", "numpy", "cupy"):
         problems.append(f"{src}: 'experiment.backend' is {backend!r}, expected auto, numpy or cupy")
 
-    samples = _check_samples(settings.get("samples"), img_s, src, problems, resolve, check_files)
+    samples = _check_samples(settings.get("samples"), img_s, flow_s, src, problems, resolve, check_files)
     roles = {s.role for s in samples}
     flow_samples = [s for s in samples if s.flow is not None]
 
@@ -446,7 +448,7 @@ def validate_experiment(settings: dict, *, path=None, output=None, check_files: 
     return Experiment(path=Path(path) if path else None, settings=settings, samples=samples, output=out)
 
 
-def _check_samples(raw_samples, img_s, src, problems, resolve, check_files) -> list:
+def _check_samples(raw_samples, img_s, flow_s, src, problems, resolve, check_files) -> list:
     """``[[samples]]``: names, roles, dilutions, volumes and files; the samples."""
     samples: list[Sample] = []
     if raw_samples is None:
@@ -499,7 +501,7 @@ def _check_samples(raw_samples, img_s, src, problems, resolve, check_files) -> l
                 name=str(name), role=str(role), flow=fpath, images=ipaths,
                 dilution=float(dil) if isinstance(dil, _NUM) else 1.0,
                 series=s.get("series"), volume_ul=float(vol) if isinstance(vol, _NUM) else None,
-                treatment=s.get("treatment"),
+                treatment=s.get("treatment"), data_offsets=sample_offsets(s, flow_s, key, src, problems),
             )
         )
     return samples
@@ -573,12 +575,7 @@ def _check_flow(flow_s, markers, flow_samples, src, problems, resolve, check_fil
         for r in required:
             if r not in c:
                 problems.append(f"{src}: 'flow.calibration.{kind}.{r}' is missing")
-        if isinstance(c.get("file"), str):
-            bp = resolve(c["file"])
-            if check_files and not bp.is_file():
-                problems.append(f"{src}: 'flow.calibration.{kind}.file' {c['file']!r} not found (looked at {bp})")
-            elif check_files and isinstance(c.get("channel"), str):
-                _check_channels(bp, calibration_channels(c, kind), problems, src)
+        check_calibration_file(c, kind, flow_s, resolve, check_files, problems, src)  # there, readable, channels
         if kind == "fluorescence" and isinstance(c.get("channel"), str) and isinstance(markers, Mapping):
             if c["channel"] not in markers:
                 problems.append(f"{src}: 'flow.calibration.fluorescence.channel' {c['channel']!r} is not one of "
@@ -586,7 +583,7 @@ def _check_flow(flow_s, markers, flow_samples, src, problems, resolve, check_fil
         vals = c.get("values") if kind == "fluorescence" else c.get("diameters_nm")
         if isinstance(vals, list) and not all(isinstance(v, _NUM) and not isinstance(v, bool) for v in vals):
             problems.append(f"{src}: 'flow.calibration.{kind}' values must all be numbers, found {vals!r}")
-    check_flow_scale(flow_s, src, problems)
+    check_flow_reading(flow_s, src, problems)  # scale, data_offsets
     if isinstance(flow_s.get("chunk_events"), int) and flow_s["chunk_events"] < 1000:
         problems.append(f"{src}: 'flow.chunk_events' is {flow_s['chunk_events']}, expected >= 1000")
     return needed_channels

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError, EvflowError
 from .config import default
-from .inputs import flow_scale, read_flow
+from .inputs import flow_scale, offsets_entry, read_flow
 from .scheduler import inner_compute
 from .store import file_sha256
 
@@ -45,11 +45,18 @@ def _particle(cal_s):
 # =========================================================================== calibration
 
 
+def _read_beads(path, cal_s, kind):
+    """The bead file of ``[flow.calibration.<kind>]`` on the experiment's scale policy, its DATA where the
+    table's ``data_offsets`` says (both put in ``cal_s`` by the run)."""
+    return read_flow(path, {"scale": cal_s.get("scale", "auto")}, data_offsets=cal_s.get("data_offsets", "auto"),
+                     who=(f"the {kind} beads", f"flow.calibration.{kind}.data_offsets"))
+
+
 def fluorescence_item(path, cal_s) -> dict:
     """MESF calibration of ``[flow.calibration.fluorescence]`` from the bead file ``path``."""
     from ..flow.calibration import calibrate_mesf
 
-    beads = read_flow(path, {"scale": cal_s.get("scale", "auto")})
+    beads = _read_beads(path, cal_s, "fluorescence")
     cal = calibrate_mesf(beads, cal_s["channel"], cal_s["values"],
                          clustering_channels=cal_s.get("clustering_channels"),
                          units=cal_s.get("units", default("flow.calibration.fluorescence", "units")),
@@ -67,7 +74,7 @@ def size_item(path, cal_s) -> dict:
     from ..flow.calibration import calibrate_scatter
 
     bead, ev = _particle(cal_s)
-    beads = read_flow(path, {"scale": cal_s.get("scale", "auto")})
+    beads = _read_beads(path, cal_s, "size")
     cal = calibrate_scatter(beads, cal_s["channel"], cal_s["diameters_nm"], bead_model=bead, particle=ev,
                             wavelength_nm=_size(cal_s, "wavelength_nm"),
                             medium_index=_size(cal_s, "medium_index"))
@@ -126,21 +133,23 @@ def gating(exp, size_cal):
     return strategy, parent, desc, size_limits
 
 
-def _channel_top(path, channel, flow_s=None):
+def _channel_top(path, channel, flow_s=None, data_offsets="auto", who=None):
     """The top of a channel's scale (``channel_limits()[1]``: ``$PnR`` on the experiment's scale policy, decoded
     on log channels) and its ``$PnN``, as the sample answers (its nominal range without ``$PnR``)."""
-    s = read_flow(path, flow_s)  # HEADER and TEXT only
+    s = read_flow(path, flow_s, data_offsets=data_offsets, who=who)  # HEADER and TEXT only
     i = s.channel_index(channel)
     return s.channel_limits(i)[1], s.channels[i]
 
 
-def density_spec(flow_samples, markers, flow_s):
-    """(x, y, (top_x, decades_x), (top_y, decades_y)) of the report's density plots, or None."""
+def density_spec(flow_samples, markers, flow_s, key=None):
+    """(x, y, (top_x, decades_x), (top_y, decades_y)) of the report's density plots, or None.  ``key``: the
+    ``data_offsets`` key of the first sample (named by an error about its DATA offsets)."""
     if not (flow_samples and markers and flow_s.get("scatter_channel")):
         return None
-    first = flow_samples[0].flow
-    tx, x = _channel_top(first, flow_s["scatter_channel"], flow_s)
-    ty, y = _channel_top(first, next(iter(markers)), flow_s)
+    first = flow_samples[0]
+    how = (flow_s, first.data_offsets, (f"sample {first.name!r}", key or "data_offsets"))
+    tx, x = _channel_top(first.flow, flow_s["scatter_channel"], *how)
+    ty, y = _channel_top(first.flow, next(iter(markers)), *how)
     return (x, y, (tx, max(math.log10(tx) + 1.0, 1.0)), (ty, max(math.log10(ty) + 1.0, 1.0)))
 
 
@@ -166,13 +175,16 @@ def display_item(shown, strategy, parent, channels) -> dict:
 # =========================================================================== controls and samples
 
 
-def control_item(name, path, *, strategy, parent, markers, rule, backend, scale="auto") -> dict:
+def control_item(name, path, data_offsets="auto", key=None, *, strategy, parent, markers, rule, backend,
+                 scale="auto") -> dict:
     """Per-marker thresholds (``rule``, a :class:`~evflow.flow.thresholds.ThresholdRule`, over the parent gate)
-    of the control sample ``name``, on the scale policy ``scale``."""
+    of the control sample ``name``, on the scale policy ``scale``, its DATA where ``data_offsets`` says (``key``:
+    the experiment-file key of that choice)."""
     from ..flow.phenotypes import count_phenotypes
 
     trule = rule.for_control(name)
-    fcs = read_flow(path, {"scale": scale})
+    fcs = read_flow(path, {"scale": scale}, data_offsets=data_offsets,
+                    who=(f"sample {name!r}", key or "data_offsets"))
     ds = count_phenotypes({name: fcs}, parent=parent, strategy=strategy,
                           markers={m: (ch, trule) for ch, m in markers.items()},
                           controls={name: fcs}, backend=backend)
@@ -190,16 +202,19 @@ def control_thresholds(stage, rule, failures):
     return thresholds, desc
 
 
-def flow_sample_item(sample, *, strategy, parent, markers, thresholds, flow_s, backend, density,
+def flow_sample_item(sample, key=None, *, strategy, parent, markers, thresholds, flow_s, backend, density,
                      split=False, copies=None) -> dict:
-    """Counts per phenotype, marker statistics, analysed volume and report densities of one flow sample."""
+    """Counts per phenotype, marker statistics, analysed volume and report densities of one flow sample (its DATA
+    where ``sample["data_offsets"]`` says, default ``"auto"``; ``key``: the experiment-file key of that choice)."""
     from ..flow.calibration import analysed_volume_ul
     from ..flow.phenotypes import count_phenotypes, density2d
     from ..flow.transforms import LogTransform
     from .flow_qc import sample_qc
 
     path = str(sample["flow"])
-    fcs = read_flow(path, flow_s, chunk_events=int(flow_s.get("chunk_events", CHUNK_EVENTS)))
+    offsets = sample.get("data_offsets", "auto")
+    fcs = read_flow(path, flow_s, chunk_events=int(flow_s.get("chunk_events", CHUNK_EVENTS)), data_offsets=offsets,
+                    who=(f"sample {sample['name']!r}", key or "data_offsets"))
     fcs, qc_item = sample_qc(fcs_all := fcs, sample, flow_s)  # time QC (bad intervals dropped if asked), swarm
     mk = {m: (ch, float(t)) for (ch, m), t in zip(markers.items(), thresholds)}
     build, graph = count_phenotypes({sample["name"]: fcs}, parent=parent, strategy=strategy, markers=mk,
@@ -217,6 +232,7 @@ def flow_sample_item(sample, *, strategy, parent, markers, thresholds, flow_s, b
         "instrument": str(fcs.meta.get("$CYT", "")).strip(),
         "scale": fcs.scale,  # the policy the values are on ([flow] scale, or the instrument's default)
         "scale_setting": flow_scale(flow_s),
+        **offsets_entry(offsets),  # provenance: where the experiment said the DATA lies (when not "auto")
         "axis_labels": {ch: fcs.axis_label(ch) for ch in dict.fromkeys([*markers, flow_s.get("scatter_channel")])
                         if ch},
         **qc_item,

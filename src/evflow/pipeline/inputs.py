@@ -1,5 +1,6 @@
 """What the experiment's input files hold, for validation (FCS channels, events and ``$VOL``, TIFF channel
-counts), and the ``[flow]`` settings about reading FCS files (``scale``)."""
+counts), and the settings about reading FCS files (``[flow] scale``; ``data_offsets`` of ``[flow]``, of each
+``[[samples]]`` table and of each ``[flow.calibration.*]`` table)."""
 
 from __future__ import annotations
 
@@ -7,35 +8,107 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["fcs_sample", "fcs_without_volume", "check_channels", "check_flow_files", "check_flow_scale",
+__all__ = ["fcs_sample", "fcs_without_volume", "check_channels", "check_calibration_file", "check_flow_files",
+           "check_flow_reading", "sample_offsets", "flow_offsets", "offsets_entry", "offsets_message",
            "calibration_channels", "flow_scale", "read_flow", "tiff_channels", "FLOW_KEYS"]
 
-#: ``[flow]`` keys read here (made config Keys in config.SCHEMA): name -> (type, default, unit, what is expected)
+_OFFSETS = "auto, header or text: where the DATA segment lies when the FCS HEADER and TEXT disagree"
+_OWN = (str, None, "", f"{_OFFSETS}, for this file (default: [flow] data_offsets)")
+#: keys read here (made config Keys in config.SCHEMA): section -> name -> (type, default, unit, what is expected)
 FLOW_KEYS = {
-    "scale": (str, "auto", "", "auto, raw, linear or linear-gain (what the event values are; see evflow.io.fcs.scale)"),
+    "flow": {
+        "scale": (str, "auto", "", "auto, raw, linear or linear-gain (what the event values are; see "
+                                   "evflow.io.fcs.scale)"),
+        "data_offsets": (str, "auto", "", f"{_OFFSETS} (see evflow.read_fcs); the default of every flow file"),
+    },
+    "flow.calibration.fluorescence": {"data_offsets": _OWN},
+    "flow.calibration.size": {"data_offsets": _OWN},
+    "samples": {"data_offsets": _OWN},
 }
 
 
 def flow_scale(flow_s) -> str:
     """The ``[flow] scale`` setting (default ``"auto"``: each file's instrument default)."""
-    return str((flow_s or {}).get("scale", FLOW_KEYS["scale"][1]))
+    return str((flow_s or {}).get("scale", FLOW_KEYS["flow"]["scale"][1]))
 
 
-def check_flow_scale(flow_s, src, problems) -> None:
-    """``flow.scale`` must name a scale policy."""
+def flow_offsets(table, flow_s) -> str:
+    """Where the DATA of a flow file lies (``read_fcs(data_offsets=)``): the ``data_offsets`` of its own table
+    (a ``[[samples]]`` or ``[flow.calibration.*]`` table), else of ``[flow]``, else ``"auto"``."""
+    for t in (table, flow_s):
+        v = t.get("data_offsets") if isinstance(t, Mapping) else None
+        if v is not None:
+            return str(v)
+    return "auto"
+
+
+def offsets_entry(choice: str) -> dict:
+    """``{"data_offsets": choice}``, or ``{}`` for ``"auto"`` (what item fingerprints and provenance hold, so a
+    file read as by default fingerprints as it did before the setting existed)."""
+    return {} if choice == "auto" else {"data_offsets": choice}
+
+
+def _valid_offsets(choice) -> bool:
+    from ..io.fcs.offsets import DATA_OFFSETS
+
+    return choice in DATA_OFFSETS
+
+
+def _check_offsets(table, key, src, problems) -> None:
+    v = table.get("data_offsets") if isinstance(table, Mapping) else None
+    if isinstance(v, str) and not _valid_offsets(v):
+        problems.append(f"{src}: '{key}.data_offsets' is {v!r}, expected one of auto, header, text")
+
+
+def sample_offsets(s, flow_s, key, src, problems) -> str:
+    """The ``data_offsets`` of the ``[[samples]]`` table ``s`` (at ``key``), else of ``[flow]``; a value that
+    is not auto, header or text is a problem."""
+    _check_offsets(s, key, src, problems)
+    return flow_offsets(s, flow_s)
+
+
+def check_flow_reading(flow_s, src, problems) -> None:
+    """``flow.scale`` must name a scale policy, and ``data_offsets`` (of ``[flow]`` and its calibrations) be
+    auto, header or text."""
     from ..io.fcs.scale import SCALE_CHOICES
 
     v = (flow_s or {}).get("scale")
     if isinstance(v, str) and v not in SCALE_CHOICES:
         problems.append(f"{src}: 'flow.scale' is {v!r}, expected one of {', '.join(SCALE_CHOICES)}")
+    _check_offsets(flow_s, "flow", src, problems)
+    cal = flow_s.get("calibration") if isinstance(flow_s, Mapping) else None
+    for kind in ("fluorescence", "size"):
+        _check_offsets(cal.get(kind) if isinstance(cal, Mapping) else None, f"flow.calibration.{kind}", src,
+                       problems)
 
 
-def read_flow(path, flow_s, chunk_events=None):
-    """An FCS file of the experiment, its events on the experiment's scale policy (``[flow] scale``)."""
+def offsets_message(exc, who: str, key: str) -> str | None:
+    """For an error of ``read_fcs`` that cannot decide between the HEADER's and the TEXT's DATA offsets: its
+    reason and the experiment-file ``key`` that chooses for ``who`` (e.g. ``"sample 'S1'"``); else None."""
+    choices = getattr(exc, "choices", None)
+    if not choices:
+        return None
+    (hb, he), (tb, te) = choices["header"], choices["text"]
+    return (f"{exc.reason}; if you know which is right, choose it for {who} in the experiment file: "
+            f"'{key}' = \"header\" reads bytes {hb}-{he}, \"text\" reads bytes {tb}-{te}")
+
+
+def read_flow(path, flow_s, chunk_events=None, data_offsets="auto", who=None):
+    """An FCS file of the experiment, its events on the experiment's scale policy (``[flow] scale``) and its DATA
+    where ``data_offsets`` says.  ``who``: (what the file is, its ``data_offsets`` key), which an error about
+    offsets that cannot be decided names instead of ``read_fcs(data_offsets=)``."""
+    from ..errors import FCSDataError
     from ..io.fcs import read_fcs
 
     pol = flow_scale(flow_s)
-    return read_fcs(path, scale=True if pol == "auto" else pol, chunk_events=chunk_events)
+    try:
+        return read_fcs(path, scale=True if pol == "auto" else pol, chunk_events=chunk_events,
+                        data_offsets=data_offsets)
+    except FCSDataError as exc:
+        msg = offsets_message(exc, *who) if who else None
+        if msg is None:
+            raise
+        raise FCSDataError(msg, path) from None
 
 
 def calibration_channels(cal, kind) -> dict:
@@ -49,26 +122,27 @@ def calibration_channels(cal, kind) -> dict:
 _SAMPLE_CACHE: dict = {}
 
 
-def fcs_sample(path: Path):
-    """The FCSSample of ``path``, HEADER and TEXT only (cached by path, mtime and size), or None when unreadable."""
+def fcs_sample(path: Path, data_offsets: str = "auto"):
+    """The FCSSample of ``path`` with its DATA where ``data_offsets`` says, HEADER and TEXT only (cached by path,
+    mtime, size and ``data_offsets``), or None when unreadable."""
     try:
         st = os.stat(path)
-        key = (str(path), st.st_mtime_ns, st.st_size)
+        key = (str(path), st.st_mtime_ns, st.st_size, data_offsets)
         if key not in _SAMPLE_CACHE:
             from ..io.fcs import read_fcs
 
-            _SAMPLE_CACHE[key] = read_fcs(path)
+            _SAMPLE_CACHE[key] = read_fcs(path, data_offsets=data_offsets)
         return _SAMPLE_CACHE[key]
     except Exception:
         return None
 
 
-def fcs_without_volume(path: Path) -> bool:
+def fcs_without_volume(path: Path, data_offsets: str = "auto") -> bool:
     """True when ``path`` reads as FCS and has no ``$VOL``.  A ``$VOL`` that is there but unusable
     (0, not a number) is not flagged here: running the sample reports it."""
     from ..errors import FCSError
 
-    fcs = fcs_sample(path)
+    fcs = fcs_sample(path, data_offsets)
     if fcs is None:
         return False
     try:
@@ -91,16 +165,19 @@ def _missing(s, needed):
     return out
 
 
-def check_channels(path: Path, needed: Mapping[str, str], problems: list, src: str, sample_key=None):
+def check_channels(path: Path, needed: Mapping[str, str], problems: list, src: str, sample_key=None,
+                   data_offsets="auto", who=None):
     """Append a problem for each channel of ``needed`` (channel -> key that needs it) that ``path`` lacks
-    (with the closest names), and the file's channels once."""
+    (with the closest names), and the file's channels once.  ``data_offsets`` and ``who``: as for
+    :func:`read_flow`."""
     from ..io.fcs import read_fcs
     from ..io.fcs.text import describe_channels
 
     try:
-        s = read_fcs(path)
+        s = read_fcs(path, data_offsets=data_offsets)
     except Exception as exc:
-        problems.append(f"{src}: '{sample_key or 'file'}' {path.name} cannot be read as FCS: {exc}")
+        why = (offsets_message(exc, *who) if who else None) or exc
+        problems.append(f"{src}: '{sample_key or 'file'}' {path.name} cannot be read as FCS: {why}")
         return
     if s.n_events == 0:
         problems.append(f"{src}: '{next(iter(needed.values()), sample_key or 'file')}' file {path.name} holds "
@@ -120,6 +197,19 @@ def _why(ch, why, where) -> str:
     return f"channel {ch!r} cannot be used in {where}: {why}"
 
 
+def check_calibration_file(c, kind, flow_s, resolve, check_files, problems, src) -> None:
+    """The bead file of ``[flow.calibration.<kind>]`` (``c``): there, readable where its ``data_offsets`` says,
+    and holding the channels the calibration reads."""
+    if not isinstance(c.get("file"), str):
+        return
+    bp = resolve(c["file"])
+    if check_files and not bp.is_file():
+        problems.append(f"{src}: 'flow.calibration.{kind}.file' {c['file']!r} not found (looked at {bp})")
+    elif check_files and isinstance(c.get("channel"), str) and _valid_offsets(flow_offsets(c, flow_s)):
+        check_channels(bp, calibration_channels(c, kind), problems, src, data_offsets=flow_offsets(c, flow_s),
+                       who=(f"the {kind} beads", f"flow.calibration.{kind}.data_offsets"))
+
+
 #: roles whose events other samples' numbers derive from (buffer subtraction, thresholds, calibration):
 #: an empty file of one of these stops the run at validation; any other empty file fails only itself
 _NEEDED_ROLES = ("buffer", "unstained", "isotype", "beads")
@@ -136,17 +226,21 @@ def check_flow_files(flow_s, samples, flow_samples, needed_channels, src, proble
     missing: dict = {}  # (channel, key, reason) -> [file keys]
     listings: dict = {}  # channel list -> first file
     for i, s in enumerate(samples):
-        if s.flow is None or not s.flow.is_file():
-            continue
+        if s.flow is None or not s.flow.is_file() or not _valid_offsets(s.data_offsets):
+            continue  # (a data_offsets that is not a choice is a problem already)
         where = f"samples[{i}].flow"
-        fcs = fcs_sample(s.flow)
+        fcs = fcs_sample(s.flow, s.data_offsets)
         if fcs is None:
             try:
                 from ..io.fcs import read_fcs
 
-                read_fcs(s.flow)
+                read_fcs(s.flow, data_offsets=s.data_offsets)
                 why = "unreadable"
-            except Exception as exc:  # the reader's own words
+            except Exception as exc:  # the reader's own words, or the key that decides where its DATA lies
+                choose = offsets_message(exc, f"sample {s.name!r}", f"samples[{i}].data_offsets")
+                if choose:
+                    problems.append(f"{src}: 'samples[{i}]' ({s.name}): {s.flow.name}: {choose}")
+                    continue
                 why = str(exc)
             problems.append(f"{src}: '{where}' {s.flow.name} cannot be read as FCS: {why}")
             continue

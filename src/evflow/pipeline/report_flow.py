@@ -383,7 +383,7 @@ def _triggers(ctx) -> str:
     for s in ctx.experiment.samples:
         if s.flow is not None and s.name in ctx.flow_items:
             try:
-                found.update(f"{c} {lvl}" if c else lvl for c, lvl, _k in read_fcs(s.flow).triggers)
+                found.update(f"{c} {lvl}" if c else lvl for c, lvl, _k in read_fcs(s.flow, data_offsets=s.data_offsets).triggers)
             except (EvflowError, OSError):
                 continue
     return ", ".join(sorted(found))

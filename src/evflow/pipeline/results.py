@@ -12,6 +12,7 @@ import pandas as pd
 import xarray as xr
 
 from .flow_qc import add_to_dataset as add_flow_qc, max_event_rate, sample_flags
+from .inputs import flow_offsets
 
 __all__ = ["assemble", "write_outputs", "tidy_tables", "quality_checks"]
 
@@ -82,6 +83,11 @@ def _flow_dataset(ctx):
     ds["scale"].attrs["long_name"] = "scale policy of the event values (raw, linear, linear-gain)"
     ds.attrs["flow_scale"] = str(items[names[0]].get("scale_setting", "auto"))
     ds.attrs["flow_scale_policies"] = ", ".join(sorted(set(scales)))
+    cal_s = exp.flow.get("calibration", {})  # files read where the experiment said their DATA lies (not "auto")
+    offs = {**{f"{k} beads": flow_offsets(cal_s[k], exp.flow) for k in ("fluorescence", "size") if k in cal_s},
+            **{n: items[n]["data_offsets"] for n in names if "data_offsets" in items[n]}}
+    if any(v != "auto" for v in offs.values()):
+        ds.attrs["flow_data_offsets"] = ", ".join(f"{k}: {v}" for k, v in offs.items() if v != "auto")
     for var in ("median_positive", "threshold", "mean_positive"):
         if var in ds:
             ds[var].attrs["units"] = f"channel units on the scale policy ({', '.join(sorted(set(scales)))})"

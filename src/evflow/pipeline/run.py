@@ -32,7 +32,7 @@ from . import copies as cp, flow as fl, imaging as im
 from .config import load_experiment
 from .flow_qc import qc_settings
 from .image_inputs import field_fingerprint
-from .inputs import flow_scale
+from .inputs import flow_offsets, flow_scale, offsets_entry
 from .scheduler import split_samples
 from .stage import RunContext, Runner
 from .store import ResultStore, file_fingerprint
@@ -113,6 +113,7 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
     flow_s, img_s, markers = exp.flow, exp.imaging, exp.markers
     cal_s = flow_s.get("calibration", {})
     ctx = RunContext(experiment=exp, backend=be, markers=markers)
+    okey = {s.name: f"samples[{i}].data_offsets" for i, s in enumerate(exp.samples)}  # named by offsets errors
     timings: dict = {}
     log(f"evflow {__version__}: experiment {exp.name!r}, {len(exp.samples)} samples, backend {be}, output {out}")
 
@@ -126,7 +127,8 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
                               ("registration", im.registration_from_beads, img_s or None)):
             file = (c or {}).get("registration_beads" if kind == "registration" else "file")
             if file and kind != "registration":
-                c = {**c, "scale": flow_scale(flow_s)}  # the bead file's values on the experiment's scale policy
+                # the bead file's values on the experiment's scale policy, its DATA where the experiment says
+                c = {**c, "scale": flow_scale(flow_s), **offsets_entry(flow_offsets(c, flow_s))}
             if file:
                 path = exp.resolve(file)
                 cal_stages.append(runner.stage("calibration", body))
@@ -161,8 +163,8 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
             for s in exp.by_role(role):
                 if s.flow is not None:
                     controls.add(s.name, ["control", file_fingerprint(s.flow), gate_spec, markers, rule.cache_key(),
-                                          flow_scale(flow_s)],
-                                 s.name, s.flow)
+                                          flow_scale(flow_s), *offsets_entry(s.data_offsets).values()],
+                                 s.name, s.flow, s.data_offsets, okey[s.name])
             timings["controls_s"] = runner.run("controls", controls)
             ctx.control_items = controls.items
             controls.report_failures(ctx.failures, err, first_line=False)
@@ -190,17 +192,18 @@ def _run(exp, folder, *, backend, scheduler, resume, progress, quiet, verbose, n
 
         # ---------------------------------------------------------------- stage 3: samples and fields
         flow_samples = [s for s in exp.samples if s.flow is not None and s.role != "beads"]
-        ctx.density = fl.density_spec(flow_samples, markers, flow_s)
+        ctx.density = fl.density_spec(flow_samples, markers, flow_s, okey[flow_samples[0].name] if flow_samples else None)
         chunk_events = int(flow_s.get("chunk_events", fl.CHUNK_EVENTS))
         cspec = cp.flow_copies_spec(exp, ctx.fluor)  # fluorophores per event from MESF ([flow.copies])
         samples = runner.stage("flow", fl.flow_sample_item, shown=lambda k: f"sample {k}", strategy=strategy,
                                parent=parent, markers=markers, flow_s=flow_s, backend=be, density=ctx.density,
                                thresholds=thresholds if thresholds is not None else np.zeros(0), copies=cspec)
         for s in flow_samples:
-            sd = {"name": s.name, "flow": str(s.flow), "volume_ul": s.volume_ul, "role": s.role, "qc": qc_settings(exp)}
+            sd = {"name": s.name, "flow": str(s.flow), "volume_ul": s.volume_ul, "role": s.role, "qc": qc_settings(exp),
+                  **offsets_entry(s.data_offsets)}  # (no key when "auto": fingerprints as before)
             samples.add(s.name, ["flow", file_fingerprint(s.flow), gate_spec, markers, thresholds, sd,
                                  {k: flow_s.get(k) for k in ("flow_rate_ul_per_min", "time_channel", "scale")}, ctx.density,
-                                 chunk_events, *([cspec] if cspec else [])], sd)
+                                 chunk_events, *([cspec] if cspec else [])], sd, okey[s.name])
         # few samples on a cluster: each sample's row chunks are spread over the workers too
         samples.params["split"] = timings["split_samples"] = bool(split_samples(runner.client, len(samples.pending)))
         fields = runner.stage("image", im.field_item, name=_fov, what=lambda k: f"image {k[0]} fov {k[1]}",

@@ -53,9 +53,17 @@ def check_choice(value, path=None) -> str:
     return value
 
 
-def _how_to_choose(h: _Reading, t: _Reading) -> str:
-    return (f"; if you know which is right, choose it: read_fcs(path, data_offsets='header') reads bytes "
-            f"{h.begin}-{h.end}, data_offsets='text' reads bytes {t.begin}-{t.end}")
+def _undecided(what: str, h: _Reading, t: _Reading, path) -> FCSDataError:
+    """The error for offsets evflow cannot decide between: ``what``, then how to choose with ``read_fcs``.
+
+    The error also carries ``reason`` (``what``) and ``choices`` (``{"header": (begin, end), "text": (begin,
+    end)}``, the bytes each ``data_offsets`` reads), so that a caller which chooses some other way (an
+    experiment-file key, a command-line option) can say so instead.
+    """
+    exc = FCSDataError(f"{what}; if you know which is right, choose it: read_fcs(path, data_offsets='header') "
+                       f"reads bytes {h.begin}-{h.end}, data_offsets='text' reads bytes {t.begin}-{t.end}", path)
+    exc.reason, exc.choices = what, {"header": (h.begin, h.end), "text": (t.begin, t.end)}
+    return exc
 
 
 @dataclass(frozen=True)
@@ -297,11 +305,9 @@ def _choose_begin(t, h, fits, info, layout, n_tot, channels, path, size) -> _Rea
               + ("" if not pool else ", the only one that fits the file and $TOT"))
         return chosen
     if rb == 0:
-        raise FCSDataError(
+        raise _undecided(
             f"DATA offsets disagree: {h.describe()} and {t.describe()} both fit the file, and delimited ASCII "
-            "DATA cannot be judged event by event; expected HEADER and TEXT to agree" + _how_to_choose(h, t),
-            path,
-        )
+            "DATA cannot be judged event by event; expected HEADER and TEXT to agree", h, t, path)
     avail = {c: size - (info.base + c.begin) for c in pool}
     counts = {c: n_tot if n_tot is not None else _quiet_count(c, rb, avail[c]) for c in pool}
     verdicts = {c: _judge(c, counts[c], info, layout, channels, path, size) for c in pool}
@@ -316,18 +322,14 @@ def _choose_begin(t, h, fits, info, layout, n_tot, channels, path, size) -> _Rea
         return good
     if not passed:
         why = "; ".join(f"{c.source}: {', '.join(verdicts[c])}" for c in pool)
-        raise FCSDataError(
+        raise _undecided(
             f"DATA offsets disagree ({both}) and neither reading passes the checks on its events ({why}); "
             "expected one whose integer values lie within $PnR, whose time channel does not decrease and "
-            "which stays clear of other segments" + _how_to_choose(h, t),
-            path,
-        )
-    raise FCSDataError(
+            "which stays clear of other segments", h, t, path)
+    raise _undecided(
         f"DATA offsets disagree ({both}) and both readings pass the checks on their events (values within "
         "$PnR, time channel non-decreasing, clear of other segments), so evflow cannot tell which is right; "
-        "expected HEADER and TEXT to agree" + _how_to_choose(h, t),
-        path,
-    )
+        "expected HEADER and TEXT to agree", h, t, path)
 
 
 def _sample_words(n: int) -> str:
