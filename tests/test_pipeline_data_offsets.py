@@ -227,37 +227,45 @@ def test_real_file_whose_header_points_into_the_text(shared_data, tmp_path):
     """FlowIO's data_start_offset_discrepancy_example.fcs: TEXT bytes 74-6080; the HEADER says DATA begins at byte
     5555 (inside the TEXT), $BEGINDATA at 6081 (right after it), both end at 6188 = 2 events of 25 x 16 + 32 bits
     ($TOT 2).  The HEADER's bytes are keyword text, so the TEXT's offsets are right: "auto" takes them (the only
-    reading that fits), "text" reads the same events, and "header" reads the TEXT segment as events."""
+    reading that fits), "text" reads the same events, and "header" is refused (a DATA segment cannot begin inside
+    the TEXT: its first values would be the TEXT's SPILL digits), in read_fcs and as a per-sample problem."""
+    from evflow.errors import FCSDataError
+
     p = shared_path("fcs", "flowio", "data_start_offset_discrepancy_example.fcs")
     blob = p.read_bytes()
     assert header_field(blob, "TEXT end") == 6080 and header_field(blob, "DATA begin") == 5555
+    assert blob[5555:5561].decode("ascii") == ",0,0,0"  # what the HEADER's reading would take for events
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         auto = evflow.read_fcs(p).to_numpy()
         text = evflow.read_fcs(p, data_offsets="text").to_numpy()
-        head = evflow.read_fcs(p, data_offsets="header").to_numpy()
+        with pytest.raises(FCSDataError, match=r"data_offsets='header'.*bytes 5555-6188\) begins inside the TEXT "
+                                               r"\(TEXT is bytes 74-6080\); read with data_offsets='auto' or 'text'"):
+            evflow.read_fcs(p, data_offsets="header").to_numpy()
     np.testing.assert_array_equal(text, auto)
-    assert auto.shape == head.shape == (2, 26)
-    first = head[0, :3].astype("<u2").tobytes()  # the first three 16-bit values of the HEADER's reading ...
-    assert first == blob[5555:5561] and first.decode("ascii") == ",0,0,0"  # ... are the TEXT's SPILL digits
-    assert not np.array_equal(head, auto)
+    assert auto.shape == (2, 26)
     # in an experiment the choice is the sample's key: the run counts the events read_fcs reads with it
     exp = tmp_path / "exp.toml"
-    exp.write_text('[flow]\nscatter_channel = "SSC LinH"\nmarkers = { "FSC LinH" = "M" }\n'
-                   '[thresholds]\nrule = "fixed"\nvalues = { M = 5000.0 }\n'
-                   + "".join(f'[[samples]]\nname = "read_{c}"\nflow = "{p}"\nvolume_ul = 1.0\ndata_offsets = "{c}"\n'
-                             for c in ("auto", "text", "header")))
+    head = '[flow]\nscatter_channel = "SSC LinH"\nmarkers = { "FSC LinH" = "M" }\n[thresholds]\nrule = "fixed"\n'
+    head += 'values = { M = 5000.0 }\n'
+    exp.write_text(head + "".join(f'[[samples]]\nname = "read_{c}"\nflow = "{p}"\nvolume_ul = 1.0\n'
+                                  f'data_offsets = "{c}"\n' for c in ("auto", "text")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = evflow.run(exp, output=tmp_path / "out", quiet=True)
         direct = {}
-        for c in ("auto", "text", "header"):
+        for c in ("auto", "text"):
             s = evflow.read_fcs(p, data_offsets=c, scale=True)
             pos = s.to_numpy()[:, s.channel_index("FSC LinH")] > 5000.0
             direct[c] = [int((~pos).sum()), int(pos.sum())]
     assert {c: ds["count"].sel(sample=f"read_{c}").values.tolist() for c in direct} == direct
-    assert direct["auto"] == direct["text"] == [0, 2] and direct["header"] == [2, 0]
-    assert ds.attrs["flow_data_offsets"] == "read_text: text, read_header: header"
+    assert direct["auto"] == direct["text"] == [0, 2]
+    assert ds.attrs["flow_data_offsets"] == "read_text: text"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(head + f'[[samples]]\nname = "read_header"\nflow = "{p}"\nvolume_ul = 1.0\n'
+                   'data_offsets = "header"\n')
+    with pytest.raises(ConfigError, match=r"'samples\[0\]\.flow' .* begins inside the TEXT"):
+        load_experiment(bad)
 
 
 def test_real_file_whose_header_end_is_past_the_file(shared_data):

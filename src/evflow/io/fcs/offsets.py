@@ -256,7 +256,13 @@ def data_offsets(info: _DataSetInfo, layout: _Layout, n_tot: int | None, path, s
 def _asked(choice: str, head: _Reading | None, text: _Reading | None, problems, info, path) -> _Reading:
     """The reading ``data_offsets=choice`` names, or :class:`FCSDataError` when the file gives none there."""
     chosen = head if choice == "header" else text
+    other = "text" if choice == "header" else "header"
     if chosen is not None:
+        tb, te = info.header.text
+        if chosen.begin <= te:  # a DATA segment cannot begin inside the HEADER or the primary TEXT
+            raise FCSDataError(f"data_offsets={choice!r} asked for, but that DATA segment (bytes {chosen.begin}-"
+                               f"{chosen.end}) begins inside the {'HEADER' if chosen.begin < tb else 'TEXT'} "
+                               f"(TEXT is bytes {tb}-{te}); read with data_offsets='auto' or {other!r}", path)
         return chosen
     if choice == "header":
         hb, he = info.header.data
@@ -264,7 +270,6 @@ def _asked(choice: str, head: _Reading | None, text: _Reading | None, problems, 
     else:
         found = ("; ".join(problems) if problems else
                  f"$BEGINDATA/$ENDDATA are {info.meta.get('$BEGINDATA')!r}/{info.meta.get('$ENDDATA')!r}")
-    other = "text" if choice == "header" else "header"
     raise FCSDataError(f"data_offsets={choice!r} asked for, but {found}; expected byte offsets of the DATA "
                        f"segment there (read with data_offsets='auto' or {other!r})", path)
 
