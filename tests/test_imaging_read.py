@@ -130,3 +130,21 @@ def test_implausible_stored_pixel_size_is_not_used():
     assert evflow.read_images(path, pixel_size_nm=65.0).attrs["pixel_size_nm"] == 65.0
     assert evflow.read_images(shared_path("images", "deepstorm", "ArtificialDataset_demo1.tif")).attrs[
         "pixel_size_nm"] == pytest.approx(100.0)
+
+
+def test_scale_without_a_unit_of_length_is_not_a_pixel_size(tmp_path):
+    """ImageJ's unit 'pixel' with a scale (deepblink's image_micron.tif: 0.3878 per pixel) is no size in the
+    sample plane: read as unknown, and said so."""
+    from evflow.errors import EvflowWarning
+
+    p = tmp_path / "scaled.tif"
+    tifffile.imwrite(p, _data((32, 32)), imagej=True, resolution=(2.5, 2.5), metadata={"unit": "pixel"})
+    with pytest.warns(EvflowWarning, match="0.4 per pixel in unit 'pixel' is a scale with no unit of length"):
+        im = evflow.read_images(p)
+    assert im.attrs["pixel_size_nm"] is None
+    tifffile.imwrite(p, _data((32, 32)), imagej=True, metadata={"unit": "pixel"})  # no scale: nothing to say
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evflow.read_images(p).attrs["pixel_size_nm"] is None

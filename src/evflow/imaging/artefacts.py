@@ -5,7 +5,9 @@
 - Saturated pixels (at or above the saturation level; by default the
   maximum of an integer dtype) are masked: left out of the noise estimate,
   and detections within :func:`flag_radius` px of one are flagged
-  (``saturated``).
+  (``saturated``); with a background subtraction, also those within the
+  background map's reach of a saturated region wider than its element
+  (the subtraction rings around it).
 - Hot and cold single pixels (sCMOS outliers) are repaired: a pixel that
   departs from its surroundings by more than ``HOT_SNR`` pixel-noise sigmas
   while its four neighbours do not follow (less than ``HOT_RATIO`` of the

@@ -65,8 +65,10 @@ def image_axes(axes: str, shape) -> tuple[list[int], int | None, int, int]:
 PIXEL_SIZE_RANGE_NM = (1.0, 1e5)
 
 
-def _stored_pixel_size(tf) -> tuple[float, str] | tuple[None, None]:
-    """(pixel size in nm, the keyword it came from) from OME (PhysicalSizeX) or ImageJ (XResolution + unit)."""
+def _stored_pixel_size(tf) -> tuple[float | None, str | None]:
+    """(pixel size in nm, the keyword it came from) from OME (PhysicalSizeX) or ImageJ (XResolution + unit);
+    (None, what is stored) for an ImageJ scale in unit 'pixel' (a scale with no length: ImageJ's blobs.gif
+    saved with a scale set, e.g.)."""
     if tf.is_ome and tf.ome_metadata:
         imgs = ome_images(tf.ome_metadata)
         if imgs and imgs[0]["pixel_size_nm"] is not None:
@@ -80,26 +82,33 @@ def _stored_pixel_size(tf) -> tuple[float, str] | tuple[None, None]:
         if num > 0 and den > 0:
             size = den / num  # units per pixel
             return size * (1.0 if unit == "nm" else 1e3), "ImageJ XResolution"
+    if res is not None and unit == "pixel" and tuple(res.value) != (1, 1) and res.value[0] > 0:
+        return None, f"ImageJ XResolution {res.value[1] / res.value[0]:.4g} per pixel in unit 'pixel'"
     return None, None
 
 
 def _pixel_size_from_tiff(tf) -> float | None:
-    """Pixel size in nm from the file's metadata, or None when none is stored or the stored one is implausible
-    (outside :data:`PIXEL_SIZE_RANGE_NM`; an :class:`~evflow.errors.EvflowWarning` then says so)."""
+    """Pixel size in nm from the file's metadata, or None when none is stored, the stored one is implausible
+    (outside :data:`PIXEL_SIZE_RANGE_NM`) or has no unit of length (an :class:`~evflow.errors.EvflowWarning`
+    then says so)."""
     try:
         size, source = _stored_pixel_size(tf)
     except Exception:  # metadata is best effort
         return None
+    import warnings
+
+    from ..errors import EvflowWarning
+
+    where = getattr(tf.filehandle, "path", tf.filename)
     if size is None:
+        if source:  # a scale with no unit of length (ImageJ's 'pixel') says nothing of the sample plane
+            warnings.warn(EvflowWarning(f"{where}: {source} is a scale with no unit of length: taken as not "
+                                        "stored (give pixel_size_nm)"), stacklevel=3)
         return None
     lo, hi = PIXEL_SIZE_RANGE_NM
     if not lo <= size <= hi:
-        import warnings
-
-        from ..errors import EvflowWarning
-
         warnings.warn(EvflowWarning(
-            f"{getattr(tf.filehandle, 'path', tf.filename)}: the pixel size stored in {source} is {size:.3g} nm, outside "
+            f"{where}: the pixel size stored in {source} is {size:.3g} nm, outside "
             f"{lo:g} nm - {hi / 1e3:g} um: taken as not stored (give pixel_size_nm)"), stacklevel=3)
         return None
     return size
