@@ -59,27 +59,52 @@ def _pick(p, q, ismax):
     return p if p <= q else q
 
 
+@njit(cache=True)
+def _row_extreme(e, g, h, w, m, ismax):
+    """Van Herk / Gil-Werman on one extended line ``e``: forward (``g``) and backward (``h``) running extremes
+    in blocks of ``w``."""
+    for s in range(0, m, w):
+        t = min(s + w, m)
+        g[s] = e[s]
+        h[t - 1] = e[t - 1]
+        if ismax:
+            for j in range(s + 1, t):
+                g[j] = g[j - 1] if g[j - 1] >= e[j] else e[j]
+            for j in range(t - 2, s - 1, -1):
+                h[j] = h[j + 1] if h[j + 1] >= e[j] else e[j]
+        else:
+            for j in range(s + 1, t):
+                g[j] = g[j - 1] if g[j - 1] <= e[j] else e[j]
+            for j in range(t - 2, s - 1, -1):
+                h[j] = h[j + 1] if h[j + 1] <= e[j] else e[j]
+
+
 @njit(parallel=True, cache=True)
 def _rows(a, w, ismax, reflect, out):
     H, W = a.shape
     lo = w // 2
     m = W + w - 1
-    for y in prange(H):
+    n_chunks = min(H, 64)
+    per = (H + n_chunks - 1) // n_chunks
+    for ci in prange(n_chunks):
         e = np.empty(m, a.dtype)
         g = np.empty(m, a.dtype)
         h = np.empty(m, a.dtype)
-        for j in range(m):
-            e[j] = a[y, _bound(j - lo, W, reflect)]
-        for s in range(0, m, w):
-            t = min(s + w, m)
-            g[s] = e[s]
-            for j in range(s + 1, t):
-                g[j] = _pick(g[j - 1], e[j], ismax)
-            h[t - 1] = e[t - 1]
-            for j in range(t - 2, s - 1, -1):
-                h[j] = _pick(h[j + 1], e[j], ismax)
-        for i in range(W):
-            out[y, i] = _pick(h[i], g[i + w - 1], ismax)
+        for y in range(ci * per, min(H, (ci + 1) * per)):
+            row = a[y]
+            for j in range(min(lo, m)):
+                e[j] = row[_bound(j - lo, W, reflect)]
+            e[lo:lo + W] = row
+            for j in range(lo + W, m):
+                e[j] = row[_bound(j - lo, W, reflect)]
+            _row_extreme(e, g, h, w, m, ismax)
+            o = out[y]
+            if ismax:
+                for i in range(W):
+                    o[i] = h[i] if h[i] >= g[i + w - 1] else g[i + w - 1]
+            else:
+                for i in range(W):
+                    o[i] = h[i] if h[i] <= g[i + w - 1] else g[i + w - 1]
 
 
 @njit(parallel=True, cache=True)
