@@ -56,7 +56,7 @@ def _first(v):
         return np.nan
 
 
-def _pixel_noise(d, mad_sigma=None):
+def _pixel_noise(d):
     """Noise per pixel from neighbouring-pixel differences ``d``: their standard deviation within 4 robust
     sigmas of the median (spots left out; unlike the MAD alone not quantised on integer photon counts) / sqrt 2."""
     if not d.size:
