@@ -175,7 +175,12 @@ class _HostNdimage:
         self._sndi = sndi
 
     def __getattr__(self, name):
-        return getattr(self._sndi, name)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.__dict__["_sndi"], name)
+
+    def __reduce__(self):  # one instance per process, also after pickling (dask's process workers)
+        return (_host_ndimage, ())
 
     def _fast(self, a, size, footprint, mode, kwargs):
         return (HAVE_NUMBA and footprint is None and not kwargs and mode in MODES and size is not None
@@ -194,3 +199,7 @@ class _HostNdimage:
 
 
 HOST_NDIMAGE = _HostNdimage()
+
+
+def _host_ndimage():
+    return HOST_NDIMAGE

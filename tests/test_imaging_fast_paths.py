@@ -244,3 +244,12 @@ def test_device_box_and_log_filters_equal_the_host_ones():
     ref = R.log_filter.get("numpy")(a.astype(np.float64), 0.65)
     dev = R.log_filter.get("cupy")(d, 0.65)
     np.testing.assert_allclose(cupy.asnumpy(dev), ref, rtol=0, atol=1e-9 * np.abs(ref).max())
+
+
+def test_host_ndimage_pickles_to_the_one_instance():
+    import pickle
+
+    from evflow.backend import get_ndi
+
+    h = get_ndi("numpy")
+    assert pickle.loads(pickle.dumps(h)) is h  # dask process workers receive it as it is
