@@ -281,3 +281,25 @@ def test_real_file_whose_header_end_is_past_the_file(shared_data):
     assert reads["auto"].shape == (2, 26)
     np.testing.assert_array_equal(reads["header"], reads["auto"])
     np.testing.assert_array_equal(reads["text"], reads["auto"])
+
+
+def test_napari_experiment_views_read_each_file_with_its_data_offsets(tmp_path):
+    """The plugin's experiment layers open a sample's flow file with the sample's data_offsets: the density of
+    the ambiguous S1 holds exactly the events read_fcs reads with that choice (the two readings differ)."""
+    from evflow_napari._experiment_flow import experiment_flow_layers
+
+    counts = {}
+    for choice in ("header", "text"):
+        sub = tmp_path / choice
+        sub.mkdir()
+        p = _exp(sub, s1_line=f'data_offsets = "{choice}"')
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layers = experiment_flow_layers(p, bins=64)
+        meta = {kw["metadata"]["evflow"]["sample"]: kw["metadata"]["evflow"] for _d, kw, kind in layers
+                if kind == "image"}
+        assert meta["S1"]["data_offsets"] == choice and "data_offsets" not in meta["S2"]
+        n = int(meta["S1"]["n_total"])
+        assert n == _direct(sub / "flow" / "S1.fcs", choice)[0]
+        counts[choice] = int(np.asarray(meta["S1"]["density"]).sum())
+    assert counts["header"] != counts["text"]

@@ -67,11 +67,11 @@ def experiment_flow_layers(path, bins=512, visible=True):
     for s in exp.samples:
         if s.flow is None or not Path(exp.resolve(s.flow)).is_file():
             continue
-        view = FlowView(exp.resolve(s.flow), bins=bins, experiment=path)
+        view = FlowView(exp.resolve(s.flow), bins=bins, experiment=path, data_offsets=s.data_offsets)
         chans = view.sample.channels
         x, y = flow_s.get("scatter_channel"), marker_channels[0] if marker_channels else None
         if x in chans and y in chans and x != y:
-            view = FlowView(view.path, x, y, bins=bins, experiment=path)
+            view = FlowView(view.path, x, y, bins=bins, experiment=path, data_offsets=s.data_offsets)
         show = visible and not out
         data, kw, kind = view.image_layer_data()
         kw["metadata"]["evflow"]["sample"] = s.name

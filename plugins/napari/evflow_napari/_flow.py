@@ -39,17 +39,18 @@ _CACHE: dict = {}
 _LOCK = threading.Lock()
 
 
-def open_sample(path):
-    """The :class:`evflow.FCSSample` of ``path`` (cached by path, size and modification time)."""
+def open_sample(path, data_offsets="auto"):
+    """The :class:`evflow.FCSSample` of ``path`` read with ``data_offsets`` (see :func:`evflow.read_fcs`;
+    cached by path, size, modification time and that choice)."""
     import evflow
 
     p = Path(path).resolve()
     st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
+    key = (str(p), st.st_size, st.st_mtime_ns, str(data_offsets))
     with _LOCK:
         s = _CACHE.get(key)
         if s is None:
-            s = evflow.read_fcs(p)
+            s = evflow.read_fcs(p, data_offsets=data_offsets)
             if len(_CACHE) > 16:
                 _CACHE.clear()
             _CACHE[key] = s
@@ -113,12 +114,16 @@ class FlowView:
         :func:`default_transform` (linear for scatter, logicle for fluorescence).
     bins : int
         Density image size (bins per axis).
+    data_offsets : {"auto", "header", "text"}
+        Where the DATA lies when HEADER and TEXT disagree (an experiment's sample passes its setting).
     """
 
-    def __init__(self, path, x=None, y=None, x_transform=None, y_transform=None, bins=512, experiment=None):
+    def __init__(self, path, x=None, y=None, x_transform=None, y_transform=None, bins=512, experiment=None,
+                 data_offsets="auto"):
         self.path = str(Path(path).resolve())
         self.experiment = None if experiment is None else str(experiment)  # the experiment file it was opened from
-        self.sample = open_sample(self.path)
+        self.data_offsets = str(data_offsets)
+        self.sample = open_sample(self.path, self.data_offsets)
         dx, dy = default_channels(self.sample)
         self.x = x or dx
         self.y = y or dy
@@ -197,12 +202,14 @@ class FlowView:
                "y_transform": self.y_transform, "bins": self.bins}
         if self.experiment:
             out["experiment"] = self.experiment
+        if self.data_offsets != "auto":
+            out["data_offsets"] = self.data_offsets
         return out
 
     @classmethod
     def from_spec(cls, spec):
         return cls(spec["path"], spec["x"], spec["y"], spec["x_transform"], spec["y_transform"], spec["bins"],
-                   experiment=spec.get("experiment"))
+                   experiment=spec.get("experiment"), data_offsets=spec.get("data_offsets", "auto"))
 
     def image_layer_data(self, density=None):
         """napari LayerData of the density image: data ``log10(1 + events per bin)``, rows = y."""
