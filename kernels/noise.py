@@ -21,7 +21,7 @@ import numpy as np
 
 from ._numba import LAUNCH_LOCK, njit, prange
 
-__all__ = ["block_noise_numpy", "block_noise_numba"]
+__all__ = ["robust_mad", "block_noise_numpy", "block_noise_numba"]
 
 _MAD = 1.4826
 
@@ -29,6 +29,27 @@ _MAD = 1.4826
 def _mad_np(v):
     med = np.median(v)
     return float(_MAD * np.median(np.abs(v - med)))
+
+
+def robust_mad(v, m, clip: float, iterations: int):
+    """``(s, starved)``: the iterated MAD sigma of one set of samples (see the module text); ``starved`` is
+    True when the first masking already leaves too few samples (``s`` is then the plain MAD), which is when
+    :func:`evflow.imaging.noise.robust_noise` takes its fallback."""
+    s = _mad_np(v)
+    if not s > 0:
+        return s, False
+    for it in range(iterations):
+        keep = m < clip * s
+        if keep.sum() < max(50, 0.05 * v.size):
+            return s, it == 0
+        s_new = _mad_np(v[keep])
+        if not s_new > 0:
+            break
+        done = abs(s_new - s) <= 1e-4 * s
+        s = s_new
+        if done:
+            break
+    return s, False
 
 
 def block_noise_numpy(v, m, b, starts, clip: float, iterations: int):
@@ -41,19 +62,7 @@ def block_noise_numpy(v, m, b, starts, clip: float, iterations: int):
         vv, mm, bb = v[starts[i]:starts[i + 1]], m[starts[i]:starts[i + 1]], b[starts[i]:starts[i + 1]]
         if vv.size == 0:
             continue
-        s = _mad_np(vv)
-        if s > 0:
-            for _ in range(iterations):
-                keep = mm < clip * s
-                if keep.sum() < max(50, 0.05 * vv.size):
-                    break
-                s_new = _mad_np(vv[keep])
-                if not s_new > 0:
-                    break
-                done = abs(s_new - s) <= 1e-4 * s
-                s = s_new
-                if done:
-                    break
+        s = robust_mad(vv, mm, clip, iterations)[0]
         keep = mm < clip * s
         s_out[i], n_out[i] = s, int(keep.sum())
         if n_out[i]:

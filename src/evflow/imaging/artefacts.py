@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..backend import get_ndi, to_numpy
 from ..errors import ConfigError, ImageError
 from .noise import mad_sigma
 
@@ -79,23 +79,11 @@ def _neighbour_share(sigma: float) -> float:
     return float(e[4] / e[3])
 
 
-def _box_extreme(p, r, op):
-    """``op`` (np.minimum or np.maximum) over the (2r+1)^2 box of each pixel, edges repeated (exact)."""
-    pad = np.pad(p, r, mode="edge")
+def _gather(p, ys, xs, offsets):
+    """Values of ``p`` at ``(ys + dy, xs + dx)`` for each offset, edges repeated (mode 'nearest'):
+    (n, len(offsets))."""
     h, w = p.shape
-    rows = pad[:, 0:w].copy()
-    for k in range(1, 2 * r + 1):
-        op(rows, pad[:, k:k + w], out=rows)
-    out = rows[0:h].copy()
-    for k in range(1, 2 * r + 1):
-        op(out, rows[k:k + h], out=out)
-    return out
-
-
-def _gather(p, ys, xs, offsets, r):
-    """Values of ``p`` at ``(ys + dy, xs + dx)`` for each offset, edges repeated: (n, len(offsets))."""
-    pad = np.pad(p, r, mode="edge")
-    return np.stack([pad[ys + r + dy, xs + r + dx] for dy, dx in offsets], axis=1)
+    return np.stack([p[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)] for dy, dx in offsets], axis=1)
 
 
 #: the 16 pixels of the 5x5 ring, the 4-neighbour cross and the 8-neighbourhood, as (dy, dx)
@@ -104,10 +92,10 @@ _CROSS = ((-1, 0), (0, -1), (0, 1), (1, 0))
 _EIGHT = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
 
 
-def _rank_at(p, ys, xs, offsets, r):
+def _rank_at(p, ys, xs, offsets):
     """The rank filter ``scipy.ndimage.median_filter`` computes over ``offsets`` (the element at sorted
     index ``len // 2``: the upper median of an even count), at the given pixels only."""
-    vals = _gather(p, ys, xs, offsets, r)
+    vals = _gather(p, ys, xs, offsets)
     k = len(offsets) // 2
     return np.partition(vals, k, axis=1)[:, k]
 
@@ -124,15 +112,16 @@ def hot_pixel_mask(photons, sigma, pixel_noise, ndi=None, *, snr=HOT_SNR, ratio=
     p = to_numpy(photons).astype(np.float32, copy=False)
     if not pixel_noise > 0 or p.shape[0] < 5 or p.shape[1] < 5:
         return np.zeros(p.shape, bool)
+    ndi5 = get_ndi("numpy")  # the 5x5 box extremes (compiled square filters, mode 'nearest' as the rule's)
     t = np.float32(snr * pixel_noise)  # the comparisons of the rule run in float32
-    may_hot = (p - _box_extreme(p, 2, np.minimum)) > t
-    may_cold = (p - _box_extreme(p, 2, np.maximum)) < -t
+    may_hot = (p - ndi5.minimum_filter(p, size=5, mode="nearest")) > t
+    may_cold = (p - ndi5.maximum_filter(p, size=5, mode="nearest")) < -t
     ys, xs = np.nonzero(may_hot | may_cold)
     out = np.zeros(p.shape, bool)
     if not len(ys):
         return out
-    base = _rank_at(p, ys, xs, _RING, 2)
-    cross = _gather(p, ys, xs, _CROSS, 1)
+    base = _rank_at(p, ys, xs, _RING)
+    cross = _gather(p, ys, xs, _CROSS)
     e0 = p[ys, xs] - base
     share = np.float32(ratio * _neighbour_share(sigma))
     hot = (e0 > t) & ((cross.max(axis=1) - base) < share * e0)
@@ -149,7 +138,7 @@ def repair_pixels(photons, mask, ndi=None):
     if not mask.any():
         return p
     ys, xs = np.nonzero(mask)
-    p[ys, xs] = _rank_at(p, ys, xs, _EIGHT, 1)
+    p[ys, xs] = _rank_at(p, ys, xs, _EIGHT)
     return p
 
 

@@ -107,24 +107,14 @@ def robust_noise(v, m, *, clip=NOISE_CLIP, iterations=NOISE_ITERATIONS, fallback
     previous estimate is kept, or, when that happens at once (spots cover a
     small or dense field), ``fallback`` (e.g. :func:`propagated_noise`).
     """
+    from ..kernels.noise import robust_mad
+
     v = np.asarray(v, np.float64)
-    m = np.asarray(m, np.float64)
-    s = mad_sigma(v)
-    if not s > 0:
-        return s
-    for it in range(iterations):
-        keep = m < clip * s
-        if keep.sum() < max(50, 0.05 * v.size):
-            if it == 0 and fallback is not None:  # spots cover the field: the white-noise propagation
-                return float(fallback)
-            break
-        s_new = mad_sigma(v[keep])
-        if not s_new > 0:
-            break
-        done = abs(s_new - s) <= 1e-4 * s
-        s = s_new
-        if done:
-            break
+    if v.size == 0:
+        return float("nan")
+    s, starved = robust_mad(v, np.asarray(m, np.float64), clip, iterations)
+    if starved and fallback is not None:  # spots cover the field: the white-noise propagation
+        return float(fallback)
     return s
 
 
