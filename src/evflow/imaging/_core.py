@@ -190,18 +190,23 @@ def _background_level(ph, sig, o, name):
     return background_level(ph, float(sig.min()), get_ndi(name))
 
 
-def _snr(responses, noise_info, name, bg, origin=(0, 0), block_px=NOISE_BLOCK_PX):
-    """SNR map (best scale), response there and scale index (None for one scale)."""
-    from ..backend import get_xp
-    from .noise import noise_from_model
+def _snr(responses, noise_info, name, bg, origin=(0, 0), block_px=NOISE_BLOCK_PX, *, sig, field_shape):
+    """SNR map (best scale), response there and scale index (None for one scale).
+
+    ``field_shape`` is the whole field's (the region's ``[0, 0]`` at global ``origin``): the SNR is
+    corrected for the filter's folding at the field's edges (:func:`~evflow.imaging.noise.border_noise_divide`)."""
+    from ..backend import get_ndi, get_xp
+    from .noise import border_noise_divide, noise_from_model
 
     xp = get_xp(name)
+    ndi = get_ndi(name)
     best = best_r = idx = None
     for i, (r, (nz, model)) in enumerate(zip(responses, noise_info)):
         if model is None or bg is None:
             snr = r * np.float32(1.0 / nz)
         else:
             snr = r / noise_from_model(model, bg, nz, xp, origin=origin, block_px=block_px)
+        border_noise_divide(snr, float(sig[i]), DOG_RATIO, field_shape, origin, ndi, xp)
         if best is None:
             best, best_r = snr, r
             idx = xp.zeros(r.shape, dtype=xp.int8) if len(responses) > 1 else None
@@ -248,14 +253,14 @@ def _noise_sample_scale(r, s, name, origin, stride, core, valid, bg=None):
                          background=bg)
 
 
-def _extrema_region(resp, ninfo, sig, name, bg, core, o, origin=(0, 0)):
+def _extrema_region(resp, ninfo, sig, name, bg, core, o, origin=(0, 0), *, field_shape):
     """Maxima and null minima (SNR) of one region, for the adaptive threshold (None with a manual threshold)."""
     if o["threshold"] is not None or o["threshold_rule"] != "adaptive":
         return None
     from ..backend import get_ndi
     from .noise import extrema
 
-    snr, _r, _i = _snr(resp, ninfo, name, bg, origin, o["block"])
+    snr, _r, _i = _snr(resp, ninfo, name, bg, origin, o["block"], sig=sig, field_shape=field_shape)
     md = _min_distance(o["min_distance_px"], sig)
     return extrema(snr, md, get_ndi(name), core=core, ring_radius=int(np.ceil(2 * DOG_RATIO * float(sig.max()))))
 

@@ -50,7 +50,7 @@ def _detect_region(photons, responses, sat, invalid, name, sig, ninfo, thr_snr, 
     H, W = field_shape
     oy, ox = int(origin[0]), int(origin[1])
     h, w = photons.shape
-    snr, response, scale_idx = _snr(responses, ninfo, name, bg, origin, o["block"])
+    snr, response, scale_idx = _snr(responses, ninfo, name, bg, origin, o["block"], sig=sig, field_shape=(H, W))
     if o["threshold"] is None:
         yy, xx, _ = local_maxima(snr, thr_snr, md, backend=name)
         thr_photons = float(thr_snr * ninfo[0][0]) if len(sig) == 1 else float("nan")

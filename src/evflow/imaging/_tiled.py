@@ -111,7 +111,8 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
     if o["threshold"] is None and o["threshold_rule"] == "adaptive":
         for c in cores:
             e, ph, sat, invalid, hot, resp, bg = tile_data(c)
-            parts.append(_extrema_region(resp, ninfo, sig, name, bg, local(c, e), o, origin=(e[0], e[2])))
+            parts.append(_extrema_region(resp, ninfo, sig, name, bg, local(c, e), o, origin=(e[0], e[2]),
+                                         field_shape=(H, W)))
     o = dict(o, skew=_skew(sig, pnoise, fill, o))
     thr_snr = _field_threshold(parts, H * W, o, sig)
     # pass 3: detection and fits per tile, spots of the core only

@@ -199,14 +199,18 @@ def _prepare(raw, camera, name, level, fill, pixel_noise, hot_sigma, hot_pixels)
 
 
 def _valid_for_noise(sat, invalid, sigma):
+    """Pixels that may sample the noise: none within the detection filter's reach of a saturated or
+    non-finite pixel (the plateau's edge rings through the whole filter, ~100 noise sigmas at 16-bit
+    saturation: blocks near it would read as structure and switch the field's noise model); None: all."""
     import scipy.ndimage as sndi
 
+    from .dog import DOG_RATIO
     from .noise import mask_radius
 
     bad = sat | invalid
     if not bad.any():
         return None
-    r = mask_radius(sigma)
+    r = max(mask_radius(sigma), int(4.0 * DOG_RATIO * float(sigma) + 0.5))
     return ~sndi.binary_dilation(bad, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
 
 

@@ -313,7 +313,7 @@ def _detect_whole(image, name, psf_sigma_px, o):
             break
         radius = auto_background_radius(sig)
     o["skew"] = _skew(sig, pnoise, fill, o)
-    thr_snr = _field_threshold([_extrema_region(resp, ninfo, sig, name, bg, None, o)], H * W, o, sig)
+    thr_snr = _field_threshold([_extrema_region(resp, ninfo, sig, name, bg, None, o, field_shape=(H, W))], H * W, o, sig)
     out = _detect_region(ph, resp, sat, invalid, name, sig, ninfo, thr_snr, o, origin=(0, 0), field_shape=(H, W),
                          bg=bg)
     _finish_attrs(out, sat, hot, H * W)
