@@ -59,6 +59,9 @@ def test_flags_find_the_defocused_saturated_and_misregistered_fields():
     assert flags["registration"][:4, 1].tolist() == [False, False, True, False]
     assert m["registration_residual_px"][2, 1] == pytest.approx(1.0, abs=0.25)
     assert not flags["background"].any() and not flags["sparse"][:4].any()
+    # the spots of the synthetic PSF fit at its sigma; those of the field blurred to 3 px at ~2.3x it
+    assert np.all(np.abs(m["spot_width"][:4] - 1.0) < 0.15) and np.all(m["spot_width"][4] > 2.0)
+    assert flags["wide_spots"][:, 0].tolist() == [False, False, False, False, True]
     assert QC_LIMITS["registration"] == 0.5 and QC_LIMITS["defocused"] == 0.5
 
 

@@ -287,6 +287,31 @@ def test_blurred_fields_of_a_chip_are_the_ones_flagged_defocused(name, blurred):
           f"{sharp.max() / np.median(focus):.2f}, blurred {focus[list(blurred)].max() / np.median(focus):.4f}")
 
 
+#: real images whose spots are diffraction-limited at the pipeline's default PSF (spot width 0.75 - 1.5 in
+#: focus); spotmax's spots are 2x wider than 1.3 px and deepstorm's frames too dense to fit
+SHARP = ["spotiflow_hybiss", "spotiflow_terra", "deepblink_c1", "airlocalize_cells"]
+
+
+@pytest.mark.parametrize("name", SHARP)
+def test_a_chip_blurred_throughout_is_flagged_by_its_spot_width(name):
+    """The relative defocus flag cannot see a chip that is out of focus throughout; the spot width can: every
+    field blurred (Gaussian, sigma 2 px) has its spots' median fitted sigma above QC_LIMITS['wide_spots'] times
+    the PSF sigma, and the image as it is does not."""
+    r = _run(name)
+    plane = r["planes"][0]
+    sharp = r["staged"][0]
+    blurred = analyse_photons(ndi.gaussian_filter(plane.astype(np.float32), 2.0)[None], _img_s(),
+                              saturation=r["saturation"])
+    w_sharp, w_blur = (_qc(it)["spot_width"] for it in (sharp, blurred))
+    limit = QC_LIMITS["wide_spots"]
+    assert 0.6 < w_sharp < limit < w_blur, (w_sharp, w_blur)
+    metrics = {k: np.array([[[it["qc"][k][0]] for it in (sharp, blurred, blurred, blurred)]]) for k in QC_METRICS}
+    flags = qc_flags(metrics)
+    assert flags["wide_spots"][0, :, 0].tolist() == [False, True, True, True]
+    assert not flags["defocused"][0, 1:, 0].any()  # three blurred of four: the relative flag sees none of them
+    print(f"{name}: spot width {w_sharp:.2f} as imaged, {w_blur:.2f} blurred by 2 px")
+
+
 def test_chance_colocalisation_of_the_deepblink_pair_matches_wraparound_shifts():
     """The deepblink pair through the field stage: observed double-positive fraction, evflow's analytical chance
     estimate, and an empirical one: the c2-only vesicles moved cyclically by 300 shifts of 50-200 px (far more

@@ -143,6 +143,23 @@ def _channel_flats(flats, markers, shape):
     return [normalise_flat(x, shape=shape) for x in a]
 
 
+#: the spot-width ratio of a field is measured only from at least this many converged fits
+MIN_WIDTH_SPOTS = 10
+
+
+def spot_width_ratio(spots) -> float:
+    """Median over the converged fits of a spot table of the fitted sigma over the PSF sigma it was detected
+    with (``sigma / scale_sigma``): about 1 in focus with the right ``psf_sigma_px``, larger out of focus (or
+    with a PSF sigma too small for the microscope).  NaN without fits or with fewer than
+    :data:`MIN_WIDTH_SPOTS` of them."""
+    if not {"sigma", "fit_status", "scale_sigma"} <= set(spots.columns):
+        return float("nan")
+    ok = (spots["fit_status"].to_numpy() == 0) & np.isfinite(spots["sigma"].to_numpy())
+    if ok.sum() < MIN_WIDTH_SPOTS:
+        return float("nan")
+    return float(np.median(spots["sigma"].to_numpy()[ok] / spots["scale_sigma"].to_numpy()[ok]))
+
+
 def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_sigma_px=1.3, camera=None,
                     merge_radius_px=1.5, detect_kwargs=None, flats=None, exclude_flagged=True):
     """Spots of one multicolour field with per-marker photons and a phenotype bitmask.
@@ -173,8 +190,9 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         Leave out detections flagged ``saturated`` or ``masked`` (touching
         saturated or non-finite pixels) before merging: they are not counted.
         Their number per marker is ``attrs['n_flagged']``.  ``attrs['detection']`` holds per marker the
-        detections kept (``n_spots``), the ``threshold`` and ``saturated_fraction`` of the detection and the
-        median distance to partners in earlier channels (``match_distance_px``); ``attrs['seconds']`` the
+        detections kept (``n_spots``), the ``threshold`` and ``saturated_fraction`` of the detection, the
+        median distance to partners in earlier channels (``match_distance_px``) and the spots' median
+        fitted width over the PSF sigma (``spot_width``, :func:`spot_width_ratio`); ``attrs['seconds']`` the
         seconds spent detecting, mapping positions between channels (``register``) and merging and measuring
         (``colocalise``).
 
@@ -226,6 +244,7 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         df["y_ref"], df["x_ref"] = ref[:, 0], ref[:, 1]
         tables[m] = df
         info[m]["n_spots"] = len(df)
+        info[m]["spot_width"] = spot_width_ratio(df)
         secs["register"] += perf_counter() - t1
     t0 = perf_counter()
     merged, det, dist = _merge(tables, markers, merge_radius_px)
@@ -259,7 +278,7 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
     secs["colocalise"] = perf_counter() - t0
     out.attrs["n_flagged"] = n_flagged
     out.attrs["seconds"] = secs
-    out.attrs["detection"] = info  # per marker: n_spots, threshold, saturated_fraction, match_distance_px
+    out.attrs["detection"] = info  # per marker: n_spots, threshold, saturated_fraction, match_distance_px, spot_width
     return out
 
 

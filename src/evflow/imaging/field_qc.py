@@ -12,15 +12,20 @@ Metrics (:func:`field_metrics`, one value per channel of a field):
                            ``G`` a Gaussian of half the PSF sigma (drops as spots blur)
 ``registration_residual_px`` median distance (reference px) from a channel's detections to their partners in
                            the channels before it, after registration (NaN for the first channel)
+``spot_width``             median fitted sigma of the detections over the PSF sigma they were detected with
+                           (:func:`~evflow.imaging.count.spot_width_ratio`; NaN with fewer than 10 fits)
 
 Flags (:func:`qc_flags`; limits in :data:`QC_LIMITS`; "median" is the median over the fields of the same
-sample and channel):
+sample and channel; ``wide_spots`` is absolute, so a chip that is out of focus throughout is flagged too):
 
 ``saturated``     ``saturated_fraction > 1e-4``
 ``defocused``     ``focus < 0.5 x median``
 ``registration``  ``registration_residual_px > 0.5`` px
 ``background``    ``background > 3 x median``
 ``sparse``        ``density < 0.25 x median`` (where the median is above 0)
+``wide_spots``    ``spot_width > 1.6``: spots much wider than the stated PSF (out of focus, or ``psf_sigma_px``
+                  too small for the microscope; in focus the real images of the test data give 0.75 - 1.5, a
+                  Gaussian blur of 2 px gives 1.9 - 3.0)
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import numpy as np
 __all__ = ["QC_LIMITS", "QC_METRICS", "field_metrics", "qc_flags"]
 
 #: limits of the per-field flags (see the module docstring)
-QC_LIMITS = {"saturated": 1e-4, "defocused": 0.5, "registration": 0.5, "background": 3.0, "sparse": 0.25}
+QC_LIMITS = {"saturated": 1e-4, "defocused": 0.5, "registration": 0.5, "background": 3.0, "sparse": 0.25,
+             "wide_spots": 1.6}
 
 #: metric -> (units, description)
 QC_METRICS = {
@@ -42,6 +48,7 @@ QC_METRICS = {
     "saturated_fraction": ("1", "fraction of pixels at saturation"),
     "focus": ("1", "normalised variance of the Laplacian"),
     "registration_residual_px": ("px", "median distance to partners in earlier channels after registration"),
+    "spot_width": ("1", "median fitted spot sigma over the PSF sigma"),
 }
 
 
@@ -117,6 +124,7 @@ def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigm
         mean = float(np.mean(p64))
         out["focus"][c] = float(np.var(lap)) / mean ** 2 if mean > 0 else np.nan
         out["registration_residual_px"][c] = _first(info.get("match_distance_px"))
+        out["spot_width"][c] = _first(info.get("spot_width"))
     return out
 
 
@@ -147,4 +155,5 @@ def qc_flags(metrics, *, fov_axis=-2, limits=None):
             "registration": np.nan_to_num(arr("registration_residual_px")) > lim["registration"],
             "background": arr("background") > lim["background"] * median(arr("background")),
             "sparse": (med_d > 0) & (dens < lim["sparse"] * med_d),
+            "wide_spots": np.nan_to_num(arr("spot_width")) > lim["wide_spots"],
         }

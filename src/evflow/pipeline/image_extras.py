@@ -94,6 +94,7 @@ def add_image_extras(ds, ctx, names, n_fov, chans):
     ds = ds.assign_coords(channel=list(chans))
     ds["qc_field_ok"].attrs["limits"] = ("saturated: saturated_fraction > {saturated:g}; defocused: focus < {defocused:g} x "
                                    "the sample's median; registration: residual > {registration:g} px; background: "
-                                   "> {background:g} x median; sparse: density < {sparse:g} x median"
+                                   "> {background:g} x median; sparse: density < {sparse:g} x median; wide_spots: median fitted "
+                                   "spot sigma > {wide_spots:g} x psf_sigma_px (out of focus, or the PSF stated too narrow)"
                                    ).format(**QC_LIMITS)
     return ds
