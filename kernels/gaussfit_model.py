@@ -46,13 +46,14 @@ def _check(windows, sigma, max_iter, method, readout_var=0.0):
 # ---------------------------------------------------------------------------
 
 
-def initial_guess(windows, sigma, xp=np):
+def initial_guess(windows, sigma, xp=np, centre=None):
     """Starting values (n, 5): centroid position, summed photons, border-mean background.
 
     The background is the mean of the window's border pixels, the photon
     count the background-subtracted sum (at least 1), the position the
     centroid of the positive background-subtracted values clamped to within
-    1 px of the window centre.
+    1 px of the window centre, or of ``centre`` (n, 2: x, y in window px; the
+    spot's maximum in a window shifted to stay inside the image).
     """
     d = windows.astype(xp.float64)
     n, w, _ = d.shape
@@ -63,10 +64,12 @@ def initial_guess(windows, sigma, xp=np):
     idx = xp.arange(w, dtype=xp.float64)
     c = 0.5 * (w - 1)
     safe = xp.where(tot > 0, tot, 1.0)
-    x0 = xp.where(tot > 0, (r.sum(axis=1) * idx).sum(axis=1) / safe, c)
-    y0 = xp.where(tot > 0, (r.sum(axis=2) * idx).sum(axis=1) / safe, c)
-    x0 = xp.clip(x0, c - 1.0, c + 1.0)
-    y0 = xp.clip(y0, c - 1.0, c + 1.0)
+    cx = c if centre is None else centre[:, 0].astype(xp.float64)
+    cy = c if centre is None else centre[:, 1].astype(xp.float64)
+    x0 = xp.where(tot > 0, (r.sum(axis=1) * idx).sum(axis=1) / safe, cx)
+    y0 = xp.where(tot > 0, (r.sum(axis=2) * idx).sum(axis=1) / safe, cy)
+    x0 = xp.clip(x0, cx - 1.0, cx + 1.0)
+    y0 = xp.clip(y0, cy - 1.0, cy + 1.0)
     n0 = xp.maximum((d - b0[:, None, None]).sum(axis=(1, 2)), 1.0)
     s0 = xp.full(n, float(sigma))
     return xp.stack([x0, y0, n0, b0, s0], axis=1)

@@ -185,9 +185,28 @@ def _fit_with_fallback(photons, yy, xx, sigma, window, method, fit_sigma, readou
             keep_cols = [c for c in re.columns if c not in ("sigma", "crlb_sigma", "fit_status")]
             re.index = df.index[idx]
             df.loc[df.index[idx], keep_cols] = re[keep_cols]
-            # a failed free fit takes the refit's status
-            failed = df.loc[df.index[idx], "fit_status"].to_numpy() != 0
+            # a failed free fit takes the refit's status, and so does any refit that ended on a bound (the
+            # position and photons are the refit's)
+            from .localize import AT_BOUND
+
+            failed = (df.loc[df.index[idx], "fit_status"].to_numpy() != 0) | (re["fit_status"].to_numpy() == AT_BOUND)
             df.loc[df.index[idx[failed]], "fit_status"] = re["fit_status"].to_numpy()[failed]
+    return _unlocalised(df, yy, xx, origin)
+
+
+def _unlocalised(df, yy, xx, origin):
+    """Spots whose final fit ended on a bound (``fit_status`` AT_BOUND: the window held nothing the model
+    could place) keep the detection at its maximum: ``y``, ``x`` are the integer maximum, and the fitted
+    photons, background, their CRLBs and ``llr`` are NaN (the bound's values would read as measurements)."""
+    from .localize import AT_BOUND
+
+    bad = df["fit_status"].to_numpy() == AT_BOUND
+    if bad.any():
+        rows = df.index[bad]
+        df.loc[rows, "y"] = (np.asarray(yy)[bad] + origin[0]).astype(np.float64)
+        df.loc[rows, "x"] = (np.asarray(xx)[bad] + origin[1]).astype(np.float64)
+        cols = ["photons", "background", "crlb_y", "crlb_x", "crlb_photons", "crlb_background", "llr"]
+        df.loc[rows, cols] = np.nan
     return df
 
 

@@ -228,6 +228,10 @@ def detect_spots(
         (fit quality), ``iterations``, ``fit_status``, ``response`` (filter
         photons), ``snr`` (response / local noise), ``y_peak``, ``x_peak``
         (integer maxima), and the flags ``saturated``, ``masked``, ``border``.
+        A spot whose fit ended on an edge of its window inside the field or at
+        the photon floor (``fit_status`` 3, :data:`evflow.imaging.localize.AT_BOUND`: it ran off to
+        a neighbour or to the field's edge) keeps its maximum as ``y``, ``x`` and
+        has NaN ``photons``, ``background``, ``llr`` and position/photon CRLBs.
         An image without spots gives an empty table with these columns.
         ``attrs``: ``noise``, ``threshold``, ``threshold_snr``, ``psf_sigma_px``,
         ``saturated_fraction``, ``n_hot_pixels``, ...

@@ -8,13 +8,19 @@ import pandas as pd
 from ..backend import to_host, to_host_all
 from ..kernels._registry import renamed_impl
 
-__all__ = ["fit_window_size", "extract_windows", "fit_spots", "FIT_COLUMNS"]
+__all__ = ["fit_window_size", "extract_windows", "fit_spots", "FIT_COLUMNS", "AT_BOUND"]
 
 FIT_COLUMNS = (
     "y", "x", "photons", "background", "sigma",
     "crlb_y", "crlb_x", "crlb_photons", "crlb_background", "crlb_sigma",
     "llr", "iterations", "fit_status",
 )
+
+
+#: ``fit_status`` of a fit that ended on a bound of its parameters: its position on an edge of the fit window
+#: inside the image, or its photons at the floor.  The window held no spot the model could place (it ran off to a neighbour or
+#: to the field's edge): not a localisation.  (0 converged, 1 iteration limit, 2 stalled: the kernels' codes.)
+AT_BOUND = 3
 
 
 def fit_window_size(sigma_px: float) -> int:
@@ -90,6 +96,9 @@ def fit_spots(
     -------
     DataFrame with :data:`FIT_COLUMNS` (positions in image px, pixel-centre
     convention; photons; background in photons/px; sigma and CRLBs in px).
+    ``fit_status``: 0 converged, 1 iteration limit, 2 stalled, :data:`AT_BOUND`
+    (3) the fit ended on an edge of its window inside the image or at the
+    photon floor (its values are the bound's, not a localisation).
     """
     from ..kernels.gaussfit import fit_gaussians
 
@@ -111,14 +120,16 @@ def fit_spots(
         y0, x0 = to_host(xp.stack([y0, x0]), what="fit windows")
     res = fit_gaussians(
         win, sigma=psf_sigma_px, fit_sigma=fit_sigma, method=method, readout_var=readout_var,
-        impl=impl, max_iter=max_iter, tol=tol,
+        impl=impl, max_iter=max_iter, tol=tol, init=_edge_start(win, yc, xc, y0, x0, size, psf_sigma_px, impl),
     )
     # one crossing: parameters, CRLBs, llr, iterations, status and window corners
     p, c, llr, iters, status, y0, x0 = to_host_all(
         [res[k] for k in ("params", "crlb", "llr", "iterations", "status")] + [y0, x0], what="fit results")
-    y0 = y0.reshape(-1) + int(origin[0])
-    x0 = x0.reshape(-1) + int(origin[1])
+    y0, x0 = y0.reshape(-1), x0.reshape(-1)
     llr, iters, status = llr.reshape(-1), iters.reshape(-1), status.reshape(-1)
+    status = np.where(_at_bound(p, size, y0, x0, image.shape), AT_BOUND, status)
+    y0 = y0 + int(origin[0])
+    x0 = x0 + int(origin[1])
     return pd.DataFrame(
         {
             "y": y0 + p[:, 1],
@@ -136,3 +147,32 @@ def fit_spots(
             "fit_status": status.astype(np.int8),
         }
     )
+
+
+def _at_bound(p, size, y0, x0, shape):
+    """Fits (rows of ``p``: x, y, N, b, s in window px; windows at ``y0``, ``x0`` of an image of ``shape``)
+    that ended on an edge of their window inside the image, or at the photon floor.  A window's edge on the
+    image's edge is not counted: a spot centred at or beyond the image's edge fits there (flag ``border``)."""
+    from ..kernels.gaussfit_model import _MIN_PHOTONS
+
+    eps = 1e-6
+    lo, hi = -0.5 + eps, size - 0.5 - eps
+    out = p[:, 2] <= _MIN_PHOTONS * (1.0 + eps)
+    for k, (corner, n) in enumerate(((x0, shape[1]), (y0, shape[0]))):
+        out |= ((p[:, k] <= lo) & (corner > 0)) | ((p[:, k] >= hi) & (corner + size < n))
+    return out
+
+
+def _edge_start(win, yc, xc, y0, x0, size, sigma, impl):
+    """Start values for windows shifted to stay inside the image (their maximum off the window's centre):
+    the centroid clamped around the maximum instead of the centre (from the centre, the fit of a spot on the
+    field's edge ran off to the far side of its window).  None where every window is centred and the kernel
+    computes the same start values itself (Numba); otherwise all of them (the same values for centred ones)."""
+    from ..backend import array_module
+    from ..kernels.gaussfit_model import initial_guess
+
+    xp = array_module(win)
+    off = xp.stack([xp.asarray(xc, dtype=xp.int64) - x0, xp.asarray(yc, dtype=xp.int64) - y0], axis=1)
+    if xp is np and impl == "numba" and not (off != size // 2).any():
+        return None
+    return initial_guess(xp.asarray(win, dtype=xp.float32), sigma, xp=xp, centre=off)

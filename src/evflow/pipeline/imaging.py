@@ -341,7 +341,7 @@ def analyse_photons(field, img_s, registration=None, thresholds=None, backend="n
     array in photons (see :func:`field_array`); the napari plugin calls this too.
     ``saturation``: the saturation level in photons (:func:`saturation_photons` of the raw dtype).
     """
-    from ..imaging.localize import fit_spots
+    from ..imaging.localize import AT_BOUND, fit_spots
 
     chans = list(img_s["channels"])
     im = field if hasattr(field, "dims") else field_array(field, img_s)
@@ -371,8 +371,9 @@ def analyse_photons(field, img_s, registration=None, thresholds=None, backend="n
             yc = np.clip(np.rint(pos[:, 0]), 0, H - 1).astype(np.int64)
             xc = np.clip(np.rint(pos[:, 1]), 0, W - 1).astype(np.int64)
             fit = fit_spots(ph[c], yc, xc, psf_sigma_px=float(img_s.get("psf_sigma_px", 1.3)))
-            photons[sel] = fit["photons"].to_numpy()
-            sigma[sel] = fit["sigma"].to_numpy()
+            placed = fit["fit_status"].to_numpy() != AT_BOUND  # a fit on a bound measured nothing: NaN
+            photons[sel] = np.where(placed, fit["photons"].to_numpy(), np.nan)
+            sigma[sel] = np.where(placed, fit["sigma"].to_numpy(), np.nan)
     t_refit = time.perf_counter() - t0
     t0 = time.perf_counter()
     thumb, step = _thumbnail(ph)
