@@ -190,7 +190,9 @@ def _prepare(raw, camera, name, level, fill, pixel_noise, hot_sigma, hot_pixels)
         ph[~finite] = np.float32(fill)
     hot = np.zeros(ph.shape, bool)
     if hot_pixels == "repair":
-        hot = hot_pixel_mask(ph, hot_sigma, pixel_noise, sndi) & finite & ~sat
+        # saturated single pixels too (stuck at the camera's maximum: left in, each rang through the filter
+        # and its negative ring hid the spots around it); they stay in `sat`, so spots near them are flagged
+        hot = hot_pixel_mask(ph, hot_sigma, pixel_noise, sndi) & finite
         ph = repair_pixels(ph, hot, sndi)
     from ..backend import to_device
 
@@ -198,10 +200,18 @@ def _prepare(raw, camera, name, level, fill, pixel_noise, hot_sigma, hot_pixels)
     return ph, sat, ~finite, hot
 
 
+#: the saturated pixels' wide exclusion (the filter's reach) is kept only while it leaves at least this share
+#: of the field to sample the noise (scattered saturated pixels would leave none)
+MIN_NOISE_SHARE = 0.25
+
+
 def _valid_for_noise(sat, invalid, sigma):
-    """Pixels that may sample the noise: none within the detection filter's reach of a saturated or
-    non-finite pixel (the plateau's edge rings through the whole filter, ~100 noise sigmas at 16-bit
-    saturation: blocks near it would read as structure and switch the field's noise model); None: all."""
+    """Pixels that may sample the noise: none within :func:`~evflow.imaging.noise.mask_radius` of a
+    saturated or non-finite pixel (non-finite ones are filled with a flat value), and none within the
+    detection filter's reach of a saturated pixel: a plateau's edge rings through the whole filter (~100 noise
+    sigmas at 16-bit saturation), and blocks near it would read as structure and switch the field's noise
+    model; that wider exclusion is dropped when it would leave less than :data:`MIN_NOISE_SHARE` of the
+    field.  None: all pixels."""
     import scipy.ndimage as sndi
 
     from .dog import DOG_RATIO
@@ -210,8 +220,14 @@ def _valid_for_noise(sat, invalid, sigma):
     bad = sat | invalid
     if not bad.any():
         return None
-    r = max(mask_radius(sigma), int(4.0 * DOG_RATIO * float(sigma) + 0.5))
-    return ~sndi.binary_dilation(bad, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
+    r = mask_radius(sigma)
+    valid = ~sndi.binary_dilation(bad, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
+    reach = int(4.0 * DOG_RATIO * float(sigma) + 0.5)
+    if sat.any() and reach > r:
+        wide = valid & ~sndi.binary_dilation(sat, structure=np.ones((2 * reach + 1, 2 * reach + 1), bool))
+        if wide.mean() >= MIN_NOISE_SHARE:
+            valid = wide
+    return valid
 
 
 def _near(mask, yy, xx, radius):

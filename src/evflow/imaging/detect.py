@@ -210,6 +210,8 @@ def detect_spots(
         ``'repair'``: single-pixel outliers (hot or cold; see
         :mod:`evflow.imaging.artefacts`) take the median of their neighbours
         before detection and fitting; their number is ``attrs['n_hot_pixels']``.
+        Saturated ones (pixels stuck at the camera's maximum) are repaired too,
+        and spots near them are still flagged ``saturated``.
     min_sigma_ratio : float
         Shape test (with ``fit_sigma``): a spot whose converged free fit is
         narrower than ``min_sigma_ratio`` times the PSF sigma by more than two
