@@ -47,3 +47,27 @@ def test_tiles_of_a_dask_mosaic_with_options(field):
 def test_bad_tile_sizes(field, tile):
     with pytest.raises(ConfigError, match="tile"):
         evflow.detect_spots(field[0], psf_sigma_px=1.3, tile=tile)
+
+
+@pytest.mark.parametrize("damage", ["block", "stuck pixels", "dense stuck pixels", "dense on one side"])
+def test_tiles_give_the_whole_field_spots_near_saturation(field, damage):
+    """Saturated pixels exclude the filter's reach from the noise samples unless that leaves under a quarter
+    of the field: a field-level choice, which the tiles make from all their cores as the whole field does."""
+    import numpy as np
+
+    img, cam = field
+    a = np.array(img, dtype=np.float64)
+    rng = np.random.default_rng(3)
+    if damage == "block":
+        a[40:80, 100:140] = 65535.0
+    else:  # 0.2 % of the pixels leave most of the field to sample; 2 % leave less than a quarter; 2 % on one
+        # side leave the other (the tiles there alone would choose differently from those on the damaged side)
+        stuck = rng.random(a.shape) < (0.002 if damage == "stuck pixels" else 0.02)
+        if damage == "dense on one side":
+            stuck[:, 130:] = False
+        a[stuck] = 65535.0
+    w = evflow.detect_spots(a, psf_sigma_px=1.3, camera=cam, saturation=65535.0)
+    t = evflow.detect_spots(a, psf_sigma_px=1.3, camera=cam, saturation=65535.0, tile=64)
+    assert len(w) > (100 if damage != "dense stuck pixels" else 10)
+    pd.testing.assert_frame_equal(w, t)
+    assert w.attrs["noise"] == t.attrs["noise"]

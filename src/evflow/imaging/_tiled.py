@@ -32,7 +32,7 @@ from ._core import (
     auto_background_radius,
 )
 from ._field import _detect_region, _estimate_sigma
-from .artefacts import _field_scalars, _pass0, _prepare, _valid_for_noise
+from .artefacts import MIN_NOISE_SHARE, _field_scalars, _noise_masks, _pass0, _prepare
 
 __all__ = ["detect_tiled"]
 
@@ -94,15 +94,23 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
     o = dict(o)
     for auto in ([True, False] if o["background_radius_px"] == "auto" else [False]):
         o["background_radius_px"] = None if auto else radius
-        samples, n_sat, n_hot = [], 0, 0
+        samples, samples_wide, n_sat, n_hot, n_wide = [], [], 0, 0, 0
         for c in cores:
             e, ph, sat, invalid, hot, resp, bg = tile_data(c)
             lc = local(c, e)
-            valid = _valid_for_noise(sat, invalid, float(sig.min()))
-            samples.append([_noise_sample_scale(r, s, name, (e[0], e[2]), stride, lc, valid, bg)
+            core = (slice(lc[0], lc[1]), slice(lc[2], lc[3]))
+            narrow, wide = _noise_masks(sat, invalid, float(sig.min()))
+            samples.append([_noise_sample_scale(r, s, name, (e[0], e[2]), stride, lc, narrow, bg)
                             for r, s in zip(resp, sig)])
-            n_sat += int(sat[lc[0]:lc[1], lc[2]:lc[3]].sum())
-            n_hot += int(hot[lc[0]:lc[1], lc[2]:lc[3]].sum())
+            samples_wide.append(samples[-1] if wide is None else
+                                [_noise_sample_scale(r, s, name, (e[0], e[2]), stride, lc, wide, bg)
+                                 for r, s in zip(resp, sig)])
+            kept = wide if wide is not None else narrow  # the whole field's choice of _valid_for_noise
+            n_wide += int(kept[core].sum()) if kept is not None else (lc[1] - lc[0]) * (lc[3] - lc[2])
+            n_sat += int(sat[core].sum())
+            n_hot += int(hot[core].sum())
+        if n_wide >= MIN_NOISE_SHARE * H * W:
+            samples = samples_wide
         ninfo = _noise_info(samples, sig, (H, W), o["noise"], o["block"], pnoise)
         if auto and not _structured(ninfo):
             break

@@ -205,13 +205,14 @@ def _prepare(raw, camera, name, level, fill, pixel_noise, hot_sigma, hot_pixels)
 MIN_NOISE_SHARE = 0.25
 
 
-def _valid_for_noise(sat, invalid, sigma):
-    """Pixels that may sample the noise: none within :func:`~evflow.imaging.noise.mask_radius` of a
-    saturated or non-finite pixel (non-finite ones are filled with a flat value), and none within the
-    detection filter's reach of a saturated pixel: a plateau's edge rings through the whole filter (~100 noise
-    sigmas at 16-bit saturation), and blocks near it would read as structure and switch the field's noise
-    model; that wider exclusion is dropped when it would leave less than :data:`MIN_NOISE_SHARE` of the
-    field.  None: all pixels."""
+def _noise_masks(sat, invalid, sigma):
+    """(narrow, wide) masks of the pixels that may sample the noise (None: all pixels).
+
+    ``narrow``: none within :func:`~evflow.imaging.noise.mask_radius` of a saturated or non-finite pixel
+    (non-finite ones are filled with a flat value).  ``wide``: nor within the detection filter's reach of a
+    saturated pixel, as a plateau's edge rings through the whole filter (~100 noise sigmas at 16-bit
+    saturation) and blocks near it would read as structure and switch the field's noise model; None when
+    no pixel is saturated (then ``narrow`` stands)."""
     import scipy.ndimage as sndi
 
     from .dog import DOG_RATIO
@@ -219,15 +220,21 @@ def _valid_for_noise(sat, invalid, sigma):
 
     bad = sat | invalid
     if not bad.any():
-        return None
+        return None, None
     r = mask_radius(sigma)
-    valid = ~sndi.binary_dilation(bad, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
-    reach = int(4.0 * DOG_RATIO * float(sigma) + 0.5)
-    if sat.any() and reach > r:
-        wide = valid & ~sndi.binary_dilation(sat, structure=np.ones((2 * reach + 1, 2 * reach + 1), bool))
-        if wide.mean() >= MIN_NOISE_SHARE:
-            valid = wide
-    return valid
+    narrow = ~sndi.binary_dilation(bad, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
+    reach = max(int(4.0 * DOG_RATIO * float(sigma) + 0.5), r)
+    wide = narrow & ~sndi.binary_dilation(sat, structure=np.ones((2 * reach + 1, 2 * reach + 1), bool)) \
+        if sat.any() else None
+    return narrow, wide
+
+
+def _valid_for_noise(sat, invalid, sigma):
+    """The pixels of a whole field that may sample the noise (:func:`_noise_masks`): the wide mask while it
+    leaves at least :data:`MIN_NOISE_SHARE` of the field (scattered saturated pixels would leave none),
+    else the narrow one.  None: all pixels.  (A tiled field makes the same choice from all its cores.)"""
+    narrow, wide = _noise_masks(sat, invalid, sigma)
+    return wide if wide is not None and wide.mean() >= MIN_NOISE_SHARE else narrow
 
 
 def _near(mask, yy, xx, radius):
