@@ -110,3 +110,20 @@ def test_pipeline_dataset_and_report_have_field_qc_and_chance(tmp_path):
 
     z = xr.open_zarr(tmp_path / "out" / "results.zarr")
     assert "image_qc_focus" in z and "image_chance_fraction" in z
+
+
+def test_large_planes_sample_every_other_row_for_background_and_noise():
+    from evflow.imaging.field_qc import SAMPLE_ROWS_ABOVE, _median, _pixel_noise
+
+    rng = np.random.default_rng(9)
+    plane = rng.poisson(40.0, (2100, 1100)).astype(np.float32)
+    plane[500:520, 300:320] += 400.0  # some structure
+    assert plane.size > SAMPLE_ROWS_ABOVE
+    m = field_metrics(plane[None], ["m"])
+    full_bg = _median(plane)
+    full_noise = _pixel_noise(np.diff(plane.astype(np.float64), axis=1).ravel())
+    assert m["background"][0] == pytest.approx(full_bg, rel=0.01)  # the medians of integer counts: 40 both
+    assert m["noise"][0] == pytest.approx(full_noise, rel=0.003)
+    assert m["noise"][0] == pytest.approx(np.sqrt(40.0), rel=0.01)
+    small = plane[:1000, :1000]  # below the limit: every row, as before
+    assert field_metrics(small[None], ["m"])["background"][0] == _median(small)

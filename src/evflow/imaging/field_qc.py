@@ -6,6 +6,7 @@ Metrics (:func:`field_metrics`, one value per channel of a field):
 ``density_per_um2``        ``n_spots`` per um^2 of field (NaN without a pixel size)
 ``background``             median photons per pixel
 ``noise``                  pixel noise (photons): sd of neighbouring-pixel differences within 4 robust sigmas, / sqrt 2
+                           (both over every other row of planes above :data:`SAMPLE_ROWS_ABOVE` pixels)
 ``threshold``              the detection threshold used (photons of the detection filter)
 ``saturated_fraction``     fraction of pixels at or above the saturation level
 ``focus``                  normalised variance of the Laplacian: ``var(laplace(G * I)) / mean(I)^2`` with
@@ -33,6 +34,11 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["QC_LIMITS", "QC_METRICS", "field_metrics", "qc_flags"]
+
+#: planes of more pixels than this take their ``background`` and ``noise`` from every other row (a 2048x2048
+#: channel: 2.1 M pixels and 2.1 M differences, which leave the estimates a relative sd under 0.1 %; the two
+#: order statistics over all rows were the largest cost of the field's QC)
+SAMPLE_ROWS_ABOVE = 1 << 21
 
 #: limits of the per-field flags (see the module docstring)
 QC_LIMITS = {"saturated": 1e-4, "defocused": 0.5, "registration": 0.5, "background": 3.0, "sparse": 0.25,
@@ -69,9 +75,10 @@ def _pixel_noise(d):
     if not d.size:
         return np.nan
     med = np.median(d)
-    s0 = float(1.4826 * np.median(np.abs(d - med)))  # the MAD sigma (evflow.imaging.noise.mad_sigma)
+    dev = np.abs(d - med)
+    s0 = float(1.4826 * np.median(dev))  # the MAD sigma (evflow.imaging.noise.mad_sigma)
     s0 = s0 if s0 > 0 else float(np.std(d))
-    kept = d[np.abs(d - med) <= 4.0 * s0] if s0 > 0 else d
+    kept = d[dev <= 4.0 * s0] if s0 > 0 else d
     return float(np.std(kept)) / np.sqrt(2.0)
 
 
@@ -113,9 +120,10 @@ def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigm
         info = detection.get(m, {})
         out["n_spots"][c] = _first(info.get("n_spots"))
         out["density_per_um2"][c] = out["n_spots"][c] / area_um2 if area_um2 == area_um2 else np.nan
-        out["background"][c] = _median(plane)
+        rows = slice(None, None, 2) if plane.size > SAMPLE_ROWS_ABOVE else slice(None)
+        out["background"][c] = _median(plane[rows])
         p64 = plane.astype(np.float64)  # differences, filters and moments in float64 (exact for float32 input)
-        d = np.diff(p64, axis=1).ravel() if plane.shape[1] > 1 else np.diff(p64, axis=0).ravel()
+        d = np.diff(p64[rows], axis=1).ravel() if plane.shape[1] > 1 else np.diff(p64, axis=0).ravel()
         out["noise"][c] = _pixel_noise(d)
         out["threshold"][c] = _first(info.get("threshold"))
         if saturation is not None:
