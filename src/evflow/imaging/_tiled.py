@@ -33,6 +33,7 @@ from ._core import (
 )
 from ._field import _detect_region, _estimate_sigma
 from .artefacts import MIN_NOISE_SHARE, _field_scalars, _noise_masks, _pass0, _prepare
+from .dog import dog_reach
 
 __all__ = ["detect_tiled"]
 
@@ -67,7 +68,7 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
     from .background import background_halo
     from .noise import mask_radius
 
-    halo = max(int(4.0 * DOG_RATIO * float(s) + 0.5) for s in sig) + 2 * md + win // 2 + 1
+    halo = max(dog_reach(float(s)) for s in sig) + 2 * md + win // 2 + 1
     from .noise import background_radius
 
     halo += int(np.ceil(2 * DOG_RATIO * float(sig.max()))) + 2 * mask_radius(float(sig.max())) + 4

@@ -215,7 +215,7 @@ def _noise_masks(sat, invalid, sigma):
     no pixel is saturated (then ``narrow`` stands)."""
     import scipy.ndimage as sndi
 
-    from .dog import DOG_RATIO
+    from .dog import dog_reach
     from .noise import mask_radius
 
     bad = sat | invalid
@@ -223,7 +223,7 @@ def _noise_masks(sat, invalid, sigma):
         return None, None
     r = mask_radius(sigma)
     narrow = ~sndi.binary_dilation(bad, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
-    reach = max(int(4.0 * DOG_RATIO * float(sigma) + 0.5), r)
+    reach = max(dog_reach(sigma), r)
     wide = narrow & ~sndi.binary_dilation(sat, structure=np.ones((2 * reach + 1, 2 * reach + 1), bool)) \
         if sat.any() else None
     return narrow, wide

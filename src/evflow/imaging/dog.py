@@ -12,6 +12,12 @@ from ..backend import array_backend
 DOG_RATIO = 3.0
 
 
+def dog_reach(sigma: float, ratio: float = DOG_RATIO) -> int:
+    """Radius (px) of the DoG filter's support: that of its outer Gaussian (``truncate=4``, as
+    ``scipy.ndimage.gaussian_filter``): a pixel's response depends on the pixels this close to it."""
+    return int(4.0 * ratio * float(sigma) + 0.5)
+
+
 def _dog(img, sigma, ndi, out_dtype):
     from ..kernels.filters import dog_ndimage
 

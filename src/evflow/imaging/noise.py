@@ -289,7 +289,9 @@ def _fold_sums(n, sigma, ratio, ndi, xp):
     end mirrors them), the interior's values and the band ``r`` (positions closer than ``r`` px to an
     end fold the filter; the rest are interior).  A line of at most ``2 r + 1`` px is folded throughout
     and its sums cover it all (``r = n``)."""
-    r = int(4.0 * ratio * float(sigma) + 0.5)
+    from .dog import dog_reach
+
+    r = dog_reach(sigma, ratio)
     short = n <= 2 * r + 1
     L = n if short else 2 * r + 1
     eye = xp.eye(L, dtype=xp.float64)
@@ -333,7 +335,9 @@ def border_noise_divide(snr, sigma, ratio, field_shape, origin, ndi, xp):
     (sy, iy, ry), (sx, ix, rx) = (_fold_sums(n, sigma, ratio, ndi, xp) for n in (H, W))
     inner = (iy if iy is not None else ix)
     if inner is None:  # a field folded throughout: the interior of an unbounded line
-        inner = _fold_sums(2 * int(4.0 * ratio * float(sigma) + 0.5) + 2, sigma, ratio, ndi, xp)[1]
+        from .dog import dog_reach
+
+        inner = _fold_sums(2 * dog_reach(sigma, ratio) + 2, sigma, ratio, ndi, xp)[1]
     v0 = inner[0] ** 2 - 2.0 * inner[1] ** 2 + inner[2] ** 2
     # rows (and columns) of the region inside the field's edge bands
     t1 = min(h, max(0, ry - oy)) if iy is not None else h
