@@ -2,8 +2,8 @@
 
 - Hot/cold pixels: the ring median is computed only where a pixel departs from its 5x5 box minimum
   (maximum) by more than the threshold, a bound the ring median cannot pass; the mask and the repaired
-  image must equal the rule evaluated everywhere with ``scipy.ndimage`` (mode 'nearest'), ties and edges
-  included, on synthetic fields and on the real images of ``../shared/data/images``.
+  image must equal the rule evaluated everywhere with ``scipy.ndimage`` (mode 'nearest' for the ring and
+  the repair, 'mirror' for the 4-neighbours), ties and edges included, on synthetic fields and on the real images of ``../shared/data/images``.
 - Block noise: the ``block_noise`` kernels (NumPy reference and Numba) equal the per-block iterated MAD of
   :func:`evflow.imaging.noise.robust_noise`, with the block's kept samples and median background.
 """
@@ -27,8 +27,8 @@ def _hot_rule_everywhere(p, sigma, pixel_noise):
     ring[1:4, 1:4] = False
     base = ndi.median_filter(p, footprint=ring, mode="nearest")
     cross = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], bool)
-    nb_max = ndi.maximum_filter(p, footprint=cross, mode="nearest")
-    nb_min = ndi.minimum_filter(p, footprint=cross, mode="nearest")
+    nb_max = ndi.maximum_filter(p, footprint=cross, mode="mirror")  # an edge pixel is not its own neighbour
+    nb_min = ndi.minimum_filter(p, footprint=cross, mode="mirror")
     e0 = p - base
     share = HOT_RATIO * _neighbour_share(sigma)
     hot = (e0 > HOT_SNR * pixel_noise) & ((nb_max - base) < share * e0)

@@ -12,8 +12,12 @@
   departs from its surroundings by more than ``HOT_SNR`` pixel-noise sigmas
   while its four neighbours do not follow (less than ``HOT_RATIO`` of the
   neighbour share an integrated-Gaussian PSF of the field's width would
-  give) cannot be a spot; it takes the median of its 8 neighbours.  The
-  per-pixel rule is local, so tiles give the result of the whole field.
+  give) cannot be a spot; it takes the median of its 8 neighbours.  At the
+  field's edge the missing neighbours are mirrored from inside (a pixel is
+  never its own neighbour).  Clusters of up to :data:`STUCK_MAX_PX`
+  saturated pixels with no PSF flank around them (stuck pixels side by
+  side) are repaired by the same rule applied to the cluster.  The rules
+  are local, so tiles give the result of the whole field.
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ from ..backend import get_ndi, to_numpy
 from ..errors import ConfigError, ImageError
 from .noise import mad_sigma
 
-__all__ = ["saturation_level", "pixel_noise_samples", "hot_pixel_mask", "repair_pixels", "flag_radius",
-           "HOT_SNR", "HOT_RATIO"]
+__all__ = ["saturation_level", "pixel_noise_samples", "hot_pixel_mask", "stuck_clusters", "repair_pixels",
+           "flag_radius", "HOT_SNR", "HOT_RATIO", "STUCK_MAX_PX"]
 
 #: a hot pixel departs from its ring by more than this many pixel-noise sigmas ...
 HOT_SNR = 6.0
 #: ... while its brightest 4-neighbour holds less than this share of what a PSF would put there
 HOT_RATIO = 0.35
+#: saturated clusters of 2 to this many 4-connected pixels are judged as one outlier (a PSF image always has a
+#: flank; larger saturated regions are masked and flagged, never repaired)
+STUCK_MAX_PX = 4
 
 
 def saturation_level(image, saturation="auto"):
@@ -79,11 +86,19 @@ def _neighbour_share(sigma: float) -> float:
     return float(e[4] / e[3])
 
 
-def _gather(p, ys, xs, offsets):
-    """Values of ``p`` at ``(ys + dy, xs + dx)`` for each offset, edges repeated (mode 'nearest'):
-    (n, len(offsets))."""
+def _gather(p, ys, xs, offsets, mode="nearest"):
+    """Values of ``p`` at ``(ys + dy, xs + dx)`` for each offset, (n, len(offsets)); outside the image the
+    edge is repeated (``mode='nearest'``) or mirrored about the edge pixel (``'mirror'``, for 1-2 px offsets
+    of images at least 3 px wide), as ``scipy.ndimage`` names them."""
     h, w = p.shape
-    return np.stack([p[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)] for dy, dx in offsets], axis=1)
+
+    def at(i, n):
+        if mode == "mirror":
+            i = np.abs(i)
+            return np.where(i > n - 1, 2 * (n - 1) - i, i)
+        return np.clip(i, 0, n - 1)
+
+    return np.stack([p[at(ys + dy, h), at(xs + dx, w)] for dy, dx in offsets], axis=1)
 
 
 #: the 16 pixels of the 5x5 ring, the 4-neighbour cross and the 8-neighbourhood, as (dy, dx)
@@ -105,7 +120,8 @@ def hot_pixel_mask(photons, sigma, pixel_noise, ndi=None, *, snr=HOT_SNR, ratio=
 
     A pixel is hot when it exceeds the median of its 5x5 ring (``base``) by more than ``snr`` pixel-noise
     sigmas while its brightest 4-neighbour is less than ``ratio`` of a PSF's neighbour share above
-    ``base`` (cold: the mirror rule).  The ring median is computed only where the pixel departs that much
+    ``base`` (cold: the mirror rule).  The ring repeats the field's edge (mode 'nearest'); the 4-neighbours
+    mirror it (mode 'mirror'), so an edge pixel is not its own neighbour.  The ring median is computed only where the pixel departs that much
     from the minimum (maximum) of its 5x5 box, a bound the ring median cannot pass, so the result is that
     of the rule over the whole field (``scipy.ndimage.median_filter`` with mode 'nearest') at a fraction
     of the cost.  ``ndi`` is accepted for callers that pass their ndimage module; it is not needed."""
@@ -121,12 +137,51 @@ def hot_pixel_mask(photons, sigma, pixel_noise, ndi=None, *, snr=HOT_SNR, ratio=
     if not len(ys):
         return out
     base = _rank_at(p, ys, xs, _RING)
-    cross = _gather(p, ys, xs, _CROSS)
+    cross = _gather(p, ys, xs, _CROSS, mode="mirror")
     e0 = p[ys, xs] - base
     share = np.float32(ratio * _neighbour_share(sigma))
     hot = (e0 > t) & ((cross.max(axis=1) - base) < share * e0)
     cold = (e0 < -t) & ((cross.min(axis=1) - base) > share * e0)
     out[ys, xs] = hot | cold
+    return out
+
+
+def stuck_clusters(photons, sat, sigma, pixel_noise, *, snr=HOT_SNR, ratio=HOT_RATIO, max_px=STUCK_MAX_PX):
+    """Boolean map of the pixels of small saturated clusters that cannot be a PSF image (NumPy).
+
+    A 4-connected cluster of 2 to ``max_px`` saturated pixels is stuck when its dimmest pixel exceeds the
+    median of the ring 2 px around it (``base``) by more than ``snr`` pixel-noise sigmas while its
+    brightest 4-neighbour outside it is less than ``ratio`` of a PSF's neighbour share above ``base``: the
+    rule of :func:`hot_pixel_mask` for a cluster.  A saturated vesicle has a flank just below saturation
+    (a PSF spreads any object over its neighbours), and stuck pixels side by side have none.  Single
+    pixels are :func:`hot_pixel_mask`'s.  The rule sees only 2 px around each cluster, so it is local."""
+    p = to_numpy(photons).astype(np.float32, copy=False)
+    sat = np.asarray(to_numpy(sat), bool)
+    out = np.zeros(p.shape, bool)
+    if not pixel_noise > 0 or not sat.any() or p.shape[0] < 5 or p.shape[1] < 5:
+        return out
+    import scipy.ndimage as sndi
+
+    lab, n = sndi.label(sat)
+    size = np.bincount(lab.ravel(), minlength=n + 1)
+    small = np.nonzero((size >= 2) & (size <= max_px))[0]
+    if not len(small):
+        return out
+    t = np.float32(snr * pixel_noise)
+    share = np.float32(ratio * _neighbour_share(sigma))
+    cross = sndi.generate_binary_structure(2, 1)
+    h, w = p.shape
+    for k, sl in zip(small, (sndi.find_objects(lab)[i - 1] for i in small)):
+        y0, x0 = max(sl[0].start - 2, 0), max(sl[1].start - 2, 0)
+        y1, x1 = min(sl[0].stop + 2, h), min(sl[1].stop + 2, w)
+        c = lab[y0:y1, x0:x1] == k
+        v = p[y0:y1, x0:x1]
+        near = sndi.binary_dilation(c, cross) & ~c
+        ring = sndi.binary_dilation(c, np.ones((5, 5), bool)) & ~sndi.binary_dilation(c, np.ones((3, 3), bool))
+        base = np.float32(np.median(v[ring]))
+        e0 = v[c].min() - base
+        if e0 > t and (v[near].max() - base) < share * e0:
+            out[y0:y1, x0:x1] |= c
     return out
 
 
@@ -179,7 +234,7 @@ def _prepare(raw, camera, name, level, fill, pixel_noise, hot_sigma, hot_pixels)
     """Photons with non-finite pixels filled and hot/cold pixels repaired; saturated, non-finite, hot masks."""
     import scipy.ndimage as sndi
 
-    from .artefacts import hot_pixel_mask, repair_pixels
+    from .artefacts import hot_pixel_mask, repair_pixels, stuck_clusters
 
     rw = to_numpy(raw)
     ph = np.array(to_numpy(_photons(rw, camera, "numpy")), dtype=np.float32, copy=True)
@@ -192,7 +247,8 @@ def _prepare(raw, camera, name, level, fill, pixel_noise, hot_sigma, hot_pixels)
     if hot_pixels == "repair":
         # saturated single pixels too (stuck at the camera's maximum: left in, each rang through the filter
         # and its negative ring hid the spots around it); they stay in `sat`, so spots near them are flagged
-        hot = hot_pixel_mask(ph, hot_sigma, pixel_noise, sndi) & finite
+        hot = (hot_pixel_mask(ph, hot_sigma, pixel_noise, sndi) | stuck_clusters(ph, sat, hot_sigma, pixel_noise)) \
+            & finite
         ph = repair_pixels(ph, hot, sndi)
     from ..backend import to_device
 
