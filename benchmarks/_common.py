@@ -28,6 +28,15 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {mem}, Python {platform.python_version()}"
 
 
+def load() -> str:
+    """The machine's load as measured now: the 1-minute load average against its cores (other jobs' share)."""
+    try:
+        one = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return "load average not available"
+    return f"1-min load average {one:.2f} on {os.cpu_count()} cores"
+
+
 def table(headers, rows) -> str:
     """A Markdown table."""
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]

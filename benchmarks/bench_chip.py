@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, table  # noqa: E402
+from _common import load, machine, table  # noqa: E402
 
 MARKERS = ["CD9", "CD63", "CD81"]
 OFFSET, GAIN = 100.0, 2.0
@@ -210,6 +210,7 @@ def main(argv=None):
     ap.add_argument("--no-cluster", action="store_true")
     ap.add_argument("--keep", default=None, help="write (or reuse) the chip in this folder and keep it")
     a = ap.parse_args(argv)
+    load_before = load()
 
     import dask
 
@@ -268,7 +269,7 @@ def main(argv=None):
         p = st[st["fov"] == i]
         equal &= len(p) == len(kt) and np.allclose(p[["y", "x"]].to_numpy(), kt[["y", "x"]].to_numpy()) and bool(
             (p["bitmask"].to_numpy() == kt["bitmask"].to_numpy()).all())
-    print(f"# evflow chip benchmark\n\n{machine()}; shared with other jobs (loaded) while measured\n")
+    print(f"# evflow chip benchmark\n\n{machine()}; {load_before} before the runs, {load()} after\n")
     print(f"{n} fields of {a.size}x{a.size} px x 3 channels (uint16) in {len(files)} multi-position OME-TIFF files "
           f"({sum(os.path.getsize(f) for f in files) / 2**30:.1f} GiB); chip written in {t_build:.0f} s\n")
     print(table(["run", "fields/s (field stage)", "ratio to kernels",
