@@ -7,6 +7,7 @@ FlowCal's real bead file.  FlowKit reads the same workspace and events; the coun
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import shared_path
+from fcs_builder import build_fcs
 
 import evflow
 from evflow.errors import GatingError
@@ -193,3 +195,84 @@ def test_errors_name_file_and_element(tmp_path):
         evflow.read_flowjo(p)
     with pytest.raises(GatingError, match="FlowJo workspace not found"):
         evflow.read_flowjo(tmp_path / "missing.wsp")
+
+
+def _with_counts(src, out, counts):
+    """A copy of workspace ``src`` with FlowJo's ``count`` attributes set from ``{(sample, gate path): n}``."""
+    from lxml import etree
+
+    tree = etree.parse(str(src))
+
+    def walk(sub, path, sample):
+        for c in sub:
+            if c.tag in ("Population", "AndNode", "OrNode", "NotNode"):
+                p = path + [c.get("name")]
+                if (sample, "/".join(p)) in counts:
+                    c.set("count", str(counts[(sample, "/".join(p))]))
+                if c.find("Subpopulations") is not None:
+                    walk(c.find("Subpopulations"), p, sample)
+
+    for node in tree.iter("SampleNode"):
+        if node.find("Subpopulations") is not None:
+            walk(node.find("Subpopulations"), [], node.get("name"))
+    tree.write(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def counted_wsp(fcs_dir, tmp_path_factory):
+    """ev_panel.wsp with the counts FlowJo stores on each population (taken from FlowKit's reading)."""
+    ref = _flowkit_counts(WSP, str(fcs_dir), "EV panel")
+    return _with_counts(WSP, tmp_path_factory.mktemp("counted") / "ev_panel.wsp", ref), ref
+
+
+def test_counts_are_set_beside_the_ones_flowjo_stored(fcs_dir, counted_wsp, tmp_path):
+    from evflow.flow.flowjo import compare_flowjo_counts, is_flowjo_sample
+
+    wsp, ref = counted_wsp
+    s = evflow.read_flowjo(wsp, sample="ev_01.fcs")
+    assert len(s.flowjo_counts) == 13
+    fcs = evflow.read_fcs(fcs_dir / "ev_01.fcs")
+    assert is_flowjo_sample(s, fcs_dir / "ev_01.fcs", fcs.meta) and not is_flowjo_sample(s, fcs_dir / "ev_02.fcs")
+    counts = s.apply(fcs, backend="numpy").counts()
+    df = compare_flowjo_counts(s, counts, fcs.n_events)
+    assert len(df) == 14 and df["gate"].iloc[0] == "(all events)" and not df["flagged"].any()
+    assert (df["difference"] == 0).all()
+    # a stored count off by 2 % is flagged, by one event (a boundary event) it is not
+    off = dict(ref)
+    off[("ev_01.fcs", "Cells/CD9+")] = int(ref[("ev_01.fcs", "Cells/CD9+")] * 1.02)
+    off[("ev_01.fcs", "Cells")] = ref[("ev_01.fcs", "Cells")] + 1
+    s2 = evflow.read_flowjo(_with_counts(WSP, tmp_path / "off.wsp", off), sample="ev_01.fcs")
+    df = compare_flowjo_counts(s2, counts, fcs.n_events).set_index("gate")
+    assert df.index[df["flagged"]].tolist() == ["Cells/CD9+"]
+    assert df.loc["Cells", "difference"] == -1
+    with pytest.raises(GatingError, match=r"no evflow count: \['Cells/CD9\+'\]"):
+        compare_flowjo_counts(s2, {k: v for k, v in counts.items() if k != "Cells/CD9+"})
+
+
+def test_a_gain_evflow_divides_out_and_flowjo_does_not_is_flagged(fcs_dir, counted_wsp, tmp_path):
+    """The same events with $P3G = 2 (FL1-A): FlowJo's generic cytometer ignores the gain (useGain="0"), the
+    FCS 3.1 rule evflow applies by default divides it out, so the FL1 gates count otherwise.  The pipeline says
+    so in the sample's QC flags; on scale "linear" the counts agree."""
+    wsp, ref = counted_wsp
+    d = tmp_path / "gain"
+    d.mkdir()
+    ev = evflow.read_fcs(fcs_dir / "ev_01.fcs")
+    # (evflow's writer computes $PnG itself: the file is built by the tests' independent builder)
+    (d / "ev_01.fcs").write_bytes(build_fcs(ev.to_numpy(), datatype="F", ranges=[262144] * 6, names=CHANNELS,
+                                            extra={"$P3G": "2"}))
+    for scale, flagged in (("auto", True), ("linear", False)):
+        exp = tmp_path / f"exp_{scale}.toml"
+        exp.write_text(f'[experiment]\nname = "fj"\n[flow]\nscale = "{scale}"\nmarkers = {{ "FL2-A" = "CD63" }}\n'
+                       f'gates = {{ gatingml = "{wsp}", parent = "Cells" }}\n'
+                       '[thresholds]\nrule = "fixed"\nvalues = { CD63 = 2000.0 }\n'
+                       f'[[samples]]\nname = "a"\nflow = "{d / "ev_01.fcs"}"\nvolume_ul = 1.0\n')
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = evflow.run(exp, output=tmp_path / f"out_{scale}", quiet=True)
+        flags = str(ds["qc_flags"].sel(sample="a").values)
+        assert ("counts differ from those FlowJo stored" in flags) == flagged, flags
+        if flagged:
+            assert "Cells/CD9+" in flags and "on scale 'linear-gain'" in flags and "Cells " not in flags
+        check = json.loads(ds.attrs["flowjo_counts_check"])["a"]
+        assert len(check) == 14 and sum(r["flagged"] for r in check) == (11 if flagged else 0)  # measured

@@ -29,6 +29,9 @@ The strategy carries what FlowJo stored beside the gates: ``flowjo_counts``
 (``{gate_id: FlowJo's event count}``), ``flowjo_sample``, ``flowjo_group``,
 ``fcs_file`` (the data set's path as the workspace gives it, resolved against
 the workspace's folder when relative) and ``flowjo_keywords``.
+:func:`compare_flowjo_counts` sets evflow's counts beside FlowJo's, gate by
+gate, for the events of the workspace's own sample (a different scale, a
+transform read otherwise or a different file shows there first).
 """
 
 from __future__ import annotations
@@ -47,11 +50,15 @@ from .flowjo_transforms import BIEX_CHANNELS, FlowJoBiexTransform, FlowJoLogTran
 from .gates import BooleanGate, Dimension, GatingStrategy, PolygonGate, RectangleGate
 from .transforms import AsinhTransform, LogicleTransform
 
-__all__ = ["read_flowjo", "read_gates_file", "flowjo_samples"]
+__all__ = ["read_flowjo", "read_gates_file", "flowjo_samples", "compare_flowjo_counts", "is_flowjo_sample",
+           "FLOWJO_COUNT_TOLERANCE"]
 
 _G, _T, _D = _gml._G, _gml._T, _gml._D
 _BOOL = {"AndNode": "and", "OrNode": "or", "NotNode": "not"}
 ELLIPSE_VERTICES = 128
+#: a gate's count may differ from the one FlowJo stored by this share of it (and at least 1 event) before the
+#: difference is flagged: events on a gate's very edge, which FlowJo evaluates on its display grid
+FLOWJO_COUNT_TOLERANCE = 0.001
 
 
 # ============================================================================ entry points
@@ -113,6 +120,48 @@ def read_flowjo(path, group: str | None = None, sample: str | None = None) -> Ga
     strategy.flowjo_keywords = s["keywords"]
     strategy.fcs_file = _uri_path(s["uri"], p.source) if s["uri"] else None
     return strategy
+
+
+def is_flowjo_sample(strategy, path, meta=None) -> bool:
+    """Whether the FCS file at ``path`` is the sample the workspace's gates (and stored counts) were read from:
+    its file name is the workspace's sample name, its data set's file name or, with ``meta`` (the file's
+    TEXT keywords), its ``$FIL``."""
+    names = {getattr(strategy, "flowjo_sample", None)}
+    if getattr(strategy, "fcs_file", None):
+        names.add(os.path.basename(strategy.fcs_file))
+    names.discard(None)
+    if not names:
+        return False
+    fil = str((meta or {}).get("$FIL", "")).strip()
+    return os.path.basename(os.fspath(path)) in names or (bool(fil) and os.path.basename(fil) in names)
+
+
+def compare_flowjo_counts(strategy, counts: dict, n_events: int | None = None, *,
+                          tolerance: float = FLOWJO_COUNT_TOLERANCE):
+    """evflow's counts beside the ones FlowJo stored in the workspace, gate by gate (pandas DataFrame).
+
+    ``counts`` is ``GatingResults.counts()`` of the workspace's own sample (:func:`is_flowjo_sample`), every
+    event of it (before any time interval is dropped); ``n_events`` its event count, set beside FlowJo's count
+    of the sample (row ``"(all events)"``).  Columns: ``gate``, ``flowjo``, ``evflow``, ``difference``
+    (evflow - FlowJo) and ``flagged`` (the difference exceeds ``tolerance`` of FlowJo's count and 1 event).
+    Gates FlowJo stored no count for (``count="-1"``) are left out; a stored gate evflow did not count raises
+    :class:`~evflow.errors.GatingError`."""
+    import pandas as pd
+
+    stored = dict(getattr(strategy, "flowjo_counts", None) or {})
+    rows = []
+    total = getattr(strategy, "flowjo_total", None)
+    if n_events is not None and total is not None:
+        rows.append(("(all events)", int(total), int(n_events)))
+    missing = sorted(g for g in stored if g not in counts)
+    if missing:
+        raise GatingError(f"{getattr(strategy, 'source', 'workspace')}: FlowJo stored counts for gates with no "
+                          f"evflow count: {missing} (counted: {sorted(counts)})")
+    rows += [(g, int(c), int(counts[g])) for g, c in stored.items()]
+    df = pd.DataFrame(rows, columns=["gate", "flowjo", "evflow"])
+    df["difference"] = df["evflow"] - df["flowjo"]
+    df["flagged"] = df["difference"].abs() > np.maximum(1.0, float(tolerance) * df["flowjo"].abs())
+    return df
 
 
 # ============================================================================ the document

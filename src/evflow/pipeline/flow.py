@@ -202,6 +202,17 @@ def control_thresholds(stage, rule, failures):
     return thresholds, desc
 
 
+def flowjo_check(strategy, path, fcs, backend) -> dict:
+    """``{"flowjo_check": rows}`` when ``path`` is the FlowJo workspace's own sample: every gate's count on all
+    its events beside the count FlowJo stored (:func:`~evflow.flow.flowjo.compare_flowjo_counts`); else {}."""
+    from ..flow.flowjo import compare_flowjo_counts, is_flowjo_sample
+
+    if not is_flowjo_sample(strategy, path, fcs.meta):
+        return {}
+    counts = strategy.apply(fcs, backend=backend).counts()
+    return {"flowjo_check": compare_flowjo_counts(strategy, counts, fcs.n_events).to_dict("records")}
+
+
 def flow_sample_item(sample, key=None, *, strategy, parent, markers, thresholds, flow_s, backend, density,
                      split=False, copies=None) -> dict:
     """Counts per phenotype, marker statistics, analysed volume and report densities of one flow sample (its DATA
@@ -238,6 +249,8 @@ def flow_sample_item(sample, key=None, *, strategy, parent, markers, thresholds,
         **qc_item,
         "n_acquired": int(fcs_all.n_events),  # before any time interval is dropped
     }
+    if getattr(strategy, "flowjo_counts", None):
+        item.update(flowjo_check(strategy, path, fcs_all, backend))
     try:
         vol = analysed_volume_ul(fcs_all, volume_ul=sample.get("volume_ul"),
                                  flow_rate_ul_per_min=None if sample.get("volume_ul") else flow_s.get("flow_rate_ul_per_min"),

@@ -111,6 +111,11 @@ def sample_flags(item: dict, max_event_rate=None) -> list[str]:
     if w.get("flag"):
         out.append(f"{w['wide_fraction']:.1%} of events wider than {w['factor']:g}x the singlet width "
                    f"(limit {w['max_wide_fraction']:.0%}): coincidence")
+    bad = [r for r in item.get("flowjo_check", []) if r["flagged"]]
+    if bad:
+        out.append("counts differ from those FlowJo stored in the workspace: " + ", ".join(
+            f"{r['gate']} {r['evflow']} (FlowJo {r['flowjo']})" for r in bad[:4]) + (" ..." if len(bad) > 4 else "")
+            + f" on scale {item.get('scale', '?')!r}")
     return out
 
 

@@ -253,6 +253,9 @@ def assemble(ctx) -> xr.Dataset:
         "qc_pass": int(all(v["pass"] for v in qc.values())),
         "failed": json.dumps(ctx.failures, sort_keys=True),
     })
+    fj = {k: it["flowjo_check"] for k, it in ctx.flow_items.items() if it.get("flowjo_check")}
+    if fj:  # each gate's count beside FlowJo's stored count, for the workspace's own sample
+        ds.attrs["flowjo_counts_check"] = json.dumps(fj, sort_keys=True, default=int)
     if ctx.image_items:
         from .imaging import detection_provenance
 
