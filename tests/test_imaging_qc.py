@@ -65,6 +65,33 @@ def test_flags_find_the_defocused_saturated_and_misregistered_fields():
     assert QC_LIMITS["registration"] == 0.5 and QC_LIMITS["defocused"] == 0.5
 
 
+def test_crowded_fields_are_flagged_as_undercounted():
+    """At 600 vesicles per 256x256 px (placed at random) a quarter of them lie within 2 PSF sigmas of another
+    and are found as one: the field is flagged; at 150 it is not."""
+    from evflow import metrics
+
+    out = {}
+    for n in (150, 600):
+        syn = tirf((256, 256), markers=["CD9"], n_vesicles=n, peak_snr=10, seed=3, camera="ideal",
+                   chromatic_shift=False, min_separation_px=0)
+        ds, _ = count_vesicles(syn.images, psf_sigma_px=1.3)
+        det = ds.attrs["detection"][0]
+        m = field_metrics(np.asarray(syn.images.values[0], np.float64), ["CD9"], det, psf_sigma_px=1.3)
+        found, _, _ = metrics.match_points(syn.truth[["y", "x"]].to_numpy(), _spots(syn.images), 1.5)
+        rho = det["CD9"]["n_spots"] / 256 ** 2
+        assert m["crowding"][0] == pytest.approx(1 - np.exp(-rho * np.pi * 2.6 ** 2))
+        out[n] = (m["crowding"][0], len(found) / n, qc_flags({k: v[None, :] for k, v in m.items()})["crowded"][0, 0])
+    # measured: crowding 0.044 (136 of 150 found) and 0.135 (436 of 600 found)
+    assert out[150][0] < 0.06 and out[150][1] > 0.88 and not out[150][2]
+    assert out[600][0] > QC_LIMITS["crowded"] and out[600][1] < 0.8 and out[600][2]
+
+
+def _spots(images):
+    import evflow
+
+    return evflow.detect_spots(np.asarray(images.values[0, 0], np.float32), psf_sigma_px=1.3)[["y", "x"]].to_numpy()
+
+
 def test_field_layout_by_stage_position_else_index():
     from evflow.pipeline.report_imaging import field_layout
 

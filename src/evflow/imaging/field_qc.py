@@ -15,6 +15,11 @@ Metrics (:func:`field_metrics`, one value per channel of a field):
                            the channels before it, after registration (NaN for the first channel)
 ``spot_width``             median fitted sigma of the detections over the PSF sigma they were detected with
                            (:func:`~evflow.imaging.count.spot_width_ratio`; NaN with fewer than 10 fits)
+``crowding``               share of vesicles expected within the resolution distance ``2 sigma`` of another at the
+                           detected density, were they placed at random: ``1 - exp(-rho pi (2 sigma)^2)``, ``rho``
+                           the detections per px^2 and sigma the PSF's.  Vesicles that close are found as one,
+                           so where this is large the count is a lower bound (and the detected density an
+                           underestimate: the true crowding is larger still)
 
 Flags (:func:`qc_flags`; limits in :data:`QC_LIMITS`; "median" is the median over the fields of the same
 sample and channel; ``wide_spots`` is absolute, so a chip that is out of focus throughout is flagged too):
@@ -27,6 +32,8 @@ sample and channel; ``wide_spots`` is absolute, so a chip that is out of focus t
 ``wide_spots``    ``spot_width > 1.6``: spots much wider than the stated PSF (out of focus, or ``psf_sigma_px``
                   too small for the microscope; in focus the real images of the test data give 0.75 - 1.5, a
                   Gaussian blur of 2 px gives 1.9 - 3.0)
+``crowded``       ``crowding > 0.1``: too dense to count single vesicles; dilute the sample or capture fewer (on
+                  synthetic fields of 600 vesicles per 256x256 px, crowding 0.14, 25 % of them are missed); absolute
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ SAMPLE_ROWS_ABOVE = 1 << 21
 
 #: limits of the per-field flags (see the module docstring)
 QC_LIMITS = {"saturated": 1e-4, "defocused": 0.5, "registration": 0.5, "background": 3.0, "sparse": 0.25,
-             "wide_spots": 1.6}
+             "wide_spots": 1.6, "crowded": 0.1}
 
 #: metric -> (units, description)
 QC_METRICS = {
@@ -55,6 +62,7 @@ QC_METRICS = {
     "focus": ("1", "normalised variance of the Laplacian"),
     "registration_residual_px": ("px", "median distance to partners in earlier channels after registration"),
     "spot_width": ("1", "median fitted spot sigma over the PSF sigma"),
+    "crowding": ("1", "share of vesicles expected within 2 PSF sigmas of another at the detected density"),
 }
 
 
@@ -133,6 +141,9 @@ def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigm
         out["focus"][c] = float(np.var(lap)) / mean ** 2 if mean > 0 else np.nan
         out["registration_residual_px"][c] = _first(info.get("match_distance_px"))
         out["spot_width"][c] = _first(info.get("spot_width"))
+        sig = _first(info.get("psf_sigma_px"))
+        sig = sig if sig > 0 else float(psf_sigma_px)
+        out["crowding"][c] = -np.expm1(-out["n_spots"][c] / plane.size * np.pi * (2.0 * sig) ** 2)
     return out
 
 
@@ -164,4 +175,5 @@ def qc_flags(metrics, *, fov_axis=-2, limits=None):
             "background": arr("background") > lim["background"] * median(arr("background")),
             "sparse": (med_d > 0) & (dens < lim["sparse"] * med_d),
             "wide_spots": np.nan_to_num(arr("spot_width")) > lim["wide_spots"],
+            "crowded": np.nan_to_num(arr("crowding")) > lim["crowded"],
         }

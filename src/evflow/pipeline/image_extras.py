@@ -95,6 +95,7 @@ def add_image_extras(ds, ctx, names, n_fov, chans):
     ds["qc_field_ok"].attrs["limits"] = ("saturated: saturated_fraction > {saturated:g}; defocused: focus < {defocused:g} x "
                                    "the sample's median; registration: residual > {registration:g} px; background: "
                                    "> {background:g} x median; sparse: density < {sparse:g} x median; wide_spots: median fitted "
-                                   "spot sigma > {wide_spots:g} x psf_sigma_px (out of focus, or the PSF stated too narrow)"
+                                   "spot sigma > {wide_spots:g} x psf_sigma_px (out of focus, or the PSF stated too narrow); crowded: "
+                                   "> {crowded:g} of vesicles expected within 2 PSF sigmas of another (count a lower bound)"
                                    ).format(**QC_LIMITS)
     return ds
