@@ -154,3 +154,17 @@ def test_large_planes_sample_every_other_row_for_background_and_noise():
     assert m["noise"][0] == pytest.approx(np.sqrt(40.0), rel=0.01)
     small = plane[:1000, :1000]  # below the limit: every row, as before
     assert field_metrics(small[None], ["m"])["background"][0] == _median(small)
+
+
+def test_detect_spots_reports_its_crowding_whole_and_tiled():
+    import evflow
+
+    syn = tirf((256, 256), markers=["CD9"], n_vesicles=600, peak_snr=10, seed=3, camera="ideal",
+               chromatic_shift=False, min_separation_px=0)
+    img = np.asarray(syn.images.values[0, 0], np.float32)
+    whole = evflow.detect_spots(img, psf_sigma_px=1.3)
+    tiled = evflow.detect_spots(img, psf_sigma_px=1.3, tile=128)
+    assert whole.attrs["crowding"] == pytest.approx(1 - np.exp(-len(whole) / 256 ** 2 * np.pi * 2.6 ** 2))
+    assert tiled.attrs["crowding"] == whole.attrs["crowding"] > QC_LIMITS["crowded"]
+    noise = np.random.default_rng(1).poisson(5.0, (32, 32)).astype(np.float32)
+    assert evflow.detect_spots(noise, psf_sigma_px=1.3).attrs["crowding"] < 0.02

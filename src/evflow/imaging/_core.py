@@ -221,6 +221,9 @@ def _snr(responses, noise_info, name, bg, origin=(0, 0), block_px=NOISE_BLOCK_PX
 def _finish_attrs(out, sat, hot, n_pixels, n_sat=None, n_hot=None):
     out.attrs["saturated_fraction"] = float((sat.sum() if n_sat is None else n_sat) / n_pixels)
     out.attrs["n_hot_pixels"] = int(hot.sum() if n_hot is None else n_hot)
+    from .field_qc import crowding  # the detections' crowding (a lower bound of the field's; QC flag above 0.1)
+
+    out.attrs["crowding"] = crowding(len(out), n_pixels, min(out.attrs.get("psf_sigma_px") or [1.5]))
 
 
 #: with ``background_radius_px='auto'``, a field with at least this many blocks whose noise exceeds the

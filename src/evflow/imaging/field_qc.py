@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["QC_LIMITS", "QC_METRICS", "field_metrics", "qc_flags"]
+__all__ = ["QC_LIMITS", "QC_METRICS", "field_metrics", "qc_flags", "crowding"]
 
 #: planes of more pixels than this take their ``background`` and ``noise`` from every other row (a 2048x2048
 #: channel: 2.1 M pixels and 2.1 M differences, which leave the estimates a relative sd under 0.1 %; the two
@@ -102,6 +102,14 @@ def _median(plane):
     return float(np.mean(np.array([lo, hi]))) if n % 2 == 0 else float(lo)
 
 
+def crowding(n_spots, n_pixels, psf_sigma_px):
+    """Share of vesicles expected within ``2 psf_sigma_px`` of another when ``n_spots`` lie at random over
+    ``n_pixels``: ``1 - exp(-rho pi (2 sigma)^2)`` (the ``crowding`` metric; NaN without pixels)."""
+    if not n_pixels > 0:
+        return float("nan")
+    return float(-np.expm1(-float(n_spots) / float(n_pixels) * np.pi * (2.0 * float(psf_sigma_px)) ** 2))
+
+
 def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigma_px=1.3, pixel_size_nm=None):
     """The QC metrics of one field (channel, y, x) in photons: a dict metric -> float array (channel,).
 
@@ -143,7 +151,7 @@ def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigm
         out["spot_width"][c] = _first(info.get("spot_width"))
         sig = _first(info.get("psf_sigma_px"))
         sig = sig if sig > 0 else float(psf_sigma_px)
-        out["crowding"][c] = -np.expm1(-out["n_spots"][c] / plane.size * np.pi * (2.0 * sig) ** 2)
+        out["crowding"][c] = crowding(out["n_spots"][c], plane.size, sig)
     return out
 
 
