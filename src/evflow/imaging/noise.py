@@ -145,9 +145,10 @@ def fit_noise_model(gy, gx, v, m, b, block_px, global_noise):
     Each block of ``block_px`` (aligned to the field) gives its robust noise
     and median background; ``a`` and ``c`` (>= 0) are a least-squares fit of
     the squared noise on the background, refitted without blocks more than
-    3 MADs off.  Returns ``(a, c)``, or None when the background varies too
-    little (its range, a tenth of its median) or fewer than 4 blocks have 64 samples:
-    then the field's noise holds everywhere.
+    3 MADs off (starting from the blocks within 3 MADs of a Theil-Sen line).
+    Returns ``(a, c, excess)``, or None when the background varies too little
+    (its 5-95 % range, a tenth of its median), the slope is not positive or
+    fewer than 4 blocks have 64 samples: then the field's noise holds everywhere.
     """
     from ..kernels import _registry
 
@@ -165,15 +166,19 @@ def fit_noise_model(gy, gx, v, m, b, block_px, global_noise):
     if len(nb) < 4:
         return None
     nb, var = np.asarray(nb), np.asarray(sb) ** 2
-    if not nb.max() - nb.min() > 0.1 * max(abs(float(np.median(nb))), 1e-12):
+    lo, hi = np.percentile(nb, [5.0, 95.0])  # the bulk of the blocks (not a few beside one bright object)
+    if not hi - lo > 0.1 * max(abs(float(np.median(nb))), 1e-12):
         return None
-    keep = np.ones(len(nb), bool)
+    # the blocks that start the fit: those within 3 MADs of a Theil-Sen line (a bright object's blocks lie at
+    # backgrounds no other block has; least squares from all blocks let them tilt the line for the whole field)
+    a, c = _theil_sen(nb, var)
+    keep = _within_mads(var - (a + c * nb), np.ones(len(nb), bool))
+    if keep.sum() < 4:
+        keep = np.ones(len(nb), bool)
     for _ in range(3):
         A = np.column_stack([np.ones(keep.sum()), nb[keep]])
         (a, c), *_ = np.linalg.lstsq(A, var[keep], rcond=None)
-        res = var - (a + c * nb)
-        mad = 1.4826 * np.median(np.abs(res[keep] - np.median(res[keep])))
-        new = np.abs(res) <= 3 * mad if mad > 0 else keep
+        new = _within_mads(var - (a + c * nb), keep)
         if new.sum() < 4 or (new == keep).all():
             break
         keep = new
@@ -184,6 +189,31 @@ def fit_noise_model(gy, gx, v, m, b, block_px, global_noise):
     sb = np.asarray(sb)
     excess = {k: float(v) for k, v, p in zip(keys, sb, pred) if v > EXCESS * p}
     return float(a), float(c), excess
+
+
+#: the Theil-Sen start of the variance model takes its slopes from at most this many blocks (evenly spaced in
+#: the blocks' order: the same blocks for a field and its tiles)
+THEIL_SEN_BLOCKS = 600
+
+
+def _theil_sen(x, y):
+    """(intercept, slope) of the Theil-Sen line: the median of the pairwise slopes, then the median of
+    ``y - slope x``; robust to a minority of points anywhere, those far along ``x`` included."""
+    idx = np.unique(np.linspace(0, len(x) - 1, min(len(x), THEIL_SEN_BLOCKS)).round().astype(np.int64))
+    xs, ys = x[idx], y[idx]
+    i, j = np.triu_indices(len(xs), 1)
+    dx = xs[j] - xs[i]
+    ok = dx != 0
+    if not ok.any():
+        return float(np.median(y)), 0.0
+    c = float(np.median((ys[j] - ys[i])[ok] / dx[ok]))
+    return float(np.median(y - c * x)), c
+
+
+def _within_mads(res, keep):
+    """Points whose residual lies within 3 MADs (of the ``keep`` points' residuals) of their median."""
+    mad = 1.4826 * np.median(np.abs(res[keep] - np.median(res[keep])))
+    return np.abs(res - np.median(res[keep])) <= 3 * mad if mad > 0 else keep
 
 
 def noise_from_model(model, background, global_noise, xp=np, *, origin=(0, 0), block_px=32):
