@@ -121,10 +121,10 @@ def hot_pixel_mask(photons, sigma, pixel_noise, ndi=None, *, snr=HOT_SNR, ratio=
     A pixel is hot when it exceeds the median of its 5x5 ring (``base``) by more than ``snr`` pixel-noise
     sigmas while its brightest 4-neighbour is less than ``ratio`` of a PSF's neighbour share above
     ``base`` (cold: the mirror rule).  The ring repeats the field's edge (mode 'nearest'); the 4-neighbours
-    mirror it (mode 'mirror'), so an edge pixel is not its own neighbour.  The ring median is computed only where the pixel departs that much
-    from the minimum (maximum) of its 5x5 box, a bound the ring median cannot pass, so the result is that
-    of the rule over the whole field (``scipy.ndimage.median_filter`` with mode 'nearest') at a fraction
-    of the cost.  ``ndi`` is accepted for callers that pass their ndimage module; it is not needed."""
+    mirror it (mode 'mirror'), so an edge pixel is not its own neighbour.  The ring median is computed only
+    where the pixel departs that much from the minimum (maximum) of its 5x5 box, a bound the ring median
+    cannot pass, so the result is that of the rule over the whole field (``scipy.ndimage`` filters with
+    those modes) at a fraction of the cost.  ``ndi`` is accepted for callers that pass their ndimage module; it is not needed."""
     p = to_numpy(photons).astype(np.float32, copy=False)
     if not pixel_noise > 0 or p.shape[0] < 5 or p.shape[1] < 5:
         return np.zeros(p.shape, bool)

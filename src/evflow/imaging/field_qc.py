@@ -33,7 +33,8 @@ sample and channel; ``wide_spots`` is absolute, so a chip that is out of focus t
                   too small for the microscope; in focus the real images of the test data give 0.75 - 1.5, a
                   Gaussian blur of 2 px gives 1.9 - 3.0)
 ``crowded``       ``crowding > 0.1``: too dense to count single vesicles; dilute the sample or capture fewer (on
-                  synthetic fields of 600 vesicles per 256x256 px, crowding 0.14, 25 % of them are missed); absolute
+                  a synthetic field of 600 vesicles per 256x256 px, crowding 0.135, 27 % of them are missed);
+                  absolute
 """
 
 from __future__ import annotations
