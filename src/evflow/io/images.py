@@ -326,10 +326,32 @@ def _open_bioio(path):
             f"{path}: reading {Path(path).suffix} files needs the optional package bioio "
             "(pip install evflow[bioio], or bioio with bioio-nd2 / bioio-czi / bioio-lif)"
         ) from exc
-    img = BioImage(path)
-    data = img.dask_data  # T C Z Y X
-    px = img.physical_pixel_sizes.X
-    return data, "TCZYX", (float(px) * 1e3 if px else None)
+    try:
+        img = BioImage(path)
+        scenes = list(img.scenes) or [None]
+        datas = []
+        for i in range(len(scenes)):  # every scene (stage position) is a field, as the series of an OME-TIFF
+            if scenes[i] is not None:
+                img.set_scene(i)
+            datas.append(img.dask_data)  # T C Z Y X
+        names = [str(n) for n in (img.channel_names or [])]
+        px = img.physical_pixel_sizes.X
+        ti = getattr(img, "time_interval", None)
+        interval = float(ti.total_seconds() if hasattr(ti, "total_seconds") else ti) if ti else None
+    except Exception as exc:  # the readers raise their own types for corrupt or unsupported files
+        raise ImageError(f"{path}: bioio cannot read it: {type(exc).__name__}: {exc}") from exc
+    shapes = [tuple(d.shape) for d in datas]
+    if len(set(shapes)) != 1:
+        raise ImageError(f"{path}: its scenes differ in shape (T, C, Z, Y, X) {dict(zip(scenes, shapes))}; "
+                         "evflow reads scenes of one size as fields")
+    if len(datas) == 1:
+        data, axes = datas[0], "TCZYX"
+    else:
+        import dask.array as da
+
+        data, axes = da.stack(datas), "PTCZYX"  # P: the scene, a field axis
+    return data, axes, {"px": float(px) * 1e3 if px else None, "channels": names, "n_scenes": len(datas),
+                        "interval": interval if interval and interval > 0 else None}
 
 
 def _to_fields(arr, axes):
@@ -392,7 +414,11 @@ def read_images(
         Keep the T axis as a ``t`` dimension (time-lapse, e.g. a bleaching
         movie) instead of making each frame a field.  Default: keep it for
         files that declare a frame interval (ImageJ ``finterval``, OME
-        ``TimeIncrement``); ``attrs['frame_interval_s']`` then holds it.
+        ``TimeIncrement``) and for ND2/CZI/LIF files of more than one
+        frame; ``attrs['frame_interval_s']`` then holds the interval.  The
+        scenes (stage positions) of an ND2/CZI/LIF file are fields, as the
+        series of a multi-position OME-TIFF, and its channel names name the
+        channels.
 
     Returns
     -------
@@ -449,11 +475,18 @@ def read_images(
             else:
                 p = str(item)
                 if Path(p).suffix.lower() in BIOIO_SUFFIXES:
-                    data, ax, px = _open_bioio(p)
-                    if axes is not None:
-                        ax = axes
-                    keep = bool(t) and "T" in ax.upper()
+                    data, ax, meta = _open_bioio(p)
+                    n_scenes, px, file_names = meta["n_scenes"], meta["px"], meta["channels"]
+                    if axes is not None:  # the axes of one scene
+                        ax = ("P" + axes) if n_scenes > 1 else axes
+                    # these formats have a time axis of their own: more than one frame is a time-lapse
+                    up = ax.upper()
+                    keep = "T" in up and (t is True or (t is None and data.shape[up.index("T")] > 1))
                     block = _to_fields_t(data, ax, keep)
+                    if keep:
+                        interval = interval if interval is not None else meta["interval"]
+                    series_of = list(np.repeat(np.arange(n_scenes), block.shape[0] // n_scenes))
+                    file_colors = [""] * len(file_names)
                 else:
                     block, keep, meta = _open_tiff_fields(p, axes, t)
                     ax, px = meta["axes"], meta["px"]

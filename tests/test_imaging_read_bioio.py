@@ -1,0 +1,76 @@
+"""ND2 / CZI / LIF go through bioio: a CZI written with Zeiss's libCZI (pylibCZIrw) is read with its channel
+names, pixel size and time axis, and the scenes of a bioio file are fields (checked on a multi-position OME-TIFF
+through bioio's own OME-TIFF reader, against evflow's reading of the same file)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+import evflow
+from evflow.errors import ImageError
+from evflow.io import images
+
+pytest.importorskip("bioio")
+pyczi = pytest.importorskip("pylibCZIrw.czi")
+pytest.importorskip("bioio_czi")
+pytest.importorskip("bioio_ome_tiff")
+
+
+def _czi(path, frames):
+    data = np.random.default_rng(0).poisson(100, (frames, 2, 48, 64)).astype(np.uint16)
+    data[:, 1, 10, 20] = 4000 + np.arange(frames)  # a bright pixel that tells the frames and channels apart
+    with pyczi.create_czi(str(path), exist_ok=True) as f:
+        for t in range(frames):
+            for c in range(2):
+                f.write(data[t, c], plane={"T": t, "C": c})
+        f.write_metadata(document_name="chip", channel_names={0: "CD9", 1: "CD63"}, scale_x=1.08e-7, scale_y=1.08e-7)
+    return data
+
+
+def test_a_czi_file_is_read_with_its_channel_names_pixel_size_and_values(tmp_path):
+    p = tmp_path / "field.czi"
+    data = _czi(p, 1)
+    im = evflow.read_images(p)
+    assert im.dims == ("fov", "channel", "y", "x") and im.shape == (1, 2, 48, 64)
+    assert list(im["channel"].values) == ["CD9", "CD63"]
+    assert im.attrs["pixel_size_nm"] == pytest.approx(108.0)
+    np.testing.assert_array_equal(np.asarray(im.values[0]), data[0])
+    spots = evflow.detect_spots(np.asarray(im.values[0, 1], np.float32), psf_sigma_px=1.3)
+    assert len(spots) == 0  # the bright single pixel is a hot pixel, repaired
+
+
+def test_frames_of_a_czi_file_are_a_time_lapse_unless_asked_otherwise(tmp_path):
+    p = tmp_path / "movie.czi"
+    data = _czi(p, 3)
+    im = evflow.read_images(p)
+    assert im.dims == ("fov", "t", "channel", "y", "x") and im.shape == (1, 3, 2, 48, 64)
+    np.testing.assert_array_equal(np.asarray(im.values[0, :, 1, 10, 20]), [4000, 4001, 4002])
+    fields = evflow.read_images(p, t=False)
+    assert fields.dims == ("fov", "channel", "y", "x") and fields.shape[0] == 3
+    np.testing.assert_array_equal(np.asarray(fields.values), data)
+
+
+def test_scenes_of_a_bioio_file_are_fields(tmp_path, monkeypatch):
+    data = np.random.default_rng(1).poisson(100, (3, 2, 40, 50)).astype(np.uint16)
+    p = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(p, ome=True) as tw:
+        for s in range(3):
+            tw.write(data[s], metadata={"axes": "CYX", "Channel": {"Name": ["CD9", "CD63"]},
+                                        "PhysicalSizeX": 0.108, "PhysicalSizeY": 0.108})
+    own = evflow.read_images(p)
+    monkeypatch.setattr(images, "BIOIO_SUFFIXES", (".tif",))  # the same file through bioio's OME-TIFF reader
+    via = evflow.read_images(p)
+    assert via.shape == own.shape == (3, 2, 40, 50)
+    assert list(via["channel"].values) == list(own["channel"].values) == ["CD9", "CD63"]
+    assert via["series"].values.tolist() == own["series"].values.tolist() == [0, 1, 2]
+    assert via.attrs["pixel_size_nm"] == pytest.approx(own.attrs["pixel_size_nm"])
+    np.testing.assert_array_equal(np.asarray(via.values), data)
+
+
+def test_an_unreadable_bioio_file_is_an_image_error_naming_it(tmp_path):
+    p = tmp_path / "broken.czi"
+    p.write_bytes(b"ZISRAWFILE" + b"\0" * 100)
+    with pytest.raises(ImageError, match="broken.czi: bioio cannot read it"):
+        evflow.read_images(p)
