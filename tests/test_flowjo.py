@@ -276,3 +276,30 @@ def test_a_gain_evflow_divides_out_and_flowjo_does_not_is_flagged(fcs_dir, count
             assert "Cells/CD9+" in flags and "on scale 'linear-gain'" in flags and "Cells " not in flags
         check = json.loads(ds.attrs["flowjo_counts_check"])["a"]
         assert len(check) == 14 and sum(r["flagged"] for r in check) == (11 if flagged else 0)  # measured
+
+
+def test_a_sample_flowjo_gated_with_its_own_gate_is_flagged(fcs_dir, counted_wsp, tmp_path):
+    """The run applies the gates of the workspace's first sample to every file; ev_02.fcs has a Cells gate of
+    its own in FlowJo (and its own SSC-A scale), so FlowJo's counts for it differ from the run's: flagged, naming
+    whose gates the run applied.  ev_01.fcs agrees."""
+    from evflow.flow.flowjo import workspace_sample
+
+    wsp, ref = counted_wsp
+    s = evflow.read_flowjo(wsp, sample="ev_01.fcs")
+    other = workspace_sample(s, fcs_dir / "ev_02.fcs")
+    assert other.flowjo_sample == "ev_02.fcs" and other.flowjo_counts["Cells"] == ref[("ev_02.fcs", "Cells")]
+    assert workspace_sample(s, fcs_dir / "ev_01.fcs") is s and workspace_sample(s, tmp_path / "x.fcs") is None
+    exp = tmp_path / "exp.toml"
+    exp.write_text('[experiment]\nname = "fj"\n[flow]\nmarkers = { "FL2-A" = "CD63" }\n'
+                   f'gates = {{ gatingml = "{wsp}", parent = "Cells" }}\n'
+                   '[thresholds]\nrule = "fixed"\nvalues = { CD63 = 2000.0 }\n'
+                   + "".join(f'[[samples]]\nname = "{n}"\nflow = "{fcs_dir / (n + ".fcs")}"\nvolume_ul = 1.0\n'
+                             for n in ("ev_01", "ev_02")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = evflow.run(exp, output=tmp_path / "out", quiet=True)
+    f1, f2 = (str(ds["qc_flags"].sel(sample=n).values) for n in ("ev_01", "ev_02"))
+    assert "FlowJo" not in f1, f1
+    assert "counts differ from those FlowJo stored" in f2 and "Cells " in f2, f2
+    assert "with the gates FlowJo drew for sample 'ev_01.fcs'" in f2
+    assert sorted(json.loads(ds.attrs["flowjo_counts_check"])) == ["ev_01", "ev_02"]

@@ -30,8 +30,9 @@ The strategy carries what FlowJo stored beside the gates: ``flowjo_counts``
 ``fcs_file`` (the data set's path as the workspace gives it, resolved against
 the workspace's folder when relative) and ``flowjo_keywords``.
 :func:`compare_flowjo_counts` sets evflow's counts beside FlowJo's, gate by
-gate, for the events of the workspace's own sample (a different scale, a
-transform read otherwise or a different file shows there first).
+gate, for the events of any of the workspace's samples
+(:func:`workspace_sample`): a different scale, a transform read otherwise, a
+different file, or a sample FlowJo gated with gates of its own shows there.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from .gates import BooleanGate, Dimension, GatingStrategy, PolygonGate, Rectangl
 from .transforms import AsinhTransform, LogicleTransform
 
 __all__ = ["read_flowjo", "read_gates_file", "flowjo_samples", "compare_flowjo_counts", "is_flowjo_sample",
-           "FLOWJO_COUNT_TOLERANCE"]
+           "workspace_sample", "FLOWJO_COUNT_TOLERANCE"]
 
 _G, _T, _D = _gml._G, _gml._T, _gml._D
 _BOOL = {"AndNode": "and", "OrNode": "or", "NotNode": "not"}
@@ -120,6 +121,30 @@ def read_flowjo(path, group: str | None = None, sample: str | None = None) -> Ga
     strategy.flowjo_keywords = s["keywords"]
     strategy.fcs_file = _uri_path(s["uri"], p.source) if s["uri"] else None
     return strategy
+
+
+def workspace_sample(strategy, path, meta=None):
+    """The workspace's own reading of the sample whose FCS file is at ``path`` (a :class:`GatingStrategy` with
+    that sample's gates and stored counts), or None when the file is none of the workspace's samples or
+    ``strategy`` did not come from a workspace.  Matched by file name against the sample names and data set
+    file names, or by ``$FIL`` (``meta``: the file's TEXT keywords)."""
+    source = getattr(strategy, "source", None)
+    if getattr(strategy, "flowjo_sample", None) is None or not source:
+        return None
+    if is_flowjo_sample(strategy, path, meta):
+        return strategy
+    p, root = _open(source)
+    keys = {os.path.basename(os.fspath(path))}
+    fil = str((meta or {}).get("$FIL", "")).strip()
+    if fil:
+        keys.add(os.path.basename(fil))
+    for sid, smp in _samples(p, root).items():
+        names = {smp["name"]} | ({os.path.basename(_uri_path(smp["uri"], p.source))} if smp["uri"] else set())
+        if names & keys:
+            group = getattr(strategy, "flowjo_group", None)
+            members = _groups(p, root).get(group, (None, []))[1] if group else [sid]
+            return read_flowjo(source, group=group if sid in members else None, sample=sid)
+    return None
 
 
 def is_flowjo_sample(strategy, path, meta=None) -> bool:

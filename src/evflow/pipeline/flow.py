@@ -203,14 +203,22 @@ def control_thresholds(stage, rule, failures):
 
 
 def flowjo_check(strategy, path, fcs, backend) -> dict:
-    """``{"flowjo_check": rows}`` when ``path`` is the FlowJo workspace's own sample: every gate's count on all
-    its events beside the count FlowJo stored (:func:`~evflow.flow.flowjo.compare_flowjo_counts`); else {}."""
-    from ..flow.flowjo import compare_flowjo_counts, is_flowjo_sample
+    """``{"flowjo_check": rows}`` when ``path`` is one of the FlowJo workspace's samples: the run's count of each
+    gate on all its events beside the count FlowJo stored for that sample
+    (:func:`~evflow.flow.flowjo.compare_flowjo_counts`; FlowJo may have gated it with gates of its own, which the
+    run does not use); ``{"flowjo_check_error": message}`` when their gates differ in name; else {}."""
+    from ..errors import GatingError
+    from ..flow.flowjo import compare_flowjo_counts, workspace_sample
 
-    if not is_flowjo_sample(strategy, path, fcs.meta):
+    ref = workspace_sample(strategy, path, fcs.meta)
+    if ref is None or not getattr(ref, "flowjo_counts", None):
         return {}
     counts = strategy.apply(fcs, backend=backend).counts()
-    return {"flowjo_check": compare_flowjo_counts(strategy, counts, fcs.n_events).to_dict("records")}
+    other = {} if ref is strategy else {"flowjo_gates_of": strategy.flowjo_sample}  # the gates the run applies
+    try:
+        return {"flowjo_check": compare_flowjo_counts(ref, counts, fcs.n_events).to_dict("records"), **other}
+    except GatingError as exc:
+        return {"flowjo_check_error": str(exc), **other}
 
 
 def flow_sample_item(sample, key=None, *, strategy, parent, markers, thresholds, flow_s, backend, density,
@@ -249,7 +257,7 @@ def flow_sample_item(sample, key=None, *, strategy, parent, markers, thresholds,
         **qc_item,
         "n_acquired": int(fcs_all.n_events),  # before any time interval is dropped
     }
-    if getattr(strategy, "flowjo_counts", None):
+    if getattr(strategy, "flowjo_sample", None) is not None:
         item.update(flowjo_check(strategy, path, fcs_all, backend))
     try:
         vol = analysed_volume_ul(fcs_all, volume_ul=sample.get("volume_ul"),

@@ -115,7 +115,11 @@ def sample_flags(item: dict, max_event_rate=None) -> list[str]:
     if bad:
         out.append("counts differ from those FlowJo stored in the workspace: " + ", ".join(
             f"{r['gate']} {r['evflow']} (FlowJo {r['flowjo']})" for r in bad[:4]) + (" ..." if len(bad) > 4 else "")
-            + f" on scale {item.get('scale', '?')!r}")
+            + f" on scale {item.get('scale', '?')!r}"
+            + (f" with the gates FlowJo drew for sample {item['flowjo_gates_of']!r}" if item.get("flowjo_gates_of")
+               else ""))
+    if item.get("flowjo_check_error"):
+        out.append(f"FlowJo's counts for this sample not compared: {item['flowjo_check_error']}")
     return out
 
 
