@@ -165,9 +165,10 @@ def compare_flowjo_counts(strategy, counts: dict, n_events: int | None = None, *
                           tolerance: float = FLOWJO_COUNT_TOLERANCE):
     """evflow's counts beside the ones FlowJo stored in the workspace, gate by gate (pandas DataFrame).
 
-    ``counts`` is ``GatingResults.counts()`` of the workspace's own sample (:func:`is_flowjo_sample`), every
-    event of it (before any time interval is dropped); ``n_events`` its event count, set beside FlowJo's count
-    of the sample (row ``"(all events)"``).  Columns: ``gate``, ``flowjo``, ``evflow``, ``difference``
+    ``strategy`` is the workspace's reading of a sample (:func:`read_flowjo`, :func:`workspace_sample`), whose
+    stored counts are compared; ``counts`` is ``GatingResults.counts()`` of that sample's file, every event of it
+    (before any time interval is dropped), under whichever gates the run applied; ``n_events`` its event count,
+    set beside FlowJo's count of the sample (row ``"(all events)"``).  Columns: ``gate``, ``flowjo``, ``evflow``, ``difference``
     (evflow - FlowJo) and ``flagged`` (the difference exceeds ``tolerance`` of FlowJo's count and 1 event).
     Gates FlowJo stored no count for (``count="-1"``) are left out; a stored gate evflow did not count raises
     :class:`~evflow.errors.GatingError`."""
