@@ -171,7 +171,9 @@ def stuck_clusters(photons, sat, sigma, pixel_noise, *, snr=HOT_SNR, ratio=HOT_R
     share = np.float32(ratio * _neighbour_share(sigma))
     cross = sndi.generate_binary_structure(2, 1)
     h, w = p.shape
-    for k, sl in zip(small, (sndi.find_objects(lab)[i - 1] for i in small)):
+    objects = sndi.find_objects(lab)
+    for k in small:
+        sl = objects[k - 1]
         y0, x0 = max(sl[0].start - 2, 0), max(sl[1].start - 2, 0)
         y1, x1 = min(sl[0].stop + 2, h), min(sl[1].stop + 2, w)
         c = lab[y0:y1, x0:x1] == k
