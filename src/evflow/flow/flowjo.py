@@ -109,6 +109,11 @@ def read_flowjo(path, group: str | None = None, sample: str | None = None) -> Ga
         number); the message names the file, line and element.
     """
     p, root = _open(path)
+    return _read_sample(p, root, group, sample)
+
+
+def _read_sample(p, root, group, sample) -> GatingStrategy:
+    """:func:`read_flowjo` of a parsed workspace."""
     samples = _samples(p, root)
     groups = _groups(p, root)
     gname, sid = _choose(p, groups, samples, group, sample)
@@ -143,7 +148,7 @@ def workspace_sample(strategy, path, meta=None):
         if names & keys:
             group = getattr(strategy, "flowjo_group", None)
             members = _groups(p, root).get(group, (None, []))[1] if group else [sid]
-            return read_flowjo(source, group=group if sid in members else None, sample=sid)
+            return _read_sample(p, root, group if sid in members else None, sid)
     return None
 
 

@@ -237,7 +237,7 @@ def detect_spots(
         An image without spots gives an empty table with these columns.
         ``attrs``: ``noise``, ``threshold``, ``threshold_snr``, ``psf_sigma_px``,
         ``saturated_fraction``, ``n_hot_pixels``, ``crowding`` (share of vesicles expected within 2 PSF
-        sigmas of another at the detected density, :func:`evflow.imaging.field_qc.crowding`: above 0.1
+        sigmas of another at the density of all the detections, flagged ones included, :func:`evflow.imaging.field_qc.crowding`: above 0.1
         vesicles are found as one and the count is a lower bound), ...
     """
     from .camera import as_camera

@@ -318,7 +318,11 @@ def _open_tiff_fields(path, axes_override, t):
     return block, keep, meta
 
 
-def _open_bioio(path):
+def _open_bioio(path, axes_override=None, t=None):
+    """An ND2/CZI/LIF file through bioio as lazy (fields, t, channel, y, x) with what its metadata says of
+    them: the same (block, keep, meta) as :func:`_open_tiff_fields`.  Every scene (stage position) is a field,
+    as the series of an OME-TIFF; these formats have a time axis of their own, so more than one frame is a
+    time-lapse unless ``t`` is False; ``axes_override`` names the axes of one scene."""
     try:
         from bioio import BioImage
     except ImportError as exc:
@@ -330,7 +334,7 @@ def _open_bioio(path):
         img = BioImage(path)
         scenes = list(img.scenes) or [None]
         datas = []
-        for i in range(len(scenes)):  # every scene (stage position) is a field, as the series of an OME-TIFF
+        for i in range(len(scenes)):
             if scenes[i] is not None:
                 img.set_scene(i)
             datas.append(img.dask_data)  # T C Z Y X
@@ -344,14 +348,22 @@ def _open_bioio(path):
     if len(set(shapes)) != 1:
         raise ImageError(f"{path}: its scenes differ in shape (T, C, Z, Y, X) {dict(zip(scenes, shapes))}; "
                          "evflow reads scenes of one size as fields")
+    ax = axes_override or "TCZYX"
     if len(datas) == 1:
-        data, axes = datas[0], "TCZYX"
+        data = datas[0]
     else:
         import dask.array as da
 
-        data, axes = da.stack(datas), "PTCZYX"  # P: the scene, a field axis
-    return data, axes, {"px": float(px) * 1e3 if px else None, "channels": names, "n_scenes": len(datas),
-                        "interval": interval if interval and interval > 0 else None}
+        data, ax = da.stack(datas), "P" + ax  # P: the scene, a field axis
+    up = ax.upper()
+    keep = "T" in up and (t is True or (t is None and data.shape[up.index("T")] > 1))
+    block = _to_fields_t(data, ax, keep)
+    per_scene = block.shape[0] // len(datas)
+    meta = {"series": list(np.repeat(np.arange(len(datas)), per_scene)),
+            "position_um": [(np.nan, np.nan)] * block.shape[0], "px": float(px) * 1e3 if px else None,
+            "interval": interval if keep and interval and interval > 0 else None, "axes": ax,
+            "channels": names if len(names) == block.shape[2] else [], "colors": [""] * block.shape[2]}
+    return block, keep, meta
 
 
 def _to_fields(arr, axes):
@@ -474,25 +486,12 @@ def read_images(
                 where = str(item[0])
             else:
                 p = str(item)
-                if Path(p).suffix.lower() in BIOIO_SUFFIXES:
-                    data, ax, meta = _open_bioio(p)
-                    n_scenes, px, file_names = meta["n_scenes"], meta["px"], meta["channels"]
-                    if axes is not None:  # the axes of one scene
-                        ax = ("P" + axes) if n_scenes > 1 else axes
-                    # these formats have a time axis of their own: more than one frame is a time-lapse
-                    up = ax.upper()
-                    keep = "T" in up and (t is True or (t is None and data.shape[up.index("T")] > 1))
-                    block = _to_fields_t(data, ax, keep)
-                    if keep:
-                        interval = interval if interval is not None else meta["interval"]
-                    series_of = list(np.repeat(np.arange(n_scenes), block.shape[0] // n_scenes))
-                    file_colors = [""] * len(file_names)
-                else:
-                    block, keep, meta = _open_tiff_fields(p, axes, t)
-                    ax, px = meta["axes"], meta["px"]
-                    interval = interval if interval is not None else meta["interval"]
-                    series_of, positions = meta["series"], meta["position_um"]
-                    file_names, file_colors = meta["channels"], meta["colors"]
+                opener = _open_bioio if Path(p).suffix.lower() in BIOIO_SUFFIXES else _open_tiff_fields
+                block, keep, meta = opener(p, axes, t)
+                ax, px = meta["axes"], meta["px"]
+                interval = interval if interval is not None else meta["interval"]
+                series_of, positions = meta["series"], meta["position_um"]
+                file_names, file_colors = meta["channels"], meta["colors"]
                 nc = block.shape[2]
                 if nc > MAX_CHANNELS and (markers is None or len(markers) != nc):
                     raise ImageError(

@@ -254,7 +254,7 @@ def assemble(ctx) -> xr.Dataset:
         "failed": json.dumps(ctx.failures, sort_keys=True),
     })
     fj = {k: it["flowjo_check"] for k, it in ctx.flow_items.items() if it.get("flowjo_check")}
-    if fj:  # each gate's count beside FlowJo's stored count, for the workspace's own sample
+    if fj:  # each gate's count beside the count FlowJo stored, for the run's files that are workspace samples
         ds.attrs["flowjo_counts_check"] = json.dumps(fj, sort_keys=True, default=int)
     if ctx.image_items:
         from .imaging import detection_provenance
