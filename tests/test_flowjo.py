@@ -303,3 +303,25 @@ def test_a_sample_flowjo_gated_with_its_own_gate_is_flagged(fcs_dir, counted_wsp
     assert "counts differ from those FlowJo stored" in f2 and "Cells " in f2, f2
     assert "with the gates FlowJo drew for sample 'ev_01.fcs'" in f2
     assert sorted(json.loads(ds.attrs["flowjo_counts_check"])) == ["ev_01", "ev_02"]
+
+
+def test_flowjo_counts_check_on_a_real_bead_file(tmp_path):
+    """FlowCal's real bead file against the bead workspace with the counts FlowJo stores on each population
+    (FlowKit's reading of the same events): the run's file is recognised as the workspace's sample and every
+    gate agrees, and a count off by 1 % is flagged."""
+    from evflow.flow.flowjo import compare_flowjo_counts, workspace_sample
+
+    path = shared_path("beads", "flowcal", "sample001.fcs")
+    sample = evflow.read_fcs(path)
+    fks = fk.Sample(np.asarray(sample.linear_events()), sample_id="sample001.fcs", channel_labels=list(sample.channels))
+    ref = _flowkit_counts(BEADS, [fks], "Beads")
+    s = evflow.read_flowjo(_with_counts(BEADS, tmp_path / "beads.wsp", ref))
+    assert workspace_sample(s, path, sample.meta) is s and len(s.flowjo_counts) == 9
+    counts = s.apply(sample, backend="numpy").counts()
+    df = compare_flowjo_counts(s, counts, sample.n_events)
+    assert len(df) == 10 and not df["flagged"].any() and (df["difference"] == 0).all()
+    assert df.set_index("gate").loc["(all events)", "flowjo"] == 33024
+    off = {k: (int(v * 1.01) if k[1] == "Singlets" else v) for k, v in ref.items()}
+    s2 = evflow.read_flowjo(_with_counts(BEADS, tmp_path / "off.wsp", off))
+    df2 = compare_flowjo_counts(s2, counts, sample.n_events)
+    assert df2.loc[df2["flagged"], "gate"].tolist() == ["Singlets"]
