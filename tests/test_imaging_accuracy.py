@@ -115,8 +115,10 @@ def test_spotmax_labels_with_defaults():
     found = len(np.unique(hit[hit > 0]))
     n_lab = len(np.unique(lab[lab > 0]))
     assert n_lab == 81
-    # measured: recall 0.556, precision 0.549 (82 detections)
-    assert found / n_lab >= 0.50 and found / max(len(df), 1) >= 0.50
+    # measured: recall 0.556, precision 0.608 (74 detections); the cells' texture gives maxima that fit wider than
+    # twice the PSF, left out of the adaptive threshold's discoveries (before: precision 0.542, 83 detections)
+    assert df.attrs["threshold_wide_maxima"] > 50
+    assert found / n_lab >= 0.52 and found / max(len(df), 1) >= 0.58
 
 
 def test_deepstorm_emitters():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.ndimage as sndi
 import tifffile
@@ -312,3 +313,61 @@ def test_hot_pixels_on_real_cells_leave_the_count():
     assert t.attrs["n_hot_pixels"] >= 200 and len(hot) <= 2  # measured: 211 repaired, 1 counted
     # measured: 824 against 826, 815 of them kept
     assert abs(len(t) - len(clean)) <= 0.01 * len(clean) and len(kept) >= 0.98 * len(clean)
+
+
+def _blob_field(seed, sigma=10.0, amp=50000.0, bg=1000.0, n=256):
+    yy, xx = np.mgrid[:n, :n]
+    lam = bg + amp * np.exp(-((yy - n / 2) ** 2 + (xx - n / 2) ** 2) / (2 * sigma**2))
+    return np.random.default_rng(seed).poisson(lam).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_a_bright_blob_leaves_the_threshold_far_from_it(seed):
+    """A blob of sigma 10 px at 50x a background of 1,000 photons, on an empty field, is background-subtracted
+    (radius 5), and its slopes give the detection filter a ring of maxima 27-33 px off its centre that fit
+    2.2-3 PSF sigmas wide.  Counted as discoveries they lowered the adaptive threshold from 5 to 3.7 noise sigmas
+    and let in noise maxima everywhere (before: 9 and 6 spots more than 45 px off the blob).  The threshold is now
+    chosen without maxima fitted wider than 2 PSF sigmas (by half a CRLB); tiles agree with the whole field."""
+    from evflow.imaging._core import WIDE_FOR_THRESHOLD
+
+    img = _blob_field(seed)
+    t = evflow.detect_spots(img, psf_sigma_px=1.3)
+    assert t.attrs["background_radius_px"] == 5  # the case: subtracted
+    r = np.hypot(t["y"] - 128, t["x"] - 128)
+    assert (r > 45).sum() == 0, t[r > 45]
+    assert t.attrs["threshold_snr"] == 5.0 and t.attrs["threshold_wide_maxima"] > 5
+    assert "_wide_snr" not in t.attrs
+    # what stays is the ring itself: wide spots on the slope
+    assert (t["sigma"] > WIDE_FOR_THRESHOLD * 1.3).mean() > 0.8
+    tiled = evflow.detect_spots(img, psf_sigma_px=1.3, tile=64)
+    pd.testing.assert_frame_equal(t, tiled)
+    assert tiled.attrs["threshold_snr"] == t.attrs["threshold_snr"]
+
+
+@pytest.mark.parametrize("radius", [None, 5])
+def test_wide_maxima_leave_a_field_of_vesicles_alone(monkeypatch, radius):
+    """On a synthetic field of PSF-wide vesicles at SNR 3 (adaptive threshold well under 5), unsubtracted or
+    background-subtracted, the refinement changes nothing: the same spots as with no maximum ever counted wide."""
+    from evflow import synth
+
+    s = synth.tirf((256, 256), markers=["A"], n_vesicles=150, peak_snr=3, camera="ideal", chromatic_shift=False,
+                   min_separation_px=5, seed=5)
+    img = s.images.values[0, 0].astype(np.float32)
+    t = evflow.detect_spots(img, psf_sigma_px=1.3, background_radius_px=radius)
+    monkeypatch.setattr("evflow.imaging._core.WIDE_FOR_THRESHOLD", 1e9)
+    ref = evflow.detect_spots(img, psf_sigma_px=1.3, background_radius_px=radius)
+    assert t.attrs["threshold_snr"] < 4.5 and len(t) >= 130
+    assert ref.attrs["threshold_wide_maxima"] == 0
+    pd.testing.assert_frame_equal(t, ref)
+
+
+def test_an_unstructured_field_keeps_the_threshold_of_all_its_maxima():
+    """The real hybiss field with sigma 1.3 given is not background-subtracted; its 33 maxima fitted 3.5-4 PSF
+    sigmas wide (bright amplicon clusters) stay among the threshold's discoveries (4.7 noise sigmas; without
+    them 5.0, and 15 spots fewer)."""
+    img = _hybiss().astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = evflow.detect_spots(img, psf_sigma_px=1.3)
+    assert t.attrs["background_radius_px"] is None and t.attrs["threshold_wide_maxima"] == 0
+    assert t.attrs["threshold_snr"] == pytest.approx(4.7) and len(t) == 298

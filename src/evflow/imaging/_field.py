@@ -108,8 +108,13 @@ def _detect_region(photons, responses, sat, invalid, name, sig, ninfo, thr_snr, 
     out["border"] = (gy < hw) | (gy >= H - hw) | (gx < hw) | (gx >= W - hw)
     out = out.reset_index(drop=True)
     n_narrow = n_wide = 0
+    wide_snr = ()
     if not unfixed and o["fit"] and o["fit_sigma"] and len(out):
         ps, fs = out["scale_sigma"].to_numpy(), out["sigma"].to_numpy()
+        from ._core import WIDE_FOR_THRESHOLD
+
+        wide_fit = fs - 0.5 * np.nan_to_num(out["crlb_sigma"].to_numpy(), nan=np.inf) > WIDE_FOR_THRESHOLD * ps
+        wide_snr = tuple(float(v) for v in out["snr"].to_numpy()[wide_fit])
         cr = 2.0 * np.nan_to_num(out["crlb_sigma"].to_numpy(), nan=np.inf)
         conv = out["fit_status"].to_numpy() == 0
         narrow = conv & (fs + cr < o["min_sigma_ratio"] * ps)
@@ -133,6 +138,7 @@ def _detect_region(photons, responses, sat, invalid, name, sig, ninfo, thr_snr, 
             "background_radius_px": o["background_radius_px"],
             "psf_sigma_source": o.get("psf_sigma_source", "given"),
             "psf_sigma_estimate": o.get("psf_sigma_estimate"),
+            "_wide_snr": wide_snr,  # SNRs of the maxima fitted wide, taken out by _core._refine_threshold
         }
     )
     return out

@@ -24,6 +24,7 @@ from ._core import (
     _min_distance,
     _noise_info,
     _noise_sample_scale,
+    _refine_threshold,
     _responses,
     _sigmas,
     _skew,
@@ -130,13 +131,15 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
         e, ph, sat, invalid, hot, resp, bg = tile_data(c)
         out_parts.append(_detect_region(ph, resp, sat, invalid, name, sig, ninfo, thr_snr, o,
                                           origin=(e[0], e[2]), field_shape=(H, W), core=local(c, e), bg=bg))
-    attrs = dict(out_parts[0].attrs)
+    wide_snr = sum((p.attrs.pop("_wide_snr") for p in out_parts), ())  # before concat compares the attrs
+    attrs = dict(out_parts[0].attrs, _wide_snr=wide_snr)
     for key in ("n_rejected_narrow", "n_rejected_wide"):
         attrs[key] = int(sum(p.attrs.get(key, 0) for p in out_parts))
     nonempty = [p for p in out_parts if len(p)]
     out = pd.concat(nonempty or out_parts[:1], ignore_index=True)
     out = out.sort_values(["y_peak", "x_peak"], kind="stable").reset_index(drop=True)  # row-major, as a whole field
     out.attrs.update(attrs)
+    out = _refine_threshold(out, parts, thr_snr, H * W, o, sig)
     _finish_attrs(out, None, None, H * W, n_sat=n_sat, n_hot=n_hot)
     out.attrs.update({"tile": tile, "halo": halo, "n_tiles": len(cores)})
     return out

@@ -65,6 +65,7 @@ from ._core import (  # noqa: F401  (the detection primitives, importable from h
     _noise_info,
     _noise_sample,
     _noise_sample_scale,
+    _refine_threshold,
     _resolve_ties,
     _responses,
     _sigmas,
@@ -238,7 +239,11 @@ def detect_spots(
         ``attrs``: ``noise``, ``threshold``, ``threshold_snr``, ``psf_sigma_px``,
         ``saturated_fraction``, ``n_hot_pixels``, ``crowding`` (share of vesicles expected within 2 PSF
         sigmas of another at the density of all the detections, flagged ones included, :func:`evflow.imaging.field_qc.crowding`: above 0.1
-        vesicles are found as one and the count is a lower bound), ...
+        vesicles are found as one and the count is a lower bound),
+        ``threshold_wide_maxima`` (maxima whose free fit is wider than twice the
+        PSF, left out when the adaptive threshold counts its discoveries: smooth
+        structure such as a bright blob's slopes, which would otherwise lower the
+        threshold for the whole field), ...
     """
     from .camera import as_camera
 
@@ -321,8 +326,10 @@ def _detect_whole(image, name, psf_sigma_px, o):
             break
         radius = auto_background_radius(sig)
     o["skew"] = _skew(sig, pnoise, fill, o)
-    thr_snr = _field_threshold([_extrema_region(resp, ninfo, sig, name, bg, None, o, field_shape=(H, W))], H * W, o, sig)
+    parts = [_extrema_region(resp, ninfo, sig, name, bg, None, o, field_shape=(H, W))]
+    thr_snr = _field_threshold(parts, H * W, o, sig)
     out = _detect_region(ph, resp, sat, invalid, name, sig, ninfo, thr_snr, o, origin=(0, 0), field_shape=(H, W),
                          bg=bg)
+    out = _refine_threshold(out, [p for p in parts if p is not None], thr_snr, H * W, o, sig)
     _finish_attrs(out, sat, hot, H * W)
     return out, ph
