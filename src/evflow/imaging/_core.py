@@ -302,13 +302,15 @@ def _refine_threshold(out, parts, thr_snr, n_pixels, o, sig):
     are background-subtracted (structured), whose residue of structure gives such maxima: on the real spotmax
     cells the texture's are (F1 0.549 to 0.581).  An unstructured field keeps the threshold of all its maxima
     (on the real hybiss field with sigma 1.3 given, 33 maxima fitted 3.5-4 PSF sigmas wide, bright amplicon
-    clusters, would move it from 4.7 to 5.0 and drop 15 spots).  ``attrs['threshold_wide_maxima']`` says how many were left out.
+    clusters, would move it from 4.7 to 5.0 and drop 15 spots).  ``attrs['threshold_wide_maxima']`` says how
+    many maxima were left out (0 where nothing was: a manual or fixed-rule threshold, an unstructured field).
     """
     wide = np.asarray(out.attrs.pop("_wide_snr", ()), np.float64)
-    if o["background_radius_px"] is None:  # an unstructured field: its maxima are counted as they are
+    adaptive = bool(parts) and o["threshold"] is None and o["threshold_rule"] == "adaptive"
+    if not adaptive or o["background_radius_px"] is None:
         wide = wide[:0]
-    out.attrs["threshold_wide_maxima"] = int(wide.size) if parts else 0
-    if not wide.size or not parts or o["threshold"] is not None or o["threshold_rule"] != "adaptive":
+    out.attrs["threshold_wide_maxima"] = int(wide.size)
+    if not wide.size:
         return out
     kept = [(p[0][~np.isin(np.asarray(p[0], np.float64), wide)],) + tuple(p[1:]) for p in parts]
     thr = max(_field_threshold(kept, n_pixels, o, sig), float(thr_snr))

@@ -240,10 +240,10 @@ def detect_spots(
         ``saturated_fraction``, ``n_hot_pixels``, ``crowding`` (share of vesicles expected within 2 PSF
         sigmas of another at the density of all the detections, flagged ones included, :func:`evflow.imaging.field_qc.crowding`: above 0.1
         vesicles are found as one and the count is a lower bound),
-        ``threshold_wide_maxima`` (maxima whose free fit is wider than twice the
-        PSF, left out when the adaptive threshold counts its discoveries: smooth
-        structure such as a bright blob's slopes, which would otherwise lower the
-        threshold for the whole field), ...
+        ``threshold_wide_maxima`` (on a background-subtracted field, maxima whose
+        free fit is wider than twice the PSF, left out when the adaptive threshold
+        counts its discoveries: smooth structure such as a bright blob's slopes,
+        which would otherwise lower the threshold for the whole field), ...
     """
     from .camera import as_camera
 
