@@ -139,6 +139,13 @@ MIN_SIGMA_RATIO = 0.5
 MAX_SIGMA_RATIO = 2.5
 
 
+#: photon test (with the shape test's ``max_sigma_ratio``): the detection filter's response equals an isolated
+#: PSF spot's photons, so a fit whose photons exceed PHOTON_EXCESS x the response by more than
+#: PHOTON_EXCESS_CRLB of their CRLBs took in a slope or a structure, not a vesicle
+PHOTON_EXCESS = 3.0
+PHOTON_EXCESS_CRLB = 3.0
+
+
 def _check_choice(value, choices, keyword):
     if value not in choices:
         raise ConfigError(f"detect_spots: {keyword} must be one of {', '.join(map(repr, choices))}, got {value!r}")

@@ -107,21 +107,29 @@ def _detect_region(photons, responses, sat, invalid, name, sig, ninfo, thr_snr, 
     gy, gx = yy + oy, xx + ox
     out["border"] = (gy < hw) | (gy >= H - hw) | (gx < hw) | (gx >= W - hw)
     out = out.reset_index(drop=True)
-    n_narrow = n_wide = 0
+    n_narrow = n_wide = n_excess = 0
     wide_snr = ()
-    if not unfixed and o["fit"] and o["fit_sigma"] and len(out):
-        ps, fs = out["scale_sigma"].to_numpy(), out["sigma"].to_numpy()
-        from ._core import WIDE_FOR_THRESHOLD
+    if not unfixed and o["fit"] and len(out):
+        from ._core import PHOTON_EXCESS, PHOTON_EXCESS_CRLB, WIDE_FOR_THRESHOLD
 
-        wide_fit = fs - 0.5 * np.nan_to_num(out["crlb_sigma"].to_numpy(), nan=np.inf) > WIDE_FOR_THRESHOLD * ps
-        wide_snr = tuple(float(v) for v in out["snr"].to_numpy()[wide_fit])
-        cr = 2.0 * np.nan_to_num(out["crlb_sigma"].to_numpy(), nan=np.inf)
-        conv = out["fit_status"].to_numpy() == 0
-        narrow = conv & (fs + cr < o["min_sigma_ratio"] * ps)
-        wide = conv & (fs - 0.5 * cr > o["max_sigma_ratio"] * ps) if o["max_sigma_ratio"] else np.zeros(len(out), bool)
-        n_narrow, n_wide = int(narrow.sum()), int(wide.sum())
-        if n_narrow or n_wide:
-            out = out[~(narrow | wide)].reset_index(drop=True)
+        none = np.zeros(len(out), bool)
+        # the photon test: far more photons in the fit than the filter's response of a PSF spot (a slope, a
+        # structure); fits on a bound have NaN photons and are left alone
+        excess = (out["photons"].to_numpy() - PHOTON_EXCESS * out["response"].to_numpy()
+                  > PHOTON_EXCESS_CRLB * out["crlb_photons"].to_numpy()) if o["max_sigma_ratio"] else none
+        narrow = wide = wide_fit = none
+        if o["fit_sigma"]:
+            ps, fs = out["scale_sigma"].to_numpy(), out["sigma"].to_numpy()
+            wide_fit = fs - 0.5 * np.nan_to_num(out["crlb_sigma"].to_numpy(), nan=np.inf) > WIDE_FOR_THRESHOLD * ps
+            cr = 2.0 * np.nan_to_num(out["crlb_sigma"].to_numpy(), nan=np.inf)
+            conv = out["fit_status"].to_numpy() == 0
+            narrow = conv & (fs + cr < o["min_sigma_ratio"] * ps)
+            wide = conv & (fs - 0.5 * cr > o["max_sigma_ratio"] * ps) if o["max_sigma_ratio"] else none
+        wide_snr = tuple(float(v) for v in out["snr"].to_numpy()[wide_fit | excess])
+        excess = excess & ~(narrow | wide)
+        n_narrow, n_wide, n_excess = int(narrow.sum()), int(wide.sum()), int(excess.sum())
+        if n_narrow or n_wide or n_excess:
+            out = out[~(narrow | wide | excess)].reset_index(drop=True)
     out.attrs.update(
         {
             "noise": [float(v[0]) for v in ninfo],
@@ -135,6 +143,7 @@ def _detect_region(photons, responses, sat, invalid, name, sig, ninfo, thr_snr, 
             "shape": (int(H), int(W)),
             "n_rejected_narrow": n_narrow,
             "n_rejected_wide": n_wide,
+            "n_rejected_photons": n_excess,
             "background_radius_px": o["background_radius_px"],
             "psf_sigma_source": o.get("psf_sigma_source", "given"),
             "psf_sigma_estimate": o.get("psf_sigma_estimate"),

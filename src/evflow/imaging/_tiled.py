@@ -133,7 +133,7 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
                                           origin=(e[0], e[2]), field_shape=(H, W), core=local(c, e), bg=bg))
     wide_snr = sum((p.attrs.pop("_wide_snr") for p in out_parts), ())  # before concat compares the attrs
     attrs = dict(out_parts[0].attrs, _wide_snr=wide_snr)
-    for key in ("n_rejected_narrow", "n_rejected_wide"):
+    for key in ("n_rejected_narrow", "n_rejected_wide", "n_rejected_photons"):
         attrs[key] = int(sum(p.attrs.get(key, 0) for p in out_parts))
     nonempty = [p for p in out_parts if len(p)]
     out = pd.concat(nonempty or out_parts[:1], ignore_index=True)
