@@ -225,9 +225,13 @@ def _snr(responses, noise_info, name, bg, origin=(0, 0), block_px=NOISE_BLOCK_PX
     return best, best_r, idx
 
 
-def _finish_attrs(out, sat, hot, n_pixels, n_sat=None, n_hot=None):
+def _finish_attrs(out, sat, hot, n_pixels, n_sat=None, n_hot=None, *, ninfo, sig, fill, camera):
+    from .noise import photon_noise_excess
+
     out.attrs["saturated_fraction"] = float((sat.sum() if n_sat is None else n_sat) / n_pixels)
     out.attrs["n_hot_pixels"] = int(hot.sum() if n_hot is None else n_hot)
+    # the first scale's noise over photon statistics at the field's median photons (NaN without a camera)
+    out.attrs["noise_excess"] = photon_noise_excess(ninfo[0][0], float(sig[0]), fill, camera)
     from .field_qc import crowding  # the detections' crowding (a lower bound of the field's; QC flag above 0.1)
 
     out.attrs["crowding"] = crowding(len(out), n_pixels, min(out.attrs.get("psf_sigma_px") or [1.5]))

@@ -140,6 +140,6 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
     out = out.sort_values(["y_peak", "x_peak"], kind="stable").reset_index(drop=True)  # row-major, as a whole field
     out.attrs.update(attrs)
     out = _refine_threshold(out, parts, thr_snr, H * W, o, sig)
-    _finish_attrs(out, None, None, H * W, n_sat=n_sat, n_hot=n_hot)
+    _finish_attrs(out, None, None, H * W, n_sat=n_sat, n_hot=n_hot, ninfo=ninfo, sig=sig, fill=fill, camera=o["camera"])
     out.attrs.update({"tile": tile, "halo": halo, "n_tiles": len(cores)})
     return out

@@ -53,6 +53,12 @@ class Camera:
         """Read-noise variance in photons^2 (the EM gain divides it out)."""
         return (self.read_noise_e / (self.em_gain * self.qe)) ** 2
 
+    @property
+    def excess_variance(self) -> float:
+        """Excess noise factor F^2 of the EM register, ``2 - 1 / em_gain``: 1 for sCMOS and CCD cameras, about 2
+        at high EM gain (the photon noise's variance is multiplied by it)."""
+        return 2.0 - 1.0 / self.em_gain
+
     def to_photons(self, adu, xp=None):
         """Convert counts (ADU) to photons (float32); works on NumPy, CuPy and dask arrays."""
         import numpy as np

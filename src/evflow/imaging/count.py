@@ -231,7 +231,7 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
         kw.update({k: v[m] for k, v in detect_kwargs.items() if k in PER_CHANNEL and isinstance(v, Mapping) and m in v})
         df = detect_spots(photons[c], psf_sigma_px=float(sig[c]), flat=flat_c[c], **kw)
         info[m] = {"threshold": df.attrs.get("threshold"), "saturated_fraction": df.attrs.get("saturated_fraction"),
-                   "psf_sigma_px": df.attrs.get("psf_sigma_px")}
+                   "psf_sigma_px": df.attrs.get("psf_sigma_px"), "noise": df.attrs.get("noise")}
         bad = np.zeros(len(df), bool)
         for col in FLAGS_EXCLUDED:
             if col in df:
@@ -279,8 +279,8 @@ def phenotype_field(field, markers, *, registration=None, thresholds=None, psf_s
     secs["colocalise"] = perf_counter() - t0
     out.attrs["n_flagged"] = n_flagged
     out.attrs["seconds"] = secs
-    out.attrs["detection"] = info  # per marker: n_spots, threshold, saturated_fraction, psf_sigma_px, match_distance_px,
-    # spot_width
+    out.attrs["detection"] = info  # per marker: n_spots, threshold, saturated_fraction, psf_sigma_px, noise,
+    # match_distance_px, spot_width
     return out
 
 

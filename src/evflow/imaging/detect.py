@@ -245,6 +245,11 @@ def detect_spots(
         ``saturated_fraction``, ``n_hot_pixels``, ``crowding`` (share of vesicles expected within 2 PSF
         sigmas of another at the density of all the detections, flagged ones included, :func:`evflow.imaging.field_qc.crowding`: above 0.1
         vesicles are found as one and the count is a lower bound),
+        ``noise_excess`` (with a ``camera``: the filter's measured noise over
+        photon statistics at the field's median photons,
+        :func:`~evflow.imaging.noise.photon_noise_excess`; well above 1, a
+        crowded field whose count is a lower bound, a structured background or
+        a wrong camera model; NaN without a camera),
         ``threshold_wide_maxima`` (on a background-subtracted field, maxima whose
         free fit is wider than twice the PSF, left out when the adaptive threshold
         counts its discoveries: smooth structure such as a bright blob's slopes,
@@ -336,5 +341,5 @@ def _detect_whole(image, name, psf_sigma_px, o):
     out = _detect_region(ph, resp, sat, invalid, name, sig, ninfo, thr_snr, o, origin=(0, 0), field_shape=(H, W),
                          bg=bg)
     out = _refine_threshold(out, [p for p in parts if p is not None], thr_snr, H * W, o, sig)
-    _finish_attrs(out, sat, hot, H * W)
+    _finish_attrs(out, sat, hot, H * W, ninfo=ninfo, sig=sig, fill=fill, camera=o["camera"])
     return out, ph

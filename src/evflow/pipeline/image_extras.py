@@ -96,6 +96,8 @@ def add_image_extras(ds, ctx, names, n_fov, chans):
                                    "the sample's median; registration: residual > {registration:g} px; background: "
                                    "> {background:g} x median; sparse: density < {sparse:g} x median; wide_spots: median fitted "
                                    "spot sigma > {wide_spots:g} x psf_sigma_px (out of focus, or the PSF stated too narrow); crowded: "
-                                   "> {crowded:g} of vesicles expected within 2 PSF sigmas of another (count a lower bound)"
+                                   "> {crowded:g} of vesicles expected within 2 PSF sigmas of another (count a lower bound); noisy: "
+                                   "detection noise > {noisy:g} x photon statistics (crowded beyond what crowding sees, "
+                                   "a structured background, or a wrong camera model; with imaging.camera_gain stated)"
                                    ).format(**QC_LIMITS)
     return ds

@@ -381,7 +381,8 @@ def analyse_photons(field, img_s, registration=None, thresholds=None, backend="n
 
     det = (ds.attrs.get("detection") or [{}])[0]
     qc = field_metrics(ph, chans, det, saturation=saturation, psf_sigma_px=float(img_s.get("psf_sigma_px", 1.3)),
-                       pixel_size_nm=img_s.get("pixel_size_nm") or im.attrs.get("pixel_size_nm"))
+                       pixel_size_nm=img_s.get("pixel_size_nm") or im.attrs.get("pixel_size_nm"),
+                       camera=camera_of(img_s) if "camera_gain" in img_s else None)  # photon statistics: gain stated
     stage = [float(im.coords[f"stage_{a}_um"].values[0]) if f"stage_{a}_um" in im.coords else float("nan")
              for a in "xy"]
     steps.update(check=max(t_count - sum(steps.values()), 0.0), refit=t_refit, qc=time.perf_counter() - t0)

@@ -293,12 +293,13 @@ def imaging_qc_parts(ds, *, esc, table, png, img) -> list:
                 for c, ch in enumerate(ds["image_channel"].values):
                     q = [float(ds[f"image_qc_{m}"].values[i, f, c]) for m in
                          ("density_per_um2", "background", "noise", "threshold", "saturated_fraction", "focus",
-                          "spot_width", "crowding", "registration_residual_px")]
+                          "spot_width", "crowding", "noise_excess", "registration_residual_px")]
                     fl = ", ".join(n for n in flags if bool(ds[f"image_qc_flag_{n}"].values[i, f, c]))
                     qrows.append([str(s), int(f), str(ch)] + q + [fl])
         parts.append("<details><summary>Per-field QC (" + str(len(qrows)) + " rows)</summary>"
                      + table(qrows, ["sample", "fov", "channel", "spots/um^2", "background", "noise", "threshold",
-                                     "saturated", "focus", "spot width", "crowding", "registration (px)", "flags"],
+                                     "saturated", "focus", "spot width", "crowding", "noise excess",
+                                     "registration (px)", "flags"],
                                      left=3)
                      + "</details>")
     return parts
