@@ -121,3 +121,38 @@ def test_field_beyond_the_file_is_an_image_error(tmp_path):
     _chip(path, 2, seed=4)
     with pytest.raises(ImageError, match="holds 2 fields, field 5"):
         read_field(FieldPath(path, field=5, n_fields=2), IMG_S)
+
+
+def test_photon_noise_in_a_run_is_the_kernels_with_the_camera_in_photons(tmp_path):
+    """``noise_model = "photon"``: the field stage passes the camera model (in photons) to detection, and its
+    table equals the kernels' given the same; the QC's noise_excess is there because the gain is stated."""
+    from evflow.imaging.camera import Camera
+    from evflow.imaging.count import phenotype_field
+    from evflow.pipeline.imaging import field_item
+
+    path = tmp_path / "chip.ome.tif"
+    raw = _chip(path, 2, seed=5)
+    img_s = dict(IMG_S, noise_model="photon")
+    cam = Camera(offset=100.0, gain=2.0)
+    for k, fp in enumerate(_fields(path, 2)):
+        it = field_item(fp, img_s=img_s, registration=None, thresholds=None, backend="numpy")
+        kt = phenotype_field(cam.to_photons(raw[k]), MARKERS, psf_sigma_px=1.3, merge_radius_px=1.5,
+                             detect_kwargs={"false_positives": 0.1, "exclude_border_px": 2, "noise": "photon",
+                                            "camera": cam.in_photons(),
+                                            "saturation": float((65535 - 100.0) / 2.0)})
+        assert len(kt) > 5
+        np.testing.assert_array_equal(it["bitmask"], kt["bitmask"].to_numpy())
+        np.testing.assert_array_equal(it["y"], kt["y"].to_numpy())
+        assert all(0.9 < v < 1.3 for v in it["qc"]["noise_excess"]), it["qc"]["noise_excess"]
+
+
+def test_photon_noise_needs_the_camera_gain_in_the_experiment(tmp_path):
+    from evflow.errors import ConfigError
+    from evflow.pipeline import load_experiment
+
+    path = tmp_path / "chip.ome.tif"
+    _chip(path, 1)
+    (tmp_path / "exp.toml").write_text('[imaging]\nchannels = ["CD9", "CD63", "CD81"]\nnoise_model = "photon"\n\n'
+                                       '[[samples]]\nname = "S1"\nimages = ["chip.ome.tif"]\n')
+    with pytest.raises(ConfigError, match=r"imaging.noise_model.*photon.*imaging.camera_gain"):
+        load_experiment(tmp_path / "exp.toml")

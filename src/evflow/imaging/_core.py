@@ -122,7 +122,7 @@ FLAG_COLUMNS = ("saturated", "masked", "border")
 NOISE_BLOCK_PX = 32
 
 
-NOISE_MODELS = ("local", "global")
+NOISE_MODELS = ("local", "global", "photon")
 
 
 THRESHOLD_RULES = ("adaptive", "false_positives")
@@ -183,13 +183,39 @@ def _noise_info(samples, sig, shape, noise_model, block_px, pixel_noise=None):
     return out
 
 
+def _measured(noise):
+    """The measured noise model behind ``noise`` (``'photon'`` still measures: the structure test and
+    ``attrs['noise_excess']`` need the measurement)."""
+    return "local" if noise == "photon" else noise
+
+
+def _photon_noise(sig, fill, camera):
+    """Per scale: the noise of ``noise='photon'``, photon statistics of the camera model instead of a measurement.
+
+    The filter's response to white noise of variance ``F^2 b + read variance`` at each pixel's background ``b``
+    (a variance model ``a + c b`` with no excess blocks), and at the field's median photons ``fill`` for the
+    field's number.  Spots cannot raise it, so a crowded field keeps the noise of its background."""
+    from .noise import propagated_noise
+
+    f2, rv = float(camera.excess_variance), float(camera.readout_var_photons)
+    out = []
+    for s in sig:
+        k2 = propagated_noise(float(s), 1.0) ** 2
+        nz = float(np.sqrt(k2 * (f2 * max(float(fill), 0.0) + rv)))
+        if not nz > 0:
+            raise ImageError(f"noise='photon': the field's median is {fill:g} photons and the camera has no read "
+                             "noise, so photon statistics give no noise (offset not subtracted, or an empty field?)")
+        out.append((nz, (k2 * rv, k2 * f2, {})))
+    return out
+
+
 def _responses(det, sig, name):
     return [dog_filter(det, float(s), backend=name) for s in sig]
 
 
 def _background_level(ph, sig, o, name):
-    """Background map of the local noise model (None for the global one)."""
-    if o["noise"] != "local":
+    """Background map of the local and photon noise models (None for the global one)."""
+    if o["noise"] == "global":
         return None
     from ..backend import get_ndi
     from .noise import background_level

@@ -21,9 +21,11 @@ from ._core import (
     _extrema_region,
     _field_threshold,
     _finish_attrs,
+    _measured,
     _min_distance,
     _noise_info,
     _noise_sample_scale,
+    _photon_noise,
     _refine_threshold,
     _responses,
     _sigmas,
@@ -113,9 +115,11 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
             n_hot += int(hot[core].sum())
         if n_wide >= MIN_NOISE_SHARE * H * W:
             samples = samples_wide
-        ninfo = _noise_info(samples, sig, (H, W), o["noise"], o["block"], pnoise)
+        ninfo = measured = _noise_info(samples, sig, (H, W), _measured(o["noise"]), o["block"], pnoise)
         if auto and not _structured(ninfo):
             break
+    if o["noise"] == "photon":  # as the whole field: measured for the subtraction, photon statistics for the noise
+        ninfo = _photon_noise(sig, fill, o["camera"])
     # pass 2: extrema for the adaptive threshold
     parts = []
     if o["threshold"] is None and o["threshold_rule"] == "adaptive":
@@ -140,6 +144,7 @@ def detect_tiled(image, tile, kind, name, psf_sigma_px, o):
     out = out.sort_values(["y_peak", "x_peak"], kind="stable").reset_index(drop=True)  # row-major, as a whole field
     out.attrs.update(attrs)
     out = _refine_threshold(out, parts, thr_snr, H * W, o, sig)
-    _finish_attrs(out, None, None, H * W, n_sat=n_sat, n_hot=n_hot, ninfo=ninfo, sig=sig, fill=fill, camera=o["camera"])
+    _finish_attrs(out, None, None, H * W, n_sat=n_sat, n_hot=n_hot, ninfo=measured, sig=sig, fill=fill,
+                  camera=o["camera"])
     out.attrs.update({"tile": tile, "halo": halo, "n_tiles": len(cores)})
     return out

@@ -59,6 +59,12 @@ class Camera:
         at high EM gain (the photon noise's variance is multiplied by it)."""
         return 2.0 - 1.0 / self.em_gain
 
+    def in_photons(self) -> Camera:
+        """The same camera for images already in photons: ``to_photons`` keeps them, and the read noise and EM
+        excess that photon statistics need (``noise='photon'``, ``noise_excess``) stay."""
+        return Camera(offset=0.0, gain=1.0 / (self.em_gain * self.qe), em_gain=self.em_gain,
+                      read_noise_e=self.read_noise_e, qe=self.qe)
+
     def to_photons(self, adu, xp=None):
         """Convert counts (ADU) to photons (float32); works on NumPy, CuPy and dask arrays."""
         import numpy as np

@@ -61,10 +61,12 @@ from ._core import (  # noqa: F401  (the detection primitives, importable from h
     _field_threshold,
     _finish_attrs,
     _mad_sigma,
+    _measured,
     _min_distance,
     _noise_info,
     _noise_sample,
     _noise_sample_scale,
+    _photon_noise,
     _refine_threshold,
     _resolve_ties,
     _responses,
@@ -185,12 +187,18 @@ def detect_spots(
         on a structured field (blocks noisier than the local noise model
         explains, :data:`STRUCTURED_BLOCKS`), with :func:`auto_background_radius` (ceil(3.5 sigma));
         ``attrs['background_radius_px']`` says which.  None: never.
-    noise : {'local', 'global'}
+    noise : {'local', 'global', 'photon'}
         Noise model of the filter response: ``'local'`` a map from blocks of
         ``noise_block_px`` (fields at least two blocks wide; smaller ones use
         the field's number), ``'global'`` one number per field.  Both are
         robust (:func:`evflow.imaging.noise.robust_noise`: pixels near
-        candidate spots are left out, iterated).
+        candidate spots are left out, iterated), but spots that leave no
+        spot-free area raise them (``attrs['noise_excess']``).  ``'photon'``
+        (needs ``camera``): photon statistics of the camera model at each
+        pixel's background instead of a measurement, which crowded fields
+        cannot raise (1,500 vesicles per 256x256 px: 716 found instead of
+        361, precision 0.96); it trusts the camera model and sees no
+        structure (cells, stripes), so it suits clean chips.
     noise_block_px : int
         Block size (px) of the local noise map.
     threshold_rule : {'adaptive', 'false_positives'}
@@ -273,6 +281,10 @@ def detect_spots(
 
         flat = normalise_flat(flat, shape=tuple(image.shape))
     _check_choice(noise, NOISE_MODELS, "noise")
+    if noise == "photon" and camera is None:
+        raise ConfigError("detect_spots: noise='photon' takes the noise from photon statistics and needs the "
+                          "camera model (camera=...: gain, em_gain, read_noise_e; for images already in photons, "
+                          "camera.in_photons())")
     _check_choice(threshold_rule, THRESHOLD_RULES, "threshold_rule")
     _check_choice(hot_pixels, HOT_PIXEL_RULES, "hot_pixels")
     if isinstance(noise_block_px, bool) or not isinstance(noise_block_px, (int, np.integer)) or noise_block_px < 16:
@@ -331,15 +343,18 @@ def _detect_whole(image, name, psf_sigma_px, o):
         resp = _responses(_detection_image(ph, o["background_radius_px"], name), sig, name)
         samples = [[_noise_sample_scale(r, s, name, (0, 0), _stride(H * W), None, valid, bg)
                     for r, s in zip(resp, sig)]]
-        ninfo = _noise_info(samples, sig, (H, W), o["noise"], o["block"], pnoise)
+        ninfo = _noise_info(samples, sig, (H, W), _measured(o["noise"]), o["block"], pnoise)
+        measured = ninfo
         if auto and not _structured(ninfo):
             break
         radius = auto_background_radius(sig)
+    if o["noise"] == "photon":  # the measurement chose the background subtraction; photon statistics the noise
+        ninfo = _photon_noise(sig, fill, o["camera"])
     o["skew"] = _skew(sig, pnoise, fill, o)
     parts = [_extrema_region(resp, ninfo, sig, name, bg, None, o, field_shape=(H, W))]
     thr_snr = _field_threshold(parts, H * W, o, sig)
     out = _detect_region(ph, resp, sat, invalid, name, sig, ninfo, thr_snr, o, origin=(0, 0), field_shape=(H, W),
                          bg=bg)
     out = _refine_threshold(out, [p for p in parts if p is not None], thr_snr, H * W, o, sig)
-    _finish_attrs(out, sat, hot, H * W, ninfo=ninfo, sig=sig, fill=fill, camera=o["camera"])
+    _finish_attrs(out, sat, hot, H * W, ninfo=measured, sig=sig, fill=fill, camera=o["camera"])
     return out, ph

@@ -94,7 +94,8 @@ DETECTION_KEYS = {
                                     "table marker -> photons (channels not in it: automatic)"),
     "saturation_adu": (_NUM, None, "ADU", "the raw level at which pixels saturate (default: the TIFF's dtype maximum)"),
     "hot_pixels": (str, "repair", "", "repair or keep (single hot/cold pixels)"),
-    "noise_model": (str, "local", "", "local or global (noise of the detection filter)"),
+    "noise_model": (str, "local", "", "local, global or photon (noise of the detection filter; photon: photon "
+                    "statistics of the camera model, needs camera_gain)"),
     "threshold_rule": (str, "adaptive", "", "adaptive or false_positives (automatic detection threshold)"),
     "background_radius_px": ((int, str), "auto", "px", "a radius (px), 'auto' or 'none'"),
     "flat_field": (str, None, "", "'estimate' or a TIFF file of the flat, (y, x) or (channel, y, x)"),
@@ -114,10 +115,14 @@ PER_CHANNEL_KEYS = ("detection_threshold_photons", "false_positives")
 
 def _check_detection(img_s, src, resolve, check_files, problems):
     """The spot-detection keys of ``[imaging]``; a relative ``flat_field`` file is resolved in place."""
-    for key, choices in (("hot_pixels", ("repair", "keep")), ("noise_model", ("local", "global")),
+    for key, choices in (("hot_pixels", ("repair", "keep")), ("noise_model", ("local", "global", "photon")),
                          ("threshold_rule", ("adaptive", "false_positives"))):
         if isinstance(img_s.get(key), str) and img_s[key] not in choices:
             problems.append(f"{src}: 'imaging.{key}' is {img_s[key]!r}, expected one of {', '.join(choices)}")
+    if img_s.get("noise_model") == "photon" and "camera_gain" not in img_s:
+        problems.append(f"{src}: 'imaging.noise_model' is 'photon', which takes the noise from photon statistics "
+                        "and needs the camera model: set 'imaging.camera_gain' (ADU per electron), and "
+                        "camera_em_gain / camera_read_noise_e where they apply")
     br = img_s.get("background_radius_px")
     if (isinstance(br, str) and br not in ("auto", "none")) or (isinstance(br, int) and not isinstance(br, bool)
                                                                 and br < 1):

@@ -119,6 +119,8 @@ def _detect_kwargs(img_s, backend):
     for key, kwarg in (("hot_pixels", "hot_pixels"), ("noise_model", "noise"), ("threshold_rule", "threshold_rule")):
         if img_s.get(key) is not None:
             kw[kwarg] = img_s[key]
+    if kw.get("noise") == "photon":  # the fields are photons already; photon statistics need the camera's noise
+        kw["camera"] = camera_of(img_s).in_photons()
     br = img_s.get("background_radius_px")
     if br is not None:
         kw["background_radius_px"] = None if br == "none" else br
