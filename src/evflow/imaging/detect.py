@@ -196,7 +196,7 @@ def detect_spots(
         spot-free area raise them (``attrs['noise_excess']``).  ``'photon'``
         (needs ``camera``): photon statistics of the camera model at each
         pixel's background instead of a measurement, which crowded fields
-        cannot raise (1,500 vesicles per 256x256 px: 716 found instead of
+        cannot raise (1,500 vesicles per 256x256 px: 723 found instead of
         361, precision 0.96); it trusts the camera model and sees no
         structure (cells, stripes), so it suits clean chips.
     noise_block_px : int
