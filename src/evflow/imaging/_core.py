@@ -195,13 +195,13 @@ def _photon_noise(sig, fill, camera):
     The filter's response to white noise of variance ``F^2 b + read variance`` at each pixel's background ``b``
     (a variance model ``a + c b`` with no excess blocks), and at the field's median photons ``fill`` for the
     field's number.  Spots cannot raise it, so a crowded field keeps the noise of its background."""
-    from .noise import propagated_noise
+    from .noise import photon_response_noise, propagated_noise
 
     f2, rv = float(camera.excess_variance), float(camera.readout_var_photons)
     out = []
     for s in sig:
         k2 = propagated_noise(float(s), 1.0) ** 2
-        nz = float(np.sqrt(k2 * (f2 * max(float(fill), 0.0) + rv)))
+        nz = photon_response_noise(float(s), fill, camera)
         if not nz > 0:
             raise ImageError(f"noise='photon': the field's median is {fill:g} photons and the camera has no read "
                              "noise, so photon statistics give no noise (offset not subtracted, or an empty field?)")

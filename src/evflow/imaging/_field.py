@@ -120,8 +120,9 @@ def _detect_region(photons, responses, sat, invalid, name, sig, ninfo, thr_snr, 
         narrow = wide = wide_fit = none
         if o["fit_sigma"]:
             ps, fs = out["scale_sigma"].to_numpy(), out["sigma"].to_numpy()
-            wide_fit = fs - 0.5 * np.nan_to_num(out["crlb_sigma"].to_numpy(), nan=np.inf) > WIDE_FOR_THRESHOLD * ps
-            cr = 2.0 * np.nan_to_num(out["crlb_sigma"].to_numpy(), nan=np.inf)
+            crlb = np.nan_to_num(out["crlb_sigma"].to_numpy(), nan=np.inf)
+            wide_fit = fs - 0.5 * crlb > WIDE_FOR_THRESHOLD * ps
+            cr = 2.0 * crlb
             conv = out["fit_status"].to_numpy() == 0
             narrow = conv & (fs + cr < o["min_sigma_ratio"] * ps)
             wide = conv & (fs - 0.5 * cr > o["max_sigma_ratio"] * ps) if o["max_sigma_ratio"] else none

@@ -309,9 +309,15 @@ def photon_noise_excess(noise, sigma, background, camera) -> float:
     """
     if camera is None or not (noise == noise) or not (background == background):
         return float("nan")
-    pred = propagated_noise(float(sigma), float(np.sqrt(camera.excess_variance * max(float(background), 0.0)
-                                                        + camera.readout_var_photons)))
+    pred = photon_response_noise(sigma, background, camera)
     return float(noise) / pred if pred > 0 else float("nan")
+
+
+def photon_response_noise(sigma, background, camera) -> float:
+    """The filter's response noise from photon statistics at ``background`` photons/px: white noise of variance
+    ``F^2 max(background, 0) + read variance`` through the filter of ``sigma``."""
+    var = camera.excess_variance * max(float(background), 0.0) + camera.readout_var_photons
+    return propagated_noise(float(sigma), float(np.sqrt(var)))
 
 
 @functools.lru_cache(maxsize=64)
