@@ -1,15 +1,17 @@
 """ND2 / CZI / LIF go through bioio: a CZI written with Zeiss's libCZI (pylibCZIrw) is read with its channel
-names, pixel size and time axis, and the scenes of a bioio file are fields (checked on a multi-position OME-TIFF
+names, pixel size, time axis and every scene of its image data, and the scenes of a bioio file are fields (checked on a multi-position OME-TIFF
 through bioio's own OME-TIFF reader, against evflow's reading of the same file)."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
 import tifffile
 
 import evflow
-from evflow.errors import ImageError
+from evflow.errors import EvflowWarning, ImageError
 from evflow.io import images
 
 pytest.importorskip("bioio")
@@ -50,6 +52,43 @@ def test_frames_of_a_czi_file_are_a_time_lapse_unless_asked_otherwise(tmp_path):
     fields = evflow.read_images(p, t=False)
     assert fields.dims == ("fov", "channel", "y", "x") and fields.shape[0] == 3
     np.testing.assert_array_equal(np.asarray(fields.values), data)
+
+
+def test_every_scene_of_a_czi_file_is_a_field_though_its_metadata_lists_one(tmp_path):
+    # libCZI writes the scenes' subblocks but no Scenes list in the metadata, from which bioio takes the scenes:
+    # bioio alone reads such a file as its first scene, silently
+    data = np.random.default_rng(2).poisson(100, (3, 2, 2, 40, 56)).astype(np.uint16)  # scene, T, C, Y, X
+    data[:, :, 0, 5, 7] = (1000 * np.arange(1, 4))[:, None] + np.arange(2)  # tells scenes and frames apart
+    p = tmp_path / "positions.czi"
+    with pyczi.create_czi(str(p), exist_ok=True) as f:
+        for s in range(3):
+            for t in range(2):
+                for c in range(2):
+                    f.write(data[s, t, c], plane={"T": t, "C": c}, scene=s, location=(1000 * s, 400 * s))
+        f.write_metadata(document_name="chip", channel_names={0: "CD9", 1: "CD63"}, scale_x=1.08e-7,
+                         scale_y=1.08e-7)
+    from bioio import BioImage
+
+    assert len(BioImage(p).scenes) == 1
+    with pytest.warns(EvflowWarning, match="hold 3 scenes but its metadata lists 1"):
+        im = evflow.read_images(p)
+    assert im.dims == ("fov", "t", "channel", "y", "x") and im.shape == (3, 2, 2, 40, 56)
+    assert im["series"].values.tolist() == [0, 1, 2] and list(im["channel"].values) == ["CD9", "CD63"]
+    np.testing.assert_array_equal(np.asarray(im.values), data)
+    np.testing.assert_allclose(im["stage_x_um"].values, [0, 108, 216])
+    np.testing.assert_allclose(im["stage_y_um"].values, [0, 43.2, 86.4])
+    with pytest.warns(EvflowWarning):
+        fields = evflow.read_images(p, t=False)
+    assert fields.shape == (6, 2, 40, 56) and fields["series"].values.tolist() == [0, 0, 1, 1, 2, 2]
+    np.testing.assert_array_equal(np.asarray(fields.values), data.reshape(6, 2, 40, 56))
+
+
+def test_a_one_scene_czi_file_is_read_through_bioio_without_a_word(tmp_path):
+    p = tmp_path / "field.czi"
+    _czi(p, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evflow.read_images(p).shape == (1, 2, 48, 64)
 
 
 def test_scenes_of_a_bioio_file_are_fields(tmp_path, monkeypatch):

@@ -344,6 +344,9 @@ def _open_bioio(path, axes_override=None, t=None):
         interval = float(ti.total_seconds() if hasattr(ti, "total_seconds") else ti) if ti else None
     except Exception as exc:  # the readers raise their own types for corrupt or unsupported files
         raise ImageError(f"{path}: bioio cannot read it: {type(exc).__name__}: {exc}") from exc
+    origins = None
+    if Path(path).suffix.lower() == ".czi":
+        datas, scenes, origins = _czi_subblock_scenes(path, datas, scenes)
     shapes = [tuple(d.shape) for d in datas]
     if len(set(shapes)) != 1:
         raise ImageError(f"{path}: its scenes differ in shape (T, C, Z, Y, X) {dict(zip(scenes, shapes))}; "
@@ -359,11 +362,39 @@ def _open_bioio(path, axes_override=None, t=None):
     keep = "T" in up and (t is True or (t is None and data.shape[up.index("T")] > 1))
     block = _to_fields_t(data, ax, keep)
     per_scene = block.shape[0] // len(datas)
+    pos = [(np.nan, np.nan)] * len(datas)
+    if origins is not None and px:  # a scene's origin in the file's pixels, the stage position over px
+        pos = [(x * float(px), y * float(px)) for x, y in origins]
     meta = {"series": list(np.repeat(np.arange(len(datas)), per_scene)),
-            "position_um": [(np.nan, np.nan)] * block.shape[0], "px": float(px) * 1e3 if px else None,
+            "position_um": [p for p in pos for _ in range(per_scene)], "px": float(px) * 1e3 if px else None,
             "interval": interval if keep and interval and interval > 0 else None, "axes": ax,
             "channels": names if len(names) == block.shape[2] else [], "colors": [""] * block.shape[2]}
     return block, keep, meta
+
+
+def _czi_subblock_scenes(path, datas, scenes):
+    """The scenes of a CZI file whose image data hold more of them than its metadata lists (bioio would read
+    the first only), read through libCZI in place of bioio's ``datas`` and ``scenes``, with a warning that
+    says so, and their origins (x, y) in pixels; else what bioio gave and None."""
+    from .czi import czi_scenes
+
+    try:
+        found = czi_scenes(path, len(datas))
+    except ImageError:
+        raise
+    except Exception as exc:  # libCZI raises RuntimeError on what it cannot parse
+        raise ImageError(f"{path}: libCZI cannot read its scenes: {type(exc).__name__}: {exc}") from exc
+    if found is None:
+        return datas, scenes, None
+    import warnings
+
+    from ..errors import EvflowWarning
+
+    warnings.warn(EvflowWarning(
+        f"{path}: its image data hold {len(found[0])} scenes but its metadata lists {len(datas)}; all "
+        f"{len(found[0])} are read as fields (from the subblock directory, through libCZI)"), stacklevel=4)
+    arrays, origins = found
+    return arrays, list(range(len(arrays))), origins
 
 
 def _to_fields(arr, axes):
