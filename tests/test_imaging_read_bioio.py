@@ -1,5 +1,6 @@
 """ND2 / CZI / LIF go through bioio: a CZI written with Zeiss's libCZI (pylibCZIrw) is read with its channel
-names, pixel size, time axis and every scene of its image data, and the scenes of a bioio file are fields (checked on a multi-position OME-TIFF
+names, pixel size, time axis and every scene of its image data, a multi-position LIF (tests/lif_builder.py)
+with its positions, frames and channels, and the scenes of a bioio file are fields (checked on a multi-position OME-TIFF
 through bioio's own OME-TIFF reader, against evflow's reading of the same file)."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import tifffile
+from lif_builder import write_lif
 
 import evflow
 from evflow.errors import EvflowWarning, ImageError
@@ -18,6 +20,7 @@ pytest.importorskip("bioio")
 pyczi = pytest.importorskip("pylibCZIrw.czi")
 pytest.importorskip("bioio_czi")
 pytest.importorskip("bioio_ome_tiff")
+pytest.importorskip("bioio_lif")
 
 
 def _czi(path, frames):
@@ -89,6 +92,24 @@ def test_a_one_scene_czi_file_is_read_through_bioio_without_a_word(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert evflow.read_images(p).shape == (1, 2, 48, 64)
+
+
+def test_every_position_of_a_lif_file_is_a_field_with_its_frames_and_channels(tmp_path):
+    rng = np.random.default_rng(3)
+    positions = [rng.poisson(100, (2, 2, 40, 56)).astype(np.uint16) for _ in range(3)]
+    for k, a in enumerate(positions):
+        a[:, 0, 5, 7] = 1000 * (k + 1) + np.arange(2)  # tells positions and frames apart
+    p = tmp_path / "chip.lif"
+    write_lif(p, positions)
+    im = evflow.read_images(p)
+    assert im.dims == ("fov", "t", "channel", "y", "x") and im.shape == (3, 2, 2, 40, 56)
+    assert im["series"].values.tolist() == [0, 1, 2]
+    assert list(im["channel"].values) == ["Green", "Red"]  # LAS X names a channel by its LUT
+    assert im.attrs["pixel_size_nm"] == pytest.approx(108.0)
+    np.testing.assert_array_equal(np.asarray(im.values), np.stack(positions))
+    fields = evflow.read_images(p, t=False)
+    assert fields.shape == (6, 2, 40, 56)
+    np.testing.assert_array_equal(np.asarray(fields.values[:, 0, 5, 7]), [1000, 1001, 2000, 2001, 3000, 3001])
 
 
 def test_scenes_of_a_bioio_file_are_fields(tmp_path, monkeypatch):
