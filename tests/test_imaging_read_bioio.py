@@ -1,6 +1,6 @@
 """ND2 / CZI / LIF go through bioio: a CZI written with Zeiss's libCZI (pylibCZIrw) is read with its channel
-names, pixel size, time axis and every scene of its image data, a multi-position LIF (tests/lif_builder.py)
-with its positions, frames and channels, and the scenes of a bioio file are fields (checked on a multi-position OME-TIFF
+names, pixel size, time axis and every scene of its image data; a multi-position LIF (tests/lif_builder.py)
+and ND2 (tests/nd2_builder.py) with their positions, frames and channels; and the scenes of a bioio file are fields (checked on a multi-position OME-TIFF
 through bioio's own OME-TIFF reader, against evflow's reading of the same file)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 from lif_builder import write_lif
+from nd2_builder import write_nd2
 
 import evflow
 from evflow.errors import EvflowWarning, ImageError
@@ -21,6 +22,7 @@ pyczi = pytest.importorskip("pylibCZIrw.czi")
 pytest.importorskip("bioio_czi")
 pytest.importorskip("bioio_ome_tiff")
 pytest.importorskip("bioio_lif")
+pytest.importorskip("bioio_nd2")
 
 
 def _czi(path, frames):
@@ -112,6 +114,24 @@ def test_every_position_of_a_lif_file_is_a_field_with_its_frames_and_channels(tm
     np.testing.assert_array_equal(np.asarray(fields.values[:, 0, 5, 7]), [1000, 1001, 2000, 2001, 3000, 3001])
 
 
+def test_every_position_of_an_nd2_file_is_a_field_at_its_stage_position(tmp_path):
+    frames = np.random.default_rng(4).poisson(100, (2, 3, 2, 40, 56)).astype(np.uint16)  # T, P, C, Y, X
+    frames[:, :, 0, 5, 7] = np.arange(2)[:, None] + 1000 * np.arange(1, 4)[None]  # tells positions and frames apart
+    p = tmp_path / "chip.nd2"
+    write_nd2(p, frames, positions_um=[(0.0, 0.0), (100.0, 0.0), (100.0, 80.0)])
+    im = evflow.read_images(p)
+    assert im.dims == ("fov", "t", "channel", "y", "x") and im.shape == (3, 2, 2, 40, 56)
+    assert im["series"].values.tolist() == [0, 1, 2] and list(im["channel"].values) == ["CD9", "CD63"]
+    assert im.attrs["pixel_size_nm"] == pytest.approx(108.0)
+    assert im.attrs["frame_interval_s"] == pytest.approx(0.5)
+    np.testing.assert_allclose(im["stage_x_um"].values, [0, 100, 100])
+    np.testing.assert_allclose(im["stage_y_um"].values, [0, 0, 80])
+    np.testing.assert_array_equal(np.asarray(im.values), frames.transpose(1, 0, 2, 3, 4))
+    fields = evflow.read_images(p, t=False)
+    assert fields.shape == (6, 2, 40, 56)
+    np.testing.assert_array_equal(np.asarray(fields.values[:, 0, 5, 7]), [1000, 1001, 2000, 2001, 3000, 3001])
+
+
 def test_scenes_of_a_bioio_file_are_fields(tmp_path, monkeypatch):
     data = np.random.default_rng(1).poisson(100, (3, 2, 40, 50)).astype(np.uint16)
     p = tmp_path / "positions.ome.tif"
@@ -129,8 +149,17 @@ def test_scenes_of_a_bioio_file_are_fields(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(via.values), data)
 
 
-def test_an_unreadable_bioio_file_is_an_image_error_naming_it(tmp_path):
-    p = tmp_path / "broken.czi"
+@pytest.mark.parametrize("name, reader", [("broken.czi", "bioio"), ("broken.lif", "bioio"), ("broken.nd2", "nd2")])
+def test_an_unreadable_bioio_file_is_an_image_error_naming_it(tmp_path, name, reader):
+    p = tmp_path / name
     p.write_bytes(b"ZISRAWFILE" + b"\0" * 100)
-    with pytest.raises(ImageError, match="broken.czi: bioio cannot read it"):
+    with pytest.raises(ImageError, match=f"{name}: {reader} cannot read it"):
+        evflow.read_images(p)
+
+
+def test_a_truncated_nd2_file_is_an_image_error_naming_it(tmp_path):
+    p = tmp_path / "cut.nd2"
+    write_nd2(p, np.zeros((1, 2, 2, 16, 16), np.uint16))
+    p.write_bytes(p.read_bytes()[:9000])  # the chunk map at the end is gone
+    with pytest.raises(ImageError, match="cut.nd2: nd2 cannot read it"):
         evflow.read_images(p)

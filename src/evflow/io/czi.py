@@ -6,7 +6,8 @@ more scenes than that list (written by software other than ZEN, which leaves
 the list out) is read as its first scene only, silently.  Zeiss's libCZI
 (``pylibCZIrw``, a dependency of bioio-czi) reads the scene of every subblock;
 :func:`czi_scenes` compares the two and, where the data hold more, reads each
-scene lazily through libCZI, one plane per dask task.
+scene lazily through libCZI, one plane per dask task; it gives each scene's
+origin in the file's coordinates too, from which the stage positions follow.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ def _read_plane(path, scene, rect, plane):
 
 
 def czi_scenes(path, listed: int):
-    """``None`` when the file's subblocks hold no more scenes than the ``listed`` ones; else the lazy
-    (T, C, Z, Y, X) array of each scene, in the order of the scenes' indices, and each scene's origin (x, y)
-    in pixels of the file's coordinate system (the stage position over the pixel size).  Scenes of other than one
-    grey pixel type, or of different sizes, are an ``ImageError`` naming the file."""
+    """The scenes of a CZI file as its subblocks hold them: ``(arrays, origins)``.  ``arrays`` is None when
+    they hold no more scenes than the ``listed`` ones, else the lazy (T, C, Z, Y, X) array of each scene, in
+    the order of the scenes' indices; ``origins`` is each scene's origin (x, y) in pixels of the file's
+    coordinate system (the stage position over the pixel size), None for a file without scenes.  Scenes of
+    other than one grey pixel type, or of different sizes, are an ``ImageError`` naming the file."""
     import dask
     import dask.array as da
     from pylibCZIrw import czi as pyczi
@@ -38,8 +40,9 @@ def czi_scenes(path, listed: int):
         rects = f.scenes_bounding_rectangle_no_pyramid
         box = f.total_bounding_box_no_pyramid
         types = set(f.pixel_types.values())
+    origins = [(float(rects[s].x), float(rects[s].y)) for s in sorted(rects)] or None
     if len(rects) <= max(listed, 1):
-        return None
+        return None, origins
     if len(types) != 1 or next(iter(types)) not in _DTYPES:
         raise ImageError(f"{path}: its {len(rects)} scenes are read plane by plane, which needs one grey pixel "
                          f"type ({', '.join(_DTYPES)}); the file has {sorted(types)}")
@@ -51,11 +54,10 @@ def czi_scenes(path, listed: int):
     (h, w), = sizes
     n = {d: box[d][1] - box[d][0] if d in box else 1 for d in "TCZ"}
     read = dask.delayed(_read_plane, pure=True)
-    scenes, origins = [], []
+    scenes = []
     for s in sorted(rects):
         r = rects[s]
         rect = (r.x, r.y, r.w, r.h)
-        origins.append((float(r.x), float(r.y)))
 
         def plane(t, c, z, s=s, rect=rect):
             at = {d: box[d][0] + i for d, i in zip("TCZ", (t, c, z)) if d in box}

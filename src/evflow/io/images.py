@@ -322,31 +322,48 @@ def _open_bioio(path, axes_override=None, t=None):
     """An ND2/CZI/LIF file through bioio as lazy (fields, t, channel, y, x) with what its metadata says of
     them: the same (block, keep, meta) as :func:`_open_tiff_fields`.  Every scene (stage position) is a field,
     as the series of an OME-TIFF; these formats have a time axis of their own, so more than one frame is a
-    time-lapse unless ``t`` is False; ``axes_override`` names the axes of one scene."""
+    time-lapse unless ``t`` is False; ``axes_override`` names the axes of one scene.  ND2 files are opened
+    with ``nd2``, the reader bioio-nd2 wraps (:mod:`evflow.io.nd2`); CZI scenes are checked against the
+    file's subblocks (:func:`_czi_subblock_scenes`)."""
+    suffix = Path(path).suffix.lower()
     try:
-        from bioio import BioImage
+        if suffix == ".nd2":
+            import nd2  # noqa: F401
+        else:
+            from bioio import BioImage
     except ImportError as exc:
         raise ImageError(
             f"{path}: reading {Path(path).suffix} files needs the optional package bioio "
             "(pip install evflow[bioio], or bioio with bioio-nd2 / bioio-czi / bioio-lif)"
         ) from exc
     try:
-        img = BioImage(path)
-        scenes = list(img.scenes) or [None]
-        datas = []
-        for i in range(len(scenes)):
-            if scenes[i] is not None:
-                img.set_scene(i)
-            datas.append(img.dask_data)  # T C Z Y X
-        names = [str(n) for n in (img.channel_names or [])]
-        px = img.physical_pixel_sizes.X
-        ti = getattr(img, "time_interval", None)
-        interval = float(ti.total_seconds() if hasattr(ti, "total_seconds") else ti) if ti else None
+        if suffix == ".nd2":
+            from .nd2 import nd2_scenes
+
+            datas, names, px, interval, stage = nd2_scenes(path)
+            scenes = list(range(len(datas)))
+        else:
+            img = BioImage(path)
+            scenes = list(img.scenes) or [None]
+            datas = []
+            for i in range(len(scenes)):
+                if scenes[i] is not None:
+                    img.set_scene(i)
+                datas.append(img.dask_data)  # T C Z Y X
+            names = [str(n) for n in (img.channel_names or [])]
+            px = img.physical_pixel_sizes.X
+            ti = getattr(img, "time_interval", None)
+            interval = float(ti.total_seconds() if hasattr(ti, "total_seconds") else ti) if ti else None
+            stage = [(np.nan, np.nan)] * len(datas)
+    except ImageError:
+        raise
     except Exception as exc:  # the readers raise their own types for corrupt or unsupported files
-        raise ImageError(f"{path}: bioio cannot read it: {type(exc).__name__}: {exc}") from exc
-    origins = None
-    if Path(path).suffix.lower() == ".czi":
+        raise ImageError(f"{path}: {'nd2' if suffix == '.nd2' else 'bioio'} cannot read it: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if suffix == ".czi":
         datas, scenes, origins = _czi_subblock_scenes(path, datas, scenes)
+        if origins is not None and px:  # a scene's origin in the file's pixels, the stage position over px
+            stage = [(x * float(px), y * float(px)) for x, y in origins]
     shapes = [tuple(d.shape) for d in datas]
     if len(set(shapes)) != 1:
         raise ImageError(f"{path}: its scenes differ in shape (T, C, Z, Y, X) {dict(zip(scenes, shapes))}; "
@@ -362,20 +379,17 @@ def _open_bioio(path, axes_override=None, t=None):
     keep = "T" in up and (t is True or (t is None and data.shape[up.index("T")] > 1))
     block = _to_fields_t(data, ax, keep)
     per_scene = block.shape[0] // len(datas)
-    pos = [(np.nan, np.nan)] * len(datas)
-    if origins is not None and px:  # a scene's origin in the file's pixels, the stage position over px
-        pos = [(x * float(px), y * float(px)) for x, y in origins]
     meta = {"series": list(np.repeat(np.arange(len(datas)), per_scene)),
-            "position_um": [p for p in pos for _ in range(per_scene)], "px": float(px) * 1e3 if px else None,
+            "position_um": [p for p in stage for _ in range(per_scene)], "px": float(px) * 1e3 if px else None,
             "interval": interval if keep and interval and interval > 0 else None, "axes": ax,
             "channels": names if len(names) == block.shape[2] else [], "colors": [""] * block.shape[2]}
     return block, keep, meta
 
 
 def _czi_subblock_scenes(path, datas, scenes):
-    """The scenes of a CZI file whose image data hold more of them than its metadata lists (bioio would read
-    the first only), read through libCZI in place of bioio's ``datas`` and ``scenes``, with a warning that
-    says so, and their origins (x, y) in pixels; else what bioio gave and None."""
+    """The scenes of a CZI file and their origins (x, y) in pixels (None where they are not one per scene).
+    Where the file's image data hold more scenes than its metadata lists (bioio would read the first only),
+    they are read through libCZI in place of bioio's ``datas`` and ``scenes``, with a warning that says so."""
     from .czi import czi_scenes
 
     try:
@@ -384,16 +398,16 @@ def _czi_subblock_scenes(path, datas, scenes):
         raise
     except Exception as exc:  # libCZI raises RuntimeError on what it cannot parse
         raise ImageError(f"{path}: libCZI cannot read its scenes: {type(exc).__name__}: {exc}") from exc
-    if found is None:
-        return datas, scenes, None
+    arrays, origins = found
+    if arrays is None:
+        return datas, scenes, origins if origins is not None and len(origins) == len(datas) else None
     import warnings
 
     from ..errors import EvflowWarning
 
     warnings.warn(EvflowWarning(
-        f"{path}: its image data hold {len(found[0])} scenes but its metadata lists {len(datas)}; all "
-        f"{len(found[0])} are read as fields (from the subblock directory, through libCZI)"), stacklevel=4)
-    arrays, origins = found
+        f"{path}: its image data hold {len(arrays)} scenes but its metadata lists {len(datas)}; all "
+        f"{len(arrays)} are read as fields (from the subblock directory, through libCZI)"), stacklevel=4)
     return arrays, list(range(len(arrays))), origins
 
 
