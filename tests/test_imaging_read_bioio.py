@@ -132,6 +132,20 @@ def test_every_position_of_an_nd2_file_is_a_field_at_its_stage_position(tmp_path
     np.testing.assert_array_equal(np.asarray(fields.values[:, 0, 5, 7]), [1000, 1001, 2000, 2001, 3000, 3001])
 
 
+def test_a_chip_counts_the_same_from_an_nd2_file_as_from_its_fields_as_tiff(tmp_path):
+    chip = evflow.synth.tirf((128, 128), n_fields=2, markers=("CD9", "CD63"), density_per_um2=0.3, seed=1)
+    fields = np.asarray(chip.images.values).astype(np.uint16)  # fov, channel, y, x
+    for f in range(2):
+        tifffile.imwrite(tmp_path / f"fov{f}.tif", fields[f], metadata={"axes": "CYX"})
+    write_nd2(tmp_path / "chip.nd2", fields[None], channels=("CD9", "CD63"))
+    tiff = evflow.read_images(sorted(tmp_path.glob("fov*.tif")), markers=["CD9", "CD63"], pixel_size_nm=108.0)
+    nd2 = evflow.read_images(tmp_path / "chip.nd2")
+    by_tiff, _ = evflow.count_vesicles(tiff, sample="chip")
+    by_nd2, _ = evflow.count_vesicles(nd2, sample="chip")
+    assert by_nd2["count"].sum() > 50
+    np.testing.assert_array_equal(by_nd2["count"].values, by_tiff["count"].values)
+
+
 def test_scenes_of_a_bioio_file_are_fields(tmp_path, monkeypatch):
     data = np.random.default_rng(1).poisson(100, (3, 2, 40, 50)).astype(np.uint16)
     p = tmp_path / "positions.ome.tif"
