@@ -139,7 +139,7 @@ def test_pipeline_dataset_and_report_have_field_qc_and_chance(tmp_path):
     assert "image_qc_focus" in z and "image_chance_fraction" in z
 
 
-def test_large_planes_sample_every_other_row_for_background_and_noise():
+def test_large_planes_sample_their_background_and_noise():
     from evflow.imaging.field_qc import SAMPLE_ROWS_ABOVE, _median, _pixel_noise
 
     rng = np.random.default_rng(9)

@@ -6,7 +6,8 @@ Metrics (:func:`field_metrics`, one value per channel of a field):
 ``density_per_um2``        ``n_spots`` per um^2 of field (NaN without a pixel size)
 ``background``             median photons per pixel
 ``noise``                  pixel noise (photons): sd of neighbouring-pixel differences within 4 robust sigmas, / sqrt 2
-                           (both over every other row of planes above :data:`SAMPLE_ROWS_ABOVE` pixels)
+                           (planes above :data:`SAMPLE_ROWS_ABOVE` pixels: the background over every other row
+                           and column, the noise over disjoint pairs of neighbours along every other row)
 ``threshold``              the detection threshold used (photons of the detection filter)
 ``saturated_fraction``     fraction of pixels at or above the saturation level
 ``focus``                  normalised variance of the Laplacian: ``var(laplace(G * I)) / mean(I)^2`` with
@@ -51,9 +52,10 @@ import numpy as np
 
 __all__ = ["QC_LIMITS", "QC_METRICS", "field_metrics", "qc_flags", "crowding"]
 
-#: planes of more pixels than this take their ``background`` and ``noise`` from every other row (a 2048x2048
-#: channel: 2.1 M pixels and 2.1 M differences, which leave the estimates a relative sd under 0.1 %; the two
-#: order statistics over all rows were the largest cost of the field's QC)
+#: planes of more pixels than this take their ``background`` from every other row and column and their
+#: ``noise`` from disjoint pairs of neighbours along every other row (a 2048x2048 channel: 1 M pixels and 1 M
+#: independent differences, which leave the estimates a relative sd of about 0.1 %; the order statistics over
+#: every pixel were the largest cost of the field's QC: 0.66 s of a 3-channel 2048x2048 field, now 0.45 s)
 SAMPLE_ROWS_ABOVE = 1 << 21
 
 #: limits of the per-field flags (see the module docstring)
@@ -153,10 +155,14 @@ def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigm
         info = detection.get(m, {})
         out["n_spots"][c] = _first(info.get("n_spots"))
         out["density_per_um2"][c] = out["n_spots"][c] / area_um2 if area_um2 == area_um2 else np.nan
-        rows = slice(None, None, 2) if plane.size > SAMPLE_ROWS_ABOVE else slice(None)
-        out["background"][c] = _median(plane[rows])
         p64 = plane.astype(np.float64)  # differences, filters and moments in float64 (exact for float32 input)
-        d = np.diff(p64[rows], axis=1).ravel() if plane.shape[1] > 1 else np.diff(p64, axis=0).ravel()
+        if plane.size > SAMPLE_ROWS_ABOVE and plane.shape[1] > 1:
+            out["background"][c] = _median(plane[::2, ::2])
+            w = plane.shape[1] // 2 * 2
+            d = (p64[::2, 1:w:2] - p64[::2, 0:w:2]).ravel()  # disjoint pairs: independent differences
+        else:
+            out["background"][c] = _median(plane)
+            d = np.diff(p64, axis=1).ravel() if plane.shape[1] > 1 else np.diff(p64, axis=0).ravel()
         out["noise"][c] = _pixel_noise(d)
         out["threshold"][c] = _first(info.get("threshold"))
         if saturation is not None:
