@@ -177,3 +177,20 @@ def test_a_truncated_nd2_file_is_an_image_error_naming_it(tmp_path):
     p.write_bytes(p.read_bytes()[:9000])  # the chunk map at the end is gone
     with pytest.raises(ImageError, match="cut.nd2: nd2 cannot read it"):
         evflow.read_images(p)
+
+
+def test_evflow_info_describes_nd2_and_lif_files(tmp_path, capsys):
+    from evflow.cli import main
+
+    nd2 = tmp_path / "chip.nd2"
+    write_nd2(nd2, np.zeros((2, 3, 2, 16, 20), np.uint16), positions_um=[(0.0, 5.0), (50.0, 5.0), (100.0, 9.0)])
+    lif = tmp_path / "chip.lif"
+    write_lif(lif, [np.zeros((1, 2, 16, 20), np.uint16)] * 2)
+    assert main(["info", str(nd2), str(lif), str(tmp_path / "none.nd2")]) == 1
+    out, err = capsys.readouterr()
+    assert "ND2, 3 fields (positions)" in out and "C=2 x T=2 x Y=16 x X=20  (uint16)" in out
+    assert "2 time points (frames of one field), 0.5 s apart" in out and "channels    2: CD9, CD63" in out
+    assert "positions   x 0 to 100 um, y 5 to 9 um" in out and "pixel       108 nm" in out
+    assert "LIF, 2 fields (positions)" in out and "channels    2: Green, Red" in out
+    assert "positions   not stored" in out
+    assert "none.nd2: file not found" in err

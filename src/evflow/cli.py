@@ -18,9 +18,12 @@ def _image_info(path) -> None:
 
 
 def _info(args) -> int:
+    from pathlib import Path
+
     from .cli_fcs import fcs_info
     from .io.fcs import chain_cache
-    from .io.image_info import is_tiff
+    from .io.image_info import format_microscope_info, is_tiff
+    from .io.images import BIOIO_SUFFIXES
 
     status = 0
     for i, path in enumerate(args.files):
@@ -31,6 +34,8 @@ def _info(args) -> int:
             try:
                 if is_tiff(path):
                     _image_info(path)
+                elif Path(path).suffix.lower() in BIOIO_SUFFIXES:
+                    print(format_microscope_info(path))
                 else:
                     status = max(status, fcs_info(path, args.data_offsets))
             except EvflowError as exc:

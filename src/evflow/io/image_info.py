@@ -1,4 +1,5 @@
-"""What a TIFF / OME-TIFF / ImageJ file holds, without reading its pixels (``evflow info FILE.tif``)."""
+"""What a TIFF / OME-TIFF / ImageJ file, or an ND2 / CZI / LIF file, holds, without reading its pixels
+(``evflow info FILE``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from ..errors import ImageError
 from .images import MAX_CHANNELS, _pixel_size_from_tiff
 from .ome import ome_images
 
-__all__ = ["TIFF_SUFFIXES", "is_tiff", "describe_image", "format_image_info", "ome_images"]
+__all__ = ["TIFF_SUFFIXES", "is_tiff", "describe_image", "format_image_info", "format_microscope_info", "ome_images"]
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf8")
 _MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
@@ -113,4 +114,38 @@ def format_image_info(path, series: list[SeriesInfo]) -> str:
             lines.append("    pixel     size not stored (give pixel_size_nm)")
         if s.position_um is not None:
             lines.append(f"    position  x {s.position_um[0]:g} um, y {s.position_um[1]:g} um")
+    return "\n".join(lines)
+
+
+def format_microscope_info(path) -> str:
+    """The text ``evflow info`` prints for an ND2 / CZI / LIF file: what :func:`~evflow.io.read_images` makes
+    of it (fields, frames, channels, pixel size, frame interval, stage positions), its pixels unread."""
+    import warnings
+
+    import numpy as np
+
+    from .images import read_images
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        im = read_images(path)
+    n = im.sizes["fov"]
+    lines = [str(path), f"  format      {os.path.splitext(str(path))[1][1:].upper()}, {n} field"
+             + ("s (positions)" if n > 1 else "")]
+    dims = " x ".join(f"{d.upper()}={im.sizes[d]}" for d in im.dims if d not in ("fov", "channel"))
+    lines.append(f"  field       C={im.sizes['channel']} x {dims}  ({im.dtype})")
+    if "t" in im.dims:
+        dt = im.attrs.get("frame_interval_s")
+        lines.append(f"  time        {im.sizes['t']} time points (frames of one field)"
+                     + (f", {dt:g} s apart" if dt else ", interval not stored"))
+    lines.append(f"  channels    {im.sizes['channel']}: " + ", ".join(str(c) for c in im["channel"].values))
+    px = im.attrs.get("pixel_size_nm")
+    lines.append(f"  pixel       {px:g} nm" if px else "  pixel       size not stored (give pixel_size_nm)")
+    if "stage_x_um" in im.coords:
+        x, y = im["stage_x_um"].values, im["stage_y_um"].values
+        lines.append(f"  positions   x {np.nanmin(x):g} to {np.nanmax(x):g} um, y {np.nanmin(y):g} to {np.nanmax(y):g} um")
+    else:
+        lines.append("  positions   not stored")
+    for w in caught:
+        warnings.warn(w.message, stacklevel=2)
     return "\n".join(lines)

@@ -326,6 +326,8 @@ def _open_bioio(path, axes_override=None, t=None):
     with ``nd2``, the reader bioio-nd2 wraps (:mod:`evflow.io.nd2`); CZI scenes are checked against the
     file's subblocks (:func:`_czi_subblock_scenes`)."""
     suffix = Path(path).suffix.lower()
+    if not os.path.exists(path):
+        raise ImageError(f"{path}: file not found")
     try:
         if suffix == ".nd2":
             import nd2  # noqa: F401
