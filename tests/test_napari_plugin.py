@@ -107,6 +107,23 @@ def test_open_tiff_fields_lazy_with_marker_names(make_napari_viewer, demo):
     np.testing.assert_array_equal(d[1].compute(), tifffile.imread(p1)[1])
 
 
+def test_open_a_multi_position_time_lapse_nd2_file(make_napari_viewer, tmp_path):
+    """Each channel a layer (position, time, y, x) named as the file names it; before, a layer took the time
+    axis for the channel axis and showed both channels of one frame."""
+    pytest.importorskip("nd2")
+    from nd2_builder import write_nd2
+
+    frames = np.random.default_rng(0).poisson(50, (3, 2, 2, 16, 20)).astype(np.uint16)  # T, P, C, Y, X
+    frames[:, :, 1] += 1000
+    write_nd2(tmp_path / "chip.nd2", frames, channels=("CD9", "CD63"))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(tmp_path / "chip.nd2"), plugin="evflow")
+    assert [ly.name for ly in layers] == ["CD9", "CD63"]
+    for c, ly in enumerate(layers):
+        assert ly.data.shape == (2, 3, 16, 20)
+        np.testing.assert_array_equal(np.asarray(ly.data), frames[:, :, c].transpose(1, 0, 2, 3))
+
+
 @pytest.fixture
 def results_copy(demo, tmp_path):
     """The demo's outputs without the run's private item store: the reader must use ``spots.parquet``."""
@@ -466,6 +483,8 @@ def test_reader_rejects_other_files(tmp_path):
     # each kind gets its own reader; case-insensitive suffixes; a .zarr must be a folder, and only one
     assert get_reader(str(tmp_path / "X.FCS")) is read_fcs_layers
     assert get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.TIFF")]) is read_tiff_layers
+    assert get_reader(str(tmp_path / "chip.ND2")) is get_reader(str(tmp_path / "x.czi")) is read_tiff_layers
+    assert get_reader(str(tmp_path / "x.lif")) is read_tiff_layers
     assert get_reader(str(tmp_path / "results.zarr")) is None
     (tmp_path / "results.zarr").mkdir()
     assert get_reader(str(tmp_path / "results.zarr")) is read_results_layers

@@ -19,7 +19,7 @@ def _kind(path) -> str | None:
     low = p.lower()
     if low.endswith(".fcs"):
         return "fcs"
-    if low.endswith((".tif", ".tiff")):
+    if low.endswith((".tif", ".tiff", ".nd2", ".czi", ".lif")):  # read_images reads them all
         return "tiff"
     if low.endswith(".zarr") and os.path.isdir(p):
         return "results"
@@ -29,7 +29,8 @@ def _kind(path) -> str | None:
 
 
 def get_reader(path):
-    """npe2 reader hook: a function for ``.fcs``, ``.tif``/``.tiff`` (or a list of them) and ``results.zarr``."""
+    """npe2 reader hook: a function for ``.fcs``, ``.tif``/``.tiff``, ``.nd2``/``.czi``/``.lif`` (or a list of
+    them), an experiment ``.toml`` and ``results.zarr``."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:
         return None
@@ -136,7 +137,8 @@ def robust_contrast(data, percentiles=(50.0, 99.8)):
 
 
 def image_layers(images, source, extra_meta=None, registration=None):
-    """One napari Image LayerData per channel of a (fov, channel, y, x) DataArray (dask data kept lazy).
+    """One napari Image LayerData per channel of a (fov, [t,] channel, y, x) DataArray (dask data kept lazy;
+    a layer is (fov, [t,] y, x), the fov axis dropped when there is one field).
 
     Named by marker and coloured by channel (:mod:`evflow.palette`), contrast from robust
     percentiles; with ``registration`` (``ChannelRegistration.to_dict()``) each layer gets its
@@ -147,7 +149,7 @@ def image_layers(images, source, extra_meta=None, registration=None):
     names = [str(c) for c in images["channel"].values]
     px = images.attrs.get("pixel_size_nm")
     for c, m in enumerate(names):
-        data = images.data[:, c]
+        data = images.isel(channel=c).data  # by name: a time-lapse has t before channel
         if data.shape[0] == 1:
             data = data[0]
         meta = {"evflow": {"kind": "image", "source": source, "files": files, "channel": c, "markers": names,
@@ -175,14 +177,20 @@ def layer_affine(A, ndim):
 
 
 def read_tiff_layers(path, markers=None):
-    """TIFF / OME-TIFF fields opened lazily with ``evflow.read_images``; one layer per channel (fov, y, x)."""
+    """TIFF / OME-TIFF (and ND2 / CZI / LIF) fields opened lazily with ``evflow.read_images``; one layer per
+    channel (fov, [t,] y, x).  Channels are named as the file names them, else as the experiment file next to
+    the images does, else ch0, ch1, ..."""
     import evflow
 
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     paths = [str(p) for p in sorted(paths)]
     if markers is None:
         probe = evflow.read_images(paths[0])
-        markers = channel_names(paths, probe.sizes["channel"])
+        n = probe.sizes["channel"]
+        stored = [str(c) for c in probe["channel"].values]
+        named = stored != [f"ch{i}" for i in range(n)] and len(set(stored)) == n
+        markers = stored if named and not paths[0].lower().endswith((".tif", ".tiff")) else (
+            channel_names(paths, n))
     images = evflow.read_images(paths if len(paths) > 1 else paths[0], markers=markers)
     return image_layers(images, source=paths[0] if len(paths) == 1 else os.path.commonpath(paths))
 
