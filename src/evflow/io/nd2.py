@@ -4,8 +4,9 @@ bioio-nd2 builds a scene's array by converting the metadata of every frame of th
 scene: opening a 60-position file took 4.3 s (about 70 ms a position, growing with the file), a
 400-position chip minutes.  ``nd2`` itself opens the file once for its metadata, and each position is read
 lazily (one dask task per position and time point, which opens the file and reads its frames only), with
-the channel names, pixel size, frame interval and stage positions of the file's experiment.  (``nd2``'s
-own dask array is no help here: computing one field of a 400-position file ran all 801 of its tasks.)
+the channel names, pixel size, frame interval and stage positions of the file's experiment.  (One field of
+a 400-position file of 64x64 frames: 0.15 s, against 0.39 s through ``nd2``'s own dask array, measured on a
+loaded machine.)
 """
 
 from __future__ import annotations
