@@ -194,3 +194,27 @@ def test_evflow_info_describes_nd2_and_lif_files(tmp_path, capsys):
     assert "LIF, 2 fields (positions)" in out and "channels    2: Green, Red" in out
     assert "positions   not stored" in out
     assert "none.nd2: file not found" in err
+
+
+def test_an_experiment_runs_on_an_nd2_chip_as_on_its_fields_as_tiff(tmp_path):
+    """The pipeline reads a field of an ND2 file (it took every image file for a TIFF, and every field failed)."""
+    from evflow.pipeline import load_experiment, run
+
+    chip = evflow.synth.tirf((96, 96), n_fields=3, markers=("CD9", "CD63"), density_per_um2=0.3, seed=1,
+                             chromatic_shift=False)
+    fields = np.asarray(chip.images.values).astype(np.uint16)
+    write_nd2(tmp_path / "chip.nd2", fields[None], positions_um=[(0.0, 0.0), (200.0, 0.0), (400.0, 0.0)])
+    for f in range(3):
+        tifffile.imwrite(tmp_path / f"fov{f}.tif", fields[f], metadata={"axes": "CYX"})
+    counts = {}
+    for name, listed in (("nd2", '"chip.nd2"'), ("tiff", '"fov*.tif"')):
+        (tmp_path / f"{name}.toml").write_text(
+            '[imaging]\nchannels = ["CD9", "CD63"]\npixel_size_nm = 108.0\n\n'
+            f'[[samples]]\nname = "S1"\nimages = [{listed}]\n')
+        exp = load_experiment(tmp_path / f"{name}.toml")
+        ds = run(exp, output=tmp_path / f"out_{name}", report=False, quiet=True)
+        counts[name] = ds["image_count"].sel(image_sample="S1").values
+        if name == "nd2":
+            np.testing.assert_allclose(ds["image_stage_x_um"].values.ravel()[:3], [0, 200, 400])
+    assert counts["nd2"].sum() > 40
+    np.testing.assert_array_equal(counts["nd2"], counts["tiff"])

@@ -55,7 +55,7 @@ def _opened(path, img_s):
     OME-XML are parsed once, not once per field)."""
     import tifffile
 
-    from ..io.images import read_images
+    from ..io.images import BIOIO_SUFFIXES, read_images
 
     chans = list(img_s["channels"])
     st = os.stat(path)
@@ -68,8 +68,11 @@ def _opened(path, img_s):
             _OPENED[key] = hit  # most recently used last
             return hit
     im = read_images([str(path)], markers=chans, pixel_size_nm=img_s.get("pixel_size_nm"), camera=cam)
-    with tifffile.TiffFile(str(path)) as tf:
-        dtype = np.dtype(tf.series[0].dtype)
+    if str(path).lower().endswith(BIOIO_SUFFIXES):  # the stored dtype, before the camera model's photons
+        dtype = np.dtype(read_images([str(path)], markers=chans, pixel_size_nm=img_s.get("pixel_size_nm")).dtype)
+    else:
+        with tifffile.TiffFile(str(path)) as tf:
+            dtype = np.dtype(tf.series[0].dtype)
     with _OPEN_LOCK:
         _OPENED[key] = (im, dtype)
         while len(_OPENED) > _OPENED_MAX:
