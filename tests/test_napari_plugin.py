@@ -124,6 +124,35 @@ def test_open_a_multi_position_time_lapse_nd2_file(make_napari_viewer, tmp_path)
         np.testing.assert_array_equal(np.asarray(ly.data), frames[:, :, c].transpose(1, 0, 2, 3))
 
 
+def test_detection_widget_on_a_time_lapse_detects_the_frame_in_view(make_napari_viewer, qtbot, tmp_path):
+    """On (position, time, y, x) layers the widget detects in the position and frame the viewer shows and
+    places the vesicles there (it took the (time, y, x) stack of the position for one field)."""
+    pytest.importorskip("nd2")
+    from nd2_builder import write_nd2
+
+    from evflow_napari import detect_field
+    from evflow_napari._qt import VesicleDetectionWidget
+
+    chips = [evflow.synth.tirf((96, 96), n_fields=2, markers=("CD9", "CD63"), density_per_um2=0.3, seed=s,
+                               chromatic_shift=False) for s in (1, 2, 3)]
+    frames = np.stack([np.asarray(c.images.values) for c in chips]).astype(np.uint16)  # T, P, C, Y, X
+    write_nd2(tmp_path / "movie.nd2", frames, channels=("CD9", "CD63"))
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "movie.nd2"), plugin="evflow")
+    w = VesicleDetectionWidget(viewer)
+    qtbot.addWidget(w)
+    viewer.dims.current_step = (1, 2, 0, 0)  # position 1, frame 2
+    assert w.current_field_index() == (1, 2)
+    with qtbot.waitSignal(w.detected, timeout=60000):
+        w.run()
+    assert w.error is None
+    want = detect_field(frames[2, 1], ["CD9", "CD63"], w.parameters())
+    pts = w.points_layer.data
+    assert len(want) > 5 and pts.shape == (len(want), 4)
+    np.testing.assert_array_equal(pts[:, :2], np.tile([1.0, 2.0], (len(want), 1)))
+    np.testing.assert_allclose(pts[:, 2:], want[["y", "x"]].to_numpy(float), atol=1e-9)
+
+
 @pytest.fixture
 def results_copy(demo, tmp_path):
     """The demo's outputs without the run's private item store: the reader must use ``spots.parquet``."""

@@ -222,10 +222,12 @@ class VesicleDetectionWidget(QWidget):
         self.radius.setValue(p.match_radius_px)
 
     def current_field_index(self):
+        """The viewer's position on the chosen stack's leading axes (field, and time for a time-lapse), or
+        None for a single 2-D field."""
         ly = self.current_layer()
         if ly is None or ly.ndim < 3:
             return None
-        return int(self.viewer.dims.current_step[0])
+        return tuple(int(i) for i in self.viewer.dims.current_step[:ly.ndim - 2])
 
     def current_field(self):
         """(channel, y, x) NumPy array of the current field of the chosen stack, and the marker names."""
@@ -304,13 +306,16 @@ class VesicleDetectionWidget(QWidget):
 
         labels = phenotype_labels(markers)
         df = ves.copy()
-        ndim = 2
-        if field_idx is not None:
-            df["field"] = field_idx
-            ndim = 3
+        lead = () if field_idx is None else field_idx
+        if lead:
+            df["field"] = lead[0]
+            if len(lead) > 1:
+                df["t"] = lead[1]
         df.attrs = {}
-        coords, kw, _ = points_layer(df, name="vesicles (detected)", labels=labels, ndim=ndim,
+        coords, kw, _ = points_layer(df, name="vesicles (detected)", labels=labels, ndim=2,
                                      extra_meta={"parameters": params.as_dict(), "backend": backend})
+        coords = np.column_stack([np.tile(np.asarray(lead, float), (len(coords), 1)), coords])  # the layer's frame
+        ndim = coords.shape[1]
         kw.pop("ndim", None)
         old = next((ly for ly in self.viewer.layers if ly.name == kw["name"]), None)
         if old is not None:
