@@ -40,9 +40,10 @@ def _chunk(name: bytes, data: bytes, name_length: int | None = None) -> bytes:
 
 
 def write_nd2(path, frames, *, channels=("CD9", "CD63"), wavelengths=((488, 525), (561, 600)),
-              pixel_size_um: float = 0.108, period_ms: float = 500.0, positions_um=None) -> None:
+              pixel_size_um: float = 0.108, period_ms: float = 500.0, positions_um=None, rgb: bool = False) -> None:
     """``frames``: uint16 (T, P, C, Y, X): T time points of P stage positions (at ``positions_um``, (x, y)
-    each; default 100 um apart in x) of C channels (excitation and emission ``wavelengths`` in nm)."""
+    each; default 100 um apart in x) of C channels (excitation and emission ``wavelengths`` in nm).  ``rgb``:
+    the 3 "channels" are the components of one colour camera's plane (``channels`` names that plane)."""
     frames = np.asarray(frames, np.uint16)
     nt, npos, nc, ny, nx = frames.shape
     positions_um = positions_um or [(100.0 * p, 0.0) for p in range(npos)]
@@ -56,12 +57,12 @@ def write_nd2(path, frames, *, channels=("CD9", "CD63"), wavelengths=((488, 525)
     def spectrum(nm):
         return {"uiCount": 1, "pPoint": {"Point0": {"dWavelength": float(nm), "dTValue": 1.0, "eType": 1}}}
 
-    planes = {f"a{c}": {"sDescription": name, "uiCompCount": 1, "uiColor": 0xFF00 >> (8 * c),
+    planes = {f"a{c}": {"sDescription": name, "uiCompCount": 3 if rgb else 1, "uiColor": 0xFF00 >> (8 * c),
                         "pFluorescentProbe": {"m_sName": name, "m_ExcitationSpectrum": spectrum(ex),
                                               "m_EmissionSpectrum": spectrum(em)}}
-              for c, (name, (ex, em)) in enumerate(zip(channels, wavelengths))}
+              for c, (name, (ex, em)) in enumerate(zip(channels[:1] if rgb else channels, wavelengths))}
     picture = {"bCalibrated": True, "dCalibration": float(pixel_size_um), "dXPos": float(positions_um[0][0]),
-               "dYPos": float(positions_um[0][1]), "sPicturePlanes": {"uiCount": nc, "sPlaneNew": planes}}
+               "dYPos": float(positions_um[0][1]), "sPicturePlanes": {"uiCount": len(planes), "sPlaneNew": planes}}
     times = np.repeat(np.arange(nt) * period_ms, npos).astype("<f8")
     chunks = [(b"ImageAttributesLV!", _xml("SLxImageAttributes", attributes), None),
               (b"ImageMetadataLV!", _xml("SLxExperiment", experiment), None),

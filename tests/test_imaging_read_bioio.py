@@ -171,6 +171,15 @@ def test_an_unreadable_bioio_file_is_an_image_error_naming_it(tmp_path, name, re
         evflow.read_images(p)
 
 
+def test_the_components_of_an_rgb_nd2_file_are_its_channels(tmp_path):
+    frames = np.random.default_rng(5).poisson(50, (1, 2, 3, 16, 20)).astype(np.uint16)
+    frames[:, :, 2] += 500
+    write_nd2(tmp_path / "rgb.nd2", frames, channels=("Camera",), rgb=True)
+    im = evflow.read_images(tmp_path / "rgb.nd2")
+    assert im.dims == ("fov", "channel", "y", "x") and im.shape == (2, 3, 16, 20)
+    np.testing.assert_array_equal(np.asarray(im.values), frames[0])
+
+
 def test_a_truncated_nd2_file_is_an_image_error_naming_it(tmp_path):
     p = tmp_path / "cut.nd2"
     write_nd2(p, np.zeros((1, 2, 2, 16, 16), np.uint16))

@@ -53,8 +53,8 @@ def nd2_scenes(path):
         if sizes.get("C", 1) > 1:
             raise ImageError(f"{path}: its frames have both channels and RGB components {sizes}; evflow reads "
                              "one of the two as channels")
-        frame_axes = ["c0" if a == "C" else "C" if a == "S" else a for a in frame_axes]
-        sizes = {("c0" if a == "C" else "C" if a == "S" else a): n for a, n in sizes.items()}
+        frame_axes = ["C" if a == "S" else a for a in frame_axes if a != "C"]  # a C of 1 drops in the reshape
+        sizes = {("C" if a == "S" else a): n for a, n in sizes.items() if a != "C"}
         names = []
     if "C" not in frame_axes:
         frame_axes, sizes = ["C"] + frame_axes, {"C": 1, **sizes}
