@@ -85,21 +85,6 @@ def find_experiment(start) -> Path | None:
     return None
 
 
-def _ome_channel_names(path) -> list | None:
-    import tifffile
-
-    from evflow.io.image_info import ome_images
-
-    try:
-        with tifffile.TiffFile(str(path)) as tf:
-            xml = tf.ome_metadata
-    except Exception:  # noqa: BLE001 - names are optional; read_images reports unreadable files
-        return None
-    images = ome_images(xml) if xml else []
-    names = images[0]["channels"] if images else []
-    return names if names and all(names) else None
-
-
 def _experiment_channels(path, n_channels) -> list | None:
     exp = find_experiment(path)
     if exp is None:
@@ -113,12 +98,13 @@ def _experiment_channels(path, n_channels) -> list | None:
     return chans if len(chans) == n_channels else None
 
 
-def channel_names(paths, n_channels) -> list:
-    """Marker names of the channels: OME channel names, else the experiment's imaging channels, else ch0..."""
-    names = _ome_channel_names(paths[0])
-    if names is None or len(names) != n_channels or len(set(names)) != n_channels:
-        names = _experiment_channels(paths[0], n_channels)
-    return names or [f"ch{i}" for i in range(n_channels)]
+def channel_names(paths, stored) -> list:
+    """Marker names of the channels: the names the file stores (``stored``, as :func:`evflow.read_images` read
+    them: OME, ND2/CZI/LIF), else the imaging channels of the experiment file next to the images, else ch0..."""
+    default = [f"ch{i}" for i in range(len(stored))]
+    if list(stored) != default:
+        return list(stored)
+    return _experiment_channels(paths[0], len(stored)) or default
 
 
 def robust_contrast(data, percentiles=(50.0, 99.8)):
@@ -185,12 +171,7 @@ def read_tiff_layers(path, markers=None):
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     paths = [str(p) for p in sorted(paths)]
     if markers is None:
-        probe = evflow.read_images(paths[0])
-        n = probe.sizes["channel"]
-        stored = [str(c) for c in probe["channel"].values]
-        named = stored != [f"ch{i}" for i in range(n)] and len(set(stored)) == n
-        markers = stored if named and not paths[0].lower().endswith((".tif", ".tiff")) else (
-            channel_names(paths, n))
+        markers = channel_names(paths, [str(c) for c in evflow.read_images(paths[0])["channel"].values])
     images = evflow.read_images(paths if len(paths) > 1 else paths[0], markers=markers)
     return image_layers(images, source=paths[0] if len(paths) == 1 else os.path.commonpath(paths))
 

@@ -119,16 +119,13 @@ def format_image_info(path, series: list[SeriesInfo]) -> str:
 
 def format_microscope_info(path) -> str:
     """The text ``evflow info`` prints for an ND2 / CZI / LIF file: what :func:`~evflow.io.read_images` makes
-    of it (fields, frames, channels, pixel size, frame interval, stage positions), its pixels unread."""
-    import warnings
-
+    of it (fields, frames, channels, pixel size, frame interval, stage positions), its pixels unread; the
+    reader's warnings (a CZI's scenes missing from its metadata) reach the caller."""
     import numpy as np
 
     from .images import read_images
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        im = read_images(path)
+    im = read_images(path)
     n = im.sizes["fov"]
     lines = [str(path), f"  format      {os.path.splitext(str(path))[1][1:].upper()}, {n} field"
              + ("s (positions)" if n > 1 else "")]
@@ -146,6 +143,4 @@ def format_microscope_info(path) -> str:
         lines.append(f"  positions   x {np.nanmin(x):g} to {np.nanmax(x):g} um, y {np.nanmin(y):g} to {np.nanmax(y):g} um")
     else:
         lines.append("  positions   not stored")
-    for w in caught:
-        warnings.warn(w.message, stacklevel=2)
     return "\n".join(lines)

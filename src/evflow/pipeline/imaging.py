@@ -53,9 +53,7 @@ def _opened(path, img_s):
     """The lazy fields of an image file (:func:`evflow.read_images`, in photons) and its raw dtype, opened once per
     process while the file is unchanged: the fields of a multi-field file share one open (its page table and
     OME-XML are parsed once, not once per field)."""
-    import tifffile
-
-    from ..io.images import BIOIO_SUFFIXES, read_images
+    from ..io.images import read_images
 
     chans = list(img_s["channels"])
     st = os.stat(path)
@@ -67,12 +65,9 @@ def _opened(path, img_s):
         if hit is not None:
             _OPENED[key] = hit  # most recently used last
             return hit
-    im = read_images([str(path)], markers=chans, pixel_size_nm=img_s.get("pixel_size_nm"), camera=cam)
-    if str(path).lower().endswith(BIOIO_SUFFIXES):  # the stored dtype, before the camera model's photons
-        dtype = np.dtype(read_images([str(path)], markers=chans, pixel_size_nm=img_s.get("pixel_size_nm")).dtype)
-    else:
-        with tifffile.TiffFile(str(path)) as tf:
-            dtype = np.dtype(tf.series[0].dtype)
+    kw = {"markers": chans, "pixel_size_nm": img_s.get("pixel_size_nm")}
+    im = read_images([str(path)], camera=cam, **kw)
+    dtype = np.dtype(read_images([str(path)], **kw).dtype)  # as stored (TIFF, ND2, CZI, LIF), before the photons
     with _OPEN_LOCK:
         _OPENED[key] = (im, dtype)
         while len(_OPENED) > _OPENED_MAX:
