@@ -7,7 +7,8 @@ Metrics (:func:`field_metrics`, one value per channel of a field):
 ``background``             median photons per pixel
 ``noise``                  pixel noise (photons): sd of neighbouring-pixel differences within 4 robust sigmas, / sqrt 2
                            (planes above :data:`SAMPLE_ROWS_ABOVE` pixels: the background over every other row
-                           and column, the noise over disjoint pairs of neighbours along every other row)
+                           and column, the noise over disjoint pairs of neighbours along every other row, in
+                           alternating phase)
 ``threshold``              the detection threshold used (photons of the detection filter)
 ``saturated_fraction``     fraction of pixels at or above the saturation level
 ``focus``                  normalised variance of the Laplacian: ``var(laplace(G * I)) / mean(I)^2`` with
@@ -53,7 +54,8 @@ import numpy as np
 __all__ = ["QC_LIMITS", "QC_METRICS", "field_metrics", "qc_flags", "crowding"]
 
 #: planes of more pixels than this take their ``background`` from every other row and column and their
-#: ``noise`` from disjoint pairs of neighbours along every other row (a 2048x2048 channel: 1 M pixels and 1 M
+#: ``noise`` from disjoint pairs of neighbours along every other row, in alternating phase (:func:`_disjoint_pairs`;
+#: a 2048x2048 channel: 1 M pixels and 1 M
 #: independent differences, which leave the estimates a relative sd of about 0.1 %; the order statistics over
 #: every pixel were the largest cost of the field's QC: 0.66 s of a 3-channel 2048x2048 field, now 0.45 s)
 SAMPLE_ROWS_ABOVE = 1 << 21
@@ -100,6 +102,17 @@ def _pixel_noise(d):
     s0 = s0 if s0 > 0 else float(np.std(d))
     kept = d[dev <= 4.0 * s0] if s0 > 0 else d
     return float(np.std(kept)) / np.sqrt(2.0)
+
+
+def _disjoint_pairs(p):
+    """Differences of disjoint pairs of neighbours along every other row, the pairs' phase alternating between
+    those rows ((0, 1), (2, 3), ... then (1, 2), (3, 4), ...): independent differences, and both kinds of
+    neighbour pair of a camera whose even and odd columns differ (on the real airlocalize field one phase alone
+    gives a noise 1.2 % low, the other 0.7 % high; the two together 0.3 % low)."""
+    w0 = p.shape[1] // 2 * 2
+    w1 = (p.shape[1] - 1) // 2 * 2 + 1
+    a, b = p[0::4], p[2::4]
+    return np.concatenate([(a[:, 1:w0:2] - a[:, 0:w0:2]).ravel(), (b[:, 2:w1:2] - b[:, 1:w1 - 1:2]).ravel()])
 
 
 def _median(plane):
@@ -158,8 +171,7 @@ def field_metrics(photons, markers, detection=None, *, saturation=None, psf_sigm
         p64 = plane.astype(np.float64)  # differences, filters and moments in float64 (exact for float32 input)
         if plane.size > SAMPLE_ROWS_ABOVE and plane.shape[1] > 1:
             out["background"][c] = _median(plane[::2, ::2])
-            w = plane.shape[1] // 2 * 2
-            d = (p64[::2, 1:w:2] - p64[::2, 0:w:2]).ravel()  # disjoint pairs: independent differences
+            d = _disjoint_pairs(p64)
         else:
             out["background"][c] = _median(plane)
             d = np.diff(p64, axis=1).ravel() if plane.shape[1] > 1 else np.diff(p64, axis=0).ravel()
