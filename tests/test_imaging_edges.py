@@ -369,10 +369,11 @@ def test_the_photon_test_leaves_vesicles_alone():
         assert t.attrs["n_rejected_photons"] == 0, (snr, n, seed)
 
 
-@pytest.mark.parametrize("radius", [None, 5])
-def test_wide_maxima_leave_a_field_of_vesicles_alone(monkeypatch, radius):
-    """On a synthetic field of PSF-wide vesicles at SNR 3 (adaptive threshold well under 5), unsubtracted or
-    background-subtracted, the refinement changes nothing: the same spots as with no maximum ever counted wide."""
+def test_wide_maxima_leave_a_field_of_vesicles_alone(monkeypatch):
+    """On a synthetic field of PSF-wide vesicles at SNR 3 (adaptive threshold well under 5), background-subtracted,
+    the refinement changes nothing: the same spots as with no maximum ever counted wide.  (An unsubtracted field
+    never refines; its case is the real hybiss field below.)"""
+    radius = 5
     from evflow import synth
 
     s = synth.tirf((256, 256), markers=["A"], n_vesicles=150, peak_snr=3, camera="ideal", chromatic_shift=False,
